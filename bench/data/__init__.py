@@ -1,0 +1,1 @@
+"""Datasets: Fashion-MNIST, the FMNIST-Scenes generator, and layout checks for user copies."""

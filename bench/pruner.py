@@ -1,0 +1,215 @@
+"""The pruner interface, typed configs, and the registry (built-ins + entry points).
+
+A pruner never owns a training loop. The trainer (native or the mmengine hook) calls, per run::
+
+    pruner.attach(layers)                      # layers carry weights + calibration statistics
+    for each step of the pruning stage:
+        pruner.on_step(progress)               # schedules: tau, phases, ramps
+        masker.set_masks(pruner.masks())       # soft or hard unit masks (None = dense)
+        loss = task_loss + pruner.penalty(); backward; optimizer.step()
+        pruner.after_optimizer_step(optimizer)
+    hard = pruner.finalize()                   # exact boolean unit masks at the target
+    fine-tune with `hard` frozen
+
+Extra learnables (scores, gates) go into the optimiser as their own groups (``param_groups``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import typing
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from bench.errors import ConfigError
+from bench.masks import PrunableLayer
+from bench.select import hard_topk
+from bench.sparsity import Pattern
+
+ENTRY_POINT_GROUP = "smartbench.pruners"
+ALL_PATTERNS = ("unstructured", "block", "channel", "nm")
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    """Fields every pruner has. Subclasses add their own, validated in ``__post_init__``."""
+
+    scope: str = "global"  # budget: one top-k over all layers, or per layer
+
+    def __post_init__(self):
+        check_choice(self, "scope", ("global", "layer"))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], owner: str = "pruner") -> "PrunerConfig":
+        """Build from (string) overrides; unknown fields and bad types are ConfigErrors."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, raw in values.items():
+            if key not in fields:
+                raise ConfigError(f"{owner}.{key}", f"unknown option; allowed: {', '.join(sorted(fields))}")
+            kwargs[key] = _coerce(raw, hints[key], f"{owner}.{key}")
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(raw: Any, hint: Any, field: str) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if hint is bool:
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return raw.lower() in ("true", "1")
+        if hint in (int, float):
+            return hint(raw)
+    except ValueError:
+        raise ConfigError(field, f"expected {hint.__name__}, got {raw!r}") from None
+    return raw
+
+
+def check_range(config, field: str, low: float, high: float, low_open=False, high_open=False) -> None:
+    value = getattr(config, field)
+    ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        raise ConfigError(field, f"{value} is outside {lo}{low}, {high}{hi}")
+
+
+def check_choice(config, field: str, choices: tuple) -> None:
+    if getattr(config, field) not in choices:
+        raise ConfigError(field, f"{getattr(config, field)!r} is not one of {', '.join(map(str, choices))}")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training is. ``fraction`` runs over [0, 1) within the current stage."""
+
+    stage: str  # "prune" or "finetune"
+    step: int
+    steps: int
+    epoch: int = 0
+
+    @property
+    def fraction(self) -> float:
+        return self.step / max(1, self.steps)
+
+
+class Pruner:
+    """Base class: a pruner overrides a few of these hooks."""
+
+    name: ClassVar[str] = "abstract"
+    Config: ClassVar[type[PrunerConfig]] = PrunerConfig
+    patterns: ClassVar[tuple[str, ...]] = ALL_PATTERNS
+    straight_through: ClassVar[bool] = False  # gradients reach pruned weights (SR-STE)
+
+    def __init__(self, config: PrunerConfig, pattern: Pattern, sparsity: float):
+        if pattern.kind not in self.patterns:
+            raise ConfigError("pattern", f"pruner '{self.name}' does not support {pattern}; it supports {', '.join(self.patterns)}")
+        self.config = config
+        self.pattern = pattern
+        self.sparsity = sparsity
+        self.layers: list[PrunableLayer] = []
+
+    # -- hooks ------------------------------------------------------------------------
+    def attach(self, layers: list[PrunableLayer]) -> None:
+        self.layers = layers
+
+    def parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer groups for ``parameters()``; override to give them their own lr/decay."""
+        params = self.parameters()
+        return [{"params": params, "weight_decay": 0.0}] if params else []
+
+    def masks(self) -> dict[str, Tensor] | None:
+        return None
+
+    def penalty(self) -> Tensor | float:
+        return 0.0
+
+    def on_step(self, progress: Progress) -> None:
+        pass
+
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+    def finalize(self) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def log_values(self) -> dict[str, float]:
+        """Scalars worth logging (temperature, phase...)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"parameters": [p.detach().clone() for p in self.parameters()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for p, saved in zip(self.parameters(), state.get("parameters", [])):
+                p.copy_(saved)
+
+    # -- helpers for subclasses -------------------------------------------------------
+    def select(self, scores: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Exact hard top-k of per-layer unit scores at the target (see bench.select)."""
+        return hard_topk(scores, self.pattern, self.sparsity, self.config.scope)
+
+    def weight_norms(self) -> dict[str, Tensor]:
+        """L2 norm of every unit of the current dense weights."""
+        return {layer.name: self.pattern.unit_norms(layer.weight.detach()) for layer in self.layers}
+
+
+PRUNERS: dict[str, type[Pruner]] = {}
+_LOADED = False
+
+
+def register_pruner(name: str):
+    """Class decorator: ``@register_pruner("mymethod")``."""
+
+    def wrap(cls: type[Pruner]) -> type[Pruner]:
+        if name in PRUNERS and PRUNERS[name] is not cls:
+            raise ValueError(f"pruner name '{name}' registered twice ({PRUNERS[name].__module__}, {cls.__module__})")
+        cls.name = name
+        PRUNERS[name] = cls
+        return cls
+
+    return wrap
+
+
+def load_pruners() -> dict[str, type[Pruner]]:
+    """Import the built-in pruners (smart, baselines/*) and entry-point plugins once."""
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        importlib.import_module("smart.pruner")
+        import baselines
+
+        for info in pkgutil.iter_modules(baselines.__path__):
+            importlib.import_module(f"baselines.{info.name}")
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            cls = ep.load()
+            if ep.name not in PRUNERS:
+                register_pruner(ep.name)(cls)
+    return PRUNERS
+
+
+def get_pruner_class(name: str) -> type[Pruner]:
+    pruners = load_pruners()
+    if name not in pruners:
+        raise ConfigError("pruner", f"unknown pruner '{name}'; allowed: {', '.join(sorted(pruners))}")
+    return pruners[name]
+
+
+def build_pruner(name: str, pattern: Pattern, sparsity: float, options: dict[str, Any] | None = None) -> Pruner:
+    cls = get_pruner_class(name)
+    config = cls.Config.from_dict(options or {}, owner=name)
+    return cls(config, pattern, sparsity)

@@ -1,0 +1,71 @@
+"""Exact hard selection of units: the one place where "keep k" is decided.
+
+Every pruner ends by calling :func:`hard_topk` on its final per-layer unit scores, so the
+invariant "achieved sparsity == target at unit granularity" holds by construction:
+
+* block / channel / unstructured, ``scope="global"``: k = round((1 - r) * G) units kept over
+  all layers together, at least one unit per layer (a layer with nothing left would cut the
+  network); ties are broken by layer order then position (stable sort), so it is deterministic.
+* ``scope="layer"``: k_l = round((1 - r) * G_l) per layer (at least 1).
+* N:M: exactly N per row of M, whatever the scope.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from bench.sparsity import Pattern
+
+
+def keep_count(total_units: int, sparsity: float) -> int:
+    return max(1, min(total_units, int(round((1.0 - sparsity) * total_units))))
+
+
+def nm_topk(scores: Tensor, n: int) -> Tensor:
+    """(rows, M) scores -> bool mask with exactly n True per row (stable ties)."""
+    order = torch.argsort(scores.detach().to(torch.float64), dim=-1, descending=True, stable=True)
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    mask.scatter_(-1, order[..., :n], True)
+    return mask
+
+
+def global_topk(scores: dict[str, Tensor], keep: int) -> dict[str, Tensor]:
+    """Keep the ``keep`` highest scores across all layers, at least one per layer."""
+    names = list(scores)
+    flat = [scores[name].detach().reshape(-1).to(torch.float64).cpu() for name in names]
+    if keep < len(names):
+        raise ValueError(f"cannot keep {keep} units over {len(names)} layers (need >= 1 per layer)")
+    offsets = torch.tensor([0] + [f.numel() for f in flat]).cumsum(0)
+    everything = torch.cat(flat)
+    chosen = torch.zeros(everything.numel(), dtype=torch.bool)
+    for i, f in enumerate(flat):  # guarantee one unit per layer
+        chosen[offsets[i] + int(torch.argmax(f))] = True
+    rest = everything.masked_fill(chosen, float("-inf"))
+    order = torch.argsort(rest, descending=True, stable=True)
+    chosen[order[: keep - len(names)]] = True
+    return {
+        name: chosen[offsets[i] : offsets[i + 1]].reshape(scores[name].shape).to(scores[name].device)
+        for i, name in enumerate(names)
+    }
+
+
+def hard_topk(scores: dict[str, Tensor], pattern: Pattern, sparsity: float, scope: str = "global") -> dict[str, Tensor]:
+    """Exact boolean unit masks for the target sparsity (see module docstring)."""
+    if pattern.per_row_budget:
+        return {name: nm_topk(s, pattern.n) for name, s in scores.items()}
+    if scope == "global":
+        total = sum(s.numel() for s in scores.values())
+        return global_topk(scores, keep_count(total, sparsity))
+    if scope == "layer":
+        return {name: global_topk({name: s}, keep_count(s.numel(), sparsity))[name] for name, s in scores.items()}
+    raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+
+
+def expected_kept(unit_counts: dict[str, int], pattern: Pattern, sparsity: float, scope: str = "global") -> int:
+    """Number of units hard_topk keeps, for audits and tests."""
+    if pattern.per_row_budget:
+        return sum(c // pattern.m * pattern.n for c in unit_counts.values())
+    if scope == "global":
+        return keep_count(sum(unit_counts.values()), sparsity)
+    return sum(keep_count(c, sparsity) for c in unit_counts.values())

@@ -1,0 +1,109 @@
+"""Task interface and registry.
+
+A task builds a model and its data, defines the loss and the metric, and names the training
+budget. Native tasks (classification, ViT) are trained by ``bench.train``; tasks that bring
+their own loop (mmdet/mmseg through mmengine) override ``execute``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from bench.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training budget. Every pruner of a cell gets the same prune + finetune epochs."""
+
+    dense_epochs: int
+    prune_epochs: int
+    finetune_epochs: int
+    batch_size: int
+    lr: float  # dense training peak lr (SGD, cosine)
+    prune_lr: float  # peak lr of the pruning + fine-tuning stages (cosine over both)
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    calib_batches: int = 4
+
+
+class Task:
+    name: ClassVar[str] = "abstract"
+    family: ClassVar[str] = "abstract"
+    metric_name: ClassVar[str] = "metric"
+    description: ClassVar[str] = ""
+    budget: Budget
+    default_model: str = ""
+    include: list[str] | None = None  # prunable-layer name patterns (fnmatch), None = all
+    exclude: list[str] | None = None
+    keep_first_last: bool = True
+
+    def __init__(self, model: str | None = None):
+        self.model_name = model or self.default_model
+
+    def identity(self) -> dict[str, Any]:
+        """What defines the task's data, model and budget (part of the run identity)."""
+        return {"task": self.name, "model": self.model_name, "budget": self.budget.__dict__}
+
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def example_input(self) -> Tensor:
+        raise NotImplementedError
+
+    def dataset_hash(self) -> str:
+        raise NotImplementedError
+
+    # native-loop tasks
+    def train_batches(self, epoch: int, seed: int):
+        raise NotImplementedError
+
+    def steps_per_epoch(self) -> int:
+        raise NotImplementedError
+
+    def calibration_batches(self) -> list:
+        raise NotImplementedError
+
+    def forward(self, model: nn.Module, batch) -> Tensor:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch) -> Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, split: str) -> float:
+        raise NotImplementedError
+
+
+TASKS: dict[str, Callable[..., Task]] = {}
+
+
+def register_task(cls):
+    TASKS[cls.name] = cls
+    return cls
+
+
+def load_tasks() -> dict[str, Callable[..., Task]]:
+    import bench.tasks.classification  # noqa: F401  (registers its tasks)
+    for optional in ("bench.tasks.vit", "bench.tasks.detection", "bench.tasks.segmentation"):
+        try:
+            __import__(optional)
+        except ModuleNotFoundError as err:
+            if err.name and err.name.startswith(optional):
+                continue  # family not present in this checkout
+            raise
+    return TASKS
+
+
+def get_task(name: str, model: str | None = None) -> Task:
+    tasks = load_tasks()
+    if name not in tasks:
+        raise ConfigError("task", f"unknown task '{name}'; allowed: {', '.join(sorted(tasks))}")
+    return tasks[name](model=model)
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)

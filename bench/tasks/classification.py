@@ -1,0 +1,123 @@
+"""Fashion-MNIST classification with timm models (``pretrained=False``, 1x28x28 input).
+
+Data split (fixed, independent of the run seed so every run sees the same data): a permutation
+of the 60k training images with seed 0; the first ``val_size`` images are the validation split
+(hyper-parameter choice), the next ``train_size`` the training subset. Metrics are reported on
+the official 10k test split (or its first ``test_size`` images for tiny tasks).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.data.fmnist import dataset_hash, load_fmnist
+from bench.errors import ConfigError
+from bench.tasks.base import Budget, Task, register_task, seeded
+
+MEAN, STD = 0.2860, 0.3530
+
+
+def to_tensor(images) -> Tensor:
+    return ((torch.from_numpy(images.copy()).float() / 255.0 - MEAN) / STD).unsqueeze(1)
+
+
+class FashionMNISTTask(Task):
+    family = "classification"
+    metric_name = "top1"
+    train_size = 10_000
+    val_size = 5_000
+    test_size = 10_000
+    eval_batch = 1000
+
+    def identity(self) -> dict:
+        sizes = {"train_size": self.train_size, "val_size": self.val_size, "test_size": self.test_size}
+        return {**super().identity(), **sizes}
+
+    def build_model(self) -> nn.Module:
+        name = self.model_name.removeprefix("timm:")
+        try:
+            return timm.create_model(name, pretrained=False, in_chans=1, num_classes=10, **self.model_kwargs())
+        except RuntimeError as err:
+            if "Unknown model" in str(err):
+                raise ConfigError("model", f"unknown timm model '{name}' (see timm.list_models())") from None
+            raise
+
+    def model_kwargs(self) -> dict:
+        return {}
+
+    def example_input(self) -> Tensor:
+        return torch.zeros(2, 1, 28, 28)
+
+    def dataset_hash(self) -> str:
+        return dataset_hash()
+
+    @cached_property
+    def splits(self) -> dict[str, tuple[Tensor, Tensor]]:
+        images, labels = load_fmnist("train")
+        order = torch.randperm(len(labels), generator=seeded(0))
+        val_idx = order[: self.val_size]
+        train_idx = order[self.val_size : self.val_size + self.train_size]
+        test_images, test_labels = load_fmnist("test")
+        x_all, y_all = to_tensor(images), torch.from_numpy(labels).long()
+        return {
+            "train": (x_all[train_idx], y_all[train_idx]),
+            "val": (x_all[val_idx], y_all[val_idx]),
+            "test": (to_tensor(test_images[: self.test_size]), torch.from_numpy(test_labels[: self.test_size]).long()),
+        }
+
+    def steps_per_epoch(self) -> int:
+        return len(self.splits["train"][1]) // self.budget.batch_size
+
+    def train_batches(self, epoch: int, seed: int):
+        x, y = self.splits["train"]
+        order = torch.randperm(len(y), generator=seeded(seed * 100_003 + epoch))
+        bs = self.budget.batch_size
+        for i in range(self.steps_per_epoch()):
+            idx = order[i * bs : (i + 1) * bs]
+            yield x[idx], y[idx]
+
+    def calibration_batches(self) -> list:
+        x, y = self.splits["train"]
+        bs = self.budget.batch_size
+        return [(x[i * bs : (i + 1) * bs], y[i * bs : (i + 1) * bs]) for i in range(self.budget.calib_batches)]
+
+    def forward(self, model: nn.Module, batch) -> Tensor:
+        return model(batch[0])
+
+    def loss(self, model: nn.Module, batch) -> Tensor:
+        return F.cross_entropy(model(batch[0]), batch[1])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str = "test") -> float:
+        x, y = self.splits[split]
+        was_training = model.training
+        model.eval()
+        correct = 0
+        for i in range(0, len(y), self.eval_batch):
+            correct += int((model(x[i : i + self.eval_batch]).argmax(1) == y[i : i + self.eval_batch]).sum())
+        model.train(was_training)
+        return 100.0 * correct / len(y)
+
+
+@register_task
+class FmnistResnet(FashionMNISTTask):
+    name = "fmnist-resnet"
+    description = "timm resnet10t on a 10k Fashion-MNIST subset, 10k test images"
+    default_model = "resnet10t"
+    budget = Budget(dense_epochs=8, prune_epochs=3, finetune_epochs=2, batch_size=128, lr=0.1, prune_lr=0.02)
+
+
+@register_task
+class FmnistTiny(FashionMNISTTask):
+    name = "fmnist-tiny"
+    description = "timm test_resnet on a fixed 2k Fashion-MNIST subset (smoke tests)"
+    default_model = "test_resnet"
+    train_size = 2_000
+    val_size = 1_000
+    test_size = 1_000
+    budget = Budget(dense_epochs=3, prune_epochs=2, finetune_epochs=1, batch_size=64, lr=0.1, prune_lr=0.02)
