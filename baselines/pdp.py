@@ -1,0 +1,137 @@
+"""PDP: Parameter-free Differentiable Pruning (Cho, Adya, Naik; NeurIPS 2023, arXiv 2305.11203).
+
+Soft mask from the weights themselves, no extra parameters (equations and every deviation from
+the paper: docs/pruners/pdp.md):
+
+    s  = unit score: |w| (unstructured, N:M) or the unit's L2 norm (block, channel)
+    t  = midpoint of the smallest kept and the largest pruned score at the layer's current
+         target (N:M: per row of M, the N-th and (N+1)-th largest |w|); recomputed from the
+         current weights at every step and detached (no gradient through t)
+    m  = sigmoid((s^2 - t^2) / tau_l),   tau_l = tau * t^2   (relative, scale-free temperature)
+
+Schedule inside the trainer's pruning stage: dense for ``warmup_fraction`` (masks() is None);
+then the per-layer budgets r_l are fixed once by one global threshold over the unit scores
+(RMS-normalised, so units of different size compare), and the layer target follows
+r_l(e) = min(1, eps * (e + 1)) * r_l, e = steps since the end of warm-up, eps = 1 / (ramp steps),
+so the ramp ends after ``ramp_fraction`` of the stage.  N:M has no ramp: the per-row soft mask
+starts right after warm-up.  ``finalize`` keeps, per layer, exactly the budgeted number of
+units with the highest current scores (the paper's m >= 0.5 mask), which sums to the global
+target exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from baselines.magnitude import rms_scores
+from bench.errors import ConfigError
+from bench.pruner import Progress, Pruner, PrunerConfig, check_choice, check_range, register_pruner
+from bench.select import global_topk
+
+
+@dataclass(frozen=True)
+class PDPConfig(PrunerConfig):
+    tau: float = 0.1  # relative temperature: tau_l = tau * t_l^2 (the paper's tau is absolute)
+    warmup_fraction: float = 0.1  # share of the pruning stage trained dense before any mask
+    ramp_fraction: float = 0.6  # share of the pruning stage over which r_l(e) climbs to r_l
+    final_mask: str = "budgets"  # budgets: per-layer top-k at the PDP layer budgets | global: self.select
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range(self, "tau", 0.0, float("inf"), low_open=True)
+        check_range(self, "warmup_fraction", 0.0, 1.0, high_open=True)
+        check_range(self, "ramp_fraction", 0.0, 1.0, low_open=True)
+        check_choice(self, "final_mask", ("budgets", "global"))
+        if self.warmup_fraction + self.ramp_fraction > 1.0 + 1e-9:
+            raise ConfigError("ramp_fraction", f"warmup_fraction + ramp_fraction = "
+                              f"{self.warmup_fraction + self.ramp_fraction:g} must be <= 1")
+
+
+def soft_mask(squared_scores: Tensor, threshold: Tensor, tau: float) -> Tensor:
+    """m = sigmoid((s^2 - t^2) / (tau * t^2)); ``threshold`` is detached and broadcast."""
+    t2 = threshold.detach().pow(2)
+    scale = (tau * t2).clamp_min(torch.finfo(squared_scores.dtype).tiny)
+    return torch.sigmoid((squared_scores - t2) / scale)
+
+
+def layer_threshold(scores: Tensor, pruned: int) -> Tensor:
+    """Midpoint between the largest pruned and the smallest kept score (1 <= pruned < numel)."""
+    flat = scores.detach().reshape(-1)
+    largest_pruned = torch.kthvalue(flat, pruned).values
+    smallest_kept = torch.kthvalue(flat, pruned + 1).values
+    return 0.5 * (largest_pruned + smallest_kept)
+
+
+def row_thresholds(scores: Tensor, n: int) -> Tensor:
+    """(rows, M) scores -> (rows, 1): midpoint of the n-th and (n+1)-th largest in each row."""
+    top = torch.topk(scores.detach(), n + 1, dim=-1).values
+    return 0.5 * (top[..., n - 1 : n] + top[..., n : n + 1])
+
+
+@register_pruner("pdp")
+class PDPPruner(Pruner):
+    Config = PDPConfig
+
+    def __init__(self, config: PDPConfig, pattern, sparsity):
+        super().__init__(config, pattern, sparsity)
+        self.kept_budget: dict[str, int] | None = None  # units kept per layer at the target
+        self.ramp_start = 0  # step at which warm-up ended
+        self.ramp = 0.0  # min(1, eps * (e + 1)); 0 during warm-up
+
+    # -- schedule ---------------------------------------------------------------------
+    def layer_budgets(self) -> dict[str, int]:
+        """Kept units per layer from one threshold over all layers (scope=layer: r per layer)."""
+        chosen = self.select(rms_scores(self))
+        return {name: int(mask.sum()) for name, mask in chosen.items()}
+
+    def on_step(self, progress: Progress) -> None:
+        if progress.stage != "prune" or progress.fraction < self.config.warmup_fraction:
+            return
+        if self.kept_budget is None:
+            self.kept_budget = {} if self.pattern.per_row_budget else self.layer_budgets()
+            self.ramp_start = progress.step
+        ramp_steps = max(1, round(self.config.ramp_fraction * progress.steps))
+        self.ramp = min(1.0, (progress.step - self.ramp_start + 1) / ramp_steps)
+
+    def pruned_now(self, name: str, units: int) -> int:
+        """Units below the threshold at the current ramp: round(ramp * (G_l - kept_l))."""
+        return int(round(self.ramp * (units - self.kept_budget[name])))
+
+    # -- masks ------------------------------------------------------------------------
+    def layer_mask(self, name: str, squared_scores: Tensor) -> Tensor:
+        scores = squared_scores.detach().sqrt()
+        if self.pattern.per_row_budget:
+            threshold = row_thresholds(scores, self.pattern.n)
+        else:
+            pruned = self.pruned_now(name, squared_scores.numel())
+            if pruned == 0:
+                return torch.ones_like(squared_scores)
+            threshold = layer_threshold(scores, pruned)
+        return soft_mask(squared_scores, threshold, self.config.tau)
+
+    def masks(self) -> dict[str, Tensor] | None:
+        if self.ramp == 0.0:
+            return None
+        out = {}
+        for layer in self.layers:
+            squared = self.pattern.units(layer.weight).pow(2).sum(dim=-1)  # differentiable in w
+            out[layer.name] = self.layer_mask(layer.name, squared)
+        return out
+
+    def finalize(self) -> dict[str, Tensor]:
+        scores = rms_scores(self)
+        if self.pattern.per_row_budget or not self.kept_budget or self.config.final_mask == "global":
+            return self.select(scores)
+        return {name: global_topk({name: s}, self.kept_budget[name])[name] for name, s in scores.items()}
+
+    def log_values(self) -> dict[str, float]:
+        return {"ramp": self.ramp}
+
+    def state_dict(self) -> dict:
+        return {"kept_budget": self.kept_budget, "ramp_start": self.ramp_start, "ramp": self.ramp}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kept_budget, self.ramp_start, self.ramp = state["kept_budget"], state["ramp_start"], state["ramp"]

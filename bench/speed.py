@@ -1,0 +1,248 @@
+"""Cost figures (parameters, FLOPs) and the latency protocol of pruned models.
+
+**Cost figures** (:func:`cost_figures`). FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``
+(one eval forward of the task's example input, reported *per sample* = divided by the batch size
+of a tensor input; FLOPs = 2 x multiply-accumulates of conv/matmul ops, element-wise ops are not
+counted). ``flops_masked`` counts only kept weights: each prunable layer's dense FLOPs are scaled
+by its kept-weight fraction (kept weights / weights, from the hard mask), every other layer is
+counted dense -- for the channel pattern the next layer's input side is *not* reduced, that is
+what ``flops_shrunk`` (the physically shrunk model, bench/shrink.py) shows. ``params_masked`` =
+weights the hard masks keep in prunable layers + every other parameter (biases, norms, excluded
+layers) in full.
+
+**Latency protocol** (:func:`latency`). Eval mode, ``torch.inference_mode``, a fixed thread count
+(``torch.set_num_threads``), seeded random inputs per batch size. For every batch size: ``warmup``
+untimed calls per variant, then ``repeats`` rounds; each round times one call of every variant,
+*interleaved* (the order rotates each round) so load drift on a shared machine hits all variants
+alike. Each call is timed alone (``perf_counter``; on CUDA, synchronised CUDA events). Reported:
+median, 25th/75th percentiles and IQR in ms, per-sample median, and for every variant its ratio
+to the reference variant, both as a ratio of medians and as the median of per-round ratios
+(paired). A device fingerprint (CPU model, torch version, threads, CUDA device) goes with it.
+
+Variants (:func:`measure`): ``masked_dense`` (hard masks folded into dense tensors: what a masked
+model costs on dense kernels), ``shrunk`` (channel pattern: pruned channels physically removed),
+``sparse24`` (``nm:2:4`` on CUDA, when ``bench/sparse24.py`` provides ``to_sparse24(model)``).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.shrink import count_params, folded_copy, random_like_input, shrink_channels
+from bench.sparsity import Pattern, parse_pattern
+
+DEFAULT_BATCH_SIZES = (1, 32, 128)
+
+
+# -- fingerprint --------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_fingerprint(device: str = "cpu") -> dict[str, Any]:
+    info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version(), "device": str(device),
+            "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(torch.device(device) if "cuda" in str(device) else 0)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+# -- cost figures -------------------------------------------------------------------------
+def module_flops(model: nn.Module, example_input) -> tuple[int, dict[str, int]]:
+    """Total forward FLOPs and FLOPs per module name (children included), one eval forward."""
+    counter = FlopCounterMode(display=False)
+    was_training = model.training
+    model.eval()
+    try:
+        with counter, torch.no_grad():
+            model(**example_input) if isinstance(example_input, dict) else model(example_input)
+    finally:
+        model.train(was_training)
+    per_module = {}
+    for key, ops in counter.get_flop_counts().items():
+        if "." in key:  # keys are "<RootClass>.<module path>"
+            per_module[key.split(".", 1)[1]] = int(sum(ops.values()))
+    return int(counter.get_total_flops()), per_module
+
+
+def _per_sample(example_input) -> int:
+    return int(example_input.shape[0]) if isinstance(example_input, Tensor) and example_input.dim() > 0 else 1
+
+
+def cost_figures(model: nn.Module, masker, hard_masks: dict[str, Tensor], example_input,
+                 pattern: Pattern | str) -> dict[str, Any]:
+    """params/FLOPs of the dense model, of the kept weights, and (channel) of the shrunk model.
+
+    ``model`` may carry the masker's parametrizations (``masker`` given) or be already folded
+    (``masker=None``); it is not modified. See the module docstring for the definitions.
+    """
+    pattern = parse_pattern(pattern) if isinstance(pattern, str) else pattern
+    plain = folded_copy(model, masker, hard_masks)
+    modules = dict(plain.named_modules())
+    params_dense = count_params(plain)
+    flops_dense, per_module = module_flops(plain, example_input)
+    dropped_params, dropped_flops = 0, 0.0
+    for name, unit_mask in hard_masks.items():
+        weight = modules[name].weight
+        kept = int(pattern.expand(unit_mask.float(), weight.shape).sum())
+        if name not in per_module:
+            raise KeyError(f"FlopCounterMode saw no call of prunable layer '{name}'")
+        dropped_params += weight.numel() - kept
+        dropped_flops += per_module[name] * (1.0 - kept / weight.numel())
+    batch = _per_sample(example_input)
+    figures = {"params_dense": params_dense, "params_masked": params_dense - dropped_params,
+               "flops_dense": round(flops_dense / batch), "flops_masked": round((flops_dense - dropped_flops) / batch)}
+    if pattern.kind == "channel":
+        shrink_channels(plain, hard_masks, example_input)
+        figures["params_shrunk"] = count_params(plain)
+        figures["flops_shrunk"] = round(module_flops(plain, example_input)[0] / batch)
+    return figures
+
+
+# -- latency ------------------------------------------------------------------------------
+def batch_input(example_input: Tensor, batch_size: int, seed: int = 0) -> Tensor:
+    """Seeded random input of ``batch_size`` samples shaped like one sample of the example."""
+    return random_like_input(example_input[:1].expand(batch_size, *example_input.shape[1:]).contiguous(), seed)
+
+
+def _timer(device: str) -> Callable[[Callable[[], Any]], float]:
+    if "cuda" in str(device):
+        def timed(call) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            call()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end)
+        return timed
+
+    def timed(call) -> float:
+        begin = time.perf_counter()
+        call()
+        return (time.perf_counter() - begin) * 1e3
+    return timed
+
+
+def summarize(times_ms: list[float]) -> dict[str, float]:
+    q1, median, q3 = statistics.quantiles(times_ms, n=4, method="inclusive") if len(times_ms) > 1 else [times_ms[0]] * 3
+    return {"median_ms": round(median, 4), "p25_ms": round(q1, 4), "p75_ms": round(q3, 4), "iqr_ms": round(q3 - q1, 4),
+            "min_ms": round(min(times_ms), 4), "repeats": len(times_ms)}
+
+
+def latency(models: dict[str, nn.Module], make_input: Callable[[int], Any] | Tensor,
+            batch_sizes=DEFAULT_BATCH_SIZES, warmup: int = 5, repeats: int = 30, threads: int = 1,
+            device: str = "cpu", reference: str | None = None) -> dict[str, Any]:
+    """Interleaved latency of several models (see module docstring). ``make_input(batch_size)``
+    builds an input; a Tensor example is expanded with :func:`batch_input`."""
+    if isinstance(make_input, Tensor):
+        example = make_input
+        make_input = lambda bs: batch_input(example, bs)  # noqa: E731
+    if repeats < 1 or warmup < 0:
+        raise ValueError("repeats must be >= 1 and warmup >= 0")
+    names = list(models)
+    reference = reference or names[0]
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    timed = _timer(device)
+    results: dict[str, Any] = {name: {} for name in names}
+    ratios: dict[str, Any] = {name: {} for name in names if name != reference}
+    try:
+        for model in models.values():
+            model.eval().to(device)
+        with torch.inference_mode():
+            for bs in batch_sizes:
+                x = make_input(bs)
+                x = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in x.items()} if isinstance(x, dict) else x.to(device)
+                calls = {n: (lambda m=models[n]: m(**x) if isinstance(x, dict) else m(x)) for n in names}
+                for name in names:
+                    for _ in range(warmup):
+                        calls[name]()
+                times = {n: [] for n in names}
+                for r in range(repeats):
+                    for name in names[r % len(names):] + names[: r % len(names)]:
+                        times[name].append(timed(calls[name]))
+                for name in names:
+                    results[name][str(bs)] = {**summarize(times[name]), "batch_size": bs}
+                    results[name][str(bs)]["per_sample_ms"] = round(results[name][str(bs)]["median_ms"] / bs, 5)
+                    if name != reference:
+                        paired = [a / b for a, b in zip(times[name], times[reference])]
+                        ratios[name][str(bs)] = {
+                            "ratio_of_medians": round(results[name][str(bs)]["median_ms"] / results[reference][str(bs)]["median_ms"], 4),
+                            "paired_median": round(statistics.median(paired), 4)}
+        fingerprint = device_fingerprint(device)
+    finally:
+        torch.set_num_threads(previous_threads)
+    protocol = {"warmup": warmup, "repeats": repeats, "threads": threads, "batch_sizes": list(batch_sizes),
+                "interleaved": True, "reference": reference, "timer": "cuda_events" if "cuda" in str(device) else "perf_counter"}
+    return {"fingerprint": fingerprint, "protocol": protocol, "latency": results, "ratios": ratios}
+
+
+# -- variants of a pruned model -----------------------------------------------------------
+def sparse24_converter() -> tuple[Callable[[nn.Module], nn.Module] | None, str]:
+    """``bench.sparse24.to_sparse24`` if that module exists, else (None, why)."""
+    try:
+        module = importlib.import_module("bench.sparse24")
+    except ModuleNotFoundError as err:
+        if err.name == "bench.sparse24":
+            return None, "bench/sparse24.py not present"
+        raise
+    convert = getattr(module, "to_sparse24", None)
+    return (convert, "") if callable(convert) else (None, "bench.sparse24 has no to_sparse24(model)")
+
+
+def build_variants(model: nn.Module, pattern: str, hard_masks: dict[str, Tensor] | None, example_input,
+                   device: str = "cpu") -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """masked_dense (+ shrunk for channel, + sparse24 for nm:2:4 on CUDA); and the skipped ones with why."""
+    variants, skipped = {"masked_dense": model}, {}
+    if pattern == "channel":
+        if hard_masks is None:
+            skipped["shrunk"] = "no hard masks"
+        else:
+            shrunk = copy.deepcopy(model)
+            shrink_channels(shrunk, hard_masks, example_input)
+            variants["shrunk"] = shrunk
+    if pattern == "nm:2:4":
+        convert, why = sparse24_converter()
+        if "cuda" not in str(device):
+            skipped["sparse24"] = "2:4 semi-structured kernels need CUDA"
+        elif convert is None:
+            skipped["sparse24"] = why
+        else:
+            variants["sparse24"] = convert(copy.deepcopy(model).to(device))
+    return variants, skipped
+
+
+def measure(row: dict[str, Any], model: nn.Module, example_input, hard_masks: dict[str, Tensor] | None = None,
+            make_input: Callable[[int], Any] | None = None, batch_sizes=DEFAULT_BATCH_SIZES, threads: int = 1,
+            warmup: int = 5, repeats: int = 30, device: str = "cpu") -> dict[str, Any]:
+    """Latency of a finished run's pruned model (folded, plain) and its faster variants.
+
+    ``row``: the run's result row (uses ``run_id`` and ``pattern``). Returns :func:`latency`'s
+    dict plus ``run_id``, ``pattern`` and ``skipped`` (variant -> reason).
+    """
+    if make_input is None and not isinstance(example_input, Tensor):
+        raise ValueError("measure needs make_input(batch_size) for non-tensor example inputs")
+    variants, skipped = build_variants(model, row["pattern"], hard_masks, example_input, device)
+    result = latency(variants, make_input or example_input, batch_sizes, warmup, repeats, threads, device,
+                     reference="masked_dense")
+    return {"run_id": row.get("run_id"), "pattern": row["pattern"], **result, "skipped": skipped}

@@ -1,0 +1,102 @@
+"""``smartbench suite plan|status|run NAME`` and ``smartbench table NAME`` (imported by bench.cli)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_plan(args) -> int:
+    from bench.suite import load_and_expand, plan_lines
+
+    print("\n".join(plan_lines(load_and_expand(args.name))))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from bench.suite import load_and_expand, status_lines
+
+    print("\n".join(status_lines(load_and_expand(args.name))))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from bench.suite import load_and_expand
+    from bench.suite_run import run_suite
+
+    suite = load_and_expand(args.name)  # every cell validated before any training
+    slurm = {"timeout_min": args.timeout_min, "slurm_partition": args.partition, "slurm_account": args.account,
+             "gpus_per_node": args.gpus_per_node, "cpus_per_task": args.cpus_per_task}
+    return run_suite(suite, workers=args.workers, launcher=args.launcher, nproc=args.nproc,
+                     wandb_project=args.wandb_project, progress=not args.no_progress, cluster=args.cluster, slurm=slurm)
+
+
+def cmd_table(args) -> int:
+    from bench.tables import build_table, rows_from_store, rows_from_wandb, write_plots
+    from bench.suite import load_and_expand
+
+    suite = load_and_expand(args.name)
+    if args.source == "wandb":
+        frame = rows_from_wandb(suite, args.project or suite.wandb_project)
+    else:
+        frame = rows_from_store(suite)
+    if frame.empty:
+        print(f"suite {suite.name}: no finished cells yet (smartbench suite status {args.name})")
+        return 1
+    table = build_table(frame, suite)
+    text = table.render(args.format)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{suite.name}.{ {'md': 'md', 'latex': 'tex', 'csv': 'csv'}[args.format] }"
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    if args.plot:
+        from bench.record import runs_dir
+
+        folder = Path(args.out) if args.out else runs_dir() / "tables" / suite.name
+        for path in write_plots(frame, suite.name, folder):
+            print(f"wrote {path}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    suite = sub.add_parser("suite", help="leaderboard suites: plan, status, run")
+    actions = suite.add_subparsers(dest="suite_command", required=True)
+    name_help = "a suite in configs/suites (e.g. smoke, quick) or a path to a .yaml file"
+
+    plan = actions.add_parser("plan", help="list the cells, their run ids and the budget; runs nothing")
+    plan.add_argument("name", help=name_help)
+    plan.set_defaults(func=cmd_plan)
+
+    status = actions.add_parser("status", help="one line per cell: run id, state, rows in the store")
+    status.add_argument("name", help=name_help)
+    status.set_defaults(func=cmd_status)
+
+    run = actions.add_parser("run", help="run every unfinished cell (resumable; finished cells are skipped)")
+    run.add_argument("name", help=name_help)
+    run.add_argument("--workers", type=int, default=1, help="cells in parallel (local: processes sharing the CPU threads)")
+    run.add_argument("--launcher", choices=("local", "torchrun", "slurm"), default="local")
+    run.add_argument("--nproc", type=int, default=1, help="processes per run (DDP) with --launcher torchrun/slurm")
+    run.add_argument("--wandb-project", default=None, help="W&B project (one W&B run per cell, group = suite name)")
+    run.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    slurm = run.add_argument_group("slurm (submitit)")
+    slurm.add_argument("--cluster", default=None, help="submitit cluster: slurm (default when available) or local")
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--account", default=None)
+    slurm.add_argument("--timeout-min", type=int, default=24 * 60)
+    slurm.add_argument("--gpus-per-node", type=int, default=None)
+    slurm.add_argument("--cpus-per-task", type=int, default=None)
+    run.set_defaults(func=cmd_run)
+
+    table = sub.add_parser("table", help="paper-style result table (and plots) of a suite")
+    table.add_argument("name", help=name_help)
+    table.add_argument("--format", choices=("md", "latex", "csv"), default="md")
+    table.add_argument("--out", default=None, help="folder for the table file (and plots); default: print the table")
+    table.add_argument("--plot", action="store_true", help="also write PNG plots (metric vs sparsity, vs speed)")
+    table.add_argument("--from", dest="source", choices=("store", "wandb"), default="store",
+                       help="rows from the local result store (default) or from W&B (group = suite name)")
+    table.add_argument("--project", default=None, help="W&B project (ENTITY/PROJECT) with --from wandb")
+    table.set_defaults(func=cmd_table)

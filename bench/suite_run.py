@@ -1,0 +1,218 @@
+"""Running a suite: skip finished cells, resume interrupted ones, launch the rest.
+
+Launchers (one cell = one run):
+
+* ``local``  — in this process (``--workers 1``) or in N spawned worker processes, each with
+  ``torch.set_num_threads(max(1, cpus // N))``.
+* ``torchrun`` — one ``torchrun --standalone --nproc_per_node N -m bench.launch`` per cell
+  (DDP, see bench/launch.py); ``--workers`` such jobs at a time.
+* ``slurm``  — one submitit job per cell (``submitit.AutoExecutor``; ``cluster="local"`` runs the
+  jobs as local processes, which is what the tests use).
+
+The dense model of a (task, seed) is trained once: cells are ordered so the first cell of every
+(task, seed) comes first, and the process that finds the dense checkpoint missing holds an
+exclusive ``flock`` on ``runs/dense/<ckpt>.lock`` while it runs its cell; the others wait for it.
+Slurm launches in two waves (first cell of every (task, seed), then the rest).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import multiprocessing
+import os
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Callable
+
+from bench.errors import ConfigError
+from bench.record import ResultStore, runs_dir
+from bench.run import RunSpec, dense_checkpoint_path, execute, resolve
+from bench.suite import Cell, Suite, cell_states, clear_marker, running_info, write_marker
+
+LAUNCHERS = ("local", "torchrun", "slurm")
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def cell_log_path(suite_name: str, run_id: str) -> Path:
+    path = runs_dir() / "suites" / suite_name / "logs" / f"{run_id}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def payload_for(cell: Cell, suite: Suite, wandb_project: str | None, threads: int | None) -> dict[str, Any]:
+    """Everything a worker (another process, a Slurm job, a torchrun rank) needs: plain JSON."""
+    return {"spec": dict(cell.spec.__dict__), "run_id": cell.run_id, "suite": suite.name,
+            "wandb_project": wandb_project, "threads": threads, "runs_dir": str(runs_dir())}
+
+
+# -- one cell ----------------------------------------------------------------------------------
+def execute_dense_once(run, **kwargs) -> dict[str, Any]:
+    """``execute`` such that only one process trains the dense model of (task, seed)."""
+    dense = dense_checkpoint_path(run.task, run.spec.seed)
+    ready = dense.with_name(dense.name + ".ready")  # for tasks that cache their dense model elsewhere
+    if dense.exists() or ready.exists():
+        return execute(run, **kwargs)
+    dense.parent.mkdir(parents=True, exist_ok=True)
+    with open(dense.with_name(dense.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # blocks while another process trains this dense model
+        if not (dense.exists() or ready.exists()):
+            row = execute(run, **kwargs)
+            ready.touch()
+            return row
+    return execute(run, **kwargs)
+
+
+def run_cell(payload: dict[str, Any], echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run one cell in this process; markers + log file; returns an outcome dict (never raises
+    for a failing run: the error goes to ``<run_id>.failed``)."""
+    if payload.get("runs_dir"):
+        os.environ["SMARTBENCH_RUNS"] = payload["runs_dir"]
+    if payload.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(payload["threads"]))
+    suite, run_id = payload["suite"], payload["run_id"]
+    write_marker(suite, run_id, "running", running_info())
+    clear_marker(suite, run_id, "failed")
+    started = time.perf_counter()
+    with open(cell_log_path(suite, run_id), "a", encoding="utf-8") as log_file:
+        def log(message: str) -> None:
+            log_file.write(message + "\n")
+            log_file.flush()
+            if echo:
+                echo(f"  [{run_id}] {message}")
+
+        try:
+            run = resolve(RunSpec(**payload["spec"]))
+            if run.run_id != run_id:
+                raise ConfigError("run_id", f"cell resolves to {run.run_id}, the suite planned {run_id}: "
+                                            "the code or a task changed while the suite ran; rerun `suite run`")
+            row = execute_dense_once(run, log=log, wandb_project=payload.get("wandb_project"), group=suite)
+        except Exception as err:  # noqa: BLE001 — any failure of one run is recorded, the suite goes on
+            log(traceback.format_exc())
+            write_marker(suite, run_id, "failed", {**running_info(), "error": f"{type(err).__name__}: {err}"})
+            clear_marker(suite, run_id, "running")
+            return {"run_id": run_id, "ok": False, "error": f"{type(err).__name__}: {err}",
+                    "wall_s": round(time.perf_counter() - started, 1)}
+    clear_marker(suite, run_id, "running")
+    return {"run_id": run_id, "ok": True, "metric": row["metric"], "dense_metric": row["dense_metric"],
+            "metric_name": row["metric_name"], "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+# -- ordering and progress ---------------------------------------------------------------------
+def first_wave(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
+    """(first cell of every dense (task, seed), the rest), both in suite order."""
+    seen, first, rest = set(), [], []
+    for cell in cells:
+        (rest if cell.dense_key in seen else first).append(cell)
+        seen.add(cell.dense_key)
+    return first, rest
+
+
+class Reporter:
+    """rich progress bar + one line per finished cell (plain lines when disabled)."""
+
+    def __init__(self, total: int, enabled: bool = True, suite_name: str = ""):
+        self.total, self.enabled, self.progress, self.suite_name = total, enabled, None, suite_name
+        self.failed: list[str] = []
+
+    def __enter__(self) -> "Reporter":
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("[bold]suite"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            self.progress.start()
+            self.bar = self.progress.add_task("cells", total=self.total)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def log(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(message, markup=False, highlight=False)
+        else:
+            print(message, flush=True)
+
+    def done(self, cell: Cell, outcome: dict[str, Any]) -> None:
+        what = f"{cell.spec.task} {cell.label} {cell.spec.pattern} {cell.spec.sparsity:g} seed {cell.spec.seed}"
+        if outcome.get("ok"):
+            self.log(f"done   {cell.run_id} {what}: {outcome['metric_name']} {outcome['metric']:.2f} "
+                     f"(dense {outcome['dense_metric']:.2f}) {outcome['wall_s']:.1f}s")
+        else:
+            self.failed.append(cell.run_id)
+            self.log(f"FAILED {cell.run_id} {what}: {outcome.get('error')} (log: {cell_log_path(self.suite_name, cell.run_id)})")
+        if self.progress is not None:
+            self.progress.advance(self.bar)
+
+
+# -- the suite -------------------------------------------------------------------------------
+def run_suite(suite: Suite, workers: int = 1, launcher: str = "local", nproc: int = 1,
+              wandb_project: str | None = None, progress: bool = True, cluster: str | None = None,
+              slurm: dict[str, Any] | None = None, store: ResultStore | None = None) -> int:
+    """Run every unfinished cell of an expanded suite; returns 0 if all succeeded, else 1."""
+    if launcher not in LAUNCHERS:
+        raise ConfigError("--launcher", f"unknown launcher '{launcher}'; allowed: {', '.join(LAUNCHERS)}")
+    if workers < 1 or nproc < 1:
+        raise ConfigError("--workers" if workers < 1 else "--nproc", "must be >= 1")
+    if launcher == "local" and nproc > 1:
+        raise ConfigError("--nproc", "several processes per run need --launcher torchrun (or slurm)")
+    if suite.plan_only:
+        raise ConfigError("suite.plan_only", f"suite '{suite.name}' is a plan-only recipe; `suite plan` lists its cells")
+    missing = sorted({c.spec.task for c in suite.cells if not c.registered})
+    if missing:
+        raise ConfigError("suite.tasks", f"task(s) {', '.join(missing)} are not registered here; cannot run")
+    wandb_project = wandb_project or suite.wandb_project
+    states = cell_states(suite, store)
+    todo = [cell for cell, state, _ in states if state in ("pending", "failed")]
+    busy = [cell for cell, state, _ in states if state == "running"]
+    threads = max(1, cpu_count() // (workers * nproc))
+    with Reporter(len(todo), progress, suite.name) as reporter:
+        reporter.log(f"suite {suite.name}: {len(states)} cells, {len(states) - len(todo) - len(busy)} done, "
+                     f"{len(todo)} to run ({launcher}, {workers} worker(s), {nproc} proc(s)/run, {threads} thread(s) each)")
+        for cell in busy:
+            reporter.log(f"skip   {cell.run_id}: running in another process (marker {cell.run_id}.running)")
+        first, rest = first_wave(todo)
+        if launcher == "slurm":
+            from bench.launch import submit_cells
+
+            payloads = [payload_for(c, suite, wandb_project, None) for c in todo]
+            submit_cells(suite, first, rest, dict(zip([c.run_id for c in todo], payloads)), reporter, nproc, cluster,
+                         slurm or {})
+        elif launcher == "torchrun":
+            from bench.launch import torchrun_cell
+
+            with ThreadPoolExecutor(workers) as pool:
+                jobs = {pool.submit(torchrun_cell, payload_for(c, suite, wandb_project, threads), nproc): c
+                        for c in first + rest}
+                for job in as_completed(jobs):
+                    reporter.done(jobs[job], job.result())
+        elif workers == 1:
+            for cell in first + rest:
+                reporter.done(cell, run_cell(payload_for(cell, suite, wandb_project, None), echo=reporter.log))
+        else:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+                jobs = {pool.submit(run_cell, payload_for(c, suite, wandb_project, threads)): c for c in first + rest}
+                for job in as_completed(jobs):
+                    reporter.done(jobs[job], job.result())
+        if reporter.failed:
+            reporter.log(f"{len(reporter.failed)} cell(s) failed: {', '.join(reporter.failed)}; logs under "
+                         f"{runs_dir() / 'suites' / suite.name / 'logs'}; `suite run` retries them")
+    return 1 if reporter.failed else 0
+

@@ -1,0 +1,99 @@
+"""Object detection with mmdet (RetinaNet R18-FPN) trained by mmengine's Runner.
+
+``scenes-det`` / ``scenes-det-tiny``: FMNIST-Scenes written as a real COCO dataset
+(bench/data/scenes.py), read by mmdet's ``CocoDataset`` and scored by mmdet's ``CocoMetric``.
+The row's metric is ``bbox_mAP`` = COCO mAP@[.5:.95] x 100 (mmdet reports it in [0, 1] rounded to
+3 decimals, so the row holds one decimal of a percent); ``mm_metrics`` keeps every number mmdet
+reports (``coco/bbox_mAP_50`` ...). ``val_metric`` is on the scenes' val split (Fashion-MNIST
+train images 50000..59999), ``metric`` on the test split (Fashion-MNIST test images).
+
+``coco-det``: the same model and code on a user's COCO 2017 copy (``$SMARTBENCH_COCO``, or
+``$SMARTBENCH_DATA/coco``); COCO has no labelled test split, so val and test are both val2017.
+
+Prunable layers (default): every conv of the backbone (except the stem, the first conv of the
+model), of the FPN neck, and the stacked convs of the head; the head's final classification and
+box-regression convs stay dense. No mm* import at module level.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.data import layouts
+from bench.data.scenes import CLASS_NAMES, ScenesSpec, build_scenes
+from bench.tasks.base import Budget, register_task
+from bench.tasks.mm_common import MMTask, layout_fingerprint, require_path
+
+DET_INCLUDE = ["backbone.*", "neck.*", "bbox_head.cls_convs.*", "bbox_head.reg_convs.*"]
+
+
+class DetectionTask(MMTask):
+    family = "detection"
+    metric_name = "bbox_mAP"
+    scope = "mmdet"
+    metric_key = "coco/bbox_mAP"
+    metric_scale = 100.0
+    default_model = "retinanet_r18_fpn"
+    include = DET_INCLUDE
+    exclude = ["bbox_head.retina_cls", "bbox_head.retina_reg"]
+
+
+class ScenesDetection(DetectionTask):
+    config_name = "scenes_det.py"
+    spec: ScenesSpec
+
+    def data_identity(self) -> dict[str, Any]:
+        return {"name": "fmnist-scenes", **self.spec.__dict__}
+
+    def dataset_hash(self) -> str:
+        return self.spec.content_key()
+
+    def data_root(self) -> Path:
+        return build_scenes(self.spec)
+
+    def bind_data(self, cfg) -> None:
+        super().bind_data(cfg)
+        for split in ("train", "val", "test"):
+            cfg[f"{split}_dataloader"].dataset.metainfo = dict(classes=CLASS_NAMES)
+
+
+@register_task
+class ScenesDetTiny(ScenesDetection):
+    name = "scenes-det-tiny"
+    description = "mmdet RetinaNet R18-FPN on 1k 64x64 FMNIST-Scenes (COCO bbox mAP)"
+    spec = ScenesSpec(n_train=1000, n_val=200, n_test=300, size=64, seed=0)
+    budget = Budget(dense_epochs=12, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.02, prune_lr=0.005,
+                    weight_decay=1e-4)
+
+
+@register_task
+class ScenesDet(ScenesDetection):
+    name = "scenes-det"
+    description = "mmdet RetinaNet R18-FPN on 2k 64x64 FMNIST-Scenes (COCO bbox mAP)"
+    spec = ScenesSpec(n_train=2000, n_val=300, n_test=500, size=64, seed=0)
+    budget = Budget(dense_epochs=16, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.02, prune_lr=0.005,
+                    weight_decay=1e-4)
+
+
+@register_task
+class CocoDet(DetectionTask):
+    name = "coco-det"
+    description = "mmdet RetinaNet R18-FPN on a user's COCO 2017 copy ($SMARTBENCH_COCO; GPU-scale, never run in CI)"
+    config_name = "coco_det.py"
+    image_size = (800, 1344)
+    warmup_iters = 500
+    budget = Budget(dense_epochs=12, prune_epochs=4, finetune_epochs=4, batch_size=16, lr=0.02, prune_lr=0.005,
+                    weight_decay=1e-4)
+
+    def data_root(self) -> Path:
+        root = require_path("SMARTBENCH_COCO", "SMARTBENCH_DATA", "coco", "COCO 2017", layouts.COCO_TREE)
+        return layouts.check_coco_root(root)["root"]
+
+    def data_identity(self) -> dict[str, Any]:
+        return {"name": "coco2017", "files": self.dataset_hash()}
+
+    def dataset_hash(self) -> str:
+        return layout_fingerprint(self.data_root(), ["annotations/instances_train2017.json",
+                                                     "annotations/instances_val2017.json"])
+

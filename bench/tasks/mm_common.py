@@ -1,0 +1,325 @@
+"""Shared code of the mmdet / mmsegmentation tasks: configs, Runner training, evaluation, one run.
+
+Configs: each task names one file in ``configs/mm/``. That file holds a ``base`` key naming a
+config shipped inside the mmdet / mmseg package (``"mmdet::retinanet/retinanet_r18_fpn_1x_coco.py"``
+is ``<mmdet>/.mim/configs/retinanet/retinanet_r18_fpn_1x_coco.py``) and our overrides, merged on top
+with mmengine's ``Config.merge_from_dict`` (``_delete_=True`` replaces a dict). Only the model,
+the dataloaders and the evaluators are taken from the merged config; optimizer, LR schedule and
+epochs come from the task's ``Budget`` (SGD with momentum, as in the native loop). Data roots are
+bound at run time (:meth:`MMTask.data_root`): relative ``ann_file`` of evaluators are joined to it.
+
+One run (:meth:`MMTask.execute`): the dense model is trained once per (task, seed) by mmengine's
+Runner and cached with its val/test metrics (``bench.run.dense_checkpoint_path``); every pruner
+starts from that checkpoint, gets ``prune_epochs`` + ``finetune_epochs`` epochs of the same
+Runner with :class:`bench.mm_hook.PruningHook`, then is evaluated by the package's own metric.
+
+This module imports no mm* package at import time (``bench.tasks.base.load_tasks`` imports the
+task modules even where mmdet is not installed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import importlib.util
+import shutil
+import sys
+import time
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from bench.errors import ConfigError, DataError
+from bench.tasks.base import Task
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "mm"
+SPLITS = ("train", "val", "test")
+
+
+def quiet_stdout():
+    """mm* and pycocotools print to stdout; keep stdout clean for ``smartbench run --json``."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
+def register_mm(scope: str) -> None:
+    """Fill the mmdet / mmseg registries (and ours: transforms, hook, optim wrapper)."""
+    if scope == "mmdet":
+        from mmdet.utils import register_all_modules
+    elif scope == "mmseg":
+        from mmseg.utils import register_all_modules
+    else:
+        raise ValueError(scope)
+    register_all_modules(init_default_scope=False)
+    import bench.mm_hook  # noqa: F401  (registers PruningHook, EpochLogHook, PenaltyOptimWrapper)
+
+
+def package_config(ref: str) -> Path:
+    """``"mmdet::retinanet/x.py"`` -> the file shipped in the installed package."""
+    package, sep, relative = ref.partition("::")
+    spec = importlib.util.find_spec(package) if sep else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("base", f"expected '<mmdet|mmseg>::<path in the package's configs>', got {ref!r}")
+    path = Path(spec.submodule_search_locations[0]) / ".mim" / "configs" / relative
+    if not path.is_file():
+        raise ConfigError("base", f"{ref!r}: no such config in the installed {package} ({path})")
+    return path
+
+
+def load_config(name: str):
+    """Our ``configs/mm/<name>`` merged onto the package config it names as ``base``."""
+    from mmengine.config import Config
+
+    ours = Config.fromfile(CONFIG_DIR / name).to_dict()
+    cfg = Config.fromfile(package_config(ours.pop("base")))
+    cfg.merge_from_dict(ours)
+    return cfg
+
+
+def bind_data_root(cfg, root: Path) -> None:
+    """Point every dataloader at ``root`` and make evaluator ``ann_file`` paths absolute."""
+    for split in SPLITS:
+        cfg[f"{split}_dataloader"]["dataset"]["data_root"] = str(root)
+    for split in ("val", "test"):
+        evaluator = cfg[f"{split}_evaluator"]
+        if evaluator.get("ann_file"):
+            evaluator["ann_file"] = str(root / evaluator["ann_file"])
+
+
+class MMTask(Task):
+    """A task trained by mmengine's Runner on a config from ``configs/mm``."""
+
+    scope: ClassVar[str] = ""  # "mmdet" | "mmseg"
+    config_name: ClassVar[str] = ""  # file in configs/mm
+    metric_key: ClassVar[str] = ""  # key in the mm evaluator's result dict
+    metric_scale: ClassVar[float] = 1.0  # applied to metric_key's value (det: x100 -> percent)
+    image_size: ClassVar[tuple[int, int]] = (64, 64)  # (H, W) of example_input
+    warmup_iters: ClassVar[int] = 100  # linear LR warm-up of dense training
+    clip_grad: ClassVar[dict | None] = dict(max_norm=35, norm_type=2)
+
+    def __init__(self, model: str | None = None):
+        super().__init__(model)
+        if self.model_name != self.default_model:
+            raise ConfigError("model", f"task '{self.name}' has one model, '{self.default_model}' (configs/mm/{self.config_name})")
+
+    # -- data (subclasses) -----------------------------------------------------------------
+    def data_root(self) -> Path:
+        raise NotImplementedError
+
+    def data_identity(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def bind_data(self, cfg) -> None:
+        """Fill the data-dependent parts of the merged config (roots; subclasses add class names)."""
+        bind_data_root(cfg, self.data_root())
+
+    def register(self) -> None:
+        """Fill the registries this task's config needs."""
+        register_mm(self.scope)
+
+    # -- config and model --------------------------------------------------------------------
+    @cached_property
+    def config(self):
+        """The merged config without data roots (enough to build the model)."""
+        with quiet_stdout():
+            self.register()
+            return load_config(self.config_name)
+
+    @cached_property
+    def data_config(self):
+        """The merged config bound to the data root, with the task's batch size."""
+        cfg = copy.deepcopy(self.config)
+        self.bind_data(cfg)
+        cfg.train_dataloader.batch_size = self.budget.batch_size
+        return cfg
+
+    def identity(self) -> dict[str, Any]:
+        text = (CONFIG_DIR / self.config_name).read_bytes()
+        config = {"file": self.config_name, "sha256": hashlib.sha256(text).hexdigest()[:16]}
+        return {**super().identity(), "config": config, "data": self.data_identity()}
+
+    def build_model(self) -> nn.Module:
+        from mmengine.registry import DefaultScope
+
+        with quiet_stdout(), DefaultScope.overwrite_default_scope(self.scope):
+            from mmengine.registry import MODELS
+
+            return MODELS.build(copy.deepcopy(self.config.model))
+
+    def example_input(self) -> dict:
+        """Keyword arguments of ``model(**x)`` for one preprocessed batch of two blank images."""
+        return {"inputs": torch.zeros(2, 3, *self.image_size), "mode": "tensor"}
+
+    # -- data loading ---------------------------------------------------------------------------
+    def dataloader(self, split: str, seed: int = 0, calibration: bool = False):
+        """mmengine dataloader of ``split``; ``calibration``: train images, test pipeline, no shuffle."""
+        from mmengine.registry import DefaultScope
+        from mmengine.runner import Runner
+
+        cfg = copy.deepcopy(self.data_config[f"{split}_dataloader"])
+        if calibration:
+            cfg.dataset.pipeline = copy.deepcopy(self.data_config.test_dataloader.dataset.pipeline)
+            cfg.sampler = dict(type="DefaultSampler", shuffle=False)
+            cfg.pop("batch_sampler", None)
+        with DefaultScope.overwrite_default_scope(self.scope):
+            return Runner.build_dataloader(cfg, seed=seed)
+
+    def calibration_batches(self) -> list:
+        batches = []
+        for batch in self.dataloader("train", calibration=True):
+            batches.append(batch)
+            if len(batches) == self.budget.calib_batches:
+                break
+        return batches
+
+    @staticmethod
+    def preprocess(model: nn.Module, batch) -> dict:
+        return model.data_preprocessor(batch, False)
+
+    def forward(self, model: nn.Module, batch):
+        return model(**self.preprocess(model, batch), mode="tensor")
+
+    # -- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate_all(self, model: nn.Module, split: str) -> dict[str, float]:
+        """Every number the split's mm evaluator reports."""
+        from mmengine.evaluator import Evaluator
+        from mmengine.registry import DefaultScope
+
+        loader = self.dataloader(split)
+        was_training = model.training
+        model.eval()
+        with quiet_stdout(), DefaultScope.overwrite_default_scope(self.scope):
+            evaluator = Evaluator(copy.deepcopy(self.data_config[f"{split}_evaluator"]))
+            evaluator.dataset_meta = loader.dataset.metainfo
+            for batch in loader:
+                evaluator.process(data_samples=model.test_step(batch), data_batch=batch)
+            results = evaluator.evaluate(len(loader.dataset))
+        model.train(was_training)
+        return {k: float(v) for k, v in results.items() if isinstance(v, (int, float))}
+
+    def evaluate(self, model: nn.Module, split: str = "test") -> float:
+        return self.metric_of(self.evaluate_all(model, split))
+
+    def metric_of(self, results: dict[str, float]) -> float:
+        return round(results[self.metric_key] * self.metric_scale, 4)
+
+    # -- training ---------------------------------------------------------------------------------
+    def runner(self, model: nn.Module, work_dir: Path, epochs: int, optim_wrapper, param_scheduler: list[dict],
+               seed: int, hooks: list, resume: bool, checkpoints: bool, name: str):
+        from mmengine.runner import Runner
+
+        default_hooks = dict(logger=dict(type="LoggerHook", interval=50), visualization=None,
+                             checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=1) if checkpoints else None)
+        return Runner(
+            model=model, work_dir=str(work_dir), experiment_name=name,
+            train_dataloader=copy.deepcopy(self.data_config.train_dataloader),
+            train_cfg=dict(by_epoch=True, max_epochs=epochs, val_interval=epochs + 1),
+            optim_wrapper=optim_wrapper, param_scheduler=param_scheduler,
+            default_hooks=default_hooks, custom_hooks=hooks, randomness=dict(seed=seed),
+            default_scope=self.scope, log_level="ERROR", resume=resume,
+        )
+
+    def train_dense(self, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
+        """Train (or load) the dense model of (task, seed): ``{"model", "val", "test", "train_s"}``."""
+        from bench.mm_hook import EpochLogHook
+        from bench.run import dense_checkpoint_path
+        from bench.train import atomic_save, seed_everything
+
+        path = dense_checkpoint_path(self, seed)
+        if path.exists():
+            return torch.load(path, map_location="cpu", weights_only=True)
+        b = self.budget
+        seed_everything(seed)
+        model = self.build_model()
+        work_dir = path.with_suffix(".work")
+        optim_wrapper = dict(type="OptimWrapper", clip_grad=self.clip_grad,
+                             optimizer=dict(type="SGD", lr=b.lr, momentum=b.momentum, weight_decay=b.weight_decay))
+        schedule = [dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=self.warmup_iters),
+                    cosine_schedule(b.dense_epochs)]
+        started = time.perf_counter()
+        with quiet_stdout():
+            runner = self.runner(model, work_dir, b.dense_epochs, optim_wrapper, schedule, seed,
+                                 [EpochLogHook(log, "dense", b.dense_epochs)], resume=False, checkpoints=False,
+                                 name=f"{self.name}-dense-{seed}-{time.time_ns()}")
+            runner.train()
+        train_s = round(time.perf_counter() - started, 1)
+        log(f"dense training of {self.name} (seed {seed}): {train_s} s")
+        dense = {"model": model.state_dict(), "val": self.evaluate_all(model, "val"),
+                 "test": self.evaluate_all(model, "test"), "train_s": train_s}
+        atomic_save(dense, path)
+        shutil.rmtree(work_dir, ignore_errors=True)
+        return dense
+
+    def execute(self, run, log: Callable[[str], None]) -> dict[str, Any]:
+        """One resolved run (bench.run.ResolvedRun): dense (cached) -> prune -> finetune -> eval."""
+        from bench.masks import Masker, find_prunable
+        from bench.mm_hook import PruningHook
+        from bench.record import runs_dir
+        from bench.train import seed_everything
+
+        b, seed = self.budget, run.spec.seed
+        with quiet_stdout():
+            dense = self.train_dense(seed, log)
+            seed_everything(seed)
+            model = self.build_model()
+            model.init_weights()  # marks the model initialised, so the Runner does not re-initialise it
+            model.load_state_dict(dense["model"])
+            names = find_prunable(model, self.include, self.exclude, self.keep_first_last)
+            calibration = self.calibration_batches()
+            example = {**self.preprocess(model, calibration[0]), "mode": "tensor"}
+            masker = Masker(model, names, run.pruner.pattern, example)
+            hook = PruningHook(run.pruner, masker, b.prune_epochs, b.finetune_epochs, log)
+            started = time.perf_counter()
+            hook.setup(calibration, self.forward)
+            epochs = b.prune_epochs + b.finetune_epochs
+            work_dir = runs_dir() / "mm" / run.run_id
+            runner = self.runner(model, work_dir, epochs, hook.optim_wrapper(model, b.prune_lr, b.momentum, b.weight_decay,
+                                                                              self.clip_grad),
+                                 [cosine_schedule(epochs)], seed, [hook], resume=True, checkpoints=True,
+                                 name=f"{run.run_id}-{time.time_ns()}")
+            runner.train()
+            prune_wall = time.perf_counter() - started
+            audit = masker.audit(hook.hard)
+            val, test = self.evaluate_all(model, "val"), self.evaluate_all(model, "test")
+            masker.remove(fold=True)
+            shutil.rmtree(work_dir, ignore_errors=True)
+        return {
+            "metric": self.metric_of(test), "val_metric": self.metric_of(val),
+            "dense_metric": self.metric_of(dense["test"]), "dense_val_metric": self.metric_of(dense["val"]),
+            "achieved_sparsity": audit["achieved_sparsity"], "weight_sparsity": audit["weight_sparsity"],
+            "pattern_valid": audit["pattern_valid"], "prune_wall_s": round(prune_wall, 2), "audit": audit,
+            "mm_metrics": {"test": test, "val": val, "dense_test": dense["test"], "dense_val": dense["val"]},
+        }
+
+
+def cosine_schedule(epochs: int) -> dict:
+    """Cosine from the optimizer's lr to 0 over ``epochs``, stepped every iteration."""
+    return dict(type="CosineAnnealingLR", by_epoch=True, begin=0, end=epochs, T_max=epochs, eta_min=0.0,
+                convert_to_iter_based=True)
+
+
+def require_path(env_var: str, data_env: str, subdir: str, name: str, tree: str) -> Path:
+    """A user's dataset folder from ``$env_var`` or ``$data_env/<subdir>``; DataError if unset."""
+    import os
+
+    if os.environ.get(env_var):
+        return Path(os.environ[env_var])
+    if os.environ.get(data_env) and (Path(os.environ[data_env]) / subdir).is_dir():
+        return Path(os.environ[data_env]) / subdir
+    raise DataError(f"{name} not found: set {env_var}=/path/to/{subdir} (or {data_env} to a folder holding {subdir}/).\n"
+                    f"Expected layout:\n{tree}")
+
+
+def layout_fingerprint(root: Path, paths: list[str]) -> str:
+    """Cheap identity of a user's dataset copy: size of each named file, entry count of each folder."""
+    import os
+
+    def size(path: Path) -> int:
+        return sum(1 for _ in os.scandir(path)) if path.is_dir() else path.stat().st_size
+
+    listing = [f"{name}:{size(root / name)}" for name in paths]
+    return hashlib.sha256("\n".join(listing).encode()).hexdigest()[:16]

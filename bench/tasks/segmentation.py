@@ -1,0 +1,140 @@
+"""Semantic segmentation with mmsegmentation (FCN R18-D8) trained by mmengine's Runner.
+
+``scenes-seg`` / ``scenes-seg-tiny``: FMNIST-Scenes label maps (bench/data/scenes.py writes
+``seg/img_dir`` + ``seg/ann_dir``) read by mmseg's ``BaseSegDataset`` with our 11 class names
+(0 = background, 1..10 = Fashion-MNIST classes), scored by mmseg's ``IoUMetric``. The row's metric is
+``mIoU`` in percent over the 11 classes, as mmseg reports it (2 decimals).
+
+``ade20k-seg`` (``$SMARTBENCH_ADE20K``) and ``cityscapes-seg`` (``$SMARTBENCH_CITYSCAPES``) run the same
+model and code on a user's copy; both have no labelled test split, so val and test are the val split.
+Cityscapes is read from the official ``*_gtFine_labelIds.png`` files; :class:`CityscapesTrainIds`
+maps the 34 label ids to the 19 train ids (255 = ignore) in the pipeline, so no conversion script
+is needed.
+
+Prunable layers (default): every conv of the backbone except the stem's first conv, and the
+decode head's convs; the decode head's classifier (``conv_seg``) stays dense and the auxiliary
+head (used only by the training loss) is not pruned. No mm* import at module level.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.data import layouts
+from bench.data.scenes import CLASS_NAMES, ScenesSpec, build_scenes
+from bench.tasks.base import Budget, register_task
+from bench.tasks.mm_common import MMTask, layout_fingerprint, require_path
+
+SCENES_CLASSES = ("background", *CLASS_NAMES)
+SCENES_PALETTE = [[0, 0, 0]] + [[(37 * i) % 256, (91 * i) % 256, (53 * i + 128) % 256] for i in range(1, 11)]
+
+# Cityscapes label id -> train id (the 19 evaluated classes; every other id is ignored).
+CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+                        25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+
+class CityscapesTrainIds:
+    """Pipeline step (after ``LoadAnnotations``): ``gt_seg_map`` label ids -> train ids, 255 elsewhere."""
+
+    def __init__(self):
+        self.table = np.full(256, 255, np.uint8)
+        for label_id, train_id in CITYSCAPES_TRAIN_IDS.items():
+            self.table[label_id] = train_id
+
+    def __call__(self, results: dict) -> dict:
+        results["gt_seg_map"] = self.table[results["gt_seg_map"]]
+        return results
+
+
+class SegmentationTask(MMTask):
+    family = "segmentation"
+    metric_name = "mIoU"
+    scope = "mmseg"
+    metric_key = "mIoU"
+    default_model = "fcn_r18-d8"
+    include = ["backbone.*", "decode_head.*"]
+    exclude = ["decode_head.conv_seg"]
+
+    def register(self) -> None:
+        super().register()
+        from mmseg.registry import TRANSFORMS
+
+        TRANSFORMS.register_module(module=CityscapesTrainIds, force=True)
+
+
+class ScenesSegmentation(SegmentationTask):
+    config_name = "scenes_seg.py"
+    spec: ScenesSpec
+
+    def data_identity(self) -> dict[str, Any]:
+        return {"name": "fmnist-scenes", **self.spec.__dict__}
+
+    def dataset_hash(self) -> str:
+        return self.spec.content_key()
+
+    def data_root(self) -> Path:
+        return build_scenes(self.spec)
+
+    def bind_data(self, cfg) -> None:
+        super().bind_data(cfg)
+        for split in ("train", "val", "test"):
+            cfg[f"{split}_dataloader"].dataset.metainfo = dict(classes=SCENES_CLASSES, palette=SCENES_PALETTE)
+
+
+@register_task
+class ScenesSegTiny(ScenesSegmentation):
+    name = "scenes-seg-tiny"
+    description = "mmseg FCN R18-D8 on 1k 64x64 FMNIST-Scenes (mIoU, 11 classes)"
+    spec = ScenesSpec(n_train=1000, n_val=200, n_test=300, size=64, seed=0)
+    budget = Budget(dense_epochs=12, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.02, prune_lr=0.005)
+
+
+@register_task
+class ScenesSeg(ScenesSegmentation):
+    name = "scenes-seg"
+    description = "mmseg FCN R18-D8 on 2k 64x64 FMNIST-Scenes (mIoU, 11 classes)"
+    spec = ScenesSpec(n_train=2000, n_val=300, n_test=500, size=64, seed=0)
+    budget = Budget(dense_epochs=16, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.02, prune_lr=0.005)
+
+
+@register_task
+class Ade20kSeg(SegmentationTask):
+    name = "ade20k-seg"
+    description = "mmseg FCN R18-D8 on a user's ADE20K copy ($SMARTBENCH_ADE20K; GPU-scale, never run in CI)"
+    config_name = "ade20k_seg.py"
+    image_size = (512, 512)
+    warmup_iters = 500
+    budget = Budget(dense_epochs=40, prune_epochs=8, finetune_epochs=8, batch_size=16, lr=0.01, prune_lr=0.005)
+
+    def data_root(self) -> Path:
+        root = require_path("SMARTBENCH_ADE20K", "SMARTBENCH_DATA", "ADEChallengeData2016", "ADE20K", layouts.ADE20K_TREE)
+        return layouts.check_ade20k_root(root)["root"]
+
+    def data_identity(self) -> dict[str, Any]:
+        return {"name": "ade20k", "files": self.dataset_hash()}
+
+    def dataset_hash(self) -> str:
+        return layout_fingerprint(self.data_root(), ["images/training", "images/validation"])
+
+
+@register_task
+class CityscapesSeg(SegmentationTask):
+    name = "cityscapes-seg"
+    description = "mmseg FCN R18-D8 on a user's Cityscapes copy ($SMARTBENCH_CITYSCAPES; GPU-scale, never run in CI)"
+    config_name = "cityscapes_seg.py"
+    image_size = (512, 1024)
+    warmup_iters = 500
+    budget = Budget(dense_epochs=100, prune_epochs=20, finetune_epochs=20, batch_size=8, lr=0.01, prune_lr=0.005)
+
+    def data_root(self) -> Path:
+        root = require_path("SMARTBENCH_CITYSCAPES", "SMARTBENCH_DATA", "cityscapes", "Cityscapes", layouts.CITYSCAPES_TREE)
+        return layouts.check_cityscapes_root(root)["root"]
+
+    def data_identity(self) -> dict[str, Any]:
+        return {"name": "cityscapes", "files": self.dataset_hash()}
+
+    def dataset_hash(self) -> str:
+        return layout_fingerprint(self.data_root(), ["leftImg8bit/train", "leftImg8bit/val"])

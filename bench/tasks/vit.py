@@ -1,0 +1,196 @@
+"""Vision transformers for N:M pruning: timm ``VisionTransformer`` on Fashion-MNIST, DeiT on ImageNet.
+
+Covered layers: every ``nn.Linear`` inside the transformer blocks — the fused ``attn.qkv``,
+``attn.proj``, ``mlp.fc1`` and ``mlp.fc2`` (``include = ["blocks.*"]``,
+``keep_first_last = False``). The patch embedding (a Conv2d on raw pixels) and the
+classification head stay dense, as in SR-STE / ASP / Wanda for ViTs. Override the class
+attributes ``include`` / ``exclude`` in a subclass to change the coverage.
+
+Fashion-MNIST tasks (1x28x28, 4x4 patches -> 49 tokens + class token) reuse the data splits of
+:class:`bench.tasks.classification.FashionMNISTTask`. The default architecture is built from
+``vit_tiny_patch16_224`` with the shape in ``arch`` (embedding width a multiple of 16, so N:M
+with M in {4, 8, 16} tiles every covered layer and the 2:4 kernels accept every weight);
+``--model timm:NAME`` swaps in another timm ViT, built with ``img_size=28, patch_size=4`` and
+its own width/depth. Trained from scratch with the project's SGD + cosine trainer.
+
+``imagenet-deit``: DeiT-Tiny (``--model timm:deit_small_patch16_224`` for DeiT-Small) on a
+user's ImageNet copy found through ``$SMARTBENCH_IMAGENET`` (layout checked by
+:func:`bench.data.layouts.check_imagenet_root`); never run in CI. See docs/vit-nm.md.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.errors import ConfigError, DataError
+from bench.tasks.base import Budget, Task, register_task, seeded
+from bench.tasks.classification import FashionMNISTTask
+
+BLOCK_LINEARS = ["blocks.*"]
+
+
+class FashionMNISTViT(FashionMNISTTask):
+    family = "vit"
+    default_model = "vit_tiny_patch16_224"
+    include = BLOCK_LINEARS
+    keep_first_last = False
+    patch_size = 4
+    arch: dict = {}  # embed_dim, depth, num_heads of the default model
+
+    def model_kwargs(self) -> dict:
+        shape = dict(img_size=28, patch_size=self.patch_size)
+        if self.model_name.removeprefix("timm:") == self.default_model:
+            shape.update(self.arch)
+        return shape
+
+    def identity(self) -> dict:
+        return {**super().identity(), "model_kwargs": self.model_kwargs()}
+
+
+@register_task
+class FmnistViT(FashionMNISTViT):
+    name = "fmnist-vit"
+    description = "timm ViT (width 96, depth 4, 3 heads, 4x4 patches) on a 10k Fashion-MNIST subset; N:M on block Linears"
+    arch = dict(embed_dim=96, depth=4, num_heads=3)
+    budget = Budget(dense_epochs=12, prune_epochs=2, finetune_epochs=2, batch_size=128, lr=0.05, prune_lr=0.01,
+                    weight_decay=1e-4)
+
+
+@register_task
+class FmnistViTTiny(FashionMNISTViT):
+    name = "fmnist-vit-tiny"
+    description = "timm ViT (width 64, depth 2, 2 heads) on a fixed 2k Fashion-MNIST subset (smoke tests)"
+    arch = dict(embed_dim=64, depth=2, num_heads=2)
+    train_size = 2_000
+    val_size = 1_000
+    test_size = 1_000
+    budget = Budget(dense_epochs=6, prune_epochs=2, finetune_epochs=1, batch_size=64, lr=0.05, prune_lr=0.01,
+                    weight_decay=1e-4)
+
+
+# -- ImageNet (full size, by path) -------------------------------------------------------
+
+IMAGENET_ENV = "SMARTBENCH_IMAGENET"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def imagenet_root() -> dict:
+    """Resolved ImageNet folders from ``$SMARTBENCH_IMAGENET``; DataError if unset or malformed."""
+    from bench.data.layouts import check_imagenet_root
+
+    root = os.environ.get(IMAGENET_ENV)
+    if not root:
+        raise DataError(f"imagenet-deit needs ${IMAGENET_ENV} pointing at an ImageNet copy (train/ and val/ class folders)")
+    return check_imagenet_root(root, ("train", "val"))
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@register_task
+class ImagenetDeiT(Task):
+    """DeiT on ImageNet-1k at 224x224; ``val`` = 10k images held out of train, ``test`` = official val."""
+
+    name = "imagenet-deit"
+    family = "vit"
+    metric_name = "top1"
+    description = f"DeiT-Tiny/Small on ImageNet-1k (${IMAGENET_ENV}); N:M on block Linears; GPU clusters only"
+    default_model = "deit_tiny_patch16_224"
+    include = BLOCK_LINEARS
+    keep_first_last = False
+    holdout = 10_000
+    workers = 8
+    eval_batch = 256
+    budget = Budget(dense_epochs=300, prune_epochs=30, finetune_epochs=20, batch_size=256, lr=0.1, prune_lr=0.01,
+                    weight_decay=5e-5, calib_batches=8)
+
+    def build_model(self) -> nn.Module:
+        name = self.model_name.removeprefix("timm:")
+        if not name.startswith(("deit_", "vit_")):
+            raise ConfigError("model", f"imagenet-deit takes a timm DeiT/ViT name (deit_tiny_patch16_224, "
+                                       f"deit_small_patch16_224, ...), got '{name}'")
+        return timm.create_model(name, pretrained=False, num_classes=1000)
+
+    def example_input(self) -> Tensor:
+        return torch.zeros(2, 3, 224, 224)
+
+    def dataset_hash(self) -> str:
+        """Cheap identity of the user's copy: class list and image counts (no file hashing)."""
+        import hashlib
+
+        folders = imagenet_root()
+        digest = hashlib.sha256()
+        for split in ("train", "val"):
+            classes = sorted(p.name for p in folders[split].iterdir() if p.is_dir())
+            digest.update(f"{split}:{len(classes)}:{','.join(classes)};".encode())
+        return digest.hexdigest()[:16]
+
+    def _transform(self, train: bool):
+        from torchvision import transforms as T
+
+        if train:
+            steps = [T.RandomResizedCrop(224), T.RandomHorizontalFlip()]
+        else:
+            steps = [T.Resize(256), T.CenterCrop(224)]
+        return T.Compose(steps + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    @cached_property
+    def splits(self) -> dict:
+        from torch.utils.data import Subset
+        from torchvision.datasets import ImageFolder
+
+        folders = imagenet_root()
+        train_aug = ImageFolder(str(folders["train"]), transform=self._transform(True))
+        train_plain = ImageFolder(str(folders["train"]), transform=self._transform(False))
+        order = torch.randperm(len(train_aug), generator=seeded(0)).tolist()
+        return {
+            "train": Subset(train_aug, order[self.holdout:]),
+            "calib": Subset(train_plain, order[self.holdout:]),
+            "val": Subset(train_plain, order[: self.holdout]),
+            "test": ImageFolder(str(folders["val"]), transform=self._transform(False)),
+        }
+
+    def _loader(self, dataset, batch_size: int, generator: torch.Generator | None = None):
+        from torch.utils.data import DataLoader
+
+        return DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
+                          num_workers=self.workers, drop_last=generator is not None, pin_memory=True)
+
+    def steps_per_epoch(self) -> int:
+        return len(self.splits["train"]) // self.budget.batch_size
+
+    def train_batches(self, epoch: int, seed: int):
+        yield from self._loader(self.splits["train"], self.budget.batch_size, seeded(seed * 100_003 + epoch))
+
+    def calibration_batches(self) -> list:
+        batches = []
+        for batch in self._loader(self.splits["calib"], self.budget.batch_size):
+            batches.append(batch)
+            if len(batches) == self.budget.calib_batches:
+                break
+        return batches
+
+    def forward(self, model: nn.Module, batch) -> Tensor:
+        return model(batch[0].to(_device_of(model), non_blocking=True))
+
+    def loss(self, model: nn.Module, batch) -> Tensor:
+        return F.cross_entropy(self.forward(model, batch), batch[1].to(_device_of(model)), label_smoothing=0.1)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str = "test") -> float:
+        was_training = model.training
+        model.eval()
+        correct = total = 0
+        for images, labels in self._loader(self.splits[split], self.eval_batch):
+            logits = self.forward(model, (images, labels))
+            correct += int((logits.argmax(1).cpu() == labels).sum())
+            total += len(labels)
+        model.train(was_training)
+        return 100.0 * correct / total

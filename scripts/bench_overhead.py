@@ -1,0 +1,345 @@
+"""Overhead of every registered pruner, soft top-k cost, peak memory, shrunk latency -> docs/performance.md.
+
+    PYTHONPATH=. python scripts/bench_overhead.py [--quick] [--threads 1] [--out docs/performance.md]
+
+* Step time: one process, every pruner attached to its own copy of the model exactly as the
+  trainer does it (Masker + build_pruner + calibrate + attach, then per step on_step, masks,
+  forward/backward with penalty, optimizer step, after_optimizer_step), plus two references:
+  ``dense`` (no masker) and ``masked`` (Masker with a fixed hard mask, no pruner). Measured
+  INTERLEAVED: each round runs ``steps`` steps of every entry, the order rotating each round;
+  reported per entry: median step time, and the median over rounds of (entry / dense) of the
+  same round (paired), plus the ratio of total times (includes rare periodic costs).
+* soft_topk (smart.topk) forward + backward against torch.topk (values forward + backward),
+  interleaved, n from 1e3 to 1e7 (quick: 1e6), k = n/2, tau 1.0 and 0.01 on standardised scores.
+* Peak memory: a fresh subprocess per pruner runs a few training steps and reports
+  ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (peak resident set, whole process); we report it
+  and its difference to the dense subprocess. Synthetic batches keep the dataset out of it.
+* Latency: fmnist-resnet (resnet10t) at 50% channel sparsity, masked-dense vs physically shrunk
+  (bench.speed.latency protocol), with random global masks and with group-aligned random masks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch_pruning as tp
+
+from bench.masks import Masker, calibrate, find_prunable
+from bench.pruner import Progress, build_pruner, load_pruners
+from bench.select import hard_topk
+from bench.shrink import count_params, folded_copy, shrink_channels
+from bench.sparsity import parse_pattern, resolve_sparsity
+from bench.speed import cost_figures, device_fingerprint, latency
+from bench.tasks.base import get_task
+from bench.train import make_optimizer
+from smart.topk import soft_topk
+
+FULL = dict(rounds=10, steps=2, resnet_patterns=[("unstructured", 0.9), ("channel", 0.5), ("nm:2:4", None)],
+            vit_patterns=[("nm:2:4", None)], topk_sizes=[10**e for e in range(3, 8)], topk_taus=(1.0, 0.01),
+            memory_steps=5, latency_repeats=30, latency_batches=(1, 32, 128))
+QUICK = dict(rounds=3, steps=1, resnet_patterns=[("unstructured", 0.9)], vit_patterns=[("nm:2:4", None)],
+             topk_sizes=[10**e for e in range(3, 7)], topk_taus=(1.0, 0.01), memory_steps=2, latency_repeats=8,
+             latency_batches=(1, 128))
+BATCH = 128
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def synthetic_batches(n: int, seed: int = 0) -> list:
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(BATCH, 1, 28, 28, generator=gen), torch.randint(0, 10, (BATCH,), generator=gen)) for _ in range(n)]
+
+
+class Entry:
+    """One model + (optional) masker/pruner + optimizer, stepping like bench.train.PruneTrainer."""
+
+    def __init__(self, task, kind: str, pattern: str, sparsity, batches: list, total_steps: int):
+        torch.manual_seed(0)
+        self.task, self.kind, self.batches, self.total_steps, self.i = task, kind, batches, total_steps, 0
+        self.model = task.build_model().train()
+        self.masker = self.pruner = None
+        groups = []
+        if kind != "dense":
+            pat = parse_pattern(pattern)
+            target = resolve_sparsity(pat, sparsity)
+            names = find_prunable(self.model, task.include, task.exclude, task.keep_first_last)
+            self.masker = Masker(self.model, names, pat, task.example_input())
+            calibrate(self.model, self.masker.layers, batches[:2], task.forward)
+            if kind == "masked":
+                scores = {layer.name: pat.unit_norms(layer.weight.detach()) for layer in self.masker.layers}
+                self.fixed = {n: m.float() for n, m in hard_topk(scores, pat, target).items()}
+            else:
+                self.pruner = build_pruner(kind, pat, target, {})
+                self.pruner.attach(self.masker.layers)
+                groups = self.pruner.param_groups()
+        self.optimizer = make_optimizer(self.model, task, task.budget.prune_lr, groups)
+
+    def step(self) -> None:
+        batch = self.batches[self.i % len(self.batches)]
+        if self.pruner is not None:
+            self.pruner.on_step(Progress("prune", self.i, self.total_steps))
+            self.masker.set_masks(self.pruner.masks(), straight_through=self.pruner.straight_through)
+        elif self.kind == "masked":
+            self.masker.set_masks(self.fixed)
+        loss = self.task.loss(self.model, batch)
+        if self.pruner is not None:
+            loss = loss + self.pruner.penalty()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.pruner is not None:
+            self.pruner.after_optimizer_step(self.optimizer)
+        self.i += 1
+
+
+def entry_kinds(pattern: str) -> list[str]:
+    kind = parse_pattern(pattern).kind
+    return ["dense", "masked"] + [name for name, cls in sorted(load_pruners().items()) if kind in cls.patterns]
+
+
+def step_times(task_name: str, pattern: str, sparsity, cfg: dict) -> list[dict]:
+    task = get_task(task_name)
+    batches = synthetic_batches(4)
+    total = (cfg["rounds"] + 1) * cfg["steps"]
+    entries, rows = {}, []
+    for kind in entry_kinds(pattern):
+        try:
+            entries[kind] = Entry(task, kind, pattern, sparsity, batches, total)
+            for _ in range(cfg["steps"]):  # warm-up round (untimed)
+                entries[kind].step()
+        except Exception as err:  # a pruner under construction must not stop the benchmark
+            rows.append({"entry": kind, "error": f"{type(err).__name__}: {err}"[:120]})
+            entries.pop(kind, None)
+    times = {kind: [] for kind in entries}
+    names = list(entries)
+    for r in range(cfg["rounds"]):
+        for kind in names[r % len(names):] + names[: r % len(names)]:
+            begin = time.perf_counter()
+            try:
+                for _ in range(cfg["steps"]):
+                    entries[kind].step()
+            except Exception as err:
+                rows.append({"entry": kind, "error": f"{type(err).__name__}: {err}"[:120]})
+                names.remove(kind)
+                continue
+            times[kind].append((time.perf_counter() - begin) / cfg["steps"] * 1e3)
+        log(f"  {task_name} {pattern} round {r + 1}/{cfg['rounds']}")
+    dense = times["dense"]
+    for kind in names:
+        paired = [a / b for a, b in zip(times[kind], dense)]
+        rows.append({"entry": kind, "median_ms": statistics.median(times[kind]), "ratio_paired": statistics.median(paired),
+                     "ratio_total": sum(times[kind]) / sum(dense[: len(times[kind])]), "rounds": len(times[kind])})
+    return rows
+
+
+def topk_times(cfg: dict) -> list[dict]:
+    rows = []
+    for n in cfg["topk_sizes"]:
+        repeats = 20 if n <= 10**5 else (7 if n <= 10**6 else 3)
+        gen = torch.Generator().manual_seed(n)
+        raw = torch.randn(n, generator=gen)
+        grad = torch.randn(n, generator=gen)
+        k = n // 2
+        for tau in cfg["topk_taus"]:
+            def soft():
+                s = raw.clone().requires_grad_(True)
+                soft_topk(s, k, tau).backward(grad)
+
+            def hard():
+                s = raw.clone().requires_grad_(True)
+                torch.topk(s, k).values.backward(grad[:k])
+
+            soft(), hard()  # warm-up
+            t_soft, t_hard = [], []
+            for r in range(repeats):
+                for fn, bucket in ((soft, t_soft), (hard, t_hard))[:: 1 if r % 2 == 0 else -1]:
+                    begin = time.perf_counter()
+                    fn()
+                    bucket.append((time.perf_counter() - begin) * 1e3)
+            rows.append({"n": n, "tau": tau, "soft_ms": statistics.median(t_soft), "topk_ms": statistics.median(t_hard),
+                         "ratio": statistics.median(t_soft) / statistics.median(t_hard), "repeats": repeats})
+            log(f"  soft_topk n={n:.0e} tau={tau}: ratio {rows[-1]['ratio']:.2f}")
+    return rows
+
+
+def memory_child(task_name: str, kind: str, pattern: str, sparsity, steps: int) -> None:
+    torch.set_num_threads(1)
+    entry = Entry(get_task(task_name), kind, pattern, sparsity, synthetic_batches(2), steps)
+    for _ in range(steps):
+        entry.step()
+    print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def peak_memory(task_name: str, pattern: str, sparsity, cfg: dict) -> list[dict]:
+    rows = []
+    for kind in entry_kinds(pattern):
+        cmd = [sys.executable, __file__, "--memory-child", task_name, kind, pattern, str(sparsity), str(cfg["memory_steps"])]
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+        if done.returncode:
+            rows.append({"entry": kind, "error": (done.stderr.strip().splitlines() or ["?"])[-1][:120]})
+        else:
+            rows.append({"entry": kind, "maxrss_mb": json.loads(done.stdout.strip().splitlines()[-1])["maxrss_mb"]})
+        log(f"  memory {kind}: {rows[-1]}")
+    dense = next((r["maxrss_mb"] for r in rows if r["entry"] == "dense" and "maxrss_mb" in r), None)
+    for row in rows:
+        if dense and "maxrss_mb" in row:
+            row["delta_mb"], row["ratio"] = row["maxrss_mb"] - dense, row["maxrss_mb"] / dense
+    return rows
+
+
+def aligned_masks(model, masker, keep_fraction: float, seed: int) -> dict:
+    """Random channel masks where every coupled group (DepGraph) keeps the same channels."""
+    plain = folded_copy(model)
+    graph = tp.DependencyGraph().build_dependency(plain.eval(), torch.zeros(2, 1, 28, 28), verbose=False)
+    names = {m: n for n, m in plain.named_modules()}
+    gen = torch.Generator().manual_seed(seed)
+    masks = {layer.name: None for layer in masker.layers}
+    for group in graph.get_all_groups(root_module_types=(torch.nn.Conv2d, torch.nn.Linear)):
+        width = graph.get_out_channels(group[0].dep.target.module)
+        keep = torch.randperm(width, generator=gen)[: max(1, round(keep_fraction * width))]
+        for item in group.items:
+            name = names.get(item.dep.target.module)
+            if name in masks and item.dep.handler is tp.prune_conv_out_channels:
+                mask = torch.zeros(len(item.idxs), dtype=torch.bool)
+                root_to_idx = dict(zip(item.root_idxs, item.idxs))
+                mask[[root_to_idx[r] for r in keep.tolist() if r in root_to_idx]] = True
+                masks[name] = mask
+    return {name: torch.ones(layer.unit_shape, dtype=torch.bool) if masks[name] is None else masks[name]
+            for name, layer in masker.by_name().items()}
+
+
+def shrunk_latency(cfg: dict, threads: int) -> dict:
+    task = get_task("fmnist-resnet")
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    example = task.example_input()
+    pattern = parse_pattern("channel")
+    masker = Masker(model, find_prunable(model, task.include, task.exclude, task.keep_first_last), pattern, example)
+    gen = torch.Generator().manual_seed(0)
+    masks = {"random": hard_topk({l.name: torch.rand(l.unit_shape, generator=gen) for l in masker.layers}, pattern, 0.5),
+             "aligned": aligned_masks(model, masker, 0.5, seed=0)}
+    variants, costs = {"masked_dense": folded_copy(model, masker, masks["random"])}, {}
+    for label, hard in masks.items():
+        costs[label] = cost_figures(model, masker, hard, example, pattern)
+        shrunk = folded_copy(model, masker, hard)
+        shrink_channels(shrunk, hard, example)
+        variants[f"shrunk_{label}"] = shrunk
+    result = latency(variants, example, cfg["latency_batches"], warmup=3, repeats=cfg["latency_repeats"], threads=threads)
+    return {"result": result, "costs": costs}
+
+
+def render(cfg_name: str, argv: list[str], fp: dict, load: tuple, steps: dict, topk: list, memory: dict, lat: dict,
+           notes: list[str]) -> str:
+    lines = ["# Performance: pruner overhead, soft top-k, memory, shrunk latency", "",
+             "Generated by `scripts/bench_overhead.py` -- do not edit by hand.", "",
+             f"- command: `PYTHONPATH=. python scripts/bench_overhead.py {' '.join(argv)}` (config: **{cfg_name}**)",
+             f"- machine: {fp['cpu']}, {fp['cpu_count']} cores, torch {fp['torch']}, {fp['threads']} thread(s), "
+             f"python {fp['python']}", f"- 1-min load average at start / end: {load[0]:.1f} / {load[1]:.1f} "
+             "(**shared machine, busy with other work: absolute times are noisy; interleaving keeps ratios comparable**)",
+             f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
+    lines += [f"- note: {n}" for n in notes] + [""]
+    lines += ["## Training-step time relative to dense", "",
+              "Batch 128 of 1x28x28, SGD step, pruner hooks as in the trainer; `masked` = fixed hard mask through the",
+              "parametrization, no pruner. ratio (paired) = median over rounds of entry/dense in the same round;",
+              "ratio (total) = total time / dense total time. Target: SMART <= 1.10.", ""]
+    for (task_name, pattern), rows in steps.items():
+        lines += [f"### {task_name}, {pattern}", "", "| entry | median step (ms) | ratio (paired) | ratio (total) |",
+                  "|---|---:|---:|---:|"]
+        for row in rows:
+            if "error" in row:
+                lines.append(f"| {row['entry']} | error: {row['error']} | | |")
+            else:
+                lines.append(f"| {row['entry']} | {row['median_ms']:.1f} | {row['ratio_paired']:.3f} | {row['ratio_total']:.3f} |")
+        lines.append("")
+    lines += ["## soft_topk vs torch.topk (forward + backward)", "",
+              "1-D float32 scores ~ N(0,1), k = n/2; soft = `smart.topk.soft_topk(s, k, tau)` then `.backward(g)`;",
+              "hard = `torch.topk(s, k).values.backward(g[:k])`. Median ms, interleaved. Target at n = 1e6: ratio <= 3.0.", "",
+              "| n | tau | soft_topk (ms) | torch.topk (ms) | ratio |", "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['n']:.0e} | {r['tau']} | {r['soft_ms']:.2f} | {r['topk_ms']:.2f} | {r['ratio']:.2f} |" for r in topk]
+    lines += ["", "## Peak memory relative to dense", "",
+              "Peak resident set (`ru_maxrss`) of a fresh process per entry that builds the model, attaches the pruner and",
+              "runs a few training steps on synthetic batches (no dataset); includes the interpreter + torch baseline,",
+              "so the difference in MB is the informative number.", ""]
+    for (task_name, pattern), rows in memory.items():
+        lines += [f"### {task_name}, {pattern}", "", "| entry | peak RSS (MB) | minus dense (MB) | ratio |", "|---|---:|---:|---:|"]
+        for row in rows:
+            if "error" in row:
+                lines.append(f"| {row['entry']} | error: {row['error']} | | |")
+            else:
+                lines.append(f"| {row['entry']} | {row['maxrss_mb']:.0f} | {row.get('delta_mb', 0):+.0f} | {row.get('ratio', 1):.3f} |")
+        lines.append("")
+    if lat:
+        res, costs = lat["result"], lat["costs"]
+        lines += ["## Latency: channel-pruned fmnist-resnet (resnet10t, 50% of output channels)", "",
+                  "Protocol of `bench.speed.latency` (eval, inference_mode, warm-up 3, interleaved repeats, median and IQR).",
+                  "`random`: global hard top-k of random scores (what an importance-based pruner gives: coupled",
+                  "residual channels rarely all dropped); `aligned`: every DepGraph group keeps the same random half.",
+                  "Target: shrunk / masked-dense <= 0.60.", "",
+                  "| variant | batch | median (ms) | IQR (ms) | ratio to masked_dense (paired) |", "|---|---:|---:|---:|---:|"]
+        for variant, by_batch in res["latency"].items():
+            for bs, stats in by_batch.items():
+                ratio = res["ratios"].get(variant, {}).get(bs)
+                lines.append(f"| {variant} | {bs} | {stats['median_ms']:.2f} | {stats['iqr_ms']:.2f} | "
+                             f"{ratio['paired_median']:.3f} |" if ratio else
+                             f"| {variant} | {bs} | {stats['median_ms']:.2f} | {stats['iqr_ms']:.2f} | 1 |")
+        lines += ["", "| masks | params dense | params masked | params shrunk | FLOPs dense | FLOPs masked | FLOPs shrunk |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for label, c in costs.items():
+            lines.append(f"| {label} | {c['params_dense']:,} | {c['params_masked']:,} | {c['params_shrunk']:,} | "
+                         f"{c['flops_dense']:,} | {c['flops_masked']:,} | {c['flops_shrunk']:,} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short version (fewer rounds, patterns, sizes)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="docs/performance.md")
+    parser.add_argument("--memory-child", nargs=5, metavar=("TASK", "ENTRY", "PATTERN", "SPARSITY", "STEPS"))
+    args = parser.parse_args(argv)
+    if args.memory_child:
+        task_name, kind, pattern, sparsity, steps = args.memory_child
+        memory_child(task_name, kind, pattern, None if sparsity == "None" else float(sparsity), int(steps))
+        return 0
+    cfg = QUICK if args.quick else FULL
+    torch.set_num_threads(args.threads)
+    load_start, notes = os.getloadavg()[0], []
+    tasks = [("fmnist-resnet", p) for p in cfg["resnet_patterns"]]
+    try:
+        get_task("fmnist-vit")
+        tasks += [("fmnist-vit", p) for p in cfg["vit_patterns"]]
+    except Exception as err:  # noqa: BLE001 - the ViT family may be absent from this checkout
+        notes.append(f"fmnist-vit skipped ({err})")
+    steps, memory = {}, {}
+    for task_name, (pattern, sparsity) in tasks:
+        log(f"step time: {task_name} {pattern}")
+        steps[(task_name, pattern)] = step_times(task_name, pattern, sparsity, cfg)
+    log("soft_topk vs torch.topk")
+    topk = topk_times(cfg)
+    task_name, (pattern, sparsity) = tasks[0]
+    log(f"peak memory: {task_name} {pattern}")
+    memory[(task_name, pattern)] = peak_memory(task_name, pattern, sparsity, cfg)
+    log("latency: shrunk fmnist-resnet")
+    lat = shrunk_latency(cfg, args.threads)
+    text = render("quick" if args.quick else "full", argv, device_fingerprint(), (load_start, os.getloadavg()[0]),
+                  steps, topk, memory, lat, notes)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text + "\n")
+    log(f"written {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

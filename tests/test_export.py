@@ -1,0 +1,79 @@
+"""Export round trip: a real short fmnist-tiny run -> saved folded weights -> export -> load -> same metric."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import bench.run
+from bench.cli import main
+from bench.export import EXPORT_FORMAT, export_run, load_exported, save_pruned, saved_model_path
+from bench.run import RunSpec, execute, resolve
+from bench.tasks.base import get_task
+from bench.train import PruneTrainer
+
+
+@pytest.fixture(scope="module")
+def channel_run(tmp_path_factory):
+    """One real run (magnitude, channel 50%, 1 prune epoch, no fine-tune) in a private runs folder."""
+    runs = tmp_path_factory.mktemp("runs")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SMARTBENCH_RUNS", str(runs))
+    patch.setenv("WANDB_MODE", "disabled")
+    captured = {}
+
+    class Capturing(PruneTrainer):
+        def run(self):
+            hard = super().run()
+            captured.update(model=self.model, hard=hard)
+            return hard
+
+    patch.setattr(bench.run, "PruneTrainer", Capturing)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared test machine: avoid oversubscription stalls
+    run = resolve(RunSpec(task="fmnist-tiny", pruner="magnitude", pattern="channel", sparsity=0.5,
+                          budget={"prune_epochs": 1, "finetune_epochs": 0}))
+    row = execute(run, log=lambda _msg: None)
+    if not saved_model_path(row["run_id"]).exists():  # bench/run.py does not call save_pruned (yet)
+        save_pruned(runs, captured["model"], captured["hard"],
+                    {"run_id": row["run_id"], "task": row["task"], "model": row["model"], "pattern": row["pattern"]})
+    yield row, runs
+    patch.undo()
+    torch.set_num_threads(threads)
+
+
+def test_export_round_trip_reproduces_the_metric_exactly(channel_run, tmp_path):
+    row, _ = channel_run
+    out = tmp_path / "pruned.pt"
+    summary = export_run(row["run_id"], out)
+    assert summary["shrunk_groups"] > 0 and summary["params"] < summary["dense_params"]
+    payload = torch.load(out, weights_only=True)  # tensors + plain containers only
+    assert payload["format"] == EXPORT_FORMAT and payload["meta"]["run_id"] == row["run_id"]
+    model, meta = load_exported(out)
+    assert sum(p.numel() for p in model.parameters()) == summary["params"]
+    task = get_task(row["task"], row["model"])
+    assert task.evaluate(model, "test") == row["metric"]
+    assert task.evaluate(model, "val") == row["val_metric"]
+    assert meta["metric"] == row["metric"] and set(meta["hard_masks"]) == {a["layer"] for a in row["audit"]["layers"]}
+
+
+def test_cli_export_and_speed(channel_run, tmp_path, capsys):
+    row, runs = channel_run
+    out = tmp_path / "cli.pt"
+    assert main(["export", row["run_id"], "--out", str(out)]) == 0
+    assert out.exists()
+    capsys.readouterr()
+    assert main(["speed", row["run_id"], "--batch-sizes", "1,4", "--repeats", "3", "--warmup", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["latency"]) == {"masked_dense", "shrunk"}
+    assert set(result["latency"]["shrunk"]) == {"1", "4"}
+    assert result["costs"]["params_shrunk"] < result["costs"]["params_dense"]
+    assert (runs / "speed" / f"{row['run_id']}.json").exists()
+
+
+def test_cli_errors_are_clean(channel_run, capsys):
+    assert main(["export", "nope", "--out", "/tmp/never.pt"]) == 2
+    assert "run_id" in capsys.readouterr().err
+    assert main(["speed", channel_run[0]["run_id"], "--batch-sizes", "0"]) == 2

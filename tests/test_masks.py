@@ -1,0 +1,120 @@
+import torch
+from torch import nn
+
+from bench.masks import Masker, calibrate, find_prunable, input_norm_like_weight
+from bench.select import hard_topk
+from bench.sparsity import Block, OutputChannel, parse_pattern
+
+
+def small_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=2), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4),
+    )
+
+
+def randomise_bn(model):
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5); m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5); m.bias.data.uniform_(-0.5, 0.5)
+
+
+def test_default_discovery_excludes_first_and_last():
+    names = find_prunable(small_net())
+    assert names == ["3", "6", "11"]
+    assert find_prunable(small_net(), keep_first_last=False)[0] == "0"
+    assert find_prunable(small_net(), exclude=["1*"]) == ["3", "6"]
+
+
+def test_masks_survive_sgd_with_momentum_and_weight_decay():
+    model = small_net()
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 4, (8,))
+    masker = Masker(model, find_prunable(model), Block(1, 8), x)
+    scores = {layer.name: torch.rand(layer.unit_shape) for layer in masker.layers}
+    hard = hard_topk(scores, Block(1, 8), 0.5)
+    masker.set_masks({n: m.float() for n, m in hard.items()})
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
+    for _ in range(5):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+    for layer in masker.layers:
+        effective = layer.module.weight
+        expanded = Block(1, 8).expand(hard[layer.name].float(), effective.shape)
+        assert (effective[expanded == 0] == 0).all()
+        assert (effective[expanded == 1] != 0).all()
+        # the gradient of a pruned weight is exactly zero
+        assert (layer.weight.grad[expanded == 0] == 0).all()
+    audit = masker.audit(hard)
+    assert audit["achieved_sparsity"] == 0.5 and audit["pattern_valid"]
+    # folding bakes the mask into plain tensors, state_dict keys become the usual ones
+    masker.remove(fold=True)
+    assert "3.weight" in model.state_dict()
+    assert (model[3].weight[Block(1, 8).expand(hard["3"].float(), model[3].weight.shape) == 0] == 0).all()
+
+
+def test_masks_survive_state_dict_roundtrip():
+    model = small_net()
+    x = torch.randn(2, 1, 8, 8)
+    masker = Masker(model, find_prunable(model), parse_pattern("nm:2:4"), x)
+    hard = hard_topk({l.name: torch.rand(l.unit_shape) for l in masker.layers}, masker.pattern, 0.5)
+    masker.set_masks({n: m.float() for n, m in hard.items()})
+    state = model.state_dict()
+    twin = small_net()
+    twin_masker = Masker(twin, find_prunable(twin), parse_pattern("nm:2:4"), x)
+    twin.load_state_dict(state)
+    twin_masker.set_masks({n: m.float() for n, m in hard.items()})
+    model.eval(); twin.eval()
+    torch.testing.assert_close(model(x), twin(x))
+
+
+def shrink(model: nn.Sequential, keep: dict[str, torch.Tensor]) -> nn.Sequential:
+    """Physically remove the output channels of conv '3' (and BN '4', the inputs of conv '6')."""
+    kept = keep["3"].nonzero().flatten()
+    conv, bn, nxt = model[3], model[4], model[6]
+    new_conv = nn.Conv2d(8, len(kept), 3, padding=1)
+    new_conv.weight.data = conv.weight.data[kept].clone(); new_conv.bias.data = conv.bias.data[kept].clone()
+    new_bn = nn.BatchNorm2d(len(kept))
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        getattr(new_bn, attr).data = getattr(bn, attr).data[kept].clone()
+    new_next = nn.Conv2d(len(kept), nxt.out_channels, 3, padding=1)
+    new_next.weight.data = nxt.weight.data[:, kept].clone(); new_next.bias.data = nxt.bias.data.clone()
+    out = nn.Sequential(*model)
+    out[3], out[4], out[6] = new_conv, new_bn, new_next
+    return out
+
+
+def test_output_channel_mask_equals_physically_shrunk_model():
+    model = small_net()
+    model[6] = nn.Conv2d(16, 16, 3, padding=1)  # plain next conv so the shrink is a simple slice
+    randomise_bn(model)
+    x = torch.randn(4, 1, 8, 8)
+    masker = Masker(model, ["3"], OutputChannel(), x)
+    assert masker.layers[0].batchnorm is model[4]
+    keep = {"3": torch.tensor([1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0, 1, 0, 1, 1, 0], dtype=torch.bool)}
+    masker.set_masks({"3": keep["3"].float()})
+    model.eval()
+    masked_out = model(x)
+    masker.remove(fold=True)
+    shrunk = shrink(model, keep).eval()
+    torch.testing.assert_close(shrunk(x), masked_out, atol=1e-5, rtol=1e-5)
+    # without the BN masking the pruned channels would output relu(beta) != 0
+    assert (model[4].bias[~keep["3"]] == 0).all() and (model[4].weight[~keep["3"]] == 0).all()
+
+
+def test_calibration_statistics_and_positions():
+    model = small_net()
+    x = torch.randn(4, 1, 8, 8)
+    masker = Masker(model, find_prunable(model), Block(1, 8), x)
+    calibrate(model, masker.layers, [(x,)], lambda m, b: m(b[0]))
+    by_name = masker.by_name()
+    assert by_name["3"].input_sq_mean.shape == (8,) and by_name["3"].positions == 64
+    assert by_name["11"].positions == 1
+    norms = input_norm_like_weight(by_name["6"])  # grouped conv: 2 groups of 8 inputs
+    assert norms.shape == model[6].parametrizations.weight.original.shape
+    expected = by_name["6"].input_sq_mean.sqrt()
+    torch.testing.assert_close(norms[0, :, 0, 0], expected[:8])
+    torch.testing.assert_close(norms[15, :, 1, 1], expected[8:])

@@ -1,0 +1,371 @@
+"""mmdet / mmseg tasks and pruning inside mmengine's Runner (bench/tasks/{detection,segmentation,mm_common}.py,
+bench/mm_hook.py). End-to-end tests use micro budgets: 8..16 scenes, 1 epoch per stage."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("mmdet")
+pytest.importorskip("mmseg")
+
+from bench.data.scenes import ScenesSpec  # noqa: E402
+from bench.errors import ConfigError, DataError  # noqa: E402
+from bench.masks import Masker, find_prunable  # noqa: E402
+from bench.pruner import load_pruners  # noqa: E402
+from bench.record import ResultStore  # noqa: E402
+from bench.run import RunSpec, execute, resolve  # noqa: E402
+from bench.sparsity import parse_pattern  # noqa: E402
+from bench.tasks import base as tasks_base  # noqa: E402
+from bench.tasks.base import Budget  # noqa: E402
+from bench.tasks.detection import ScenesDetection  # noqa: E402
+from bench.tasks.segmentation import CITYSCAPES_TRAIN_IDS, ScenesSegmentation  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MICRO_SPEC = ScenesSpec(n_train=16, n_val=4, n_test=4, size=64, seed=5)
+MICRO_BUDGET = Budget(dense_epochs=1, prune_epochs=1, finetune_epochs=1, batch_size=8, lr=0.01, prune_lr=0.005,
+                      calib_batches=1)
+
+
+def no_flip(cfg) -> None:
+    """Deterministic training pipeline: drop RandomFlip (numpy's global RNG is not checkpointed)."""
+    pipeline = cfg.train_dataloader.dataset.pipeline
+    cfg.train_dataloader.dataset.pipeline = [t for t in pipeline if t["type"] != "RandomFlip"]
+
+
+class MicroDet(ScenesDetection):
+    name = "micro-det"
+    spec = MICRO_SPEC
+    budget = MICRO_BUDGET
+
+    def bind_data(self, cfg) -> None:
+        super().bind_data(cfg)
+        no_flip(cfg)
+
+
+class MicroSeg(ScenesSegmentation):
+    name = "micro-seg"
+    spec = MICRO_SPEC
+    budget = MICRO_BUDGET
+
+    def bind_data(self, cfg) -> None:
+        super().bind_data(cfg)
+        no_flip(cfg)
+
+
+MICRO = {"det": MicroDet, "seg": MicroSeg}
+
+
+@pytest.fixture(autouse=True)
+def micro_tasks(monkeypatch, tmp_path_factory):
+    """Register the micro tasks; scenes go to a session-wide cache folder."""
+    monkeypatch.setenv("SMARTBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "scenes-cache"))
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    tasks_base.load_tasks()
+    for cls in MICRO.values():
+        monkeypatch.setitem(tasks_base.TASKS, cls.name, cls)
+
+
+def run_row(family: str, pruner: str, pattern: str, runs: Path, monkeypatch, sparsity=0.5, options=None, log=None):
+    monkeypatch.setenv("SMARTBENCH_RUNS", str(runs))
+    run = resolve(RunSpec(task=MICRO[family].name, pruner=pruner, pattern=pattern, sparsity=sparsity,
+                          pruner_options=options or {}))
+    return execute(run, log=log or (lambda _msg: None), store=ResultStore(runs / "results.jsonl")), run
+
+
+# -- import, configs, layers ----------------------------------------------------------------
+
+
+def test_task_modules_import_without_mm():
+    """load_tasks() imports detection/segmentation even when mm* cannot be imported."""
+    code = ("import sys\n"
+            "for name in ('mmdet', 'mmseg', 'mmengine', 'mmcv'): sys.modules[name] = None\n"
+            "from bench.tasks.base import load_tasks\n"
+            "print(sorted(load_tasks()))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, check=True).stdout
+    for name in ("scenes-det", "scenes-det-tiny", "scenes-seg", "scenes-seg-tiny", "coco-det", "ade20k-seg",
+                 "cityscapes-seg"):
+        assert f"'{name}'" in out
+
+
+def test_merged_configs_are_offline_and_sized():
+    det = tasks_base.get_task("scenes-det-tiny").config
+    assert det.model.bbox_head.num_classes == 10
+    assert det.model.backbone.init_cfg is None and det.model.backbone.frozen_stages == -1
+    assert "batch_augments" not in det.model.data_preprocessor  # no BatchFixedSizePad / LSJ padding
+    seg = tasks_base.get_task("scenes-seg-tiny").config
+    assert seg.model.pretrained is None and seg.model.backbone.init_cfg is None
+    assert seg.model.decode_head.num_classes == seg.model.auxiliary_head.num_classes == 11
+    assert "SyncBN" not in json.dumps(seg.model.to_dict(), default=str)
+    assert seg.model.data_preprocessor.size == (64, 64)
+
+
+@pytest.mark.parametrize("task_name", ["scenes-det-tiny", "scenes-seg-tiny"])
+def test_default_prunable_layers(task_name):
+    task = tasks_base.get_task(task_name)
+    model = task.build_model()
+    names = find_prunable(model, task.include, task.exclude, task.keep_first_last)
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert names and set(names) <= set(convs)
+    assert convs[0] not in names  # the stem sees raw pixels
+    if task.family == "detection":
+        assert {"bbox_head.retina_cls", "bbox_head.retina_reg"}.isdisjoint(names)
+        assert any(n.startswith("neck.") for n in names) and any(n.startswith("bbox_head.cls_convs") for n in names)
+    else:
+        assert "decode_head.conv_seg" not in names and not any(n.startswith("auxiliary_head") for n in names)
+    for pattern in ("channel", "block:1x8"):
+        for name in names:  # resolve() checks exactly this
+            parse_pattern(pattern).check(dict(model.named_modules())[name].weight.shape, name)
+
+
+def test_resolve_checks_model_option():
+    with pytest.raises(ConfigError, match="model"):
+        resolve(RunSpec(task="scenes-det-tiny", pruner="magnitude", pattern="channel", sparsity=0.5, model="resnet50"))
+
+
+# -- real datasets by path -----------------------------------------------------------------
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def fake_coco(root: Path) -> None:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        folder = root / f"{split}2017"
+        folder.mkdir(parents=True)
+        images = []
+        for i in (1, 2):
+            Image.fromarray(np.full((40, 48, 3), 60 * i, np.uint8)).save(folder / f"{i:012d}.jpg")
+            images.append({"id": i, "file_name": f"{i:012d}.jpg", "width": 48, "height": 40})
+        anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 16], "area": 320, "iscrowd": 0},
+                {"id": 2, "image_id": 2, "category_id": 3, "bbox": [10, 8, 12, 12], "area": 144, "iscrowd": 0}]
+        cats = [{"id": c, "name": n} for c, n in ((1, "person"), (2, "bicycle"), (3, "car"))]
+        (root / "annotations").mkdir(exist_ok=True)
+        (root / "annotations" / f"instances_{split}2017.json").write_text(
+            json.dumps({"images": images, "annotations": anns, "categories": cats}))
+
+
+def fake_cityscapes(root: Path) -> np.ndarray:
+    label_ids = np.array([[7, 26, 0, 33]] * 4, np.uint8).repeat(8, 0).repeat(8, 1)  # (32, 32)
+    for split in ("train", "val"):
+        write_png(root / "leftImg8bit" / split / "aachen" / "aachen_000000_000019_leftImg8bit.png",
+                  np.zeros((32, 32, 3), np.uint8))
+        write_png(root / "gtFine" / split / "aachen" / "aachen_000000_000019_gtFine_labelIds.png", label_ids)
+    return label_ids
+
+
+def fake_ade20k(root: Path) -> np.ndarray:
+    labels = np.array([[0, 1, 150, 2]], np.uint8).repeat(32, 0).repeat(8, 1)  # (32, 32)
+    for sub in ("training", "validation"):
+        from PIL import Image
+
+        (root / "images" / sub).mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "images" / sub / "ADE_x_00000001.jpg")
+        write_png(root / "annotations" / sub / "ADE_x_00000001.png", labels)
+    return labels
+
+
+@pytest.mark.parametrize("task_name,env", [("coco-det", "SMARTBENCH_COCO"), ("ade20k-seg", "SMARTBENCH_ADE20K"),
+                                           ("cityscapes-seg", "SMARTBENCH_CITYSCAPES")])
+def test_missing_real_dataset_is_one_data_error(task_name, env, monkeypatch, tmp_path):
+    monkeypatch.delenv("SMARTBENCH_DATA", raising=False)
+    monkeypatch.delenv(env, raising=False)
+    spec = RunSpec(task=task_name, pruner="magnitude", pattern="channel", sparsity=0.5)
+    with pytest.raises(DataError, match=f"(?s){env}.*Expected layout"):
+        resolve(spec)
+    monkeypatch.setenv(env, str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="(?s)missing .*Expected layout"):
+        resolve(spec)
+
+
+def first_train_sample(task):
+    loader = task.dataloader("train", calibration=True)
+    return loader.dataset[0]
+
+
+def test_coco_by_path(monkeypatch, tmp_path):
+    fake_coco(tmp_path / "coco")
+    monkeypatch.delenv("SMARTBENCH_COCO", raising=False)
+    monkeypatch.setenv("SMARTBENCH_DATA", str(tmp_path))  # found as $SMARTBENCH_DATA/coco
+    task = tasks_base.get_task("coco-det")
+    assert task.data_root() == (tmp_path / "coco").resolve()
+    cfg = task.data_config
+    assert cfg.test_evaluator.ann_file == str((tmp_path / "coco" / "annotations" / "instances_val2017.json").resolve())
+    sample = first_train_sample(task)
+    assert sample["inputs"].shape[0] == 3
+    assert sample["data_samples"].gt_instances.labels.tolist() == [0]  # category id 1 -> label 0
+
+
+def test_cityscapes_label_ids_become_train_ids(monkeypatch, tmp_path):
+    label_ids = fake_cityscapes(tmp_path / "cs")
+    monkeypatch.setenv("SMARTBENCH_CITYSCAPES", str(tmp_path / "cs"))
+    task = tasks_base.get_task("cityscapes-seg")
+    loader = task.dataloader("val")
+    gt = loader.dataset[0]["data_samples"].gt_sem_seg.data[0].numpy()
+    expected = np.vectorize(lambda i: CITYSCAPES_TRAIN_IDS.get(int(i), 255))(label_ids)
+    from PIL import Image
+
+    expected = np.asarray(Image.fromarray(expected.astype(np.uint8)).resize(gt.shape[::-1], Image.NEAREST))
+    assert np.array_equal(gt, expected) and set(np.unique(gt)) == {0, 13, 18, 255}
+
+
+def test_ade20k_by_path_reduces_zero_label(monkeypatch, tmp_path):
+    fake_ade20k(tmp_path / "ADEChallengeData2016")
+    monkeypatch.setenv("SMARTBENCH_ADE20K", str(tmp_path))  # parent of ADEChallengeData2016/ is accepted
+    task = tasks_base.get_task("ade20k-seg")
+    gt = task.dataloader("val").dataset[0]["data_samples"].gt_sem_seg.data
+    assert set(gt.unique().tolist()) == {0, 1, 149, 255}
+
+
+# -- masks on mm models ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["det", "seg"])
+def test_channel_mask_equals_bn_zeroed_model(family):
+    """Masked model == dense copy with pruned output channels (weights, bias, BN affine) zeroed."""
+    task = MICRO[family]()
+    torch.manual_seed(0)
+    model = task.build_model()
+    model.init_weights()
+    batch = task.calibration_batches()[0]
+    example = {**task.preprocess(model, batch), "mode": "tensor"}
+    names = find_prunable(model, task.include, task.exclude, task.keep_first_last)
+    for module in model.modules():  # non-trivial BN statistics and affine terms
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5), module.running_var.uniform_(0.5, 1.5)
+            module.weight.data.uniform_(0.5, 1.5), module.bias.data.uniform_(-0.5, 0.5)
+    reference = copy.deepcopy(model).eval()
+    masker = Masker(model, names, parse_pattern("channel"), example)
+    backbone = [layer for layer in masker.layers if layer.name.startswith("backbone.")]
+    assert backbone and all(layer.batchnorm is not None for layer in backbone)
+    generator = torch.Generator().manual_seed(1)
+    hard = {layer.name: torch.rand(layer.unit_shape, generator=generator) < 0.5 for layer in masker.layers}
+    masker.set_masks({n: m.float() for n, m in hard.items()})
+    modules = dict(reference.named_modules())
+    with torch.no_grad():
+        for layer in masker.layers:
+            keep = hard[layer.name].float().reshape(-1)
+            conv = modules[layer.name]
+            conv.weight.mul_(keep[:, None, None, None])
+            if conv.bias is not None:
+                conv.bias.mul_(keep)
+            if layer.batchnorm is not None:
+                bn = modules[[n for n, m in model.named_modules() if m is layer.batchnorm][0]]
+                bn.weight.mul_(keep), bn.bias.mul_(keep)
+    model.eval()
+    with torch.no_grad():
+        got, want = model(**example), reference(**example)
+    flat_got, flat_want = _flatten(got), _flatten(want)
+    assert len(flat_got) == len(flat_want) > 0
+    for a, b in zip(flat_got, flat_want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    audit = masker.audit(hard)
+    assert audit["pattern_valid"]
+
+
+def _flatten(output) -> list[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        return [output]
+    return [t for item in output for t in _flatten(item)]
+
+
+# -- pruning inside the Runner ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family,pattern", [("det", "channel"), ("seg", "block:1x8")])
+def test_end_to_end_row_exact_sparsity(family, pattern, shared_runs_dir, monkeypatch):
+    row, run = run_row(family, "smart", pattern, shared_runs_dir, monkeypatch)
+    assert row["achieved_sparsity"] == 0.5 and row["pattern_valid"]
+    assert row["metric_name"] == ("bbox_mAP" if family == "det" else "mIoU")
+    for key in ("metric", "val_metric", "dense_metric", "dense_val_metric", "prune_wall_s", "weight_sparsity"):
+        assert isinstance(row[key], float)
+    assert 0 <= row["metric"] <= 100 and row["audit"]["total_units"] > 0
+    assert not (shared_runs_dir / "mm" / run.run_id).exists()  # work dir removed after a finished run
+
+
+class Recorder:
+    """Wraps a pruner's hooks to record the order in which the trainer calls them."""
+
+    HOOKS = ("attach", "param_groups", "on_step", "masks", "penalty", "after_optimizer_step", "finalize")
+
+    def __init__(self, pruner):
+        self.calls: list[str] = []
+        for hook in self.HOOKS:
+            original = getattr(pruner, hook)
+
+            def wrapped(*args, _hook=hook, _original=original, **kwargs):
+                self.calls.append(_hook)
+                return _original(*args, **kwargs)
+
+            setattr(pruner, hook, wrapped)
+
+
+def test_hooks_called_in_order_and_scores_trained(shared_runs_dir, monkeypatch):
+    monkeypatch.setenv("SMARTBENCH_RUNS", str(shared_runs_dir))
+    run = resolve(RunSpec(task="micro-seg", pruner="smart", pattern="channel", sparsity=0.5, budget={"prune_epochs": 2}))
+    recorder = Recorder(run.pruner)
+    row = execute(run, log=lambda _m: None, store=ResultStore(shared_runs_dir / "order.jsonl"))
+    iters = 2 * 2  # 16 images / batch 8, 2 pruning epochs; the fine-tune epoch calls no pruner hook
+    assert recorder.calls == ["attach", "param_groups"] + ["on_step", "masks", "penalty", "after_optimizer_step"] * iters \
+        + ["finalize"]
+    assert row["achieved_sparsity"] == 0.5
+    scores = torch.cat([p.detach().reshape(-1) for p in run.pruner.parameters()])
+    assert scores.numel() == row["audit"]["total_units"] and torch.isfinite(scores).all()
+
+
+def test_resume_from_mmengine_checkpoint_weights_only(tmp_path, monkeypatch):
+    """Kill after the first epoch's checkpoint; the rerun resumes (weights_only=True) and ends identical."""
+    from bench.mm_hook import PruningHook
+
+    clean, _ = run_row("seg", "gmp", "channel", tmp_path / "clean", monkeypatch, options={"update_every": 1})
+    runs = tmp_path / "killed"
+    original = PruningHook.before_train_epoch
+
+    def crash(self, runner):
+        if runner.epoch == 1:
+            raise KeyboardInterrupt("killed")
+        original(self, runner)
+
+    monkeypatch.setattr(PruningHook, "before_train_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_row("seg", "gmp", "channel", runs, monkeypatch, options={"update_every": 1})
+    monkeypatch.setattr(PruningHook, "before_train_epoch", original)
+    checkpoint = Path((next((runs / "mm").iterdir()) / "last_checkpoint").read_text().strip())
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # allow-listed, not disabled
+    assert state["meta"]["epoch"] == 1 and state["smartbench"]["hard"] is None
+    assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ
+    lines: list[str] = []
+    resumed, _ = run_row("seg", "gmp", "channel", runs, monkeypatch, options={"update_every": 1}, log=lines.append)
+    assert "resumed after epoch 1" in lines and not any(line.startswith("prune epoch 1/") for line in lines)
+    for key in ("metric", "val_metric", "achieved_sparsity", "weight_sparsity"):
+        assert resumed[key] == clean[key]
+    assert [r["kept_units"] for r in resumed["audit"]["layers"]] == [r["kept_units"] for r in clean["audit"]["layers"]]
+
+
+def test_every_pruner_runs_on_both_families(shared_runs_dir, monkeypatch):
+    """Each registered pruner on detection and segmentation, channel and block:1x8 (one pattern per family, alternating)."""
+    done = 0
+    for i, (name, cls) in enumerate(sorted(load_pruners().items())):
+        for j, family in enumerate(("det", "seg")):
+            pattern = ("channel", "block:1x8")[(i + j) % 2]
+            if parse_pattern(pattern).kind not in cls.patterns:
+                continue
+            row, _ = run_row(family, name, pattern, shared_runs_dir, monkeypatch)
+            assert row["achieved_sparsity"] == 0.5 and row["pattern_valid"], (name, family, pattern)
+            done += 1
+    assert done >= 4

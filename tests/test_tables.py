@@ -1,0 +1,218 @@
+"""Tables and plots from a synthetic store (rows in the schema bench.run.execute writes)."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.record import ResultStore
+from bench.run import RunSpec
+from bench.suite import Cell, Suite
+from bench.tables import build_table, frame_from_rows, rows_from_store, rows_from_wandb, welch_p, write_plots
+
+TASK = "fmnist-resnet"
+COLUMNS = [("block:1x8", 0.5), ("block:1x8", 0.9), ("channel", 0.5)]
+LABELS = [("smart", "smart"), ("smart_adaptive", "smart"), ("magnitude", "magnitude")]
+SEEDS = [0, 1, 2]
+# metric per (label, pattern, sparsity) and seed; None = that seed has not finished
+METRICS = {
+    ("smart", "block:1x8", 0.5): [80.0, 81.0, 82.0],  # mean 81, std 1
+    ("smart_adaptive", "block:1x8", 0.5): [79.0, 80.0, 81.0],  # mean 80: runner-up, t = 1.22
+    ("magnitude", "block:1x8", 0.5): [70.0, 71.0, 72.0],
+    ("smart", "block:1x8", 0.9): [60.0, 70.0, None],  # mean 65, n=2
+    ("smart_adaptive", "block:1x8", 0.9): [50.0, 52.0, 54.0],
+    ("magnitude", "block:1x8", 0.9): [40.0, 42.0, 44.0],  # 65 vs 52: t = 1.80, p = 0.29 -> no mark
+    ("smart", "channel", 0.5): [75.0, 76.0, 77.0],  # mean 76
+    ("smart_adaptive", "channel", 0.5): [76.0, 75.0, 77.0],  # mean 76: tie, both bold
+    ("magnitude", "channel", 0.5): [60.0, 61.0, 62.0],
+}
+DENSE = {0: 90.0, 1: 91.0, 2: 92.0}
+PAS_LIKE = ("magnitude", "channel", 0.5)  # its achieved sparsity is off target
+
+
+def run_id(label, pattern, sparsity, seed):
+    return f"{label}-{pattern[0]}{int(sparsity * 10)}-{seed}"
+
+
+def make_suite() -> Suite:
+    suite = Suite("synthetic", Path("synthetic.yaml"), "", blocks=[])
+    for pattern, sparsity in COLUMNS:
+        for label, pruner in LABELS:
+            for seed in SEEDS:
+                spec = RunSpec(task=TASK, pruner=pruner, pattern=pattern, sparsity=sparsity, seed=seed)
+                suite.cells.append(Cell(spec, label, run_id(label, pattern, sparsity, seed)))
+    return suite
+
+
+def make_row(label, pruner, pattern, sparsity, seed, metric) -> dict:
+    achieved = 0.4713 if (label, pattern, sparsity) == PAS_LIKE else sparsity
+    return {  # the schema of bench.run.execute (+ suite)
+        "run_id": run_id(label, pattern, sparsity, seed), "task": TASK, "family": "classification", "model": "resnet10t",
+        "pruner": pruner, "pattern": pattern, "target_sparsity": sparsity, "metric_name": "top1", "seed": seed,
+        "wall_s": 12.5, "pruner_config": {"scope": "global"}, "budget": {"prune_epochs": 3}, "provenance": {"git_sha": "x"},
+        "metric": metric, "val_metric": metric - 1, "dense_metric": DENSE[seed], "dense_val_metric": DENSE[seed] - 1,
+        "achieved_sparsity": achieved, "weight_sparsity": achieved, "pattern_valid": True, "prune_wall_s": 9.0,
+        "audit": {"layers": [{"layer": "conv", "sparsity": achieved}]}, "suite": "synthetic",
+    }
+
+
+def synthetic_rows() -> list[dict]:
+    rows = []
+    pruner_of = dict(LABELS)
+    for (label, pattern, sparsity), values in METRICS.items():
+        for seed, metric in zip(SEEDS, values):
+            if metric is not None:
+                rows.append(make_row(label, pruner_of[label], pattern, sparsity, seed, metric))
+    rows.append({**rows[0], "run_id": "not-in-suite"})  # another suite's row: dropped
+    return rows
+
+
+@pytest.fixture()
+def store(tmp_path) -> ResultStore:
+    store = ResultStore(tmp_path / "results.jsonl")
+    for row in synthetic_rows():
+        store.append(row)
+    return store
+
+
+def test_welch_p_matches_closed_form():
+    # t = 1 with df = 2: two-sided p = 1 - 1/sqrt(3) (Student t with 2 df has a closed-form cdf)
+    assert welch_p(81.0, 1.0, 2, 80.0, 1.0, 2) == pytest.approx(1 - 1 / math.sqrt(3), rel=1e-9)
+    assert welch_p(81.0, 1.0, 3, 71.0, 1.0, 3) < 1e-3  # t = 12.2, df = 4
+    assert welch_p(81.0, 1.0, 1, 71.0, 1.0, 3) is None  # one seed: no test
+    assert welch_p(5.0, 0.0, 2, 4.0, 0.0, 2) == 0.0 and welch_p(5.0, 0.0, 2, 5.0, 0.0, 2) == 1.0
+
+
+def test_frame_from_store_selects_suite_rows(store):
+    frame = rows_from_store(make_suite(), store)
+    assert len(frame) == sum(v is not None for values in METRICS.values() for v in values) == 26
+    assert frame.attrs["dropped"] == 1
+    assert set(frame["label"]) == {"smart", "smart_adaptive", "magnitude"}  # labels from the suite (as:)
+
+
+def stats_of(table, label, pattern, sparsity):
+    return table.cell(label, (TASK, pattern, sparsity))
+
+
+def test_bold_mark_and_seed_counts(store):
+    suite = make_suite()
+    table = build_table(rows_from_store(suite, store), suite)
+    assert table.labels == ["dense", "smart", "smart_adaptive", "magnitude"]
+    assert table.columns == [(TASK, "block:1x8", 0.5), (TASK, "block:1x8", 0.9), (TASK, "channel", 0.5)]
+    best = stats_of(table, "smart", "block:1x8", 0.5)
+    assert best["mean"] == pytest.approx(81.0) and best["std"] == pytest.approx(1.0) and best["n"] == 3
+    assert best["best"] and not best["separated"]  # 81 vs 80 (std 1, n 3): t = 1.22, p = 0.29
+    assert best["p_value"] == pytest.approx(welch_p(81, 1, 3, 80, 1, 3))
+    high = stats_of(table, "smart", "block:1x8", 0.9)
+    assert high["n"] == 2 and high["expected_n"] == 3 and high["best"]
+    assert not high["separated"] and high["p_value"] > 0.05
+    assert stats_of(table, "smart", "channel", 0.5)["best"] and stats_of(table, "smart_adaptive", "channel", 0.5)["best"]
+    assert not stats_of(table, "magnitude", "channel", 0.5)["best"]
+    dense = stats_of(table, "dense", "channel", 0.5)
+    assert dense["mean"] == pytest.approx(91.0) and dense["n"] == 3 and not dense["best"]
+
+
+def test_dagger_when_separated_beyond_seed_noise(store):
+    suite = make_suite()
+    frame = rows_from_store(suite, store)
+    first = (frame["pattern"] == "block:1x8") & (frame["sparsity"] == 0.5)
+    frame.loc[first & (frame["label"] == "smart_adaptive"), "metric"] -= 10.0  # runner-up: magnitude, 71 +- 1
+    table = build_table(frame, suite)
+    best = stats_of(table, "smart", "block:1x8", 0.5)
+    assert best["separated"] and best["p_value"] == pytest.approx(welch_p(81, 1, 3, 71, 1, 3)) and best["p_value"] < 1e-3
+    assert "**81.00 ± 1.00**†" in table.render("md")
+    assert "\\textbf{81.00 $\\pm$ 1.00}$^\\dagger$" in table.render("latex")
+    one_seed = frame[~first | (frame["seed"] == 0)]  # a single seed everywhere in that column: never a mark
+    assert not stats_of(build_table(one_seed, suite), "smart", "block:1x8", 0.5)["separated"]
+
+
+def test_markdown_cells(store):
+    suite = make_suite()
+    md = build_table(rows_from_store(suite, store), suite).render("md")
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| pruner"))
+    assert "fmnist-resnet · block:1x8 · 0.5" in header and "fmnist-resnet · channel · 0.5" in header
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| pruner")]
+    assert rows[0].startswith("| dense") and "91.00 ± 1.00" in rows[0]
+    smart = next(r for r in rows if r.startswith("| smart "))
+    assert "**81.00 ± 1.00**" in smart and "**65.00 ± 7.07** (n=2)" in smart and "†" not in smart
+    magnitude = next(r for r in rows if r.startswith("| magnitude"))
+    assert "61.00 ± 1.00‡" in magnitude
+    assert "‡ magnitude on fmnist-resnet channel 0.5: achieved sparsity 0.4713 (target 0.5)." in md
+    assert "Welch's t-test" in md
+
+
+def test_latex_structure(store, tmp_path):
+    suite = make_suite()
+    tex = build_table(rows_from_store(suite, store), suite).render("latex")
+    assert tex.index("\\toprule") < tex.index("\\midrule") < tex.index("\\bottomrule") < tex.index("\\end{tabular}")
+    assert "\\begin{tabular}{lccc}" in tex
+    assert "smart\\_adaptive" in tex and "smart_adaptive" not in tex.replace("smart\\_adaptive", "")
+    assert "\\multicolumn{3}{c}{fmnist-resnet}" in tex and "\\multicolumn{2}{c}{block:1x8}" in tex
+    assert "\\textbf{81.00 $\\pm$ 1.00}" in tex and "$^\\ddagger$" in tex
+    body = tex[tex.index("\\toprule"):tex.index("\\bottomrule")]
+    for line in body.splitlines():
+        if line.endswith("\\\\"):
+            assert line.count(" & ") == 3 or "\\multicolumn" in line  # label + 3 columns
+    if shutil.which("pdflatex"):
+        doc = tmp_path / "t.tex"
+        doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}" + tex + "\\end{document}")
+        result = subprocess.run(["pdflatex", "-interaction=nonstopmode", doc.name], cwd=tmp_path, capture_output=True)
+        assert result.returncode == 0, result.stdout[-2000:]
+
+
+def test_csv_round_trip(store):
+    suite = make_suite()
+    text = build_table(rows_from_store(suite, store), suite).render("csv")
+    frame = pd.read_csv(io.StringIO(text))
+    assert list(frame.columns[:4]) == ["label", "task", "pattern", "sparsity"]
+    row = frame[(frame["label"] == "smart") & (frame["pattern"] == "block:1x8") & (frame["sparsity"] == 0.9)].iloc[0]
+    assert row["mean"] == pytest.approx(65.0) and row["n"] == 2 and row["expected_n"] == 3 and bool(row["best"])
+    assert len(frame) == 12  # 3 columns x (dense + 3 labels)
+
+
+def test_plots_with_and_without_speed(store, tmp_path):
+    suite = make_suite()
+    frame = rows_from_store(suite, store)
+    written = write_plots(frame, "synthetic", tmp_path / "plain")
+    assert sorted(p.name for p in written) == ["synthetic-fmnist-resnet-block_1x8.png", "synthetic-fmnist-resnet-channel.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+    frame["latency_ms"] = 10.0 - 5.0 * frame["sparsity"]
+    speed = write_plots(frame, "synthetic", tmp_path / "speed")
+    assert "synthetic-fmnist-resnet-vs-latency_ms.png" in [p.name for p in speed]
+    assert "synthetic-fmnist-resnet-vs-flops_masked.png" not in [p.name for p in speed]
+
+
+class FakeRun:
+    def __init__(self, row):
+        self.id = row["run_id"]
+        self.summary = {k: v for k, v in row.items() if isinstance(v, (int, float, str, bool))}  # what log_wandb writes
+
+
+class FakeApi:
+    def __init__(self, rows):
+        self.rows, self.calls = rows, []
+
+    def runs(self, project, filters=None):
+        self.calls.append((project, filters))
+        return [FakeRun(r) for r in self.rows if r.get("suite") == filters["group"]]
+
+
+def test_wandb_source_gives_the_store_frame(store):
+    suite = make_suite()
+    api = FakeApi(synthetic_rows())
+    from_wandb = rows_from_wandb(suite, "me/smartbench", api=api)
+    assert api.calls == [("me/smartbench", {"group": "synthetic"})]
+    from_store = rows_from_store(suite, store)
+    key = ["run_id"]
+    pd.testing.assert_frame_equal(from_wandb.sort_values(key).reset_index(drop=True),
+                                  from_store.sort_values(key).reset_index(drop=True), check_dtype=False)
+    assert build_table(from_wandb, suite).render("md") == build_table(from_store, suite).render("md")
+    assert re.search(r"\*\*81\.00 ± 1\.00\*\*", build_table(from_wandb, suite).render("md"))

@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from smart import soft_topk
+
+
+@pytest.mark.parametrize("tau", [2.0, 0.5, 0.1, 0.02])
+@pytest.mark.parametrize("k", [1, 7, 19])
+def test_gradcheck_and_exact_sum(tau, k):
+    torch.manual_seed(k)
+    scores = torch.randn(20, dtype=torch.float64, requires_grad=True)
+    out = soft_topk(scores, k, tau)
+    assert abs(out.sum().item() - k) < 1e-6
+    assert torch.autograd.gradcheck(lambda s: soft_topk(s, k, tau), (scores,), eps=1e-6, atol=1e-6)
+
+
+def test_implicit_gradient_matches_closed_form():
+    torch.manual_seed(0)
+    scores = torch.randn(12, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(12, dtype=torch.float64)
+    tau = 0.3
+    out = soft_topk(scores, 4, tau)
+    (out * upstream).sum().backward()
+    q = (out * (1 - out)).detach()
+    expected = q / tau * (upstream - (upstream * q).sum() / q.sum())
+    torch.testing.assert_close(scores.grad, expected)
+    assert abs(scores.grad.sum().item()) < 1e-12  # shift invariance
+
+
+def test_detached_t_keeps_only_the_diagonal():
+    torch.manual_seed(1)
+    scores = torch.randn(10, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(10, dtype=torch.float64)
+    out = soft_topk(scores, 3, 0.5, detach_t=True)
+    (out * upstream).sum().backward()
+    q = (out * (1 - out)).detach()
+    torch.testing.assert_close(scores.grad, q / 0.5 * upstream)
+
+
+def test_small_tau_recovers_hard_topk():
+    torch.manual_seed(2)
+    scores = torch.randn(1000, dtype=torch.float64)
+    k = 250
+    soft = soft_topk(scores, k, 1e-4)
+    hard = torch.zeros_like(scores)
+    hard[torch.topk(scores, k).indices] = 1
+    assert torch.allclose(soft, hard, atol=1e-3)
+    assert abs(soft.sum().item() - k) < 1e-6
+
+
+def test_batched_rows_with_one_budget_per_row():
+    torch.manual_seed(3)
+    rows = torch.randn(64, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randint(1, 8, (64,))
+    out = soft_topk(rows, k, 0.2)
+    torch.testing.assert_close(out.sum(dim=1), k.double(), atol=1e-9, rtol=0)
+    # each row equals the 1-D operator on that row
+    for i in (0, 17, 63):
+        torch.testing.assert_close(out[i], soft_topk(rows[i].detach(), int(k[i]), 0.2))
+    assert torch.autograd.gradcheck(lambda s: soft_topk(s, k[:6], 0.2), (rows[:6].detach().requires_grad_(),))
+
+
+def test_float32_scores_and_large_vector():
+    torch.manual_seed(4)
+    scores = torch.randn(200_000)
+    out = soft_topk(scores, 50_000, 0.05)
+    assert out.dtype == torch.float32
+    assert abs(out.double().sum().item() - 50_000) < 0.5  # float32 output rounding only
+
+
+@pytest.mark.parametrize("k", [0, 10])
+def test_k_out_of_range_is_rejected(k):
+    with pytest.raises(ValueError, match="strictly between"):
+        soft_topk(torch.randn(10), k, 1.0)
