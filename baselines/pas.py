@@ -7,10 +7,12 @@ straight-through estimator (forward b_u = 1[g_u > 0.5], backward identity):
 
 trained jointly with the weights (own optimiser group) under the resource penalty
 
-    alpha * (MACs(b) / U - (1 - p) * MACs_dense / U)^2,   MACs(b) = sum_l positions_l * sum_u b_u * size_u
+    alpha * (R(b) / U - (1 - p) * R_dense / U)^2
 
-where positions_l (output positions per sample) comes from ``bench.masks.calibrate`` and U is
-``mac_unit`` (0 = MACs_dense, so the penalty is alpha * (MAC fraction - (1 - p))^2).
+R = MACs (``resource=macs``, PaS): sum_l positions_l * sum_u b_u * size_u, with positions_l (output
+positions per sample) from ``bench.masks.calibrate``; or R = kept units (``resource=units``, the
+default: the benchmark's sparsity). U is ``mac_unit`` (0 = R_dense, so the penalty is
+alpha * (kept fraction - (1 - p))^2).
 N:M: per-weight gates, forward mask = top-N of g per row of M (STE), no penalty.
 ``finalize`` projects g to exactly the target (top-k) unless ``projection=False``.
 See docs/pruners/pas.md for every deviation from the paper.
@@ -30,25 +32,27 @@ from bench.select import nm_topk
 
 @dataclass(frozen=True)
 class PaSConfig(PrunerConfig):
-    alpha: float = 5.0  # weight of the MAC penalty (official: 5 for ResNet-50/MobileNet)
+    alpha: float = 5.0  # weight of the resource penalty (official: 5 for ResNet-50/MobileNet)
     gate_init: float = 0.6  # initial gate value (official 0.6); N:M: mean of the |w|-proportional init
-    gate_lr: float = 2e-4  # gate SGD lr, multiplied by the number of gates when lr_per_gate
+    init_noise: float = 0.02  # gates start uniform in gate_init +- init_noise (breaks lockstep flips; not in PaS)
+    gate_lr: float = 1e-3  # gate SGD lr, multiplied by the number of gates when lr_per_gate
     lr_per_gate: bool = True  # lr = gate_lr * G: per-gate gradients of a MAC *fraction* are O(1/G)
-    gate_momentum: float = 0.9
+    gate_momentum: float = 0.0
     gate_weight_decay: float = 0.0  # official code: 1e-4 (one SGD for weights and gates)
-    mac_unit: float = 0.0  # MAC divisor in the penalty; 0 = dense MACs of the pruned layers; 1e9 = official
+    resource: str = "units"  # units: kept unit count (the benchmark's sparsity); macs: positions * kept weights (PaS)
+    mac_unit: float = 0.0  # divisor of the resource in the penalty; 0 = its dense value; 1e9 with macs = official
     projection: bool = True  # finalize: exact top-k of g at the target; False: b = 1[g > 0.5] as is
-    resource: str = "macs"  # macs: positions * kept weights (PaS); units: kept unit count (the benchmark's sparsity)
 
     def __post_init__(self):
         super().__post_init__()
         check_range(self, "alpha", 0.0, float("inf"))
         check_range(self, "gate_init", 0.5, 100.0, low_open=True)
+        check_range(self, "init_noise", 0.0, self.gate_init - 0.5, high_open=True)
         check_range(self, "gate_lr", 0.0, float("inf"), low_open=True)
         check_range(self, "gate_momentum", 0.0, 1.0, high_open=True)
         check_range(self, "gate_weight_decay", 0.0, 1.0)
+        check_choice(self, "resource", ("units", "macs"))
         check_range(self, "mac_unit", 0.0, float("inf"))
-        check_choice(self, "resource", ("macs", "units"))
 
 
 def straight_through_gate(gates: Tensor, hard: Tensor) -> Tensor:
@@ -63,18 +67,21 @@ class PaSPruner(Pruner):
     def __init__(self, config: PaSConfig, pattern, sparsity):
         super().__init__(config, pattern, sparsity)
         self.gates = nn.ParameterDict()
-        self.unit_macs: dict[str, float] = {}  # MACs per sample of one unit of each layer
+        self.unit_cost: dict[str, float] = {}  # resource of one unit: 1, or its MACs per sample
 
     def attach(self, layers: list[PrunableLayer]) -> None:
         super().attach(layers)
+        generator = torch.Generator().manual_seed(0)  # fixed: the init does not depend on the run seed
         for layer in layers:
             units = self.pattern.units(layer.weight.detach().float())
-            self.unit_macs[layer.name] = float(layer.positions * units.shape[-1]) if self.config.resource == "macs" else 1.0
+            macs = self.config.resource == "macs"
+            self.unit_cost[layer.name] = float(layer.positions * units.shape[-1]) if macs else 1.0
             if self.pattern.per_row_budget:  # N:M: rank by |w| at init (constant gates would tie)
                 magnitude = units[..., 0].abs()
                 init = self.config.gate_init * magnitude / magnitude.mean().clamp_min(1e-12)
             else:
-                init = torch.full(units.shape[:-1], self.config.gate_init)
+                noise = torch.rand(units.shape[:-1], generator=generator) * 2 - 1
+                init = self.config.gate_init + self.config.init_noise * noise
             self.gates[_key(layer.name)] = nn.Parameter(init.to(layer.weight.device))
 
     def parameters(self) -> list[nn.Parameter]:
@@ -100,19 +107,19 @@ class PaSPruner(Pruner):
         hard = self.hard_gates()
         return {name: straight_through_gate(self.gates[_key(name)], hard[name]) for name in hard}
 
-    def macs(self, unit_masks: dict[str, Tensor]) -> Tensor:
-        """MACs per sample of the pruned layers' own kept weights under (possibly STE) unit masks."""
-        return sum(mask.sum() * self.unit_macs[name] for name, mask in unit_masks.items())
+    def resource(self, unit_masks: dict[str, Tensor]) -> Tensor:
+        """Kept units, or MACs per sample of the layers' own kept weights, under (STE) unit masks."""
+        return sum(mask.sum() * self.unit_cost[name] for name, mask in unit_masks.items())
 
-    def dense_macs(self) -> float:
-        return sum(self.unit_macs[layer.name] * layer.num_units for layer in self.layers)
+    def dense_resource(self) -> float:
+        return sum(self.unit_cost[layer.name] * layer.num_units for layer in self.layers)
 
     def penalty(self) -> Tensor | float:
         if self.pattern.per_row_budget or self.config.alpha == 0:
             return 0.0
-        unit = self.config.mac_unit or self.dense_macs()
-        target = (1.0 - self.sparsity) * self.dense_macs() / unit
-        return self.config.alpha * (self.macs(self.masks()) / unit - target) ** 2
+        unit = self.config.mac_unit or self.dense_resource()
+        target = (1.0 - self.sparsity) * self.dense_resource() / unit
+        return self.config.alpha * (self.resource(self.masks()) / unit - target) ** 2
 
     # -- end of search ----------------------------------------------------------------
     def finalize(self) -> dict[str, Tensor]:
@@ -126,15 +133,15 @@ class PaSPruner(Pruner):
         hard = self.hard_gates()
         kept = sum(int(m.sum()) for m in hard.values())
         total = sum(m.numel() for m in hard.values())
-        mac_ratio = float(self.macs({n: m.float() for n, m in hard.items()})) / self.dense_macs()
-        return {"gate_sparsity": 1.0 - kept / total, "resource_ratio": mac_ratio}
+        ratio = float(self.resource({n: m.float() for n, m in hard.items()})) / self.dense_resource()
+        return {"gate_sparsity": 1.0 - kept / total, "resource_ratio": ratio}
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "unit_macs": dict(self.unit_macs)}
+        return {**super().state_dict(), "unit_cost": dict(self.unit_cost)}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.unit_macs = dict(state["unit_macs"])
+        self.unit_cost = dict(state["unit_cost"])
 
 
 def _key(name: str) -> str:

@@ -94,7 +94,8 @@ class PDPPruner(Pruner):
             self.kept_budget = {} if self.pattern.per_row_budget else self.layer_budgets()
             self.ramp_start = progress.step
         ramp_steps = max(1, round(self.config.ramp_fraction * progress.steps))
-        self.ramp = min(1.0, (progress.step - self.ramp_start + 1) / ramp_steps)
+        done = self.pattern.per_row_budget or progress.step - self.ramp_start + 1 >= ramp_steps  # N:M: no ramp
+        self.ramp = 1.0 if done else (progress.step - self.ramp_start + 1) / ramp_steps
 
     def pruned_now(self, name: str, units: int) -> int:
         """Units below the threshold at the current ramp: round(ramp * (G_l - kept_l))."""

@@ -209,6 +209,8 @@ def ddp_cell(payload: dict[str, Any]) -> int:
             log(f"ranks agree on the final masks: {len({d['masks'] for d in report['ranks']}) == 1}")
             clear_marker(suite, run_id, "running")
         dist.barrier()
+        if rank == 0:
+            shutil.rmtree(runs_dir() / "ddp" / run_id, ignore_errors=True)
         return 0
     except Exception as err:
         if rank == 0:

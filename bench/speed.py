@@ -21,13 +21,13 @@ to the reference variant, both as a ratio of medians and as the median of per-ro
 
 Variants (:func:`measure`): ``masked_dense`` (hard masks folded into dense tensors: what a masked
 model costs on dense kernels), ``shrunk`` (channel pattern: pruned channels physically removed),
-``sparse24`` (``nm:2:4`` on CUDA, when ``bench/sparse24.py`` provides ``to_sparse24(model)``).
+``masked_dense_fp16`` and ``sparse24`` (``nm:2:4`` on CUDA: the block Linears converted with
+``bench.sparse24.to_semi_structured_``, fp16; its ratio is taken against ``masked_dense_fp16``).
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
 import os
 import platform
 import statistics
@@ -149,87 +149,122 @@ def summarize(times_ms: list[float]) -> dict[str, float]:
             "min_ms": round(min(times_ms), 4), "repeats": len(times_ms)}
 
 
+def _to_device(x, device: str):
+    if isinstance(x, dict):
+        return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in x.items()}
+    return x.to(device)
+
+
+def _forward(model: nn.Module, x):
+    return model(**x) if isinstance(x, dict) else model(x)
+
+
+def interleaved_times(calls: dict[str, Callable[[], Any]], warmup: int, repeats: int, timed) -> dict[str, list[float]]:
+    """``warmup`` untimed calls each, then ``repeats`` rounds timing every call once, order rotating."""
+    names = list(calls)
+    for name in names:
+        for _ in range(warmup):
+            calls[name]()
+    times = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            times[name].append(timed(calls[name]))
+    return times
+
+
 def latency(models: dict[str, nn.Module], make_input: Callable[[int], Any] | Tensor,
             batch_sizes=DEFAULT_BATCH_SIZES, warmup: int = 5, repeats: int = 30, threads: int = 1,
-            device: str = "cpu", reference: str | None = None) -> dict[str, Any]:
-    """Interleaved latency of several models (see module docstring). ``make_input(batch_size)``
-    builds an input; a Tensor example is expanded with :func:`batch_input`."""
+            device: str = "cpu", reference: str | dict[str, str] | None = None) -> dict[str, Any]:
+    """Interleaved latency of several models (see module docstring).
+
+    ``make_input(batch_size)`` builds an input; a Tensor example is expanded with
+    :func:`batch_input`. Ratios are taken against ``reference`` (default: the first model), or
+    per variant with a dict {variant: its reference} (others: the first model). The models
+    are put in eval mode and moved to ``device``.
+    """
     if isinstance(make_input, Tensor):
         example = make_input
         make_input = lambda bs: batch_input(example, bs)  # noqa: E731
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")
     names = list(models)
-    reference = reference or names[0]
+    ref_of = {name: reference.get(name, names[0]) if isinstance(reference, dict) else (reference or names[0])
+              for name in names}
+    results: dict[str, Any] = {name: {} for name in names}
+    ratios: dict[str, Any] = {name: {} for name in names if ref_of[name] != name}
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    timed = _timer(device)
-    results: dict[str, Any] = {name: {} for name in names}
-    ratios: dict[str, Any] = {name: {} for name in names if name != reference}
     try:
         for model in models.values():
             model.eval().to(device)
         with torch.inference_mode():
             for bs in batch_sizes:
-                x = make_input(bs)
-                x = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in x.items()} if isinstance(x, dict) else x.to(device)
-                calls = {n: (lambda m=models[n]: m(**x) if isinstance(x, dict) else m(x)) for n in names}
+                x = _to_device(make_input(bs), device)
+                calls = {n: (lambda m=models[n]: _forward(m, x)) for n in names}
+                times = interleaved_times(calls, warmup, repeats, _timer(device))
                 for name in names:
-                    for _ in range(warmup):
-                        calls[name]()
-                times = {n: [] for n in names}
-                for r in range(repeats):
-                    for name in names[r % len(names):] + names[: r % len(names)]:
-                        times[name].append(timed(calls[name]))
-                for name in names:
-                    results[name][str(bs)] = {**summarize(times[name]), "batch_size": bs}
-                    results[name][str(bs)]["per_sample_ms"] = round(results[name][str(bs)]["median_ms"] / bs, 5)
-                    if name != reference:
-                        paired = [a / b for a, b in zip(times[name], times[reference])]
-                        ratios[name][str(bs)] = {
-                            "ratio_of_medians": round(results[name][str(bs)]["median_ms"] / results[reference][str(bs)]["median_ms"], 4),
-                            "paired_median": round(statistics.median(paired), 4)}
+                    stats = summarize(times[name])
+                    results[name][str(bs)] = {**stats, "batch_size": bs, "per_sample_ms": round(stats["median_ms"] / bs, 5)}
+                for name, by_batch in ratios.items():
+                    ref = ref_of[name]
+                    paired = statistics.median(a / b for a, b in zip(times[name], times[ref]))
+                    by_batch[str(bs)] = {"reference": ref, "paired_median": round(paired, 4), "ratio_of_medians": round(
+                        results[name][str(bs)]["median_ms"] / results[ref][str(bs)]["median_ms"], 4)}
         fingerprint = device_fingerprint(device)
     finally:
         torch.set_num_threads(previous_threads)
     protocol = {"warmup": warmup, "repeats": repeats, "threads": threads, "batch_sizes": list(batch_sizes),
-                "interleaved": True, "reference": reference, "timer": "cuda_events" if "cuda" in str(device) else "perf_counter"}
+                "interleaved": True, "references": {n: r for n, r in ref_of.items() if r != n},
+                "timer": "cuda_events" if "cuda" in str(device) else "perf_counter"}
     return {"fingerprint": fingerprint, "protocol": protocol, "latency": results, "ratios": ratios}
 
 
 # -- variants of a pruned model -----------------------------------------------------------
-def sparse24_converter() -> tuple[Callable[[nn.Module], nn.Module] | None, str]:
-    """``bench.sparse24.to_sparse24`` if that module exists, else (None, why)."""
+class HalfInput(nn.Module):
+    """Feeds a float16 model: casts floating inputs to half (the cast is part of the timed call)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x.half() if isinstance(x, Tensor) and x.is_floating_point() else x)
+
+
+def sparse24_variants(model: nn.Module, hard_masks: dict[str, Tensor] | None, device: str) -> tuple[dict, str]:
+    """fp16 masked-dense and fp16 2:4 semi-structured twins (bench/sparse24.py) of an nm:2:4 model."""
+    if "cuda" not in str(device):
+        return {}, "2:4 semi-structured kernels need CUDA"
     try:
-        module = importlib.import_module("bench.sparse24")
-    except ModuleNotFoundError as err:
-        if err.name == "bench.sparse24":
-            return None, "bench/sparse24.py not present"
-        raise
-    convert = getattr(module, "to_sparse24", None)
-    return (convert, "") if callable(convert) else (None, "bench.sparse24 has no to_sparse24(model)")
+        from bench import sparse24
+    except ImportError as err:
+        return {}, f"bench.sparse24 unavailable ({err})"
+    modules = dict(model.named_modules())
+    names = [n for n in (hard_masks or sparse24.covered_linears(model)) if isinstance(modules[n], nn.Linear)]
+    dense16 = copy.deepcopy(model).eval().half().to(device)
+    sparse = copy.deepcopy(dense16)
+    skipped = sparse24.to_semi_structured_(sparse, names)
+    why = f"{len(skipped)} of {len(names)} Linears left dense by the 2:4 kernels" if skipped else ""
+    return {"masked_dense_fp16": HalfInput(dense16), "sparse24": HalfInput(sparse)}, why
 
 
 def build_variants(model: nn.Module, pattern: str, hard_masks: dict[str, Tensor] | None, example_input,
                    device: str = "cpu") -> tuple[dict[str, nn.Module], dict[str, str]]:
-    """masked_dense (+ shrunk for channel, + sparse24 for nm:2:4 on CUDA); and the skipped ones with why."""
-    variants, skipped = {"masked_dense": model}, {}
+    """masked_dense (+ shrunk for channel, + fp16 masked_dense / sparse24 for nm:2:4 on CUDA); skipped ones with why."""
+    variants, notes = {"masked_dense": model}, {}
     if pattern == "channel":
         if hard_masks is None:
-            skipped["shrunk"] = "no hard masks"
+            notes["shrunk"] = "no hard masks"
         else:
             shrunk = copy.deepcopy(model)
             shrink_channels(shrunk, hard_masks, example_input)
             variants["shrunk"] = shrunk
     if pattern == "nm:2:4":
-        convert, why = sparse24_converter()
-        if "cuda" not in str(device):
-            skipped["sparse24"] = "2:4 semi-structured kernels need CUDA"
-        elif convert is None:
-            skipped["sparse24"] = why
-        else:
-            variants["sparse24"] = convert(copy.deepcopy(model).to(device))
-    return variants, skipped
+        extra, why = sparse24_variants(model, hard_masks, device)
+        variants.update(extra)
+        if why:
+            notes["sparse24"] = why
+    return variants, notes
 
 
 def measure(row: dict[str, Any], model: nn.Module, example_input, hard_masks: dict[str, Tensor] | None = None,
@@ -243,6 +278,7 @@ def measure(row: dict[str, Any], model: nn.Module, example_input, hard_masks: di
     if make_input is None and not isinstance(example_input, Tensor):
         raise ValueError("measure needs make_input(batch_size) for non-tensor example inputs")
     variants, skipped = build_variants(model, row["pattern"], hard_masks, example_input, device)
+    references = {"sparse24": "masked_dense_fp16"} if "sparse24" in variants else None
     result = latency(variants, make_input or example_input, batch_sizes, warmup, repeats, threads, device,
-                     reference="masked_dense")
+                     reference=references)
     return {"run_id": row.get("run_id"), "pattern": row["pattern"], **result, "skipped": skipped}

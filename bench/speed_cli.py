@@ -44,7 +44,8 @@ def cmd_speed(args) -> int:
     for variant, by_batch in result["latency"].items():
         for bs, stats in by_batch.items():
             ratio = result["ratios"].get(variant, {}).get(bs)
-            extra = f"  x{ratio['ratio_of_medians']:.3f} of masked_dense (paired {ratio['paired_median']:.3f})" if ratio else ""
+            extra = (f"  x{ratio['ratio_of_medians']:.3f} of {ratio['reference']} (paired {ratio['paired_median']:.3f})"
+                     if ratio else "")
             print(f"  {variant:13s} batch {bs:>4s}: median {stats['median_ms']:.3f} ms  IQR {stats['iqr_ms']:.3f} ms{extra}")
     for variant, why in result["skipped"].items():
         print(f"  {variant:13s} skipped: {why}")

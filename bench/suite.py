@@ -50,6 +50,8 @@ TOP_FIELDS = ("name", "description", "tasks", "pruners", "patterns", "sparsities
               "cells", "requires_tasks_present", "plan_only", "wandb_project")
 BLOCK_FIELDS = ("tasks", "pruners", "patterns", "sparsities", "seeds", "budget", "model")
 PRUNER_FIELDS = ("name", "as", "options")
+KIND_NAMES = {str: "a string", int: "an integer", (int, float): "a number", dict: "a mapping",
+              (str, dict): "a pruner name or a mapping {name, as, options}"}
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,7 @@ def _list(raw: Any, where: str, kind: type | tuple, allow_empty: bool = False) -
         raise ConfigError(where, f"must be a non-empty list, got {raw!r}")
     for i, item in enumerate(raw):
         if isinstance(item, bool) or not isinstance(item, kind):
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            raise ConfigError(f"{where}[{i}]", f"must be a {names}, got {item!r}")
+            raise ConfigError(f"{where}[{i}]", f"must be {KIND_NAMES[kind]}, got {item!r}")
     return raw
 
 
@@ -234,7 +235,8 @@ def load_suite(name: str) -> Suite:
         for entry in block.pruners:
             seen = labels.setdefault(entry.label, entry)
             if (seen.name, seen.options) != (entry.name, entry.options):
-                raise ConfigError(f"{block.where}.pruners", f"label '{entry.label}' means two configurations; rename one with `as:`")
+                raise ConfigError(f"{block.where}.pruners",
+                                  f"label '{entry.label}' means two configurations; rename one with `as:`")
     plan_only = raw.get("plan_only", False)
     return Suite(suite_name, path, str(raw.get("description", "")), blocks,
                  requires_tasks_present=raw.get("requires_tasks_present", True) and not plan_only,
@@ -252,10 +254,12 @@ def expand(suite: Suite) -> Suite:
     unavailable: set[str] = set()  # registered tasks whose optional packages are missing here
     steps_cache: dict[str, int | None] = {}
     suite.cells, suite.skipped = [], []
-    for block in suite.blocks:
+    for block in suite.blocks:  # names first: a typo fails before any model is built
         for t, task in enumerate(block.tasks):
             if task not in tasks and suite.requires_tasks_present:
                 raise ConfigError(f"{block.where}.tasks[{t}]", f"unknown task '{task}'; allowed: {', '.join(sorted(tasks))}")
+    for block in suite.blocks:
+        for t, task in enumerate(block.tasks):
             for pattern_text in block.patterns:
                 pattern = parse_pattern(pattern_text)
                 for sparsity in ([pattern.fixed_sparsity] if pattern.fixed_sparsity is not None else block.sparsities):
@@ -281,11 +285,13 @@ def expand(suite: Suite) -> Suite:
                             if task not in tasks or task in unavailable:
                                 cell = Cell(spec, entry.label, spec_only_id(spec), registered=False)
                             suite.cells.append(cell)
-    ids = Counter(c.run_id for c in suite.cells)
-    dup = next((c for c in suite.cells if ids[c.run_id] > 1), None)
-    if dup is not None:
-        raise ConfigError("suite", f"run {dup.run_id} ({dup.spec.task} {dup.label} {dup.spec.pattern} seed {dup.spec.seed}) "
-                                   "appears twice; two pruner entries or blocks describe the same run")
+    unique: dict[str, Cell] = {}
+    for cell in suite.cells:  # overlapping blocks may list a run twice: keep it once
+        first = unique.setdefault(cell.run_id, cell)
+        if first.label != cell.label:
+            raise ConfigError("suite", f"labels '{first.label}' and '{cell.label}' describe the same run {cell.run_id} "
+                                       f"({cell.spec.task} {cell.spec.pattern} {cell.spec.sparsity:g} seed {cell.spec.seed})")
+    suite.cells = list(unique.values())
     return suite
 
 
@@ -329,44 +335,6 @@ def _resolved_cell(spec: RunSpec, label: str, where: str, cache: dict, steps_cac
 
 def load_and_expand(name: str) -> Suite:
     return expand(load_suite(name))
-
-
-# -- plan --------------------------------------------------------------------------------------
-def plan_lines(suite: Suite) -> list[str]:
-    cells = suite.cells
-    lines = [f"suite {suite.name} ({suite.path}): {len(cells)} cells, {len(suite.skipped)} skipped"
-             + (" [plan only]" if suite.plan_only else "")]
-    if suite.description:
-        lines.append(f"  {suite.description.strip()}")
-    header = f"  {'run_id':16s} {'task':18s} {'pruner':18s} {'pattern':12s} {'sparsity':>8s} {'seed':>4s} {'epochs':>6s} {'steps':>7s}"
-    lines.append(header)
-    for c in cells:
-        lines.append(f"  {c.run_id:16s} {c.spec.task:18s} {c.label:18s} {c.spec.pattern:12s} {c.spec.sparsity:8.4g} "
-                     f"{c.spec.seed:4d} {_num(c.epochs):>6s} {_num(c.steps):>7s}")
-    for note in suite.skipped:
-        lines.append(f"  skipped: {note}")
-    missing = sorted({c.spec.task for c in cells if not c.registered})
-    if missing:
-        lines.append(f"  note: task(s) {', '.join(missing)} not registered or not importable here: their ids are computed from the spec "
-                     "alone (spec-...); the real run ids appear once the tasks exist")
-    lines.append("  budget: " + budget_summary(cells))
-    return lines
-
-
-def budget_summary(cells: list[Cell]) -> str:
-    epochs = sum(c.epochs or 0 for c in cells)
-    steps = [c.steps for c in cells if c.registered]
-    dense = {c.dense_key: c for c in cells if c.registered}
-    dense_epochs = sum(c.dense_epochs or 0 for c in dense.values())
-    dense_steps = [c.dense_steps for c in dense.values()]
-    unknown = " (steps unknown for some cells)" if None in steps + dense_steps or any(not c.registered for c in cells) else ""
-    return (f"{epochs} prune+finetune epochs ({sum(s or 0 for s in steps)} steps) over {len(cells)} runs, plus "
-            f"{dense_epochs} dense epochs ({sum(s or 0 for s in dense_steps)} steps) for {len(dense)} dense model(s) "
-            f"shared per (task, seed){unknown}")
-
-
-def _num(value: int | None) -> str:
-    return "?" if value is None else str(value)
 
 
 # -- state: markers + store ---------------------------------------------------------------------
@@ -436,12 +404,3 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
-
-
-def status_lines(suite: Suite, store: ResultStore | None = None) -> list[str]:
-    states = cell_states(suite, store)
-    lines = [f"{c.run_id:16s} {state:8s} rows {rows}  {c.spec.task} {c.label} {c.spec.pattern} {c.spec.sparsity:g} "
-             f"seed {c.spec.seed}" for c, state, rows in states]
-    totals = Counter(state for _, state, _ in states)
-    lines.append(f"suite {suite.name}: " + ", ".join(f"{totals[s]} {s}" for s in ("done", "running", "pending", "failed")))
-    return lines

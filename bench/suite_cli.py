@@ -3,18 +3,73 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 
+# -- plan and status ---------------------------------------------------------------------------
+def plan_lines(suite) -> list[str]:
+    """The cells of an expanded suite with their run ids and budgets, skipped cells, total budget."""
+    cells = suite.cells
+    lines = [f"suite {suite.name} ({suite.path}): {len(cells)} cells, {len(suite.skipped)} skipped"
+             + (" [plan only]" if suite.plan_only else "")]
+    if suite.description:
+        lines.append(f"  {suite.description.strip()}")
+    lines.append(f"  {'run_id':16s} {'task':18s} {'pruner':18s} {'pattern':12s} {'sparsity':>8s} {'seed':>4s} "
+                 f"{'epochs':>6s} {'steps':>7s}")
+    for c in cells:
+        lines.append(f"  {c.run_id:16s} {c.spec.task:18s} {c.label:18s} {c.spec.pattern:12s} {c.spec.sparsity:8.4g} "
+                     f"{c.spec.seed:4d} {_num(c.epochs):>6s} {_num(c.steps):>7s}")
+    for note in suite.skipped:
+        lines.append(f"  skipped: {note}")
+    missing = sorted({c.spec.task for c in cells if not c.registered})
+    if missing:
+        lines.append(f"  note: task(s) {', '.join(missing)} not registered or not importable here: their ids are "
+                     "computed from the spec alone (spec-...); the real run ids appear once the tasks exist")
+    lines.append("  budget: " + budget_summary(cells))
+    return lines
+
+
+def budget_summary(cells: list) -> str:
+    """Epochs and optimizer steps of the cells, plus the dense models they share (once per (task, seed))."""
+    known = [c for c in cells if c.registered]
+    dense = list({c.dense_key: c for c in known}.values())
+    steps = [c.steps for c in known] + [c.dense_steps for c in dense]
+    text = (f"{sum(c.epochs for c in known)} prune+finetune epochs ({sum(s or 0 for s in steps[:len(known)])} steps) "
+            f"over {len(known)} runs, plus {sum(c.dense_epochs for c in dense)} dense epochs "
+            f"({sum(s or 0 for s in steps[len(known):])} steps) for {len(dense)} dense model(s) shared per (task, seed)")
+    if None in steps:
+        text += "; steps not counted where the dataset is not on this machine"
+    if len(known) < len(cells):
+        text += f"; unknown for {len(cells) - len(known)} cell(s) whose task is not available here"
+    return text
+
+
+def _num(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def status_lines(suite, store=None) -> list[str]:
+    """One line per cell (run id, state, rows in the store) and the totals."""
+    from bench.suite import cell_states
+
+    states = cell_states(suite, store)
+    lines = [f"{c.run_id:16s} {state:8s} rows {rows}  {c.spec.task} {c.label} {c.spec.pattern} {c.spec.sparsity:g} "
+             f"seed {c.spec.seed}" for c, state, rows in states]
+    totals = Counter(state for _, state, _ in states)
+    lines.append(f"suite {suite.name}: " + ", ".join(f"{totals[s]} {s}" for s in ("done", "running", "pending", "failed")))
+    return lines
+
+
 def cmd_plan(args) -> int:
-    from bench.suite import load_and_expand, plan_lines
+    from bench.suite import load_and_expand
 
     print("\n".join(plan_lines(load_and_expand(args.name))))
     return 0
 
 
 def cmd_status(args) -> int:
-    from bench.suite import load_and_expand, status_lines
+    from bench.suite import load_and_expand
 
     print("\n".join(status_lines(load_and_expand(args.name))))
     return 0

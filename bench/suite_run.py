@@ -156,7 +156,8 @@ class Reporter:
                      f"(dense {outcome['dense_metric']:.2f}) {outcome['wall_s']:.1f}s")
         else:
             self.failed.append(cell.run_id)
-            self.log(f"FAILED {cell.run_id} {what}: {outcome.get('error')} (log: {cell_log_path(self.suite_name, cell.run_id)})")
+            log = cell_log_path(self.suite_name, cell.run_id)
+            self.log(f"FAILED {cell.run_id} {what}: {outcome.get('error')} (log: {log})")
         if self.progress is not None:
             self.progress.advance(self.bar)
 
@@ -177,42 +178,53 @@ def run_suite(suite: Suite, workers: int = 1, launcher: str = "local", nproc: in
     missing = sorted({c.spec.task for c in suite.cells if not c.registered})
     if missing:
         raise ConfigError("suite.tasks", f"task(s) {', '.join(missing)} are not registered here; cannot run")
-    wandb_project = wandb_project or suite.wandb_project
+    project = wandb_project or suite.wandb_project
     states = cell_states(suite, store)
     todo = [cell for cell, state, _ in states if state in ("pending", "failed")]
     busy = [cell for cell, state, _ in states if state == "running"]
-    threads = max(1, cpu_count() // (workers * nproc))
+    for cell, state, _ in states:
+        if state == "done":  # a kill between the row's append and the marker's removal leaves one behind
+            clear_marker(suite.name, cell.run_id, "running")
+            clear_marker(suite.name, cell.run_id, "failed")
+    first, rest = first_wave(todo)
     with Reporter(len(todo), progress, suite.name) as reporter:
         reporter.log(f"suite {suite.name}: {len(states)} cells, {len(states) - len(todo) - len(busy)} done, "
-                     f"{len(todo)} to run ({launcher}, {workers} worker(s), {nproc} proc(s)/run, {threads} thread(s) each)")
+                     f"{len(todo)} to run ({launcher}, {workers} worker(s), {nproc} process(es) per run)")
         for cell in busy:
             reporter.log(f"skip   {cell.run_id}: running in another process (marker {cell.run_id}.running)")
-        first, rest = first_wave(todo)
         if launcher == "slurm":
             from bench.launch import submit_cells
 
-            payloads = [payload_for(c, suite, wandb_project, None) for c in todo]
-            submit_cells(suite, first, rest, dict(zip([c.run_id for c in todo], payloads)), reporter, nproc, cluster,
-                         slurm or {})
+            per_job = (slurm or {}).get("cpus_per_task")  # threads of a job: its CPUs, else torch's default
+            payloads = {c.run_id: payload_for(c, suite, project, per_job and max(1, per_job // nproc)) for c in todo}
+            submit_cells(suite, first, rest, payloads, reporter, nproc, cluster, slurm or {})
         elif launcher == "torchrun":
             from bench.launch import torchrun_cell
 
-            with ThreadPoolExecutor(workers) as pool:
-                jobs = {pool.submit(torchrun_cell, payload_for(c, suite, wandb_project, threads), nproc): c
-                        for c in first + rest}
-                for job in as_completed(jobs):
-                    reporter.done(jobs[job], job.result())
-        elif workers == 1:
+            threads = max(1, cpu_count() // (workers * nproc))
+            _pool(ThreadPoolExecutor(workers), first + rest, reporter,
+                  lambda pool, c: pool.submit(torchrun_cell, payload_for(c, suite, project, threads), nproc))
+        elif workers == 1:  # in this process, with its thread count
             for cell in first + rest:
-                reporter.done(cell, run_cell(payload_for(cell, suite, wandb_project, None), echo=reporter.log))
+                reporter.done(cell, run_cell(payload_for(cell, suite, project, None), echo=reporter.log))
         else:
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-                jobs = {pool.submit(run_cell, payload_for(c, suite, wandb_project, threads)): c for c in first + rest}
-                for job in as_completed(jobs):
-                    reporter.done(jobs[job], job.result())
+            threads = max(1, cpu_count() // workers)
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_init_worker, initargs=(threads,))
+            _pool(pool, first + rest, reporter, lambda p, c: p.submit(run_cell, payload_for(c, suite, project, threads)))
         if reporter.failed:
             reporter.log(f"{len(reporter.failed)} cell(s) failed: {', '.join(reporter.failed)}; logs under "
                          f"{runs_dir() / 'suites' / suite.name / 'logs'}; `suite run` retries them")
     return 1 if reporter.failed else 0
 
+
+def _pool(pool, cells: list[Cell], reporter: Reporter, submit) -> None:
+    """Submit every cell (first wave first) and report each as it finishes."""
+    with pool:
+        jobs = {submit(pool, cell): cell for cell in cells}
+        for job in as_completed(jobs):
+            try:
+                outcome = job.result()
+            except Exception as err:  # noqa: BLE001 — a worker died (e.g. out of memory): the cell stays pending
+                outcome = {"run_id": jobs[job].run_id, "ok": False, "error": f"worker died: {type(err).__name__}: {err}"}
+            reporter.done(jobs[job], outcome)

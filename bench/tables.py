@@ -170,7 +170,8 @@ class Table:
 
     def cell(self, label: str, column: tuple) -> pd.Series | None:
         s = self.stats
-        match = s[(s["label"] == label) & (s["task"] == column[0]) & (s["pattern"] == column[1]) & (s["sparsity"] == column[2])]
+        task, pattern, sparsity = column
+        match = s[(s["label"] == label) & (s["task"] == task) & (s["pattern"] == pattern) & (s["sparsity"] == sparsity)]
         return None if match.empty else match.iloc[0]
 
     def text(self, row: pd.Series | None, fmt: str) -> str:
@@ -196,7 +197,8 @@ class Table:
         metrics = ", ".join(f"{t}: {m}" for t, m in self.stats.drop_duplicates("task")[["task", "metric_name"]].values)
         bold = "bold" if fmt == "latex" else "**bold**"
         notes = [f"Metric ({metrics}); mean ± std over seeds, (n=k) where fewer seeds than planned finished; {bold}: best "
-                 f"per column; †: the best beats the runner-up by Welch's t-test, two-sided p < {ALPHA} (>= 2 seeds each)."]
+                 f"per column; †: the best beats the runner-up by Welch's t-test, two-sided p < {ALPHA} "
+                 "(>= 2 seeds each)."]
         off = self.stats[self.stats.apply(self.off_target, axis=1)] if len(self.stats) else self.stats
         for row in off.itertuples():
             notes.append(f"‡ {row.label} on {row.task} {row.pattern} {row.sparsity:g}: achieved sparsity "
@@ -233,8 +235,12 @@ class Table:
             if i == 0 and label == "dense":
                 lines.append("\\midrule")
         lines += ["\\bottomrule", "\\end{tabular}"]
-        lines += ["\\par\\smallskip\\footnotesize " + latex_escape(n).replace("±", "$\\pm$").replace("†", "$^\\dagger$")
-                  .replace("‡", "$^\\ddagger$").replace(">=", "$\\geq$").replace(" < ", " $<$ ") for n in self.notes("latex")]
+        symbols = {"±": "$\\pm$", "†": "$^\\dagger$", "‡": "$^\\ddagger$", ">=": "$\\geq$", " < ": " $<$ "}
+        for note in self.notes("latex"):
+            text = latex_escape(note)
+            for symbol, tex in symbols.items():
+                text = text.replace(symbol, tex)
+            lines.append("\\par\\smallskip\\footnotesize " + text)
         lines.append("\\end{table}")
         return "\n".join(lines) + "\n"
 
@@ -269,7 +275,8 @@ def build_table(frame: pd.DataFrame, suite=None) -> Table:
     task_rank = {t: i for i, t in enumerate(dict.fromkeys(c[0] for c in order))}
     pattern_rank = {p: i for i, p in enumerate(dict.fromkeys(c[1] for c in order))}
     present = set(map(tuple, stats[["task", "pattern", "sparsity"]].itertuples(index=False)))
-    columns = sorted(dict.fromkeys(c for c in order if c in present), key=lambda c: (task_rank[c[0]], pattern_rank[c[1]], c[2]))
+    columns = sorted(dict.fromkeys(c for c in order if c in present),
+                     key=lambda c: (task_rank[c[0]], pattern_rank[c[1]], c[2]))
     labels = list(dict.fromkeys(([c.label for c in suite.cells] if suite is not None else []) + list(frame["label"])))
     labels = ["dense"] + [label for label in labels if label in set(stats["label"])]
     return Table(suite.name if suite is not None else "results", stats, columns, labels)
@@ -308,7 +315,8 @@ def write_plots(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path
             for label, group in points.groupby("label", sort=False):
                 ax.errorbar(group["x"], group["y"], yerr=group["yerr"].fillna(0), marker="o", linestyle="", capsize=3,
                             label=label)
-            ax.set(xlabel=speed, ylabel=part["metric_name"].iloc[0], title=f"{task}: {part['metric_name'].iloc[0]} vs {speed}")
+            metric = part["metric_name"].iloc[0]
+            ax.set(xlabel=speed, ylabel=metric, title=f"{task}: {metric} vs {speed}")
             ax.legend(fontsize=7)
             written.append(_save(fig, folder / _file_name(suite_name, task, f"vs-{speed}")))
             plt.close(fig)

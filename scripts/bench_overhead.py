@@ -10,10 +10,12 @@
   reported per entry: median step time, and the median over rounds of (entry / dense) of the
   same round (paired), plus the ratio of total times (includes rare periodic costs).
 * soft_topk (smart.topk) forward + backward against torch.topk (values forward + backward),
-  interleaved, n from 1e3 to 1e7 (quick: 1e6), k = n/2, tau 1.0 and 0.01 on standardised scores.
-* Peak memory: a fresh subprocess per pruner runs a few training steps and reports
-  ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (peak resident set, whole process); we report it
-  and its difference to the dense subprocess. Synthetic batches keep the dataset out of it.
+  interleaved, n from 1e3 to 1e7 (quick: 1e6), k = keep * n for keep 0.5 and 0.1, tau 1.0 and 0.01
+  on standard-normal scores.
+* Peak memory: a fresh subprocess per pruner runs a few training steps and reports its peak
+  resident set (``VmHWM`` of /proc/self/status -- not ``ru_maxrss``, which Linux carries over
+  fork + exec from the parent); we report it and its difference to the dense subprocess.
+  Synthetic batches keep the dataset out of it.
 * Latency: fmnist-resnet (resnet10t) at 50% channel sparsity, masked-dense vs physically shrunk
   (bench.speed.latency protocol), with random global masks and with group-aligned random masks.
 """
@@ -44,10 +46,10 @@ from bench.train import make_optimizer
 from smart.topk import soft_topk
 
 FULL = dict(rounds=10, steps=2, resnet_patterns=[("unstructured", 0.9), ("channel", 0.5), ("nm:2:4", None)],
-            vit_patterns=[("nm:2:4", None)], topk_sizes=[10**e for e in range(3, 8)], topk_taus=(1.0, 0.01),
+            vit_patterns=[("nm:2:4", None)], topk_sizes=[10**e for e in range(3, 8)], topk_taus=(1.0, 0.01), topk_keep=(0.5, 0.1),
             memory_steps=5, latency_repeats=30, latency_batches=(1, 32, 128))
-QUICK = dict(rounds=3, steps=1, resnet_patterns=[("unstructured", 0.9)], vit_patterns=[("nm:2:4", None)],
-             topk_sizes=[10**e for e in range(3, 7)], topk_taus=(1.0, 0.01), memory_steps=2, latency_repeats=8,
+QUICK = dict(rounds=4, steps=1, resnet_patterns=[("unstructured", 0.9), ("channel", 0.5)], vit_patterns=[("nm:2:4", None)],
+             topk_sizes=[10**e for e in range(3, 7)], topk_taus=(1.0, 0.01), topk_keep=(0.5, 0.1), memory_steps=2, latency_repeats=8,
              latency_batches=(1, 128))
 BATCH = 128
 
@@ -150,26 +152,28 @@ def topk_times(cfg: dict) -> list[dict]:
         gen = torch.Generator().manual_seed(n)
         raw = torch.randn(n, generator=gen)
         grad = torch.randn(n, generator=gen)
-        k = n // 2
-        for tau in cfg["topk_taus"]:
-            def soft():
-                s = raw.clone().requires_grad_(True)
-                soft_topk(s, k, tau).backward(grad)
+        for keep in cfg["topk_keep"]:
+            k = max(1, int(keep * n))
+            for tau in cfg["topk_taus"]:
+                def soft():
+                    s = raw.clone().requires_grad_(True)
+                    soft_topk(s, k, tau).backward(grad)
 
-            def hard():
-                s = raw.clone().requires_grad_(True)
-                torch.topk(s, k).values.backward(grad[:k])
+                def hard():
+                    s = raw.clone().requires_grad_(True)
+                    torch.topk(s, k).values.backward(grad[:k])
 
-            soft(), hard()  # warm-up
-            t_soft, t_hard = [], []
-            for r in range(repeats):
-                for fn, bucket in ((soft, t_soft), (hard, t_hard))[:: 1 if r % 2 == 0 else -1]:
-                    begin = time.perf_counter()
-                    fn()
-                    bucket.append((time.perf_counter() - begin) * 1e3)
-            rows.append({"n": n, "tau": tau, "soft_ms": statistics.median(t_soft), "topk_ms": statistics.median(t_hard),
-                         "ratio": statistics.median(t_soft) / statistics.median(t_hard), "repeats": repeats})
-            log(f"  soft_topk n={n:.0e} tau={tau}: ratio {rows[-1]['ratio']:.2f}")
+                soft(), hard()  # warm-up
+                t_soft, t_hard = [], []
+                for r in range(repeats):
+                    for fn, bucket in ((soft, t_soft), (hard, t_hard))[:: 1 if r % 2 == 0 else -1]:
+                        begin = time.perf_counter()
+                        fn()
+                        bucket.append((time.perf_counter() - begin) * 1e3)
+                soft_ms, hard_ms = statistics.median(t_soft), statistics.median(t_hard)
+                rows.append({"n": n, "keep": keep, "tau": tau, "soft_ms": soft_ms, "topk_ms": hard_ms,
+                             "ratio": soft_ms / hard_ms, "repeats": repeats})
+                log(f"  soft_topk n={n:.0e} keep={keep} tau={tau}: ratio {rows[-1]['ratio']:.2f}")
     return rows
 
 
@@ -178,7 +182,20 @@ def memory_child(task_name: str, kind: str, pattern: str, sparsity, steps: int) 
     entry = Entry(get_task(task_name), kind, pattern, sparsity, synthetic_batches(2), steps)
     for _ in range(steps):
         entry.step()
-    print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"maxrss_mb": peak_rss_mb()}))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of this process's address space (VmHWM).
+
+    Not ``getrusage().ru_maxrss``: Linux carries that high-water mark over fork + exec, so a
+    child started by a big parent would report the parent's peak.
+    """
+    with open("/proc/self/status", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def peak_memory(task_name: str, pattern: str, sparsity, cfg: dict) -> list[dict]:
@@ -210,7 +227,7 @@ def aligned_masks(model, masker, keep_fraction: float, seed: int) -> dict:
         keep = torch.randperm(width, generator=gen)[: max(1, round(keep_fraction * width))]
         for item in group.items:
             name = names.get(item.dep.target.module)
-            if name in masks and item.dep.handler is tp.prune_conv_out_channels:
+            if name in masks and item.dep.handler == tp.prune_conv_out_channels:
                 mask = torch.zeros(len(item.idxs), dtype=torch.bool)
                 root_to_idx = dict(zip(item.root_idxs, item.idxs))
                 mask[[root_to_idx[r] for r in keep.tolist() if r in root_to_idx]] = True
@@ -239,6 +256,26 @@ def shrunk_latency(cfg: dict, threads: int) -> dict:
     return {"result": result, "costs": costs}
 
 
+def verdict(value: float, limit: float) -> str:
+    return f"{value:.3f} ({'meets' if value <= limit else 'MISSES'} <= {limit})"
+
+
+def target_lines(steps: dict, topk: list, lat: dict) -> list[str]:
+    lines = []
+    for (task_name, pattern), rows in steps.items():
+        smart = next((r for r in rows if r["entry"] == "smart" and "ratio_paired" in r), None)
+        if smart:
+            lines.append(f"- SMART step time / dense, {task_name} {pattern}: {verdict(smart['ratio_paired'], 1.10)}")
+    for r in topk:
+        if r["n"] == 10**6:
+            lines.append(f"- soft_topk / torch.topk at n = 1e6, keep {r['keep']}, tau {r['tau']}: {verdict(r['ratio'], 3.0)}")
+    if lat:
+        for bs, ratio in lat["result"]["ratios"].get("shrunk_random", {}).items():
+            lines.append(f"- shrunk / masked-dense latency, fmnist-resnet 50% channel (random masks), batch {bs}: "
+                         f"{verdict(ratio['paired_median'], 0.60)}")
+    return lines
+
+
 def render(cfg_name: str, argv: list[str], fp: dict, load: tuple, steps: dict, topk: list, memory: dict, lat: dict,
            notes: list[str]) -> str:
     lines = ["# Performance: pruner overhead, soft top-k, memory, shrunk latency", "",
@@ -249,6 +286,7 @@ def render(cfg_name: str, argv: list[str], fp: dict, load: tuple, steps: dict, t
              "(**shared machine, busy with other work: absolute times are noisy; interleaving keeps ratios comparable**)",
              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
     lines += [f"- note: {n}" for n in notes] + [""]
+    lines += ["## Targets", ""] + target_lines(steps, topk, lat) + [""]
     lines += ["## Training-step time relative to dense", "",
               "Batch 128 of 1x28x28, SGD step, pruner hooks as in the trainer; `masked` = fixed hard mask through the",
               "parametrization, no pruner. ratio (paired) = median over rounds of entry/dense in the same round;",
@@ -263,12 +301,13 @@ def render(cfg_name: str, argv: list[str], fp: dict, load: tuple, steps: dict, t
                 lines.append(f"| {row['entry']} | {row['median_ms']:.1f} | {row['ratio_paired']:.3f} | {row['ratio_total']:.3f} |")
         lines.append("")
     lines += ["## soft_topk vs torch.topk (forward + backward)", "",
-              "1-D float32 scores ~ N(0,1), k = n/2; soft = `smart.topk.soft_topk(s, k, tau)` then `.backward(g)`;",
+              "1-D float32 scores ~ N(0,1), k = keep * n; soft = `smart.topk.soft_topk(s, k, tau)` then `.backward(g)`;",
               "hard = `torch.topk(s, k).values.backward(g[:k])`. Median ms, interleaved. Target at n = 1e6: ratio <= 3.0.", "",
-              "| n | tau | soft_topk (ms) | torch.topk (ms) | ratio |", "|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['n']:.0e} | {r['tau']} | {r['soft_ms']:.2f} | {r['topk_ms']:.2f} | {r['ratio']:.2f} |" for r in topk]
+              "| n | keep | tau | soft_topk (ms) | torch.topk (ms) | ratio |", "|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['n']:.0e} | {r['keep']} | {r['tau']} | {r['soft_ms']:.2f} | {r['topk_ms']:.2f} | {r['ratio']:.2f} |"
+              for r in topk]
     lines += ["", "## Peak memory relative to dense", "",
-              "Peak resident set (`ru_maxrss`) of a fresh process per entry that builds the model, attaches the pruner and",
+              "Peak resident set (`VmHWM`) of a fresh process per entry that builds the model, attaches the pruner and",
               "runs a few training steps on synthetic batches (no dataset); includes the interpreter + torch baseline,",
               "so the difference in MB is the informative number.", ""]
     for (task_name, pattern), rows in memory.items():

@@ -31,7 +31,7 @@ def test_plan_covers_the_budget_alternates_and_ends_compressed(total):
     assert all(kind != DENSE for _, _, kind in plan[1:])
 
 
-def test_plan_for_64_steps():  # fmnist-tiny: 2 epochs x 32 steps; boundaries 6 + round(i * 42 / 13)
+def test_plan_for_64_steps():  # boundaries 6 + round(i * 42 / 13)
     assert phase_plan(64) == [(0, 6, DENSE), (6, 9, COMPRESSED), (9, 12, DECOMPRESSED), (12, 16, COMPRESSED),
                               (16, 19, DECOMPRESSED), (19, 22, COMPRESSED), (22, 25, DECOMPRESSED),
                               (25, 29, COMPRESSED), (29, 32, DECOMPRESSED), (32, 35, COMPRESSED),

@@ -77,3 +77,20 @@ def test_cli_errors_are_clean(channel_run, capsys):
     assert main(["export", "nope", "--out", "/tmp/never.pt"]) == 2
     assert "run_id" in capsys.readouterr().err
     assert main(["speed", channel_run[0]["run_id"], "--batch-sizes", "0"]) == 2
+
+
+def test_save_pruned_needs_a_folded_model(tmp_path):
+    from torch import nn
+
+    from bench.masks import Masker
+    from bench.sparsity import Unstructured
+
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+    masker = Masker(net, ["1"], Unstructured())
+    hard = {"1": torch.ones(16, dtype=torch.bool)}
+    with pytest.raises(ValueError, match="folded"):
+        save_pruned(tmp_path, net, hard, {"run_id": "abc"})
+    masker.remove(fold=True)
+    path = save_pruned(tmp_path, net, hard, {"run_id": "abc"})
+    assert path == tmp_path / "models" / "abc.pt"
+    assert torch.load(path, weights_only=True)["hard_masks"]["1"].dtype == torch.bool

@@ -47,6 +47,11 @@ def test_unstructured_mask_and_threshold_match_direct_computation():
     direct = torch.tensor([expected_mask(s, t, 0.2) for s in flat])
     assert torch.allclose(mask.reshape(-1), direct, atol=1e-6)
     assert mask.requires_grad  # differentiable w.r.t. the weights (t itself is detached)
+    # d(m(w) w)/dw = m + w * (2 w / tau_l) * m (1 - m) with tau_l = tau t^2 and t held constant
+    weight = pruner.layers[0].weight
+    (mask.reshape(weight.shape) * weight).sum().backward()
+    w, m = weight.detach(), direct.reshape(weight.shape)
+    assert torch.allclose(weight.grad, m + w * (2 * w / (0.2 * t**2)) * m * (1 - m), atol=1e-5)
 
 
 def test_block_mask_uses_l2_norm_of_the_block():
@@ -122,12 +127,14 @@ def test_training_steps_then_finalize_hits_the_target_exactly(pattern, sparsity)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     for step in range(8):
         pruner.on_step(Progress("prune", step, 8))
-        masker.set_masks(pruner.masks())
+        masks = pruner.masks()
+        assert (masks is None) == (step < 2)  # dense for the first quarter of the stage
+        masker.set_masks(masks)
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
         pruner.after_optimizer_step(opt)
-        if step >= 2:  # the soft mask's gradient reaches the weights of every layer
-            assert all(torch.isfinite(layer.weight).all() for layer in masker.layers)
+        if masks is not None:  # soft mask: values in (0, 1), no unit receives an exactly zero mask
+            assert all(((m > 0) & (m <= 1)).all() for m in masks.values())
     hard = pruner.finalize()
     audit = masker.audit(hard)
     counts = {layer.name: layer.num_units for layer in masker.layers}

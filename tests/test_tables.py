@@ -15,7 +15,7 @@ import pytest
 from bench.record import ResultStore
 from bench.run import RunSpec
 from bench.suite import Cell, Suite
-from bench.tables import build_table, frame_from_rows, rows_from_store, rows_from_wandb, welch_p, write_plots
+from bench.tables import build_table, rows_from_store, rows_from_wandb, welch_p, write_plots
 
 TASK = "fmnist-resnet"
 COLUMNS = [("block:1x8", 0.5), ("block:1x8", 0.9), ("channel", 0.5)]
@@ -182,7 +182,8 @@ def test_plots_with_and_without_speed(store, tmp_path):
     suite = make_suite()
     frame = rows_from_store(suite, store)
     written = write_plots(frame, "synthetic", tmp_path / "plain")
-    assert sorted(p.name for p in written) == ["synthetic-fmnist-resnet-block_1x8.png", "synthetic-fmnist-resnet-channel.png"]
+    names = sorted(p.name for p in written)
+    assert names == ["synthetic-fmnist-resnet-block_1x8.png", "synthetic-fmnist-resnet-channel.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
     frame["latency_ms"] = 10.0 - 5.0 * frame["sparsity"]
     speed = write_plots(frame, "synthetic", tmp_path / "speed")

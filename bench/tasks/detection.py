@@ -10,9 +10,10 @@ train images 50000..59999), ``metric`` on the test split (Fashion-MNIST test ima
 ``coco-det``: the same model and code on a user's COCO 2017 copy (``$SMARTBENCH_COCO``, or
 ``$SMARTBENCH_DATA/coco``); COCO has no labelled test split, so val and test are both val2017.
 
-Prunable layers (default): every conv of the backbone (except the stem, the first conv of the
-model), of the FPN neck, and the stacked convs of the head; the head's final classification and
-box-regression convs stay dense. No mm* import at module level.
+Prunable layers (default): every conv of the backbone except the stem (the model's first conv) and
+every conv of the FPN neck. The head (its stacked convs, shared by the 5 FPN levels, and the final
+classification / box-regression convs) stays dense; widen ``include`` to prune it. No mm* import at
+module level.
 """
 
 from __future__ import annotations
@@ -25,9 +26,6 @@ from bench.data.scenes import CLASS_NAMES, ScenesSpec, build_scenes
 from bench.tasks.base import Budget, register_task
 from bench.tasks.mm_common import MMTask, layout_fingerprint, require_path
 
-DET_INCLUDE = ["backbone.*", "neck.*", "bbox_head.cls_convs.*", "bbox_head.reg_convs.*"]
-
-
 class DetectionTask(MMTask):
     family = "detection"
     metric_name = "bbox_mAP"
@@ -35,8 +33,7 @@ class DetectionTask(MMTask):
     metric_key = "coco/bbox_mAP"
     metric_scale = 100.0
     default_model = "retinanet_r18_fpn"
-    include = DET_INCLUDE
-    exclude = ["bbox_head.retina_cls", "bbox_head.retina_reg"]
+    include = ["backbone.*", "neck.*"]
 
 
 class ScenesDetection(DetectionTask):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import importlib
 import importlib.util
 import shutil
 import sys
@@ -144,10 +145,9 @@ class MMTask(Task):
     def build_model(self) -> nn.Module:
         from mmengine.registry import DefaultScope
 
+        registry = importlib.import_module(f"{self.scope}.registry")
         with quiet_stdout(), DefaultScope.overwrite_default_scope(self.scope):
-            from mmengine.registry import MODELS
-
-            return MODELS.build(copy.deepcopy(self.config.model))
+            return registry.MODELS.build(copy.deepcopy(self.config.model))
 
     def example_input(self) -> dict:
         """Keyword arguments of ``model(**x)`` for one preprocessed batch of two blank images."""
@@ -212,7 +212,7 @@ class MMTask(Task):
                seed: int, hooks: list, resume: bool, checkpoints: bool, name: str):
         from mmengine.runner import Runner
 
-        default_hooks = dict(logger=dict(type="LoggerHook", interval=50), visualization=None,
+        default_hooks = dict(logger=dict(type="LoggerHook", interval=50),
                              checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=1) if checkpoints else None)
         return Runner(
             model=model, work_dir=str(work_dir), experiment_name=name,

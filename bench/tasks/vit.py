@@ -6,11 +6,11 @@ Covered layers: every ``nn.Linear`` inside the transformer blocks — the fused 
 classification head stay dense, as in SR-STE / ASP / Wanda for ViTs. Override the class
 attributes ``include`` / ``exclude`` in a subclass to change the coverage.
 
-Fashion-MNIST tasks (1x28x28, 4x4 patches -> 49 tokens + class token) reuse the data splits of
+Fashion-MNIST tasks (1x28x28, 7x7 patches -> 16 tokens + class token) reuse the data splits of
 :class:`bench.tasks.classification.FashionMNISTTask`. The default architecture is built from
 ``vit_tiny_patch16_224`` with the shape in ``arch`` (embedding width a multiple of 16, so N:M
 with M in {4, 8, 16} tiles every covered layer and the 2:4 kernels accept every weight);
-``--model timm:NAME`` swaps in another timm ViT, built with ``img_size=28, patch_size=4`` and
+``--model timm:NAME`` swaps in another timm ViT, built with ``img_size=28, patch_size=7`` and
 its own width/depth. Trained from scratch with the project's SGD + cosine trainer.
 
 ``imagenet-deit``: DeiT-Tiny (``--model timm:deit_small_patch16_224`` for DeiT-Small) on a
@@ -40,7 +40,7 @@ class FashionMNISTViT(FashionMNISTTask):
     default_model = "vit_tiny_patch16_224"
     include = BLOCK_LINEARS
     keep_first_last = False
-    patch_size = 4
+    patch_size = 7
     arch: dict = {}  # embed_dim, depth, num_heads of the default model
 
     def model_kwargs(self) -> dict:
@@ -56,7 +56,7 @@ class FashionMNISTViT(FashionMNISTTask):
 @register_task
 class FmnistViT(FashionMNISTViT):
     name = "fmnist-vit"
-    description = "timm ViT (width 96, depth 4, 3 heads, 4x4 patches) on a 10k Fashion-MNIST subset; N:M on block Linears"
+    description = "timm ViT (width 96, depth 4, 3 heads, 7x7 patches) on a 10k Fashion-MNIST subset; N:M on block Linears"
     arch = dict(embed_dim=96, depth=4, num_heads=3)
     budget = Budget(dense_epochs=12, prune_epochs=2, finetune_epochs=2, batch_size=128, lr=0.05, prune_lr=0.01,
                     weight_decay=1e-4)
@@ -70,7 +70,7 @@ class FmnistViTTiny(FashionMNISTViT):
     train_size = 2_000
     val_size = 1_000
     test_size = 1_000
-    budget = Budget(dense_epochs=6, prune_epochs=2, finetune_epochs=1, batch_size=64, lr=0.05, prune_lr=0.01,
+    budget = Budget(dense_epochs=6, prune_epochs=2, finetune_epochs=1, batch_size=32, lr=0.05, prune_lr=0.01,
                     weight_decay=1e-4)
 
 
@@ -161,7 +161,7 @@ class ImagenetDeiT(Task):
         from torch.utils.data import DataLoader
 
         return DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
-                          num_workers=self.workers, drop_last=generator is not None, pin_memory=True)
+                          num_workers=self.workers, drop_last=generator is not None, pin_memory=torch.cuda.is_available())
 
     def steps_per_epoch(self) -> int:
         return len(self.splits["train"]) // self.budget.batch_size

@@ -1,0 +1,157 @@
+"""AWG, read as weight-dependent gates (after W-Gates, Li et al., arXiv 2007.02066 / TCSVT 2022).
+
+The SMART paper's "AWG" citation could not be retrieved; this is our reading (docs/pruners/awg.md).
+Each unit's gate is a learnable per-layer function of that unit's own weights:
+
+    z_u = ((||w_u||_2, mean|w_u|) - mu_l) / sigma_l        # per-layer standardisation, frozen at attach
+    logit_u = a_l . z_u + c_l  [+ MLP_l(z_u)]               # affine map (+ optional tiny MLP, zero-init output)
+    b_u = 1[logit_u > 0] + s_u - s_u.detach(),  s_u = sigmoid(logit_u)      # STE (sigmoid backward)
+
+trained jointly with the weights (gradients reach a_l, c_l, the MLP and, through z_u, the weights) under
+
+    budget_weight * (kept units / all units - (1 - p))^2        (global; per-layer mean for scope=layer)
+
+N:M: forward mask = top-N of the logits per row of M (STE as above), no budget term.
+``finalize``: exact top-k projection of the logits at the target (``self.select``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from bench.masks import PrunableLayer
+from bench.pruner import Pruner, PrunerConfig, check_range, register_pruner
+from bench.select import keep_count, nm_topk
+
+
+@dataclass(frozen=True)
+class AWGConfig(PrunerConfig):
+    budget_weight: float = 5.0  # weight of the squared budget term
+    gate_lr: float = 0.05  # SGD lr of the gate functions (own optimizer group, no weight decay)
+    gate_momentum: float = 0.9
+    hidden: int = 0  # 0: affine gate function; >0: affine + tanh MLP with this many hidden units
+    init_slope: float = 2.0  # initial weight of the standardised L2-norm feature in the logit
+    init_keep: float = 0.0  # initial kept fraction per layer; 0 = start at the target 1 - p
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range(self, "budget_weight", 0.0, float("inf"))
+        check_range(self, "gate_lr", 0.0, float("inf"), low_open=True)
+        check_range(self, "gate_momentum", 0.0, 1.0, high_open=True)
+        check_range(self, "hidden", 0, 1024)
+        check_range(self, "init_slope", 0.0, float("inf"), low_open=True)
+        check_range(self, "init_keep", 0.0, 1.0)
+
+
+def unit_features(units: Tensor) -> Tensor:
+    """(*unit_shape, size) -> (*unit_shape, 2): L2 norm and mean |w| of every unit (differentiable)."""
+    return torch.stack([torch.linalg.vector_norm(units, dim=-1), units.abs().mean(dim=-1)], dim=-1)
+
+
+class GateFunction(nn.Module):
+    """Per-layer map from standardised unit features to gate logits."""
+
+    def __init__(self, hidden: int, slope: float):
+        super().__init__()
+        self.slope = nn.Parameter(torch.tensor([slope, 0.0]))
+        self.bias = nn.Parameter(torch.zeros(()))
+        self.mlp = None
+        if hidden:
+            self.mlp = nn.Sequential(nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+            nn.init.zeros_(self.mlp[2].weight)
+            nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, z: Tensor) -> Tensor:
+        logit = z @ self.slope + self.bias
+        return logit if self.mlp is None else logit + self.mlp(z).squeeze(-1)
+
+
+@register_pruner("awg")
+class AWGPruner(Pruner):
+    Config = AWGConfig
+
+    def __init__(self, config: AWGConfig, pattern, sparsity):
+        super().__init__(config, pattern, sparsity)
+        self.gate_fns = nn.ModuleDict()
+        self.stats: dict[str, Tensor] = {}  # per layer: (2 features, mean/std) frozen at attach
+
+    def attach(self, layers: list[PrunableLayer]) -> None:
+        super().attach(layers)
+        for layer in layers:
+            with torch.no_grad():
+                feats = unit_features(self.pattern.units(layer.weight.float())).reshape(-1, 2)
+                std = feats.std(dim=0) if feats.shape[0] > 1 else torch.ones(2)
+                self.stats[layer.name] = torch.stack([feats.mean(dim=0), std.clamp_min(1e-12)])
+            with torch.random.fork_rng(devices=[]):  # MLP init independent of the run seed, global RNG untouched
+                torch.manual_seed(len(self.gate_fns))
+                fn = GateFunction(self.config.hidden, self.config.init_slope).to(layer.weight.device)
+            with torch.no_grad():  # bias so that the initial kept fraction is init_keep (or 1 - p)
+                logits = fn(self.features(layer)).reshape(-1)
+                keep = keep_count(logits.numel(), 1.0 - (self.config.init_keep or 1.0 - self.sparsity))
+                ordered = logits.sort(descending=True).values
+                low = ordered[keep] if keep < logits.numel() else ordered[-1] - 1.0
+                fn.bias.fill_(-0.5 * (ordered[keep - 1] + low))
+            self.gate_fns[_key(layer.name)] = fn
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.gate_fns.parameters())
+
+    def param_groups(self) -> list[dict]:
+        cfg = self.config
+        return [{"params": self.parameters(), "lr": cfg.gate_lr, "momentum": cfg.gate_momentum, "weight_decay": 0.0}]
+
+    # -- gates --------------------------------------------------------------------------
+    def features(self, layer: PrunableLayer) -> Tensor:
+        stats = self.stats[layer.name].to(layer.weight.device)
+        return (unit_features(self.pattern.units(layer.weight)) - stats[0]) / stats[1]
+
+    def logits(self) -> dict[str, Tensor]:
+        return {layer.name: self.gate_fns[_key(layer.name)](self.features(layer)) for layer in self.layers}
+
+    def _hard(self, logit: Tensor) -> Tensor:
+        return nm_topk(logit, self.pattern.n) if self.pattern.per_row_budget else logit.detach() > 0
+
+    def masks(self) -> dict[str, Tensor]:
+        out = {}
+        for name, logit in self.logits().items():
+            soft = torch.sigmoid(logit)
+            out[name] = self._hard(logit).to(soft.dtype) + (soft - soft.detach())
+        return out
+
+    def penalty(self) -> Tensor | float:
+        if self.pattern.per_row_budget or self.config.budget_weight == 0:
+            return 0.0
+        masks = self.masks()
+        target = 1.0 - self.sparsity
+        if self.config.scope == "layer":
+            gaps = torch.stack([(m.mean() - target) ** 2 for m in masks.values()])
+            return self.config.budget_weight * gaps.mean()
+        kept = sum(m.sum() for m in masks.values())
+        total = sum(m.numel() for m in masks.values())
+        return self.config.budget_weight * (kept / total - target) ** 2
+
+    def finalize(self) -> dict[str, Tensor]:
+        with torch.no_grad():
+            return self.select({name: logit.detach() for name, logit in self.logits().items()})
+
+    def log_values(self) -> dict[str, float]:
+        if not self.layers:
+            return {}
+        with torch.no_grad():
+            hard = [self._hard(logit) for logit in self.logits().values()]
+        kept, total = sum(int(h.sum()) for h in hard), sum(h.numel() for h in hard)
+        return {"gate_sparsity": 1.0 - kept / total}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "stats": {name: s.clone() for name, s in self.stats.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.stats = {name: s.clone() for name, s in state["stats"].items()}
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")

@@ -1,0 +1,267 @@
+"""Suites: spec validation, plan, status, the runner (kill -9 + resume), submitit and torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from bench import suite_run
+from bench.cli import main
+from bench.errors import ConfigError
+from bench.pruner import load_pruners
+from bench.record import REPO_ROOT, ResultStore
+from bench.run import resolve
+from bench.sparsity import parse_pattern
+from bench.suite import (cell_states, expand, list_suites, load_and_expand, load_suite, running_info, store_counts,
+                         write_marker)
+from bench.suite_cli import plan_lines
+
+TINY = {"tasks": ["fmnist-tiny"], "pruners": ["magnitude", "gmp"], "patterns": ["block:1x8"], "sparsities": [0.5],
+        "seeds": [0], "budget": {"prune_epochs": 1, "finetune_epochs": 1}}
+
+
+def write_suite(tmp_path: Path, spec: dict, name: str = "t") -> str:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    return str(path)
+
+
+# -- spec validation ----------------------------------------------------------------------------
+@pytest.mark.parametrize("change, field, words", [
+    ({"pruners": ["smart", "magnitude", "foo"]}, "suite.pruners[2]", "unknown pruner 'foo'; allowed: "),
+    ({"pruners": [{"name": "smart", "options": {"tau0": 0}}]}, "suite.pruners[0].options", "tau0"),
+    ({"pruners": [{"name": "smart", "options": {"bogus": 1}}]}, "suite.pruners[0].options", "unknown option"),
+    ({"pruners": [{"name": "smart", "alias": "x"}]}, "suite.pruners[0]", "allowed: name, as, options"),
+    ({"pruners": ["smart", {"name": "smart", "options": {"schedule": "adaptive"}}]}, "suite.pruners[1]",
+     "duplicate pruner label"),
+    ({"patterns": ["block:1x8", "nm:4:2"]}, "suite.patterns[1]", "0 < N < M"),
+    ({"sparsities": [0.5, 1.2]}, "suite.sparsities[1]", "outside (0, 1)"),
+    ({"sparsities": None}, "suite.sparsities", "non-empty list"),
+    ({"seeds": [0, -1]}, "suite.seeds[1]", ">= 0"),
+    ({"seeds": ["a"]}, "suite.seeds[0]", "must be an integer"),
+    ({"budget": {"prune_epochs": 0}}, "suite.budget.prune_epochs", ">= 1"),
+    ({"budget": {"dense_epochs": 1}}, "suite.budget.dense_epochs", "allowed: prune_epochs, finetune_epochs"),
+    ({"colour": "red"}, "suite", "unknown field(s) ['colour']"),
+    ({"cells": [{"patterns": ["channel"], "speed": 1}]}, "suite.cells[0]", "unknown field(s) ['speed']"),
+    ({"cells": [{"tasks": "fmnist-tiny"}]}, "suite.cells[0].tasks", "non-empty list"),
+    ({"cells": [{"pruners": [{"name": "smart", "as": "x"}]}, {"pruners": [{"name": "gmp", "as": "x"}]}]},
+     "suite.cells[1].pruners", "label 'x' means two configurations"),
+])
+def test_spec_errors_name_the_field(tmp_path, change, field, words):
+    spec = {**TINY, **change}
+    spec = {k: v for k, v in spec.items() if v is not None}
+    with pytest.raises(ConfigError) as err:
+        load_suite(write_suite(tmp_path, spec))
+    assert err.value.field == field and words in str(err.value)
+
+
+def test_unknown_task_and_layer_errors_come_before_training(tmp_path, runs_dir):
+    with pytest.raises(ConfigError) as err:
+        expand(load_suite(write_suite(tmp_path, {**TINY, "tasks": ["fmnist-tiny", "no-such-task"]})))
+    assert err.value.field == "suite.tasks[1]" and "unknown task 'no-such-task'; allowed:" in str(err.value)
+    with pytest.raises(ConfigError) as err:  # 1x7 blocks do not divide the layers: found while planning
+        expand(load_suite(write_suite(tmp_path, {**TINY, "patterns": ["block:1x7"]})))
+    assert err.value.field.startswith("suite (fmnist-tiny magnitude block:1x7 0.5): pattern")
+    assert not runs_dir.exists()  # nothing written
+    with pytest.raises(ConfigError, match="unknown suite 'nope'"):
+        load_suite("nope")
+
+
+def test_cell_ids_are_resolve_ids_and_nm_implies_sparsity(tmp_path):
+    spec = {**TINY, "pruners": ["smart", {"name": "smart", "as": "smart-adaptive", "options": {"schedule": "adaptive"}},
+                                "magnitude"],
+            "patterns": ["block:1x8", "nm:1:4"], "sparsities": [0.5, 0.75], "seeds": [0, 3]}
+    suite = load_and_expand(write_suite(tmp_path, spec))
+    assert len(suite.cells) == (2 + 1) * 3 * 2
+    for cell in suite.cells:
+        assert cell.run_id == resolve(cell.spec).run_id
+    nm = [c for c in suite.cells if c.spec.pattern == "nm:1:4"]
+    assert {c.spec.sparsity for c in nm} == {0.75}
+    assert len({c.run_id for c in suite.cells}) == len(suite.cells)
+    assert {c.label for c in suite.cells} == {"smart", "smart-adaptive", "magnitude"}
+
+
+def test_overlapping_blocks_keep_a_run_once(tmp_path):
+    spec = {**TINY, "pruners": ["magnitude"], "cells": [{"sparsities": [0.5, 0.75]}, {"sparsities": [0.5]}]}
+    assert [c.spec.sparsity for c in load_and_expand(write_suite(tmp_path, spec)).cells] == [0.5, 0.75]
+    same = {**TINY, "pruners": ["magnitude", {"name": "magnitude", "as": "magnitude-again"}]}
+    with pytest.raises(ConfigError, match="'magnitude' and 'magnitude-again' describe the same run"):
+        load_and_expand(write_suite(tmp_path, same, "same"))
+
+
+def expected_cells(path: Path) -> int:
+    """Cell count of a shipped suite, computed from its YAML and the pruners' pattern support."""
+    raw = yaml.safe_load(path.read_text())
+    pruners = load_pruners()
+    total = 0
+    for block in raw.get("cells") or [{}]:
+        values = {**raw, **block}
+        names = [p if isinstance(p, str) else p["name"] for p in values["pruners"]]
+        for pattern in map(parse_pattern, values["patterns"]):
+            sparsities = 1 if pattern.fixed_sparsity is not None else len(values["sparsities"])
+            runnable = sum(pattern.kind in pruners[n].patterns for n in names)
+            total += len(values["tasks"]) * sparsities * runnable * len(values["seeds"])
+    return total
+
+
+@pytest.mark.parametrize("name", list_suites())
+def test_plan_every_shipped_suite(name, runs_dir):
+    suite = load_and_expand(name)
+    out = "\n".join(plan_lines(suite))
+    assert len(suite.cells) == expected_cells(suite.path) > 0
+    assert len({c.run_id for c in suite.cells}) == len(suite.cells)
+    for cell in suite.cells:
+        assert cell.run_id in out
+    assert "budget: " in out and not runs_dir.exists()
+    if any(parse_pattern(p).kind != "nm" for b in suite.blocks for p in b.patterns):
+        assert ("skipped: srste on" in out) == ("srste" in {e.name for b in suite.blocks for e in b.pruners})
+
+
+def test_plan_only_and_missing_tasks(tmp_path, runs_dir, capsys):
+    path = write_suite(tmp_path, {**TINY, "tasks": ["imagenet-resnet9000", "fmnist-tiny"], "requires_tasks_present": False})
+    suite = load_and_expand(path)
+    missing = [c for c in suite.cells if c.spec.task == "imagenet-resnet9000"]
+    assert missing and all(not c.registered and c.run_id.startswith("spec-") for c in missing)
+    assert all(c.registered and len(c.run_id) == 12 for c in suite.cells if c.spec.task == "fmnist-tiny")
+    assert main(["suite", "plan", path]) == 0
+    assert "not registered or not importable here" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="imagenet-resnet9000 are not registered"):
+        suite_run.run_suite(suite, progress=False)
+    recipe = load_and_expand(write_suite(tmp_path, {**TINY, "plan_only": True}, "recipe"))
+    with pytest.raises(ConfigError, match="plan-only"):
+        suite_run.run_suite(recipe, progress=False)
+    assert not (runs_dir / "results.jsonl").exists()
+
+
+# -- status --------------------------------------------------------------------------------------
+def test_status_states(tmp_path, runs_dir, capsys):
+    path = write_suite(tmp_path, {**TINY, "pruners": ["magnitude"], "sparsities": [0.5, 0.75], "seeds": [0, 1]})
+    suite = load_and_expand(path)
+    done, running, interrupted, failed, duplicated = suite.cells[:4] + [None]
+    store = ResultStore()
+    store.append({"run_id": done.run_id, "metric": 1.0})
+    write_marker(suite.name, running.run_id, "running", running_info())  # this (live) process
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    write_marker(suite.name, interrupted.run_id, "running", {**running_info(), "pid": gone.pid})  # killed: pending
+    write_marker(suite.name, failed.run_id, "failed", {**running_info(), "error": "boom"})
+    states = {c.run_id: (state, rows) for c, state, rows in cell_states(suite)}
+    assert states == {done.run_id: ("done", 1), running.run_id: ("running", 0), interrupted.run_id: ("pending", 0),
+                      failed.run_id: ("failed", 0)}
+    assert main(["suite", "status", path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{done.run_id}     done     rows 1")
+    assert lines[-1] == "suite t: 1 done, 1 running, 1 pending, 1 failed"
+    with open(store.path, "a") as fh:  # a duplicate line written behind the store's back is shown
+        fh.write(json.dumps({"run_id": done.run_id, "metric": 1.0}) + "\n")
+    assert store_counts(store)[done.run_id] == 2
+
+
+def test_dense_model_trained_once_by_parallel_workers(tmp_path, monkeypatch):
+    dense = tmp_path / "dense" / "fmnist-tiny-x.pt"
+    monkeypatch.setattr(suite_run, "dense_checkpoint_path", lambda task, seed: dense)
+    seen = []
+
+    def fake_execute(run, **kwargs):
+        seen.append(dense.exists())
+        if not dense.exists():
+            time.sleep(0.3)  # "train" the dense model while the others wait
+            dense.write_bytes(b"dense")
+        return {}
+
+    monkeypatch.setattr(suite_run, "execute", fake_execute)
+    runs = [SimpleNamespace(task=None, spec=SimpleNamespace(seed=0)) for _ in range(4)]
+    threads = [threading.Thread(target=suite_run.execute_dense_once, args=(run,)) for run in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 4 and seen.count(False) == 1  # exactly one worker found the dense model missing
+
+
+# -- end to end -----------------------------------------------------------------------------------
+def child_env(runs: Path) -> dict[str, str]:
+    return {**os.environ, "SMARTBENCH_RUNS": str(runs), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(REPO_ROOT)}
+
+
+def run_until(cmd, env, trigger, timeout=120.0) -> bool:
+    """Start ``cmd`` in its own process group and SIGKILL the group once ``trigger()`` holds.
+    Returns True if it was killed, False if it finished first."""
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if trigger():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.02)
+    assert proc.poll() is not None, "suite run hung"
+    return False
+
+
+@pytest.mark.slow
+def test_sigkill_at_several_points_then_resume(tmp_path, runs_dir):
+    path = write_suite(tmp_path, TINY, "killme")
+    suite = load_and_expand(path)
+    env, store = child_env(runs_dir), ResultStore(runs_dir / "results.jsonl")
+    cmd = [sys.executable, "-m", "bench.cli", "suite", "run", path, "--no-progress"]
+    state = runs_dir / "suites" / "killme" / "state"
+    checkpoints = runs_dir / "checkpoints"
+
+    # 1. while the first cell trains its dense model; 2. after a pruning-epoch checkpoint;
+    # 3. right after the first row reached the store
+    assert run_until(cmd, env, lambda: any(state.glob("*.running")))
+    assert [s for _, s, _ in cell_states(suite, store)] == ["pending", "pending"]  # dead pid: not "running"
+    assert run_until(cmd, env, lambda: any(checkpoints.glob("*.pt")))
+    run_until(cmd, env, lambda: bool(store_counts(store)))
+    with open(store.path, "a") as fh:  # and a torn half line, as a kill inside an append leaves it
+        fh.write('{"run_id": "' + suite.cells[1].run_id + '", "metr')
+    assert not run_until(cmd + ["--workers", "2"], env, lambda: False, timeout=240)
+    counts = store_counts(store)
+    assert [counts[c.run_id] for c in suite.cells] == [1, 1]
+    assert [s for _, s, _ in cell_states(suite, store)] == ["done", "done"]
+    logs = "".join(p.read_text() for p in (runs_dir / "suites" / "killme" / "logs").glob("*.log"))
+    assert "resumed after epoch 1" in logs
+    assert not any(state.glob("*.running")) and not any(state.glob("*.failed"))
+    rows = {r["run_id"]: r for r in store.rows()}
+    assert all(rows[c.run_id]["achieved_sparsity"] == pytest.approx(0.5) for c in suite.cells)
+
+
+@pytest.mark.slow
+def test_submitit_local_executor(tmp_path, runs_dir):
+    path = write_suite(tmp_path, {**TINY, "pruners": ["magnitude"], "budget": {"prune_epochs": 1, "finetune_epochs": 0}},
+                       "slurmish")
+    suite = load_and_expand(path)
+    jobs = {"timeout_min": 10, "cpus_per_task": 1}
+    assert suite_run.run_suite(suite, launcher="slurm", cluster="local", progress=False, slurm=jobs) == 0
+    assert [(s, n) for _, s, n in cell_states(suite)] == [("done", 1)]
+    assert (runs_dir / "suites" / "slurmish" / "submitit").is_dir()
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_two_ranks_agree(tmp_path, runs_dir):
+    path = write_suite(tmp_path, {**TINY, "pruners": ["smart"], "budget": {"prune_epochs": 1, "finetune_epochs": 0}},
+                       "ddp")
+    suite = load_and_expand(path)
+    assert suite_run.run_suite(suite, launcher="torchrun", nproc=2, progress=False) == 0
+    cell = suite.cells[0]
+    assert [(s, n) for _, s, n in cell_states(suite)] == [("done", 1)]
+    report = json.loads((runs_dir / "suites" / "ddp" / "ddp" / f"{cell.run_id}.json").read_text())
+    assert report["world_size"] == 2
+    masks = [rank["masks"] for rank in report["ranks"]]
+    assert len(masks) == 2 and masks[0] == masks[1]  # each rank's own finalize() gave the same masks
+    row = ResultStore().get(cell.run_id)
+    assert row["achieved_sparsity"] == pytest.approx(0.5) and row["pattern_valid"]
+    assert not (runs_dir / "ddp" / cell.run_id).exists()  # rank-private folders removed
