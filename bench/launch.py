@@ -11,8 +11,9 @@ trainer on its shard of every batch (DDP, gloo: the native trainer keeps models 
   BatchNorm buffers broadcast from rank 0 at every forward);
 * the pruner is wrapped (:class:`DistributedPruner`): gradients of its own learnables (scores,
   gates) are averaged over ranks by a hook, its learnables are broadcast from rank 0 after
-  every optimizer step, and ``finalize`` broadcasts rank 0's hard masks. Ranks therefore take
-  identical pruning decisions; each rank's *own* final masks are digested and gathered first,
+  every optimizer step, every non-differentiable mask it returns during training is rank 0's,
+  and ``finalize`` broadcasts rank 0's hard masks. Ranks therefore take identical pruning
+  decisions even for pruners that use rank-local statistics; each rank's *own* final masks are digested and gathered first,
   and rank 0 writes them to ``runs/suites/<suite>/ddp/<run_id>.json`` (the test checks they
   already agree without the broadcast);
 * the dense model of (task, seed), if missing, is trained with DDP too; afterwards every rank
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -125,6 +127,21 @@ class DistributedPruner:
 
             param.register_hook(average)
 
+    def masks(self) -> dict[str, Tensor] | None:
+        """Differentiable masks are functions of the (synchronised) learnables and stay as they are;
+        any other mask (hard masks from weights, statistics, schedules) is rank 0's."""
+        masks = self._pruner.masks()
+        if masks is None:
+            return None
+        agreed = {}
+        for name in sorted(masks):
+            mask = masks[name]
+            if not mask.requires_grad:
+                mask = mask.detach().clone().contiguous()
+                dist.broadcast(mask, 0, group=self._group)
+            agreed[name] = mask
+        return agreed
+
     def after_optimizer_step(self, optimizer) -> None:
         self._pruner.after_optimizer_step(optimizer)
         with torch.no_grad():
@@ -164,6 +181,7 @@ def ddp_cell(payload: dict[str, Any]) -> int:
     suite, run_id = payload["suite"], payload["run_id"]
     private = runs_dir() / "ddp" / run_id / f"rank{rank}"
     log_file = open(cell_log_path(suite, run_id), "a", encoding="utf-8") if rank == 0 else None
+    dense_lock = None
 
     def log(message: str) -> None:
         if log_file is not None:
@@ -186,6 +204,9 @@ def ddp_cell(payload: dict[str, Any]) -> int:
         seed = run.spec.seed
         dense_real = dense_checkpoint_path(run.task, seed)
         ckpt_real = runs_dir() / "checkpoints" / f"{run_id}.pt"
+        if rank == 0:  # one dense model per (task, seed), also against concurrent cells (see suite_run)
+            dense_lock = open(_mkparent(dense_real).with_name(dense_real.name + ".lock"), "a")
+            fcntl.flock(dense_lock, fcntl.LOCK_EX)
         have_dense, have_ckpt = _decide(dense_real.exists()), _decide(ckpt_real.exists())
         if rank > 0:
             shutil.rmtree(private, ignore_errors=True)
@@ -195,6 +216,9 @@ def ddp_cell(payload: dict[str, Any]) -> int:
         if not have_dense:  # every rank trains the dense model together
             train_dense(task, seed, dense_checkpoint_path(task, seed), log)
         dist.barrier()
+        if dense_lock is not None:
+            dense_lock.close()  # releases the flock
+            dense_lock = None
         if rank > 0:  # rank 0's dense model (BatchNorm buffers included) and checkpoint everywhere
             shutil.copyfile(dense_real, _mkparent(dense_checkpoint_path(task, seed)))
             if have_ckpt:
@@ -221,8 +245,9 @@ def ddp_cell(payload: dict[str, Any]) -> int:
     finally:
         if rank > 0:
             shutil.rmtree(private, ignore_errors=True)
-        if log_file is not None:
-            log_file.close()
+        for handle in (log_file, dense_lock):
+            if handle is not None:
+                handle.close()
         dist.destroy_process_group()
 
 

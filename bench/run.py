@@ -18,10 +18,12 @@ from typing import Any, Callable
 import torch
 
 from bench.errors import ConfigError
+from bench.export import save_pruned
 from bench.masks import Masker, find_prunable
 from bench.pruner import Pruner, build_pruner
 from bench.record import ResultStore, log_wandb, provenance, runs_dir
 from bench.sparsity import parse_pattern, resolve_sparsity
+from bench.speed import cost_figures
 from bench.tasks.base import Task, get_task
 from bench.train import PruneTrainer, seed_everything, train_dense
 
@@ -154,10 +156,14 @@ def _execute_native(run: ResolvedRun, log) -> dict[str, Any]:
     audit = masker.audit(hard)
     val_metric, metric = task.evaluate(model, "val"), task.evaluate(model, "test")
     masker.remove(fold=True)
+    costs = cost_figures(model, None, hard, task.example_input(), run.pruner.pattern)
+    save_pruned(runs_dir(), model, hard, {"run_id": run.run_id, "task": task.name, "model": task.model_name,
+                                          "pattern": run.canonical["pattern"], "sparsity": run.sparsity})
     if checkpoint.exists():
         checkpoint.unlink()
     return {
         "metric": metric, "val_metric": val_metric, "dense_metric": dense_metric, "dense_val_metric": dense_val,
         "achieved_sparsity": audit["achieved_sparsity"], "weight_sparsity": audit["weight_sparsity"],
         "pattern_valid": audit["pattern_valid"], "prune_wall_s": round(prune_wall, 2), "audit": audit,
+        "pruner_stats": run.pruner.log_values(), **costs,
     }

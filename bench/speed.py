@@ -2,7 +2,7 @@
 
 **Cost figures** (:func:`cost_figures`). FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``
 (one eval forward of the task's example input, reported *per sample* = divided by the batch size
-of a tensor input; FLOPs = 2 x multiply-accumulates of conv/matmul ops, element-wise ops are not
+of the input tensor, or of a dict input's first tensor; FLOPs = 2 x multiply-accumulates of conv/matmul ops, element-wise ops are not
 counted). ``flops_masked`` counts only kept weights: each prunable layer's dense FLOPs are scaled
 by its kept-weight fraction (kept weights / weights, from the hard mask), every other layer is
 counted dense -- for the channel pattern the next layer's input side is *not* reduced, that is
@@ -85,7 +85,10 @@ def module_flops(model: nn.Module, example_input) -> tuple[int, dict[str, int]]:
 
 
 def _per_sample(example_input) -> int:
-    return int(example_input.shape[0]) if isinstance(example_input, Tensor) and example_input.dim() > 0 else 1
+    """Batch size of the example: the tensor's first dim, or that of a dict's first tensor (mm ``inputs``)."""
+    tensors = list(example_input.values()) if isinstance(example_input, dict) else [example_input]
+    first = next((t for t in tensors if isinstance(t, Tensor) and t.dim() > 0), None)
+    return int(first.shape[0]) if first is not None else 1
 
 
 def cost_figures(model: nn.Module, masker, hard_masks: dict[str, Tensor], example_input,

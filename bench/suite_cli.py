@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from pathlib import Path
+
+EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv"}
 
 
 # -- plan and status ---------------------------------------------------------------------------
@@ -87,12 +90,15 @@ def cmd_run(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from bench.tables import build_table, rows_from_store, rows_from_wandb, write_plots
     from bench.suite import load_and_expand
+    from bench.tables import build_table, rows_from_store, rows_from_wandb, write_plots
 
     suite = load_and_expand(args.name)
     if args.source == "wandb":
         frame = rows_from_wandb(suite, args.project or suite.wandb_project)
+        if frame.attrs.get("dropped"):
+            print(f"note: {frame.attrs['dropped']} W&B run(s) of group {suite.name} match no cell of the suite "
+                  "(another code version?); left out", file=sys.stderr)
     else:
         frame = rows_from_store(suite)
     if frame.empty:
@@ -103,7 +109,7 @@ def cmd_table(args) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        path = out / f"{suite.name}.{ {'md': 'md', 'latex': 'tex', 'csv': 'csv'}[args.format] }"
+        path = out / f"{suite.name}.{EXTENSIONS[args.format]}"
         path.write_text(text, encoding="utf-8")
         print(f"wrote {path}")
     else:

@@ -91,7 +91,12 @@ def rows_from_wandb(suite, project: str | None, api=None) -> pd.DataFrame:
     if api is None:
         import wandb
 
-        api = wandb.Api()
+        try:
+            api = wandb.Api()
+            rows = wandb_rows(api, project, suite.name)
+        except Exception as err:  # noqa: BLE001 — no API key, no network, unknown project...
+            raise ConfigError("--from wandb", f"cannot read W&B project '{project}': {type(err).__name__}: {err}") from None
+        return frame_from_rows(rows, suite)
     return frame_from_rows(wandb_rows(api, project, suite.name), suite)
 
 

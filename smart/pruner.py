@@ -101,8 +101,7 @@ class SmartPruner(Pruner):
         names = [layer.name for layer in self.layers]
         scores = [self.scores[_key(n)] for n in names]
         if self.pattern.per_row_budget:  # N:M: one exact-N soft top-k per row of M, all rows at once
-            rows = torch.cat(scores, dim=0)
-            soft = soft_topk(rows, self.pattern.n, self.tau, self.config.detach_t)
+            soft = soft_topk(torch.cat(scores, dim=0), self.pattern.n, self.tau, self.config.detach_t)
             parts = soft.split([s.shape[0] for s in scores], dim=0)
         elif self.config.scope == "global":
             flat = torch.cat([s.reshape(-1) for s in scores])
@@ -111,8 +110,9 @@ class SmartPruner(Pruner):
         else:
             parts = [soft_topk(s.reshape(-1), keep_count(s.numel(), self.current_sparsity), self.tau, self.config.detach_t)
                      for s in scores]
+            soft = torch.cat(parts)
         with torch.no_grad():
-            self._last_nonbinary = float(torch.cat([4 * p.reshape(-1) * (1 - p.reshape(-1)) for p in parts]).mean())
+            self._last_nonbinary = float((4 * soft * (1 - soft)).mean())
         return {n: p.reshape(s.shape) for n, p, s in zip(names, parts, scores)}
 
     def finalize(self) -> dict[str, Tensor]:

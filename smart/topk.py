@@ -2,8 +2,8 @@
 
 Forward: for each row, g(t) = sum_i sigmoid(s_i/tau + t) - k is strictly increasing, so the root
 is unique for 0 < k < n. We solve it with a safeguarded Newton iteration (Newton steps inside a
-shrinking bisection bracket; float32 for the bulk of the iterations, then float64 Newton polish),
-vectorised over rows (one t per row, no Python loop over rows).
+shrinking bisection bracket; float32 for the bulk of the iterations, then float64 Newton polish
+on the rows not yet converged), vectorised over rows (one t per row, no Python loop over rows).
 
 Backward (implicit function theorem, q_i = f_i (1 - f_i)):
     dL/ds_j = (q_j / tau) * (u_j - sum_i u_i q_i / sum_i q_i),    u = dL/df
@@ -18,42 +18,56 @@ from torch import Tensor
 _BRACKET_MARGIN = 30.0  # sigmoid(-30) ~ 1e-13: the bracket holds the root for sure
 
 
-def _solve_shift(z: Tensor, k: Tensor, tol: float, float32_iters: int = 30) -> Tensor:
-    """Solve sum_j sigmoid(z_ij + t_i) = k_i for t (rows of z), returns float64 (rows,)."""
-    z32 = z.to(torch.float32)
-    lo = (-z32.amax(dim=1) - _BRACKET_MARGIN).to(torch.float64)
-    hi = (-z32.amin(dim=1) + _BRACKET_MARGIN).to(torch.float64)
+def _initial_shift(z: Tensor, k: Tensor) -> Tensor:
+    """A starting t: for short rows (N:M) the midpoint between the k-th and (k+1)-th largest z,
+    which is nearly exact at small tau; for long rows the logit of the kept fraction."""
     n = z.shape[1]
-    # Start where the k-th largest would sit at sigmoid = k/n-ish: logit of the kept fraction.
+    if n <= 64:
+        ordered = z.sort(dim=1, descending=True).values
+        kth = k.floor().long().clamp(1, n - 1)[:, None]
+        return -0.5 * (ordered.gather(1, kth - 1) + ordered.gather(1, kth)).squeeze(1)
     frac = (k / n).clamp(1e-6, 1 - 1e-6)
-    t = (torch.log(frac) - torch.log1p(-frac) - z32.mean(dim=1).to(torch.float64)).clamp(lo, hi)
-    k32 = k.to(torch.float32)
-    for _ in range(float32_iters):  # cheap iterations in float32 narrow the bracket
-        f = torch.sigmoid(z32 + t.to(torch.float32)[:, None])
-        g = f.sum(dim=1) - k32
-        dg = (f * (1 - f)).sum(dim=1)
-        lo = torch.where(g < 0, t, lo)
-        hi = torch.where(g > 0, t, hi)
-        newton = t - g.to(torch.float64) / dg.to(torch.float64).clamp_min(1e-30)
-        inside = (newton > lo) & (newton < hi) & (dg > 1e-6)
-        t = torch.where(inside, newton, (lo + hi) / 2)
-        if bool((g.abs() < 1e-3 * k32.clamp_min(1)).all()):
+    return torch.log(frac) - torch.log1p(-frac) - z.mean(dim=1)
+
+
+def _newton_step(z: Tensor, t: Tensor, k: Tensor, lo: Tensor, hi: Tensor):
+    """One safeguarded Newton step on g(t) = sum sigmoid(z + t) - k; returns (g, t, lo, hi)."""
+    f = torch.sigmoid(z + t[:, None].to(z.dtype))
+    g = f.sum(dim=1, dtype=torch.float64) - k
+    dg = (f * (1 - f)).sum(dim=1, dtype=torch.float64)
+    lo = torch.where(g < 0, t, lo)
+    hi = torch.where(g > 0, t, hi)
+    newton = t - g / dg.clamp_min(1e-300)
+    inside = (newton > lo) & (newton < hi) & (dg > 1e-12)
+    return g, torch.where(inside, newton, (lo + hi) / 2), lo, hi
+
+
+def _iterate(z: Tensor, t: Tensor, k: Tensor, lo: Tensor, hi: Tensor, tol: Tensor, max_iter: int) -> Tensor:
+    """Safeguarded Newton on the rows whose |g| > tol, until none is left (or max_iter)."""
+    active = torch.arange(z.shape[0], device=z.device)
+    for _ in range(max_iter):
+        sub = active if active.numel() < z.shape[0] else slice(None)
+        g, t_next, lo_a, hi_a = _newton_step(z[sub], t[sub], k[sub], lo[sub], hi[sub])
+        done = g.abs() <= tol[sub]
+        t[sub], lo[sub], hi[sub] = torch.where(done, t[sub], t_next), lo_a, hi_a
+        active = active[~done]
+        if active.numel() == 0:
             break
-    # float64 polish; the float32 bracket may exclude the root by rounding, so restart from the safe one
-    lo = (-z.amax(dim=1) - _BRACKET_MARGIN)
-    hi = (-z.amin(dim=1) + _BRACKET_MARGIN)
-    for _ in range(60):
-        f = torch.sigmoid(z + t[:, None])
-        g = f.sum(dim=1) - k
-        if bool((g.abs() <= tol * k.clamp_min(1)).all()):
-            break
-        dg = (f * (1 - f)).sum(dim=1)
-        lo = torch.where(g < 0, t, lo)
-        hi = torch.where(g > 0, t, hi)
-        newton = t - g / dg.clamp_min(1e-300)
-        inside = (newton > lo) & (newton < hi)
-        t = torch.where(inside, newton, (lo + hi) / 2)
     return t
+
+
+def _solve_shift(z: Tensor, k: Tensor, tol: float) -> Tensor:
+    """Solve sum_j sigmoid(z_ij + t_i) = k_i for t (rows of z), returns float64 (rows,).
+
+    Float32 iterations (float64 sums) to |g| < 1e-3 narrow t cheaply; float64 polish then runs
+    to ``tol * max(1, k)`` from the always-valid bracket [-max z - 30, -min z + 30] (the float32
+    bracket may exclude the root by rounding). Both stages iterate only on unconverged rows.
+    """
+    safe_lo, safe_hi = -z.amax(dim=1) - _BRACKET_MARGIN, -z.amin(dim=1) + _BRACKET_MARGIN
+    t = _initial_shift(z, k).clamp(safe_lo, safe_hi)
+    scale = k.clamp_min(1)
+    t = _iterate(z.to(torch.float32), t, k, safe_lo.clone(), safe_hi.clone(), 1e-3 * scale, 30)
+    return _iterate(z, t, k, safe_lo.clone(), safe_hi.clone(), tol * scale, 100)
 
 
 class _SoftTopK(torch.autograd.Function):

@@ -187,3 +187,31 @@ def test_shrink_mm_model_if_available():
         before = count_params(plain)
         shrink_channels(plain, hard, example)  # verifies masked == shrunk outputs itself (raises otherwise)
         assert count_params(plain) < before, task.name
+
+
+class KwargsNet(nn.Module):
+    """mm-style forward(inputs, mode) returning nested lists: the dict-input path of shrink and FLOPs."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.b, self.head = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, inputs, mode="tensor"):
+        z = torch.relu(self.b(torch.relu(self.bn(self.a(torch.relu(self.stem(inputs)))))))
+        return ([self.head(z), self.head(z[:, :, ::2, ::2])],)
+
+
+def test_dict_input_model_shrinks_and_counts_per_sample():
+    net = KwargsNet().eval()
+    randomize_batchnorms(net)
+    example = {"inputs": torch.zeros(2, 3, 16, 16), "mode": "tensor"}
+    masker = Masker(net, ["a", "b"], CHANNEL, example)
+    hard = {"a": torch.tensor([1, 0, 1, 0, 1, 1, 1, 1], dtype=torch.bool),
+            "b": torch.tensor([1, 1, 0, 1, 0, 1, 1, 1], dtype=torch.bool)}
+    figures = cost_figures(net, masker, hard, example, "channel")
+    full, half = 16 * 16, 8 * 8  # head runs on the full map and on a 2x subsampled one
+    assert figures["flops_dense"] == 2 * full * 8 * (3 * 9 + 8 * 9 + 8 * 9) + 2 * (full + half) * 4 * 8
+    plain = folded_copy(net, masker, hard)
+    shrink_channels(plain, hard, example)  # raises ShrinkError if outputs differ
+    assert (plain.a.out_channels, plain.b.in_channels, plain.b.out_channels, plain.head.in_channels) == (6, 6, 6, 6)

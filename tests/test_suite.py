@@ -127,6 +127,12 @@ def test_plan_every_shipped_suite(name, runs_dir):
         assert ("skipped: srste on" in out) == ("srste" in {e.name for b in suite.blocks for e in b.pruners})
 
 
+@pytest.mark.parametrize("name", list_suites())
+def test_shipped_suites_list_every_builtin_pruner(name):
+    builtin = {n for n, cls in load_pruners().items() if cls.__module__.split(".")[0] in ("smart", "baselines")}
+    assert {entry.name for block in load_suite(name).blocks for entry in block.pruners} == builtin
+
+
 def test_plan_only_and_missing_tasks(tmp_path, runs_dir, capsys):
     path = write_suite(tmp_path, {**TINY, "tasks": ["imagenet-resnet9000", "fmnist-tiny"], "requires_tasks_present": False})
     suite = load_and_expand(path)

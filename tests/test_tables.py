@@ -217,3 +217,27 @@ def test_wandb_source_gives_the_store_frame(store):
                                   from_store.sort_values(key).reset_index(drop=True), check_dtype=False)
     assert build_table(from_wandb, suite).render("md") == build_table(from_store, suite).render("md")
     assert re.search(r"\*\*81\.00 ± 1\.00\*\*", build_table(from_wandb, suite).render("md"))
+
+
+def test_table_command_writes_files(tmp_path, runs_dir, capsys):
+    import yaml
+
+    from bench.cli import main
+    from bench.suite import load_and_expand
+
+    spec = {"tasks": ["fmnist-tiny"], "pruners": ["magnitude", {"name": "gmp", "as": "gmp_fast", "options": {"update_every": 2}}],
+            "patterns": ["block:1x8"], "sparsities": [0.5, 0.75], "seeds": [0, 1]}
+    path = tmp_path / "mini.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    suite = load_and_expand(str(path))
+    store = ResultStore()
+    for i, cell in enumerate(suite.cells[:-1]):  # the last cell has not finished
+        row = make_row(cell.label, cell.spec.pruner, cell.spec.pattern, cell.spec.sparsity, cell.spec.seed, 70.0 + i)
+        store.append({**row, "run_id": cell.run_id, "task": "fmnist-tiny"})
+    out = tmp_path / "tables"
+    assert main(["table", str(path), "--format", "latex", "--out", str(out), "--plot"]) == 0
+    tex = (out / "mini.tex").read_text()
+    assert "gmp\\_fast" in tex and "(n=1)" in tex and "\\bottomrule" in tex
+    assert (out / "mini-fmnist-tiny-block_1x8.png").exists()
+    assert main(["table", str(path), "--format", "md"]) == 0
+    assert "| gmp_fast " in capsys.readouterr().out

@@ -63,11 +63,11 @@ class FashionMNISTTask(Task):
         val_idx = order[: self.val_size]
         train_idx = order[self.val_size : self.val_size + self.train_size]
         test_images, test_labels = load_fmnist("test")
-        x_all, y_all = to_tensor(images), torch.from_numpy(labels).long()
+        x_all, y_all = to_tensor(images), torch.from_numpy(labels.copy()).long()
         return {
             "train": (x_all[train_idx], y_all[train_idx]),
             "val": (x_all[val_idx], y_all[val_idx]),
-            "test": (to_tensor(test_images[: self.test_size]), torch.from_numpy(test_labels[: self.test_size]).long()),
+            "test": (to_tensor(test_images[: self.test_size]), torch.from_numpy(test_labels[: self.test_size].copy()).long()),
         }
 
     def steps_per_epoch(self) -> int:
