@@ -289,8 +289,9 @@ def expand(suite: Suite) -> Suite:
     for cell in suite.cells:  # overlapping blocks may list a run twice: keep it once
         first = unique.setdefault(cell.run_id, cell)
         if first.label != cell.label:
+            spec = cell.spec
             raise ConfigError("suite", f"labels '{first.label}' and '{cell.label}' describe the same run {cell.run_id} "
-                                       f"({cell.spec.task} {cell.spec.pattern} {cell.spec.sparsity:g} seed {cell.spec.seed})")
+                                       f"({spec.task} {spec.pattern} {spec.sparsity:g} seed {spec.seed})")
     suite.cells = list(unique.values())
     return suite
 

@@ -225,7 +225,8 @@ def test_table_command_writes_files(tmp_path, runs_dir, capsys):
     from bench.cli import main
     from bench.suite import load_and_expand
 
-    spec = {"tasks": ["fmnist-tiny"], "pruners": ["magnitude", {"name": "gmp", "as": "gmp_fast", "options": {"update_every": 2}}],
+    gmp_fast = {"name": "gmp", "as": "gmp_fast", "options": {"update_every": 2}}
+    spec = {"tasks": ["fmnist-tiny"], "pruners": ["magnitude", gmp_fast],
             "patterns": ["block:1x8"], "sparsities": [0.5, 0.75], "seeds": [0, 1]}
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(spec))

@@ -58,7 +58,7 @@ class FmnistViT(FashionMNISTViT):
     name = "fmnist-vit"
     description = "timm ViT (width 96, depth 4, 3 heads, 7x7 patches) on a 10k Fashion-MNIST subset; N:M on block Linears"
     arch = dict(embed_dim=96, depth=4, num_heads=3)
-    budget = Budget(dense_epochs=12, prune_epochs=2, finetune_epochs=2, batch_size=128, lr=0.05, prune_lr=0.01,
+    budget = Budget(dense_epochs=15, prune_epochs=2, finetune_epochs=2, batch_size=64, lr=0.05, prune_lr=0.01,
                     weight_decay=1e-4)
 
 
