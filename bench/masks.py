@@ -10,7 +10,10 @@ Masks: each prunable weight gets a :class:`UnitMask` parametrization, so ``modul
 ``original``.  For the ``channel`` pattern the same unit mask also gates the layer's bias and
 the affine terms of the BatchNorm that directly consumes the layer's output (found by tracing
 one forward pass), so a pruned channel outputs exactly zero and the masked model equals its
-physically shrunk twin.
+physically shrunk twin. When such a BatchNorm exists, a soft channel gate acts on the BN affine
+terms only and the weights are multiplied by the gate's support (zeroed where it is exactly 0):
+BN would normalise a weight scale away, and its running statistics would no longer match the
+weights once the gate turns hard.
 """
 
 from __future__ import annotations
@@ -51,7 +54,10 @@ class UnitMask(nn.Module):
     """Parametrization ``w -> w * expand(mask)``; the mask is set from outside each step.
 
     ``straight_through=True`` keeps the masked forward but passes the gradient to every
-    weight unchanged (SR-STE style).
+    weight unchanged (SR-STE style). ``support_only=True`` multiplies by the mask's support
+    (mask != 0) instead of its value: used for output channels feeding a BatchNorm, where the
+    (soft) gate acts on the BN affine terms — a scale on the weights would be normalised away
+    in training and would corrupt the BN running statistics when the mask turns hard.
     """
 
     def __init__(self, pattern: Pattern, shape: torch.Size):
@@ -60,6 +66,7 @@ class UnitMask(nn.Module):
         self.shape = torch.Size(shape)
         self.mask: Tensor | None = None
         self.straight_through = False
+        self.support_only = False
 
     def set(self, unit_mask: Tensor | None) -> None:
         self.mask = None if unit_mask is None else self.pattern.expand(unit_mask, self.shape)
@@ -67,7 +74,7 @@ class UnitMask(nn.Module):
     def forward(self, weight: Tensor) -> Tensor:
         if self.mask is None:
             return weight
-        mask = self.mask.to(weight.dtype)
+        mask = (self.mask != 0).to(weight.dtype) if self.support_only else self.mask.to(weight.dtype)
         if self.straight_through:
             return weight + (weight * mask - weight).detach()
         return weight * mask
@@ -158,7 +165,9 @@ class Masker:
             pattern.check(module.weight.shape, name)
             self.layers.append(PrunableLayer(name, module, bns.get(name), pattern.unit_shape(module.weight.shape)))
         for layer in self.layers:
-            parametrize.register_parametrization(layer.module, "weight", UnitMask(pattern, layer.module.weight.shape), unsafe=True)
+            weight_mask = UnitMask(pattern, layer.module.weight.shape)
+            weight_mask.support_only = layer.batchnorm is not None  # only set for the channel pattern
+            parametrize.register_parametrization(layer.module, "weight", weight_mask, unsafe=True)
             for owner, attr in self._channel_tensors(layer):
                 parametrize.register_parametrization(owner, attr, ChannelMask(), unsafe=True)
         self.hard: dict[str, Tensor] | None = None

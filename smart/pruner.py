@@ -26,7 +26,7 @@ from smart.topk import soft_topk
 @dataclass(frozen=True)
 class SmartConfig(PrunerConfig):
     tau0: float = 1.0  # initial temperature (scores are standardised per layer at init)
-    tau_min: float = 0.01  # final temperature of the annealing
+    tau_min: float = 0.001  # final temperature: low enough that the soft mask is binary (soft -> hard is seamless)
     schedule: str = "exponential"  # exponential | adaptive
     adaptive_gain: float = 2.0  # adaptive: extra decay while the mask is far from binary
     warmup_fraction: float = 0.1  # share of the pruning stage spent at tau0 (stage 1)
