@@ -117,7 +117,7 @@ class PruningHook(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if outputs and "loss" in outputs:
-            self._last_loss = float(outputs["loss"])
+            self._last_loss = float(outputs["loss"].detach())
 
     def after_train_epoch(self, runner) -> None:
         total = self.prune_epochs + self.finetune_epochs
@@ -169,7 +169,7 @@ class EpochLogHook(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if outputs and "loss" in outputs:
-            self.loss = float(outputs["loss"])
+            self.loss = float(outputs["loss"].detach())
 
     def after_train_epoch(self, runner) -> None:
         self.log(f"{self.stage} epoch {runner.epoch + 1}/{self.epochs} loss {self.loss:.4f}")

@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from bench.errors import ConfigError, SmartbenchError
+from bench.errors import ConfigError, DataError, SmartbenchError
 from bench.record import REPO_ROOT, ResultStore, runs_dir
 from bench.run import BUDGET_FIELDS, RunSpec, dense_checkpoint_path, resolve, short_hash
 from bench.sparsity import parse_pattern, resolve_sparsity
@@ -281,6 +281,10 @@ def expand(suite: Suite) -> Suite:
                                     if suite.requires_tasks_present:
                                         raise ConfigError(f"{block.where}.tasks[{t}]", f"task '{task}' needs the module "
                                                           f"'{err.name}' (pip install -e '.[mm]')") from None
+                                    unavailable.add(task)
+                                except DataError:  # a user dataset not on this machine: plan-only suites still plan
+                                    if suite.requires_tasks_present:
+                                        raise
                                     unavailable.add(task)
                             if task not in tasks or task in unavailable:
                                 cell = Cell(spec, entry.label, spec_only_id(spec), registered=False)

@@ -55,6 +55,11 @@ def register_mm(scope: str) -> None:
     else:
         raise ValueError(scope)
     register_all_modules(init_default_scope=False)
+    from mmengine.logging import MMLogger
+
+    if not MMLogger.check_instance_created("smartbench"):  # current logger: INFO chatter (init_weights...) off
+        with quiet_stdout():
+            MMLogger.get_instance("smartbench", log_level="ERROR")
     import bench.mm_hook  # noqa: F401  (registers PruningHook, EpochLogHook, PenaltyOptimWrapper)
 
 

@@ -16,7 +16,7 @@ model = dict(
 
 train_pipeline = [
     dict(type="LoadImageFromFile"),
-    dict(type="LoadAnnotations", reduce_zero_label=True),
+    dict(type="LoadAnnotations"),  # reduce_zero_label comes from ADE20KDataset (True)
     dict(type="RandomResize", scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type="RandomCrop", crop_size=crop_size, cat_max_ratio=0.75),
     dict(type="RandomFlip", prob=0.5),
@@ -26,7 +26,7 @@ train_pipeline = [
 test_pipeline = [
     dict(type="LoadImageFromFile"),
     dict(type="Resize", scale=(2048, 512), keep_ratio=True),
-    dict(type="LoadAnnotations", reduce_zero_label=True),
+    dict(type="LoadAnnotations"),  # reduce_zero_label comes from ADE20KDataset (True)
     dict(type="PackSegInputs"),
 ]
 
