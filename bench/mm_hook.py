@@ -40,11 +40,28 @@ from bench.pruner import Progress, Pruner
 CHECKPOINT_KEY = "smartbench"
 
 
+PLAIN_HISTORY = "smartbench_history_buffer"
+
+
 def allow_mmengine_checkpoints() -> None:
-    """Allow-list what mmengine stores besides tensors, for ``torch.load(weights_only=True)``."""
-    numpy_types = [np.ndarray, np.dtype, np.core.multiarray._reconstruct, np.core.multiarray.scalar]
+    """Allow-list what mmengine stores besides tensors, for ``torch.load(weights_only=True)``.
+
+    That is numpy arrays and scalars (message-hub values) and ``HistoryBuffer``. A pickled
+    ``HistoryBuffer`` also holds bound methods, which unpickle through ``builtins.getattr``: that one is
+    never allow-listed; :class:`PruningHook` stores message-hub histories as plain tensors instead.
+    """
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    numpy_types = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
     numpy_types += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
     torch.serialization.add_safe_globals([HistoryBuffer, *numpy_types])
+
+
+def plain_history(buffer: HistoryBuffer) -> dict:
+    """A HistoryBuffer as tensors (its pickle would need ``builtins.getattr``)."""
+    logs, counts = buffer.data
+    return {PLAIN_HISTORY: True, "max_length": int(buffer.max_length),
+            "log_history": torch.from_numpy(np.asarray(logs, dtype=np.float64)),
+            "count_history": torch.from_numpy(np.asarray(counts, dtype=np.float64))}
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -131,8 +148,17 @@ class PruningHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = {"pruner": self.pruner.state_dict(), "hard": self.hard}
+        scalars = checkpoint.get("message_hub", {}).get("log_scalars", {})
+        for key, buffer in scalars.items():
+            if isinstance(buffer, HistoryBuffer):
+                scalars[key] = plain_history(buffer)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        scalars = checkpoint.get("message_hub", {}).get("log_scalars", {})
+        for key, value in scalars.items():
+            if isinstance(value, dict) and PLAIN_HISTORY in value:
+                scalars[key] = HistoryBuffer(value["log_history"].numpy(), value["count_history"].numpy(),
+                                             value["max_length"])
         state = checkpoint.get(CHECKPOINT_KEY)
         if state is None:
             return

@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.write_text(json.dumps({"header": header, "models": model_rows, "linears": linear_rows}, indent=1))
     if failed:
-        print(f"error: sparse output differs from masked dense by more than {FP16_TOLERANCE} (relative)", file=sys.stderr)
+        print(f"error: sparse output differs from masked dense by more than {FP16_TOLERANCE} (relative)",
+              file=sys.stderr)
         return 1
     return 0
 

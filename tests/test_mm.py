@@ -30,7 +30,7 @@ from bench.tasks.detection import ScenesDetection  # noqa: E402
 from bench.tasks.segmentation import CITYSCAPES_TRAIN_IDS, ScenesSegmentation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MICRO_SPEC = ScenesSpec(n_train=16, n_val=4, n_test=4, size=64, seed=5)
+MICRO_SPEC = ScenesSpec(n_train=16, n_val=4, n_test=4, size=32, seed=5)
 MICRO_BUDGET = Budget(dense_epochs=1, prune_epochs=1, finetune_epochs=1, batch_size=8, lr=0.01, prune_lr=0.005,
                       calib_batches=1)
 
@@ -64,6 +64,15 @@ class MicroSeg(ScenesSegmentation):
 MICRO = {"det": MicroDet, "seg": MicroSeg}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """mm models run many small ops: on a shared 2-core machine one thread is several times faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def micro_tasks(monkeypatch, tmp_path_factory):
     """Register the micro tasks; scenes go to a session-wide cache folder."""
@@ -74,11 +83,13 @@ def micro_tasks(monkeypatch, tmp_path_factory):
         monkeypatch.setitem(tasks_base.TASKS, cls.name, cls)
 
 
-def run_row(family: str, pruner: str, pattern: str, runs: Path, monkeypatch, sparsity=0.5, options=None, log=None):
+def run_row(family: str, pruner: str, pattern: str, runs: Path, monkeypatch, sparsity=0.5, options=None, log=None,
+            store: Path | None = None, budget=None):
     monkeypatch.setenv("SMARTBENCH_RUNS", str(runs))
     run = resolve(RunSpec(task=MICRO[family].name, pruner=pruner, pattern=pattern, sparsity=sparsity,
-                          pruner_options=options or {}))
-    return execute(run, log=log or (lambda _msg: None), store=ResultStore(runs / "results.jsonl")), run
+                          pruner_options=options or {}, budget=budget or {}))
+    store = ResultStore(store or runs / "results.jsonl")
+    return execute(run, log=log or (lambda _msg: None), store=store), run
 
 
 # -- import, configs, layers ----------------------------------------------------------------
@@ -327,12 +338,14 @@ def test_hooks_called_in_order_and_scores_trained(shared_runs_dir, monkeypatch):
     assert scores.numel() == row["audit"]["total_units"] and torch.isfinite(scores).all()
 
 
-def test_resume_from_mmengine_checkpoint_weights_only(tmp_path, monkeypatch):
+def test_resume_from_mmengine_checkpoint_weights_only(shared_runs_dir, monkeypatch):
     """Kill after the first epoch's checkpoint; the rerun resumes (weights_only=True) and ends identical."""
     from bench.mm_hook import PruningHook
 
-    clean, _ = run_row("seg", "gmp", "channel", tmp_path / "clean", monkeypatch, options={"update_every": 1})
-    runs = tmp_path / "killed"
+    options = {"update_every": 1}
+    clean, run = run_row("seg", "gmp", "channel", shared_runs_dir, monkeypatch, options=options)
+    work_dir = shared_runs_dir / "mm" / run.run_id
+    assert not work_dir.exists()
     original = PruningHook.before_train_epoch
 
     def crash(self, runner):
@@ -340,16 +353,21 @@ def test_resume_from_mmengine_checkpoint_weights_only(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed")
         original(self, runner)
 
+    store = shared_runs_dir / "killed.jsonl"
     monkeypatch.setattr(PruningHook, "before_train_epoch", crash)
     with pytest.raises(KeyboardInterrupt):
-        run_row("seg", "gmp", "channel", runs, monkeypatch, options={"update_every": 1})
+        run_row("seg", "gmp", "channel", shared_runs_dir, monkeypatch, options=options, store=store)
     monkeypatch.setattr(PruningHook, "before_train_epoch", original)
-    checkpoint = Path((next((runs / "mm").iterdir()) / "last_checkpoint").read_text().strip())
+    checkpoint = Path((work_dir / "last_checkpoint").read_text().strip())
+    unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(checkpoint))
+    assert "builtins.getattr" not in unsafe and unsafe <= {"numpy._core.multiarray._reconstruct", "numpy.ndarray",
+                                                         "numpy.dtype", "numpy._core.multiarray.scalar"}
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # allow-listed, not disabled
     assert state["meta"]["epoch"] == 1 and state["smartbench"]["hard"] is None
     assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ
     lines: list[str] = []
-    resumed, _ = run_row("seg", "gmp", "channel", runs, monkeypatch, options={"update_every": 1}, log=lines.append)
+    resumed, _ = run_row("seg", "gmp", "channel", shared_runs_dir, monkeypatch, options=options, store=store,
+                         log=lines.append)
     assert "resumed after epoch 1" in lines and not any(line.startswith("prune epoch 1/") for line in lines)
     for key in ("metric", "val_metric", "achieved_sparsity", "weight_sparsity"):
         assert resumed[key] == clean[key]
@@ -357,14 +375,15 @@ def test_resume_from_mmengine_checkpoint_weights_only(tmp_path, monkeypatch):
 
 
 def test_every_pruner_runs_on_both_families(shared_runs_dir, monkeypatch):
-    """Each registered pruner on detection and segmentation, channel and block:1x8 (one pattern per family, alternating)."""
+    """Each registered pruner on detection and segmentation, channel and block:1x8 (one pattern per family,
+    alternating), with no fine-tune epoch (finalize at the end of training)."""
     done = 0
     for i, (name, cls) in enumerate(sorted(load_pruners().items())):
         for j, family in enumerate(("det", "seg")):
             pattern = ("channel", "block:1x8")[(i + j) % 2]
             if parse_pattern(pattern).kind not in cls.patterns:
                 continue
-            row, _ = run_row(family, name, pattern, shared_runs_dir, monkeypatch)
+            row, _ = run_row(family, name, pattern, shared_runs_dir, monkeypatch, budget={"finetune_epochs": 0})
             assert row["achieved_sparsity"] == 0.5 and row["pattern_valid"], (name, family, pattern)
             done += 1
     assert done >= 4

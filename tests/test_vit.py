@@ -95,7 +95,8 @@ def test_audit_flags_a_group_with_too_many_weights():
 def test_resolve_takes_the_sparsity_from_nm(pattern, implied):
     run = resolve(RunSpec(task="fmnist-vit-tiny", pruner="magnitude", pattern=pattern))
     assert run.sparsity == implied and run.canonical["sparsity"] == implied
-    assert resolve(RunSpec(task="fmnist-vit-tiny", pruner="magnitude", pattern=pattern, sparsity=implied)).run_id == run.run_id
+    explicit = resolve(RunSpec(task="fmnist-vit-tiny", pruner="magnitude", pattern=pattern, sparsity=implied))
+    assert explicit.run_id == run.run_id
 
 
 def test_resolve_rejects_a_sparsity_that_conflicts_with_nm():

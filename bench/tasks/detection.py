@@ -44,6 +44,10 @@ class ScenesDetection(DetectionTask):
     config_name = "scenes_det.py"
     spec: ScenesSpec
 
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.spec.size, self.spec.size)
+
     def data_identity(self) -> dict[str, Any]:
         return {"name": "fmnist-scenes", **self.spec.__dict__}
 
@@ -52,6 +56,13 @@ class ScenesDetection(DetectionTask):
 
     def data_root(self) -> Path:
         return build_scenes(self.spec)
+
+    def adjust_config(self, cfg) -> None:
+        """The config's no-op ``Resize`` follows the scene size (it only records ``scale_factor``)."""
+        for split in ("train", "val", "test"):
+            for step in cfg[f"{split}_dataloader"].dataset.pipeline:
+                if step["type"] == "Resize":
+                    step["scale"] = (self.spec.size, self.spec.size)
 
     def bind_data(self, cfg) -> None:
         super().bind_data(cfg)

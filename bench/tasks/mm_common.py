@@ -24,6 +24,7 @@ import copy
 import hashlib
 import importlib
 import importlib.util
+import numbers
 import shutil
 import sys
 import time
@@ -104,7 +105,7 @@ class MMTask(Task):
     metric_scale: ClassVar[float] = 1.0  # applied to metric_key's value (det: x100 -> percent)
     image_size: ClassVar[tuple[int, int]] = (64, 64)  # (H, W) of example_input
     warmup_iters: ClassVar[int] = 100  # linear LR warm-up of dense training
-    clip_grad: ClassVar[dict | None] = dict(max_norm=35, norm_type=2)
+    clip_grad: ClassVar[dict | None] = dict(max_norm=35, norm_type=2)  # dense training only
 
     def __init__(self, model: str | None = None):
         super().__init__(model)
@@ -117,6 +118,9 @@ class MMTask(Task):
 
     def data_identity(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    def adjust_config(self, cfg) -> None:
+        """Task-specific changes of the merged config that need no data (e.g. image size)."""
 
     def bind_data(self, cfg) -> None:
         """Fill the data-dependent parts of the merged config (roots; subclasses add class names)."""
@@ -132,7 +136,9 @@ class MMTask(Task):
         """The merged config without data roots (enough to build the model)."""
         with quiet_stdout():
             self.register()
-            return load_config(self.config_name)
+            cfg = load_config(self.config_name)
+            self.adjust_config(cfg)
+            return cfg
 
     @cached_property
     def data_config(self):
@@ -204,7 +210,7 @@ class MMTask(Task):
                 evaluator.process(data_samples=model.test_step(batch), data_batch=batch)
             results = evaluator.evaluate(len(loader.dataset))
         model.train(was_training)
-        return {k: float(v) for k, v in results.items() if isinstance(v, (int, float))}
+        return {k: float(v) for k, v in results.items() if isinstance(v, numbers.Real)}  # numpy floats too
 
     def evaluate(self, model: nn.Module, split: str = "test") -> float:
         return self.metric_of(self.evaluate_all(model, split))
@@ -282,9 +288,8 @@ class MMTask(Task):
             hook.setup(calibration, self.forward)
             epochs = b.prune_epochs + b.finetune_epochs
             work_dir = runs_dir() / "mm" / run.run_id
-            runner = self.runner(model, work_dir, epochs, hook.optim_wrapper(model, b.prune_lr, b.momentum, b.weight_decay,
-                                                                              self.clip_grad),
-                                 [cosine_schedule(epochs)], seed, [hook], resume=True, checkpoints=True,
+            optim_wrapper = hook.optim_wrapper(model, b.prune_lr, b.momentum, b.weight_decay)  # no clipping, as native
+            runner = self.runner(model, work_dir, epochs, optim_wrapper, [cosine_schedule(epochs)], seed, [hook], resume=True, checkpoints=True,
                                  name=f"{run.run_id}-{time.time_ns()}")
             runner.train()
             prune_wall = time.perf_counter() - started

@@ -78,6 +78,13 @@ class ScenesSegmentation(SegmentationTask):
     def data_root(self) -> Path:
         return build_scenes(self.spec)
 
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.spec.size, self.spec.size)
+
+    def adjust_config(self, cfg) -> None:
+        cfg.model.data_preprocessor.size = (self.spec.size, self.spec.size)
+
     def bind_data(self, cfg) -> None:
         super().bind_data(cfg)
         for split in ("train", "val", "test"):

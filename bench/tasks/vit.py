@@ -56,7 +56,7 @@ class FashionMNISTViT(FashionMNISTTask):
 @register_task
 class FmnistViT(FashionMNISTViT):
     name = "fmnist-vit"
-    description = "timm ViT (width 96, depth 4, 3 heads, 7x7 patches) on a 10k Fashion-MNIST subset; N:M on block Linears"
+    description = "timm ViT (width 96, depth 4, 3 heads, 7x7 patches) on a 10k Fashion-MNIST subset"
     arch = dict(embed_dim=96, depth=4, num_heads=3)
     budget = Budget(dense_epochs=15, prune_epochs=2, finetune_epochs=2, batch_size=64, lr=0.05, prune_lr=0.01,
                     weight_decay=1e-4)
@@ -86,7 +86,8 @@ def imagenet_root() -> dict:
 
     root = os.environ.get(IMAGENET_ENV)
     if not root:
-        raise DataError(f"imagenet-deit needs ${IMAGENET_ENV} pointing at an ImageNet copy (train/ and val/ class folders)")
+        raise DataError(f"imagenet-deit needs ${IMAGENET_ENV} pointing at an ImageNet copy "
+                        f"(train/ and val/ class folders)")
     return check_imagenet_root(root, ("train", "val"))
 
 
@@ -160,8 +161,9 @@ class ImagenetDeiT(Task):
     def _loader(self, dataset, batch_size: int, generator: torch.Generator | None = None):
         from torch.utils.data import DataLoader
 
-        return DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
-                          num_workers=self.workers, drop_last=generator is not None, pin_memory=torch.cuda.is_available())
+        shuffle = generator is not None
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=self.workers,
+                          drop_last=shuffle, pin_memory=torch.cuda.is_available())
 
     def steps_per_epoch(self) -> int:
         return len(self.splits["train"]) // self.budget.batch_size

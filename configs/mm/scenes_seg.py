@@ -35,6 +35,7 @@ def _split(name, pipeline):
         img_suffix=".png",
         seg_map_suffix=".png",
         reduce_zero_label=False,
+        serialize_data=False,  # num_workers=0: nothing to share; skips a gc.collect() per dataset
         pipeline=pipeline,
     )
 
