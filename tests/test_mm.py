@@ -315,12 +315,18 @@ class Recorder:
 
     def __init__(self, pruner):
         self.calls: list[str] = []
+        self.results: dict[str, object] = {}
         for hook in self.HOOKS:
             original = getattr(pruner, hook)
 
             def wrapped(*args, _hook=hook, _original=original, **kwargs):
                 self.calls.append(_hook)
-                return _original(*args, **kwargs)
+                result = _original(*args, **kwargs)
+                # snapshot: the optimizer's LR scheduler later edits the returned group dicts in place
+                self.results[_hook] = [dict(g) for g in result] if _hook == "param_groups" else result
+                if _hook == "attach":
+                    self.results["initial"] = [p.detach().clone() for p in pruner.parameters()]
+                return result
 
             setattr(pruner, hook, wrapped)
 
@@ -334,8 +340,13 @@ def test_hooks_called_in_order_and_scores_trained(shared_runs_dir, monkeypatch):
     assert recorder.calls == ["attach", "param_groups"] + ["on_step", "masks", "penalty", "after_optimizer_step"] * iters \
         + ["finalize"]
     assert row["achieved_sparsity"] == 0.5
+    groups = recorder.results["param_groups"]  # the pruner's own optimizer group, trained with the weights
+    assert len(groups) == 1 and groups[0]["lr"] == run.pruner.config.score_lr
+    assert [id(p) for p in groups[0]["params"]] == [id(p) for p in run.pruner.parameters()]
     scores = torch.cat([p.detach().reshape(-1) for p in run.pruner.parameters()])
+    initial = torch.cat([p.reshape(-1) for p in recorder.results["initial"]])
     assert scores.numel() == row["audit"]["total_units"] and torch.isfinite(scores).all()
+    assert (scores - initial).abs().max() > 0
 
 
 def test_resume_from_mmengine_checkpoint_weights_only(shared_runs_dir, monkeypatch):

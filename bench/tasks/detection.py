@@ -43,6 +43,7 @@ class DetectionTask(MMTask):
 class ScenesDetection(DetectionTask):
     config_name = "scenes_det.py"
     spec: ScenesSpec
+    dense_optimizer = "AdamW"  # from scratch in a few hundred steps: SGD reached 0.9 bbox_mAP after 12 epochs
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -75,7 +76,7 @@ class ScenesDetTiny(ScenesDetection):
     name = "scenes-det-tiny"
     description = "mmdet RetinaNet R18-FPN on 1k 64x64 FMNIST-Scenes (COCO bbox mAP)"
     spec = ScenesSpec(n_train=1000, n_val=200, n_test=300, size=64, seed=0)
-    budget = Budget(dense_epochs=12, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.02, prune_lr=0.005,
+    budget = Budget(dense_epochs=12, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.002, prune_lr=0.005,
                     weight_decay=1e-4)
 
 
@@ -84,7 +85,7 @@ class ScenesDet(ScenesDetection):
     name = "scenes-det"
     description = "mmdet RetinaNet R18-FPN on 2k 64x64 FMNIST-Scenes (COCO bbox mAP)"
     spec = ScenesSpec(n_train=2000, n_val=300, n_test=500, size=64, seed=0)
-    budget = Budget(dense_epochs=16, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.02, prune_lr=0.005,
+    budget = Budget(dense_epochs=16, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.002, prune_lr=0.005,
                     weight_decay=1e-4)
 
 

@@ -106,6 +106,9 @@ class MMTask(Task):
     image_size: ClassVar[tuple[int, int]] = (64, 64)  # (H, W) of example_input
     warmup_iters: ClassVar[int] = 100  # linear LR warm-up of dense training
     clip_grad: ClassVar[dict | None] = dict(max_norm=35, norm_type=2)  # dense training only
+    # dense-training optimizer ("SGD": momentum and weight decay from the Budget; "AdamW": dense_weight_decay)
+    dense_optimizer: ClassVar[str] = "SGD"
+    dense_weight_decay: ClassVar[float] = 0.05
 
     def __init__(self, model: str | None = None):
         super().__init__(model)
@@ -151,7 +154,8 @@ class MMTask(Task):
     def identity(self) -> dict[str, Any]:
         text = (CONFIG_DIR / self.config_name).read_bytes()
         config = {"file": self.config_name, "sha256": hashlib.sha256(text).hexdigest()[:16]}
-        return {**super().identity(), "config": config, "data": self.data_identity()}
+        dense = {"optimizer": self.dense_optimizer_cfg(), "warmup_iters": self.warmup_iters, "clip_grad": self.clip_grad}
+        return {**super().identity(), "config": config, "data": self.data_identity(), "dense": dense}
 
     def build_model(self) -> nn.Module:
         from mmengine.registry import DefaultScope
@@ -210,7 +214,7 @@ class MMTask(Task):
                 evaluator.process(data_samples=model.test_step(batch), data_batch=batch)
             results = evaluator.evaluate(len(loader.dataset))
         model.train(was_training)
-        return {k: float(v) for k, v in results.items() if isinstance(v, numbers.Real)}  # numpy floats too
+        return {k: round(float(v), 4) for k, v in results.items() if isinstance(v, numbers.Real)}  # numpy floats too
 
     def evaluate(self, model: nn.Module, split: str = "test") -> float:
         return self.metric_of(self.evaluate_all(model, split))
@@ -234,6 +238,12 @@ class MMTask(Task):
             default_scope=self.scope, log_level="ERROR", resume=resume,
         )
 
+    def dense_optimizer_cfg(self) -> dict:
+        b = self.budget
+        if self.dense_optimizer == "SGD":
+            return dict(type="SGD", lr=b.lr, momentum=b.momentum, weight_decay=b.weight_decay)
+        return dict(type=self.dense_optimizer, lr=b.lr, weight_decay=self.dense_weight_decay)
+
     def train_dense(self, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
         """Train (or load) the dense model of (task, seed): ``{"model", "val", "test", "train_s"}``."""
         from bench.mm_hook import EpochLogHook
@@ -247,8 +257,7 @@ class MMTask(Task):
         seed_everything(seed)
         model = self.build_model()
         work_dir = path.with_suffix(".work")
-        optim_wrapper = dict(type="OptimWrapper", clip_grad=self.clip_grad,
-                             optimizer=dict(type="SGD", lr=b.lr, momentum=b.momentum, weight_decay=b.weight_decay))
+        optim_wrapper = dict(type="OptimWrapper", clip_grad=self.clip_grad, optimizer=self.dense_optimizer_cfg())
         schedule = [dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=self.warmup_iters),
                     cosine_schedule(b.dense_epochs)]
         started = time.perf_counter()

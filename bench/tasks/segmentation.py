@@ -68,6 +68,7 @@ class SegmentationTask(MMTask):
 class ScenesSegmentation(SegmentationTask):
     config_name = "scenes_seg.py"
     spec: ScenesSpec
+    dense_optimizer = "AdamW"  # from scratch in a few hundred steps
 
     def data_identity(self) -> dict[str, Any]:
         return {"name": "fmnist-scenes", **self.spec.__dict__}
@@ -96,7 +97,7 @@ class ScenesSegTiny(ScenesSegmentation):
     name = "scenes-seg-tiny"
     description = "mmseg FCN R18-D8 on 1k 64x64 FMNIST-Scenes (mIoU, 11 classes)"
     spec = ScenesSpec(n_train=1000, n_val=200, n_test=300, size=64, seed=0)
-    budget = Budget(dense_epochs=12, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.02, prune_lr=0.005)
+    budget = Budget(dense_epochs=12, prune_epochs=1, finetune_epochs=1, batch_size=16, lr=0.002, prune_lr=0.005)
 
 
 @register_task
@@ -104,7 +105,7 @@ class ScenesSeg(ScenesSegmentation):
     name = "scenes-seg"
     description = "mmseg FCN R18-D8 on 2k 64x64 FMNIST-Scenes (mIoU, 11 classes)"
     spec = ScenesSpec(n_train=2000, n_val=300, n_test=500, size=64, seed=0)
-    budget = Budget(dense_epochs=16, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.02, prune_lr=0.005)
+    budget = Budget(dense_epochs=16, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.002, prune_lr=0.005)
 
 
 @register_task

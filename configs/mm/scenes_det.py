@@ -9,7 +9,11 @@ model = dict(
         frozen_stages=-1,  # from scratch: train the stem and stage 1 too
         norm_eval=False,  # ... and update BN statistics
     ),
+    # narrow FPN and head (128 instead of 256 channels): 2.3x fewer FLOPs, so the tiny task fits its CPU budget
+    neck=dict(out_channels=128),
     bbox_head=dict(
+        in_channels=128,
+        feat_channels=128,
         num_classes=10,
         # objects are 8..36 px on 64x64 scenes: anchors 16..25 px on P3 (stride 8) instead of 32..50
         anchor_generator=dict(octave_base_scale=2),
