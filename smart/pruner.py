@@ -66,6 +66,8 @@ class SmartPruner(Pruner):
         self.adaptive = AdaptiveTau(config.tau0, config.tau_min, config.adaptive_gain)
         self.current_sparsity = sparsity if config.ramp_steps == 1 else sparsity / config.ramp_steps
         self._last_nonbinary = 1.0
+        self._last_soft: Tensor | None = None  # detached, for the lazily computed non-binary share
+        self._thresholds: dict[str, Tensor] = {}  # solved soft top-k thresholds: next step's warm start
 
     def attach(self, layers: list[PrunableLayer]) -> None:
         super().attach(layers)
@@ -101,34 +103,51 @@ class SmartPruner(Pruner):
         names = [layer.name for layer in self.layers]
         scores = [self.scores[_key(n)] for n in names]
         if self.pattern.per_row_budget:  # N:M: one exact-N soft top-k per row of M, all rows at once
-            soft = soft_topk(torch.cat(scores, dim=0), self.pattern.n, self.tau, self.config.detach_t)
+            soft = self._soft_topk("rows", torch.cat(scores, dim=0), self.pattern.n)
             parts = soft.split([s.shape[0] for s in scores], dim=0)
         elif self.config.scope == "global":
             flat = torch.cat([s.reshape(-1) for s in scores])
-            soft = soft_topk(flat, keep_count(flat.numel(), self.current_sparsity), self.tau, self.config.detach_t)
+            soft = self._soft_topk("global", flat, keep_count(flat.numel(), self.current_sparsity))
             parts = soft.split([s.numel() for s in scores])
         else:
-            parts = [soft_topk(s.reshape(-1), keep_count(s.numel(), self.current_sparsity), self.tau, self.config.detach_t)
-                     for s in scores]
+            parts = [self._soft_topk(_key(n), s.reshape(-1), keep_count(s.numel(), self.current_sparsity))
+                     for n, s in zip(names, scores)]
             soft = torch.cat(parts)
-        with torch.no_grad():
-            self._last_nonbinary = float((4 * soft * (1 - soft)).mean())
+        self._last_soft = soft.detach()
+        if self.config.schedule == "adaptive":  # the schedule reads it every step; otherwise only logs do
+            self._last_nonbinary = self._nonbinary()
         return {n: p.reshape(s.shape) for n, p, s in zip(names, parts, scores)}
+
+    def _soft_topk(self, key: str, scores: Tensor, k) -> Tensor:
+        """soft_topk warm-started from the previous step's thresholds (same root, fewer Newton passes)."""
+        soft, self._thresholds[key] = soft_topk(scores, k, self.tau, self.config.detach_t,
+                                                threshold=self._thresholds.get(key), return_threshold=True)
+        return soft
+
+    def _nonbinary(self) -> float:
+        """Mean of 4 f (1 - f) over the last soft mask: 1 when every entry is 0.5, 0 when binary."""
+        if self._last_soft is None:
+            return self._last_nonbinary
+        with torch.no_grad():
+            return float((4 * self._last_soft * (1 - self._last_soft)).mean())
 
     def finalize(self) -> dict[str, Tensor]:
         return self.select({layer.name: self.scores[_key(layer.name)].detach() for layer in self.layers})
 
     def log_values(self) -> dict[str, float]:
+        self._last_nonbinary = self._nonbinary()
         return {"tau": self.tau, "mask_nonbinary": self._last_nonbinary, "ramp_sparsity": self.current_sparsity}
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "tau": self.tau, "adaptive_tau": self.adaptive.tau,
-                "nonbinary": self._last_nonbinary, "current_sparsity": self.current_sparsity}
+                "nonbinary": self._nonbinary(), "current_sparsity": self.current_sparsity,
+                "thresholds": {key: t.clone() for key, t in self._thresholds.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.tau, self.adaptive.tau = state["tau"], state["adaptive_tau"]
         self._last_nonbinary, self.current_sparsity = state["nonbinary"], state["current_sparsity"]
+        self._thresholds = {key: t.clone() for key, t in state.get("thresholds", {}).items()}
 
 
 def _key(name: str) -> str:
