@@ -8,7 +8,10 @@
   ``dense`` (no masker) and ``masked`` (Masker with a fixed hard mask, no pruner). Measured
   INTERLEAVED: each round runs ``steps`` steps of every entry, the order rotating each round;
   reported per entry: median step time, and the median over rounds of (entry / dense) of the
-  same round (paired), plus the ratio of total times (includes rare periodic costs).
+  same round (paired), plus the ratio of total times (includes rare periodic costs). The timed
+  steps are consecutive steps from the middle of the task's real pruning stage (its budget's
+  prune_epochs x steps per epoch), so schedules (SMART's temperature, AC/DC phases) are where a
+  typical training step finds them.
 * soft_topk (smart.topk) forward + backward against torch.topk (values forward + backward),
   interleaved, n from 1e3 to 1e7 (quick: 1e6), k = keep * n for keep 0.5 and 0.1, tau 1.0 and 0.01
   on standard-normal scores.
@@ -45,10 +48,11 @@ from bench.tasks.base import get_task
 from bench.train import make_optimizer
 from smart.topk import soft_topk
 
-FULL = dict(rounds=10, steps=2, resnet_patterns=[("unstructured", 0.9), ("channel", 0.5), ("nm:2:4", None)],
+FULL = dict(rounds=10, steps=2, resnet_patterns=[("block:1x8", 0.5), ("unstructured", 0.9), ("channel", 0.5), ("nm:2:4", None)],
             vit_patterns=[("nm:2:4", None)], topk_sizes=[10**e for e in range(3, 8)], topk_taus=(1.0, 0.01), topk_keep=(0.5, 0.1),
             memory_steps=5, latency_repeats=30, latency_batches=(1, 32, 128))
-QUICK = dict(rounds=4, steps=1, resnet_patterns=[("unstructured", 0.9), ("channel", 0.5)], vit_patterns=[("nm:2:4", None)],
+QUICK = dict(rounds=4, steps=1, resnet_patterns=[("block:1x8", 0.5), ("unstructured", 0.9), ("channel", 0.5)],
+             vit_patterns=[("nm:2:4", None)],
              topk_sizes=[10**e for e in range(3, 7)], topk_taus=(1.0, 0.01), topk_keep=(0.5, 0.1), memory_steps=2, latency_repeats=8,
              latency_batches=(1, 128))
 BATCH = 128
@@ -68,7 +72,11 @@ class Entry:
 
     def __init__(self, task, kind: str, pattern: str, sparsity, batches: list, total_steps: int):
         torch.manual_seed(0)
-        self.task, self.kind, self.batches, self.total_steps, self.i = task, kind, batches, total_steps, 0
+        self.task, self.kind, self.batches, self.i = task, kind, batches, 0
+        # the timed steps sit in the middle of the task's real pruning stage (tau half-way down its
+        # schedule), stepping one at a time as in training -- not a whole schedule squeezed into a few steps
+        self.schedule_steps = max(total_steps, task.budget.prune_epochs * task.steps_per_epoch())
+        self.first_step = self.schedule_steps // 2
         self.model = task.build_model().train()
         self.masker = self.pruner = None
         groups = []
@@ -90,7 +98,7 @@ class Entry:
     def step(self) -> None:
         batch = self.batches[self.i % len(self.batches)]
         if self.pruner is not None:
-            self.pruner.on_step(Progress("prune", self.i, self.total_steps))
+            self.pruner.on_step(Progress("prune", self.first_step + self.i, self.schedule_steps))
             self.masker.set_masks(self.pruner.masks(), straight_through=self.pruner.straight_through)
         elif self.kind == "masked":
             self.masker.set_masks(self.fixed)
@@ -105,9 +113,10 @@ class Entry:
         self.i += 1
 
 
-def entry_kinds(pattern: str) -> list[str]:
+def entry_kinds(pattern: str, only: list[str] | None = None) -> list[str]:
     kind = parse_pattern(pattern).kind
-    return ["dense", "masked"] + [name for name, cls in sorted(load_pruners().items()) if kind in cls.patterns]
+    pruners = [name for name, cls in sorted(load_pruners().items()) if kind in cls.patterns and (not only or name in only)]
+    return ["dense", "masked"] + pruners
 
 
 def step_times(task_name: str, pattern: str, sparsity, cfg: dict) -> list[dict]:
@@ -115,7 +124,7 @@ def step_times(task_name: str, pattern: str, sparsity, cfg: dict) -> list[dict]:
     batches = synthetic_batches(4)
     total = (cfg["rounds"] + 1) * cfg["steps"]
     entries, rows = {}, []
-    for kind in entry_kinds(pattern):
+    for kind in entry_kinds(pattern, cfg.get("only")):
         try:
             entries[kind] = Entry(task, kind, pattern, sparsity, batches, total)
             for _ in range(cfg["steps"]):  # warm-up round (untimed)
@@ -200,7 +209,7 @@ def peak_rss_mb() -> float:
 
 def peak_memory(task_name: str, pattern: str, sparsity, cfg: dict) -> list[dict]:
     rows = []
-    for kind in entry_kinds(pattern):
+    for kind in entry_kinds(pattern, cfg.get("only")):
         cmd = [sys.executable, __file__, "--memory-child", task_name, kind, pattern, str(sparsity), str(cfg["memory_steps"])]
         done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
         if done.returncode:
@@ -346,13 +355,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="short version (fewer rounds, patterns, sizes)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="docs/performance.md")
+    parser.add_argument("--pruners", help="comma-separated pruners to time (default: every registered one)")
+    parser.add_argument("--steps-only", action="store_true", help="step times only (no soft_topk, memory, latency)")
     parser.add_argument("--memory-child", nargs=5, metavar=("TASK", "ENTRY", "PATTERN", "SPARSITY", "STEPS"))
     args = parser.parse_args(argv)
     if args.memory_child:
         task_name, kind, pattern, sparsity, steps = args.memory_child
         memory_child(task_name, kind, pattern, None if sparsity == "None" else float(sparsity), int(steps))
         return 0
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.pruners:
+        known = sorted(load_pruners())
+        cfg["only"] = [name.strip() for name in args.pruners.split(",")]
+        unknown = [name for name in cfg["only"] if name not in known]
+        if unknown:
+            parser.error(f"--pruners: unknown {', '.join(unknown)}; allowed: {', '.join(known)}")
     torch.set_num_threads(args.threads)
     load_start, notes = os.getloadavg()[0], []
     tasks = [("fmnist-resnet", p) for p in cfg["resnet_patterns"]]
@@ -365,6 +382,12 @@ def main(argv: list[str]) -> int:
     for task_name, (pattern, sparsity) in tasks:
         log(f"step time: {task_name} {pattern}")
         steps[(task_name, pattern)] = step_times(task_name, pattern, sparsity, cfg)
+    if args.steps_only:  # a quick look, nothing written
+        for (task_name, pattern), rows in steps.items():
+            for row in rows:
+                detail = row.get("error") or f"{row['median_ms']:8.1f} ms  paired {row['ratio_paired']:.3f}  total {row['ratio_total']:.3f}"
+                print(f"{task_name:14s} {pattern:12s} {row['entry']:10s} {detail}")
+        return 0
     log("soft_topk vs torch.topk")
     topk = topk_times(cfg)
     task_name, (pattern, sparsity) = tasks[0]

@@ -42,66 +42,79 @@ def _initial_shift(z: Tensor, k: Tensor) -> Tensor:
 
 
 def _newton_step(z: Tensor, t: Tensor, k: Tensor, lo: Tensor, hi: Tensor):
-    """One safeguarded Newton step on g(t) = sum sigmoid(z + t) - k; returns (g, t_next, lo, hi)."""
+    """One safeguarded Newton step on g(t) = sum sigmoid(z + t) - k.
+
+    Returns (f, q, g, t_next, lo, hi) with f = sigmoid(z + t) and q = f (1 - f) at the *current*
+    t (the forward output and the backward's weights when the row is done). Sums run in z's
+    dtype with torch's cascade summation (a float64 cast of a float32 vector costs more than the
+    sigmoid) and are returned as float64.
+    """
     f = torch.sigmoid(z + t[:, None].to(z.dtype))
-    g = f.sum(dim=1, dtype=torch.float64) - k
-    dg = (f * (1 - f)).sum(dim=1, dtype=torch.float64)
+    q = f * (1 - f)
+    g = f.sum(dim=1).to(torch.float64) - k
+    dg = q.sum(dim=1).to(torch.float64)
     lo = torch.where(g < 0, t, lo)
     hi = torch.where(g > 0, t, hi)
     newton = t - g / dg.clamp_min(1e-300)
     inside = (newton > lo) & (newton < hi) & (dg > 1e-12)
-    return g, torch.where(inside, newton, (lo + hi) / 2), lo, hi
+    return f, q, g, torch.where(inside, newton, (lo + hi) / 2), lo, hi
 
 
-def _solve_shift(z: Tensor, k: Tensor, tol: float, t0: Tensor | None) -> Tensor:
-    """Solve sum_j sigmoid(z_ij + t_i) = k_i for t (rows of z); returns float64 (rows,).
+def _solve(z: Tensor, k: Tensor, tol: float, t0: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Solve sum_j sigmoid(z_ij + t_i) = k_i for t (rows of z); returns (t float64, f, q) at the root.
 
     Iterates only on the rows not yet converged, inside the always-valid bracket
     [-max z - 30, -min z + 30]. A row is done when |g| <= max(tol, 8 eps) * max(1, k) (eps of
-    z's dtype), or (float32 z) when the next t rounds to the same float32 value as the current one.
+    z's dtype), or (float32 z) when the next t rounds to the same float32 value as the current
+    one; its f and q from that last evaluation are kept, so a warm-started row costs one pass.
     """
     lo = -z.amax(dim=1).to(torch.float64) - _BRACKET_MARGIN
     hi = -z.amin(dim=1).to(torch.float64) + _BRACKET_MARGIN
     t = (_initial_shift(z, k) if t0 is None else t0.to(torch.float64)).clamp(lo, hi)
     limit = max(tol, 8 * torch.finfo(z.dtype).eps) * k.clamp_min(1)
     coarse = z.dtype != torch.float64
+    f_out = q_out = None
     active = torch.arange(z.shape[0], device=z.device)
     for _ in range(_MAX_ITER):
-        sub = active if active.numel() < z.shape[0] else slice(None)
+        whole = active.numel() == z.shape[0]
+        sub = slice(None) if whole else active
         t_a = t[sub]
-        g, t_next, lo[sub], hi[sub] = _newton_step(z[sub], t_a, k[sub], lo[sub], hi[sub])
+        f, q, g, t_next, lo[sub], hi[sub] = _newton_step(z[sub], t_a, k[sub], lo[sub], hi[sub])
         done = g.abs() <= limit[sub]
         if coarse:
             done |= t_next.to(z.dtype) == t_a.to(z.dtype)
         t[sub] = torch.where(done, t_a, t_next)
+        if f_out is None and bool(done.all()) and whole:
+            return t, f, q
+        if f_out is None:
+            f_out, q_out = torch.empty_like(z), torch.empty_like(z)
+        f_out[active[done]], q_out[active[done]] = f[done], q[done]
         active = active[~done]
         if active.numel() == 0:
-            break
-    return t
+            return t, f_out, q_out
+    f = torch.sigmoid(z[active] + t[active, None].to(z.dtype))  # max_iter reached: evaluate at the last t
+    f_out[active], q_out[active] = f, f * (1 - f)
+    return t, f_out, q_out
 
 
 class _SoftTopK(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores: Tensor, k: Tensor, tau: float, detach_t: bool, tol: float, t0: Tensor | None):
-        z = scores.detach() / tau
-        t = _solve_shift(z, k, tol, t0)
-        f = torch.sigmoid(z + t[:, None].to(z.dtype))
-        ctx.save_for_backward(f)
+        t, f, q = _solve(scores.detach() / tau, k, tol, t0)
+        ctx.save_for_backward(q)
         ctx.tau, ctx.detach_t = tau, detach_t
         ctx.mark_non_differentiable(t)
         return f, t
 
     @staticmethod
     def backward(ctx, grad_out: Tensor, _grad_t):
-        (f,) = ctx.saved_tensors
-        q = f * (1 - f)
-        u = grad_out.to(f.dtype)
+        (q,) = ctx.saved_tensors
+        u = grad_out.to(q.dtype)
         if ctx.detach_t:
-            grad = q * u / ctx.tau
-        else:
-            uq = (u * q).sum(dim=1, keepdim=True, dtype=torch.float64)
-            mean_u = (uq / q.sum(dim=1, keepdim=True, dtype=torch.float64).clamp_min(1e-300)).to(f.dtype)
-            grad = q * (u - mean_u) / ctx.tau
+            return q * u / ctx.tau, None, None, None, None, None
+        # a row whose mask is binary (q = 0 in its dtype) gets a zero gradient, not 0/0
+        mean_u = (u * q).sum(dim=1, keepdim=True) / q.sum(dim=1, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny)
+        grad = (u - mean_u).mul_(q).mul_(1.0 / ctx.tau)
         return grad, None, None, None, None, None
 
 

@@ -72,3 +72,33 @@ def test_float32_scores_and_large_vector():
 def test_k_out_of_range_is_rejected(k):
     with pytest.raises(ValueError, match="strictly between"):
         soft_topk(torch.randn(10), k, 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_binary_rows_give_a_finite_zero_gradient(dtype):
+    # at a tiny tau every row of M is exactly 0/1 in its dtype: q sums to 0 and the implicit
+    # gradient must be 0 (no 0/0 from a clamp below the dtype's smallest normal number)
+    rows = (torch.arange(32, dtype=dtype).reshape(8, 4) * 10).requires_grad_(True)
+    out = soft_topk(rows, 2, 1e-3)
+    assert torch.equal(out.detach(), torch.tensor([[0, 0, 1, 1]] * 8, dtype=dtype))
+    (out * torch.randn(8, 4, dtype=dtype)).sum().backward()
+    assert torch.equal(rows.grad, torch.zeros_like(rows))
+
+
+def test_warm_start_gives_the_same_root_in_fewer_passes(monkeypatch):
+    import smart.topk as topk
+
+    torch.manual_seed(5)
+    scores = torch.randn(100_000)
+    cold, threshold = soft_topk(scores, 30_000, 0.05, return_threshold=True)
+    passes = []
+    original = topk._newton_step
+    monkeypatch.setattr(topk, "_newton_step", lambda *a: passes.append(1) or original(*a))
+    moved = scores + 1e-4 * torch.randn(100_000)
+    warm = soft_topk(moved, 30_000, 0.05, threshold=threshold)
+    warm_passes = len(passes)
+    passes.clear()
+    fresh = soft_topk(moved, 30_000, 0.05)
+    assert warm_passes < len(passes)
+    torch.testing.assert_close(warm, fresh, atol=1e-5, rtol=0)
+    assert abs(warm.double().sum().item() - 30_000) < 0.5
