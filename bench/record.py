@@ -37,12 +37,17 @@ def _git(*args: str) -> str:
         return ""
 
 
+# The code version this process imported, taken once at import: a long-running worker whose
+# checkout moves on (a commit during a suite) keeps reporting the code it actually runs.
+CODE_VERSION = {"git_sha": _git("rev-parse", "HEAD") or "unknown",
+                "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))}
+
+
 def provenance(dataset_hash: str) -> dict[str, Any]:
     import timm
 
     return {
-        "git_sha": _git("rev-parse", "HEAD") or "unknown",
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        **CODE_VERSION,
         "torch": torch.__version__,
         "timm": timm.__version__,
         "python": platform.python_version(),
