@@ -356,6 +356,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="docs/performance.md")
     parser.add_argument("--pruners", help="comma-separated pruners to time (default: every registered one)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds of step timing (quick 4, full 10)")
     parser.add_argument("--steps-only", action="store_true", help="step times only (no soft_topk, memory, latency)")
     parser.add_argument("--memory-child", nargs=5, metavar=("TASK", "ENTRY", "PATTERN", "SPARSITY", "STEPS"))
     args = parser.parse_args(argv)
@@ -364,6 +365,8 @@ def main(argv: list[str]) -> int:
         memory_child(task_name, kind, pattern, None if sparsity == "None" else float(sparsity), int(steps))
         return 0
     cfg = dict(QUICK if args.quick else FULL)
+    if args.rounds:
+        cfg["rounds"] = args.rounds
     if args.pruners:
         known = sorted(load_pruners())
         cfg["only"] = [name.strip() for name in args.pruners.split(",")]
