@@ -10,6 +10,36 @@ from pathlib import Path
 EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv"}
 
 
+# -- cell selection ----------------------------------------------------------------------------
+SELECT_KEYS = ("task", "pruner", "pattern", "sparsity", "seed")
+
+
+def _cell_value(cell, key: str) -> str:
+    value = cell.label if key == "pruner" else getattr(cell.spec, key)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def select_cells(suite, only: list[str] | None):
+    """The suite restricted to the cells matching every ``KEY=V1,V2`` of ``only`` (a slice of a big
+    suite: same cells, same run ids, same suite name, so its rows count for the whole table)."""
+    from dataclasses import replace
+
+    from bench.errors import ConfigError
+
+    cells = suite.cells
+    for item in only or []:
+        key, _, values = item.partition("=")
+        if key not in SELECT_KEYS or not values:
+            raise ConfigError("--only", f"expected KEY=VALUE[,VALUE...] with KEY one of {', '.join(SELECT_KEYS)}, got {item!r}")
+        wanted = [v.strip() for v in values.split(",")]
+        present = sorted({_cell_value(c, key) for c in suite.cells})
+        unknown = [v for v in wanted if v not in present]
+        if unknown:
+            raise ConfigError("--only", f"{key} {', '.join(unknown)} is not in suite {suite.name}; allowed: {', '.join(present)}")
+        cells = [c for c in cells if _cell_value(c, key) in wanted]
+    return replace(suite, cells=cells) if only else suite
+
+
 # -- plan and status ---------------------------------------------------------------------------
 def plan_lines(suite) -> list[str]:
     """The cells of an expanded suite with their run ids and budgets, skipped cells, total budget."""
@@ -67,14 +97,14 @@ def status_lines(suite, store=None) -> list[str]:
 def cmd_plan(args) -> int:
     from bench.suite import load_and_expand
 
-    print("\n".join(plan_lines(load_and_expand(args.name))))
+    print("\n".join(plan_lines(select_cells(load_and_expand(args.name), args.only))))
     return 0
 
 
 def cmd_status(args) -> int:
     from bench.suite import load_and_expand
 
-    print("\n".join(status_lines(load_and_expand(args.name))))
+    print("\n".join(status_lines(select_cells(load_and_expand(args.name), args.only))))
     return 0
 
 
@@ -82,7 +112,7 @@ def cmd_run(args) -> int:
     from bench.suite import load_and_expand
     from bench.suite_run import run_suite
 
-    suite = load_and_expand(args.name)  # every cell validated before any training
+    suite = select_cells(load_and_expand(args.name), args.only)  # every cell validated before any training
     slurm = {"timeout_min": args.timeout_min, "slurm_partition": args.partition, "slurm_account": args.account,
              "gpus_per_node": args.gpus_per_node, "cpus_per_task": args.cpus_per_task}
     return run_suite(suite, workers=args.workers, launcher=args.launcher, nproc=args.nproc,
@@ -127,17 +157,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     suite = sub.add_parser("suite", help="leaderboard suites: plan, status, run")
     actions = suite.add_subparsers(dest="suite_command", required=True)
     name_help = "a suite in configs/suites (e.g. smoke, quick) or a path to a .yaml file"
+    only_help = (f"only the cells with KEY ({', '.join(SELECT_KEYS)}) in the listed values; repeatable, "
+                 "e.g. --only task=fmnist-resnet --only seed=0,1")
 
     plan = actions.add_parser("plan", help="list the cells, their run ids and the budget; runs nothing")
     plan.add_argument("name", help=name_help)
+    plan.add_argument("--only", action="append", metavar="KEY=V1[,V2]", help=only_help)
     plan.set_defaults(func=cmd_plan)
 
     status = actions.add_parser("status", help="one line per cell: run id, state, rows in the store")
     status.add_argument("name", help=name_help)
+    status.add_argument("--only", action="append", metavar="KEY=V1[,V2]", help=only_help)
     status.set_defaults(func=cmd_status)
 
     run = actions.add_parser("run", help="run every unfinished cell (resumable; finished cells are skipped)")
     run.add_argument("name", help=name_help)
+    run.add_argument("--only", action="append", metavar="KEY=V1[,V2]", help=only_help)
     run.add_argument("--workers", type=int, default=1, help="cells in parallel (local: processes sharing the CPU threads)")
     run.add_argument("--launcher", choices=("local", "torchrun", "slurm"), default="local")
     run.add_argument("--nproc", type=int, default=1, help="processes per run (DDP) with --launcher torchrun/slurm")

@@ -24,7 +24,7 @@ from bench.run import resolve
 from bench.sparsity import parse_pattern
 from bench.suite import (cell_states, expand, list_suites, load_and_expand, load_suite, running_info, store_counts,
                          write_marker)
-from bench.suite_cli import plan_lines
+from bench.suite_cli import plan_lines, select_cells
 
 TINY = {"tasks": ["fmnist-tiny"], "pruners": ["magnitude", "gmp"], "patterns": ["block:1x8"], "sparsities": [0.5],
         "seeds": [0], "budget": {"prune_epochs": 1, "finetune_epochs": 1}}
@@ -89,6 +89,20 @@ def test_cell_ids_are_resolve_ids_and_nm_implies_sparsity(tmp_path):
     assert {c.spec.sparsity for c in nm} == {0.75}
     assert len({c.run_id for c in suite.cells}) == len(suite.cells)
     assert {c.label for c in suite.cells} == {"smart", "smart-adaptive", "magnitude"}
+
+
+def test_only_selects_a_slice_with_the_same_run_ids(tmp_path):
+    spec = {**TINY, "pruners": ["smart", "magnitude", "gmp"], "sparsities": [0.5, 0.75], "seeds": [0, 1]}
+    suite = load_and_expand(write_suite(tmp_path, spec))
+    part = select_cells(suite, ["pruner=smart,gmp", "sparsity=0.75"])
+    assert sorted((c.label, c.spec.sparsity, c.spec.seed) for c in part.cells) == \
+        [("gmp", 0.75, 0), ("gmp", 0.75, 1), ("smart", 0.75, 0), ("smart", 0.75, 1)]
+    assert {c.run_id for c in part.cells} <= {c.run_id for c in suite.cells} and part.name == suite.name
+    assert len(select_cells(suite, ["seed=1"]).cells) == 3 * 2
+    with pytest.raises(ConfigError, match="seed 7 is not in suite t; allowed: 0, 1"):
+        select_cells(suite, ["seed=7"])
+    with pytest.raises(ConfigError, match="KEY one of task, pruner, pattern, sparsity, seed"):
+        select_cells(suite, ["colour=red"])
 
 
 def test_overlapping_blocks_keep_a_run_once(tmp_path):
