@@ -63,37 +63,51 @@ def _newton_step(z: Tensor, t: Tensor, k: Tensor, lo: Tensor, hi: Tensor):
 def _solve(z: Tensor, k: Tensor, tol: float, t0: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """Solve sum_j sigmoid(z_ij + t_i) = k_i for t (rows of z); returns (t float64, f, q) at the root.
 
-    Iterates only on the rows not yet converged, inside the always-valid bracket
-    [-max z - 30, -min z + 30]. A row is done when |g| <= max(tol, 8 eps) * max(1, k) (eps of
-    z's dtype), or (float32 z) when the next t rounds to the same float32 value as the current
-    one; its f and q from that last evaluation are kept, so a warm-started row costs one pass.
+    Safeguarded Newton inside the always-valid bracket [-max z - 30, -min z + 30]. A row is done
+    when |g| <= max(tol, 8 eps) * max(1, k) (eps of z's dtype), or (float32 z) when the next t
+    rounds to the same float32 value as the current one; its f and q from that last evaluation
+    are kept, so a warm-started row costs one pass. While at least a quarter of the rows is
+    active a pass covers every row (a gather of the active rows would cost more); then only the
+    active rows are gathered.
     """
+    rows = z.shape[0]
     lo = -z.amax(dim=1).to(torch.float64) - _BRACKET_MARGIN
     hi = -z.amin(dim=1).to(torch.float64) + _BRACKET_MARGIN
     t = (_initial_shift(z, k) if t0 is None else t0.to(torch.float64)).clamp(lo, hi)
     limit = max(tol, 8 * torch.finfo(z.dtype).eps) * k.clamp_min(1)
     coarse = z.dtype != torch.float64
+    done = torch.zeros(rows, dtype=torch.bool, device=z.device)
     f_out = q_out = None
-    active = torch.arange(z.shape[0], device=z.device)
     for _ in range(_MAX_ITER):
-        whole = active.numel() == z.shape[0]
-        sub = slice(None) if whole else active
+        active = None if 4 * int((~done).sum()) >= rows else (~done).nonzero().squeeze(1)
+        sub = slice(None) if active is None else active
         t_a = t[sub]
         f, q, g, t_next, lo[sub], hi[sub] = _newton_step(z[sub], t_a, k[sub], lo[sub], hi[sub])
-        done = g.abs() <= limit[sub]
+        now = g.abs() <= limit[sub]
         if coarse:
-            done |= t_next.to(z.dtype) == t_a.to(z.dtype)
-        t[sub] = torch.where(done, t_a, t_next)
-        if f_out is None and bool(done.all()) and whole:
-            return t, f, q
-        if f_out is None:
-            f_out, q_out = torch.empty_like(z), torch.empty_like(z)
-        f_out[active[done]], q_out[active[done]] = f[done], q[done]
-        active = active[~done]
-        if active.numel() == 0:
+            now |= t_next.to(z.dtype) == t_a.to(z.dtype)
+        if active is None:
+            now &= ~done  # rows done earlier keep their t, f and q
+            if f_out is None and bool(now.all()):
+                return t, f, q  # every row converged in this first full pass
+            if f_out is None:
+                f_out, q_out = f, q
+            else:
+                f_out, q_out = torch.where(now[:, None], f, f_out), torch.where(now[:, None], q, q_out)
+            t = torch.where(now | done, t, t_next)
+            done |= now
+        else:
+            rows_now = active[now]
+            f_out[rows_now], q_out[rows_now] = f[now], q[now]
+            t[active] = torch.where(now, t_a, t_next)
+            done[rows_now] = True
+        if bool(done.all()):
             return t, f_out, q_out
-    f = torch.sigmoid(z[active] + t[active, None].to(z.dtype))  # max_iter reached: evaluate at the last t
-    f_out[active], q_out[active] = f, f * (1 - f)
+    left = (~done).nonzero().squeeze(1)  # max_iter reached: evaluate at the last t
+    if f_out is None:
+        f_out, q_out = torch.empty_like(z), torch.empty_like(z)
+    f = torch.sigmoid(z[left] + t[left, None].to(z.dtype))
+    f_out[left], q_out[left] = f, f * (1 - f)
     return t, f_out, q_out
 
 

@@ -102,3 +102,16 @@ def test_warm_start_gives_the_same_root_in_fewer_passes(monkeypatch):
     assert warm_passes < len(passes)
     torch.testing.assert_close(warm, fresh, atol=1e-5, rtol=0)
     assert abs(warm.double().sum().item() - 30_000) < 0.5
+
+
+def test_many_rows_converge_to_their_own_roots():
+    # rows converging in different passes (full passes, then gathered ones) each keep the f of
+    # their own root: equal to solving that row alone
+    torch.manual_seed(6)
+    rows = torch.randn(4000, 4) * torch.logspace(-2, 2, 4000)[:, None]
+    out, threshold = soft_topk(rows, 2, 0.01, return_threshold=True)
+    for i in (0, 1, 1999, 3998, 3999):
+        torch.testing.assert_close(out[i], soft_topk(rows[i], 2, 0.01))
+    assert (out.double().sum(dim=1) - 2).abs().max() < 1e-4
+    warm = soft_topk(rows, 2, 0.01, threshold=threshold)
+    torch.testing.assert_close(warm, out)
