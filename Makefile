@@ -4,6 +4,8 @@ STAMP   := .venv/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
+# cells in parallel for `make bench` (each worker gets cores / workers CPU threads)
+BENCH_WORKERS ?= 2
 
 .PHONY: install bench test clean-results
 
@@ -23,7 +25,7 @@ $(STAMP): requirements.txt requirements-mm.txt pyproject.toml scripts/build_mmcv
 	touch $(STAMP)
 
 bench: install
-	.venv/bin/smartbench suite run quick
+	.venv/bin/smartbench suite run quick --workers $(BENCH_WORKERS)
 	.venv/bin/smartbench table quick --format md
 
 test: install
