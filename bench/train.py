@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bench.errors import ConfigError
 from bench.masks import Masker, calibrate
 from bench.pruner import Progress, Pruner
 from bench.tasks.base import Task
@@ -50,6 +51,16 @@ def make_optimizer(model: nn.Module, task: Task, lr: float, extra_groups: list[d
     return torch.optim.SGD(groups, lr=lr, momentum=b.momentum, weight_decay=b.weight_decay)
 
 
+def make_dense_optimizer(model: nn.Module, task: Task) -> torch.optim.Optimizer:
+    """The task's dense-training optimizer (Task.dense_optimizer), peak lr Budget.lr."""
+    if task.dense_optimizer == "SGD":
+        return make_optimizer(model, task, task.budget.lr, [])
+    if task.dense_optimizer != "AdamW":
+        raise ConfigError("dense_optimizer", f"{task.name}: unknown {task.dense_optimizer!r}; allowed: SGD, AdamW")
+    group = {"params": [p for p in model.parameters() if p.requires_grad], "base_lr": task.budget.lr}
+    return torch.optim.AdamW([group], lr=task.budget.lr, weight_decay=task.dense_weight_decay)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, step: int, total: int) -> None:
     for g in optimizer.param_groups:
         g["lr"] = cosine_lr(g["base_lr"], step, total)
@@ -63,7 +74,7 @@ def train_dense(task: Task, seed: int, path: Path, log: Callable[[str], None] = 
     model = task.build_model()
     b = task.budget
     total = b.dense_epochs * task.steps_per_epoch()
-    optimizer = make_optimizer(model, task, b.lr, [])
+    optimizer = make_dense_optimizer(model, task)
     step = 0
     model.train()
     for epoch in range(b.dense_epochs):

@@ -193,3 +193,15 @@ def test_sparse_24_outputs_match_masked_dense_fp16():
     pair = make_pair(linear, ["0"], torch.device("cuda"))
     x = torch.randn(256, 768, device="cuda", dtype=torch.float16)
     assert compare(pair, x, warmup=1, repeats=2)["rel_err"] <= 1e-2
+
+
+def test_dense_optimizer_is_adamw_and_part_of_the_identity():
+    from bench.train import make_dense_optimizer
+
+    task = get_task("fmnist-vit-tiny")
+    optimizer = make_dense_optimizer(task.build_model(), task)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.param_groups[0]["lr"] == task.budget.lr == 1e-3
+    assert optimizer.param_groups[0]["weight_decay"] == 0.05
+    assert task.identity()["dense_optimizer"] == {"type": "AdamW", "weight_decay": 0.05}
+    assert "dense_optimizer" not in get_task("fmnist-tiny").identity()  # SGD tasks keep their ids

@@ -41,13 +41,24 @@ class Task:
     include: list[str] | None = None  # prunable-layer name patterns (fnmatch), None = all
     exclude: list[str] | None = None
     keep_first_last: bool = True
+    # dense training from scratch: "SGD" (momentum and weight decay of the Budget) or "AdamW"
+    # (weight decay ``dense_weight_decay``), peak lr ``Budget.lr``, cosine. The pruning and
+    # fine-tuning stages always use SGD, the same for every pruner.
+    dense_optimizer: ClassVar[str] = "SGD"
+    dense_weight_decay: ClassVar[float] = 0.05
 
     def __init__(self, model: str | None = None):
         self.model_name = model or self.default_model
 
     def identity(self) -> dict[str, Any]:
-        """What defines the task's data, model and budget (part of the run identity)."""
-        return {"task": self.name, "model": self.model_name, "budget": self.budget.__dict__}
+        """What defines the task's data, model and budget (part of the run identity).
+
+        The dense optimizer enters only when it is not the default SGD, so the ids of SGD tasks
+        are those from before the field existed."""
+        identity = {"task": self.name, "model": self.model_name, "budget": self.budget.__dict__}
+        if self.dense_optimizer != "SGD":
+            identity["dense_optimizer"] = {"type": self.dense_optimizer, "weight_decay": self.dense_weight_decay}
+        return identity
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError

@@ -106,9 +106,6 @@ class MMTask(Task):
     image_size: ClassVar[tuple[int, int]] = (64, 64)  # (H, W) of example_input
     warmup_iters: ClassVar[int] = 100  # linear LR warm-up of dense training
     clip_grad: ClassVar[dict | None] = dict(max_norm=35, norm_type=2)  # dense training only
-    # dense-training optimizer ("SGD": momentum and weight decay from the Budget; "AdamW": dense_weight_decay)
-    dense_optimizer: ClassVar[str] = "SGD"
-    dense_weight_decay: ClassVar[float] = 0.05
 
     def __init__(self, model: str | None = None):
         super().__init__(model)
@@ -154,7 +151,7 @@ class MMTask(Task):
     def identity(self) -> dict[str, Any]:
         text = (CONFIG_DIR / self.config_name).read_bytes()
         config = {"file": self.config_name, "sha256": hashlib.sha256(text).hexdigest()[:16]}
-        dense = {"optimizer": self.dense_optimizer_cfg(), "warmup_iters": self.warmup_iters, "clip_grad": self.clip_grad}
+        dense = {"warmup_iters": self.warmup_iters, "clip_grad": self.clip_grad}  # the optimizer: Task.identity
         return {**super().identity(), "config": config, "data": self.data_identity(), "dense": dense}
 
     def build_model(self) -> nn.Module:

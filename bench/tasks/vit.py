@@ -58,7 +58,9 @@ class FmnistViT(FashionMNISTViT):
     name = "fmnist-vit"
     description = "timm ViT (width 96, depth 4, 3 heads, 7x7 patches) on a 10k Fashion-MNIST subset"
     arch = dict(embed_dim=96, depth=4, num_heads=3)
-    budget = Budget(dense_epochs=15, prune_epochs=2, finetune_epochs=2, batch_size=64, lr=0.05, prune_lr=0.01,
+    # dense: AdamW lr 1e-3, wd 0.05 -- 84.86 val top-1 vs 82.82 with SGD lr 0.05 (seed 0, 15 epochs, val split)
+    dense_optimizer = "AdamW"
+    budget = Budget(dense_epochs=15, prune_epochs=2, finetune_epochs=2, batch_size=64, lr=1e-3, prune_lr=0.01,
                     weight_decay=1e-4)
 
 
@@ -70,7 +72,8 @@ class FmnistViTTiny(FashionMNISTViT):
     train_size = 2_000
     val_size = 1_000
     test_size = 1_000
-    budget = Budget(dense_epochs=6, prune_epochs=2, finetune_epochs=1, batch_size=32, lr=0.05, prune_lr=0.01,
+    dense_optimizer = "AdamW"  # 68.4 val top-1 vs 65.2 with SGD lr 0.05 (seed 0, val split)
+    budget = Budget(dense_epochs=6, prune_epochs=2, finetune_epochs=1, batch_size=32, lr=1e-3, prune_lr=0.01,
                     weight_decay=1e-4)
 
 
@@ -109,7 +112,8 @@ class ImagenetDeiT(Task):
     holdout = 10_000
     workers = 8
     eval_batch = 256
-    budget = Budget(dense_epochs=300, prune_epochs=30, finetune_epochs=20, batch_size=256, lr=0.1, prune_lr=0.01,
+    dense_optimizer = "AdamW"  # DeiT: AdamW, lr 5e-4 x batch / 512, weight decay 0.05
+    budget = Budget(dense_epochs=300, prune_epochs=30, finetune_epochs=20, batch_size=256, lr=2.5e-4, prune_lr=0.01,
                     weight_decay=5e-5, calib_batches=8)
 
     def build_model(self) -> nn.Module:
