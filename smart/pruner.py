@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from bench.masks import PrunableLayer, input_norm_like_weight
 from bench.pruner import Progress, Pruner, PrunerConfig, check_choice, check_range, register_pruner
 from bench.select import keep_count
+from bench.sparsity import OutputChannel
 from smart.temperature import AdaptiveTau, exponential_tau
 from smart.topk import soft_topk
 
@@ -31,6 +32,7 @@ class SmartConfig(PrunerConfig):
     adaptive_gain: float = 2.0  # adaptive: extra decay while the mask is far from binary
     warmup_fraction: float = 0.1  # share of the pruning stage spent at tau0 (stage 1)
     init: str = "activation"  # activation: |W| * ||X|| (Wanda-like) | weight: |W| only
+    standardise: str = "auto"  # initial scores: global (one mean/std) | layer | auto: layer for channel, else global
     score_lr: float = 0.05  # SGD learning rate of the scores (own optimizer group, no decay)
     detach_t: bool = False  # treat the shift t as a constant in the backward pass
     ramp_steps: int = 1  # >1: lower k to the target in this many equal steps while annealing
@@ -43,16 +45,37 @@ class SmartConfig(PrunerConfig):
         check_range(self, "adaptive_gain", 0.0, 100.0)
         check_range(self, "warmup_fraction", 0.0, 1.0, high_open=True)
         check_choice(self, "init", ("activation", "weight"))
+        check_choice(self, "standardise", ("auto", "global", "layer"))
         check_range(self, "score_lr", 0.0, float("inf"), low_open=True)
         check_range(self, "ramp_steps", 1, 100)
 
 
-def initial_scores(layer: PrunableLayer, pattern, use_activations: bool) -> Tensor:
-    """log of the unit L2 norm of |W| * sqrt(E[x^2]), standardised over the layer."""
+def log_importance(layer: PrunableLayer, pattern, use_activations: bool) -> Tensor:
+    """log of the unit L2 norm of |W| * sqrt(E[x^2]) (or of |W| alone)."""
     weight = layer.weight.detach().float()
     importance = weight.abs() * (input_norm_like_weight(layer) if use_activations else 1.0)
-    score = torch.log(pattern.units(importance).norm(dim=-1) + 1e-12)
-    return (score - score.mean()) / score.std().clamp_min(1e-8) if score.numel() > 1 else score * 0
+    return torch.log(pattern.units(importance).norm(dim=-1) + 1e-12)
+
+
+def standardised(score: Tensor, reference: Tensor) -> Tensor:
+    """(score - mean) / std of ``reference`` (0 when the reference has a single entry)."""
+    if reference.numel() < 2:
+        return score * 0
+    return (score - reference.mean()) / reference.std().clamp_min(1e-8)
+
+
+def initial_scores(layers: list[PrunableLayer], pattern, use_activations: bool, scope: str) -> list[Tensor]:
+    """Initial unit scores of every layer: log importance, standardised per layer or over all layers.
+
+    ``layer`` gives every layer the same score distribution, so a global top-k on the initial
+    scores keeps about the same fraction of every layer; ``global`` keeps the cross-layer order
+    of the importances, so the global top-k starts from an activation-aware global ranking.
+    """
+    raw = [log_importance(layer, pattern, use_activations) for layer in layers]
+    if scope == "layer":
+        return [standardised(score, score) for score in raw]
+    everything = torch.cat([score.reshape(-1) for score in raw])
+    return [standardised(score, everything) for score in raw]
 
 
 @register_pruner("smart")
@@ -72,9 +95,11 @@ class SmartPruner(Pruner):
     def attach(self, layers: list[PrunableLayer]) -> None:
         super().attach(layers)
         use_act = self.config.init == "activation"
-        for layer in layers:
-            device = layer.weight.device
-            self.scores[_key(layer.name)] = nn.Parameter(initial_scores(layer, self.pattern, use_act).to(device))
+        standardise = self.config.standardise
+        if standardise == "auto":  # a BatchNorm after each conv makes its channel norms incomparable across layers
+            standardise = "layer" if isinstance(self.pattern, OutputChannel) else "global"
+        for layer, score in zip(layers, initial_scores(layers, self.pattern, use_act, standardise)):
+            self.scores[_key(layer.name)] = nn.Parameter(score.to(layer.weight.device))
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.scores.values())
