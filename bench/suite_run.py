@@ -17,6 +17,7 @@ Slurm launches in two waves (first cell of every (task, seed), then the rest).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import multiprocessing
 import os
@@ -54,6 +55,28 @@ def payload_for(cell: Cell, suite: Suite, wandb_project: str | None, threads: in
 
 
 # -- one cell ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def output_into(log_file):
+    """Point this process's stdout and stderr (file descriptors 1 and 2, so C code, pycocotools'
+    prints and logging handlers bound to ``sys.stdout`` follow) at ``log_file``; restore after."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        os.dup2(log_file.fileno(), 1)
+        os.dup2(log_file.fileno(), 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
 def execute_dense_once(run, **kwargs) -> dict[str, Any]:
     """``execute`` such that only one process trains the dense model of (task, seed)."""
     dense = dense_checkpoint_path(run.task, run.spec.seed)
@@ -72,7 +95,9 @@ def execute_dense_once(run, **kwargs) -> dict[str, Any]:
 
 def run_cell(payload: dict[str, Any], echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run one cell in this process; markers + log file; returns an outcome dict (never raises
-    for a failing run: the error goes to ``<run_id>.failed``)."""
+    for a failing run: the error goes to ``<run_id>.failed``). Without ``echo`` (a worker process,
+    a Slurm job, a torchrun rank) everything the run prints goes to the cell's log file, so the
+    suite's console shows only its progress and one line per cell."""
     if payload.get("runs_dir"):
         os.environ["SMARTBENCH_RUNS"] = payload["runs_dir"]
     if payload.get("threads"):
@@ -83,7 +108,8 @@ def run_cell(payload: dict[str, Any], echo: Callable[[str], None] | None = None)
     write_marker(suite, run_id, "running", running_info())
     clear_marker(suite, run_id, "failed")
     started = time.perf_counter()
-    with open(cell_log_path(suite, run_id), "a", encoding="utf-8") as log_file:
+    with open(cell_log_path(suite, run_id), "a", encoding="utf-8") as log_file, \
+            (output_into(log_file) if echo is None else contextlib.nullcontext()):
         def log(message: str) -> None:
             log_file.write(message + "\n")
             log_file.flush()

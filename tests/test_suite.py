@@ -209,6 +209,37 @@ def test_dense_model_trained_once_by_parallel_workers(tmp_path, monkeypatch):
     assert len(seen) == 4 and seen.count(False) == 1  # exactly one worker found the dense model missing
 
 
+WORKER_CHILD = """
+import os, sys
+from types import SimpleNamespace
+from bench import suite_run
+
+def noisy_execute(run, **kwargs):
+    print("pycocotools-style summary")
+    os.write(2, b"C-level stderr line\\n")
+    kwargs["log"]("epoch line")
+    return {"metric": 1.5, "dense_metric": 2.0, "metric_name": "top1"}
+
+suite_run.RunSpec = dict
+suite_run.resolve = lambda spec: SimpleNamespace(run_id="abc123")
+suite_run.execute_dense_once = noisy_execute
+outcome = suite_run.run_cell({"spec": {}, "run_id": "abc123", "suite": "quiet", "threads": None,
+                              "runs_dir": sys.argv[1]})
+print("after the cell", outcome["ok"], outcome["metric"])
+"""
+
+
+def test_worker_cell_output_goes_to_its_log(runs_dir):
+    """A cell run without echo (a worker process) sends what the run prints -- Python prints,
+    C-level writes to fd 1/2 -- to the cell's log, not to the suite's console; fds are restored."""
+    done = subprocess.run([sys.executable, "-c", WORKER_CHILD, str(runs_dir)], capture_output=True, text=True,
+                          cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "after the cell True 1.5\n" and done.stderr == ""
+    log = (runs_dir / "suites" / "quiet" / "logs" / "abc123.log").read_text()
+    assert "pycocotools-style summary" in log and "C-level stderr line" in log and "epoch line" in log
+
+
 # -- end to end -----------------------------------------------------------------------------------
 def child_env(runs: Path) -> dict[str, str]:
     return {**os.environ, "SMARTBENCH_RUNS": str(runs), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",

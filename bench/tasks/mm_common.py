@@ -24,6 +24,7 @@ import copy
 import hashlib
 import importlib
 import importlib.util
+import multiprocessing
 import numbers
 import shutil
 import sys
@@ -224,6 +225,10 @@ class MMTask(Task):
                seed: int, hooks: list, resume: bool, checkpoints: bool, name: str):
         from mmengine.runner import Runner
 
+        # keep the process's multiprocessing start method (mmengine would force "fork", with a warning,
+        # inside the suite's spawned workers); dist_cfg is mmengine's default
+        start_method = multiprocessing.get_start_method(allow_none=True) or "fork"
+        env_cfg = dict(mp_cfg=dict(mp_start_method=start_method), dist_cfg=dict(backend="nccl"))
         default_hooks = dict(logger=dict(type="LoggerHook", interval=50),
                              checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=1) if checkpoints else None)
         return Runner(
@@ -232,7 +237,7 @@ class MMTask(Task):
             train_cfg=dict(by_epoch=True, max_epochs=epochs, val_interval=epochs + 1),
             optim_wrapper=optim_wrapper, param_scheduler=param_scheduler,
             default_hooks=default_hooks, custom_hooks=hooks, randomness=dict(seed=seed),
-            default_scope=self.scope, log_level="ERROR", resume=resume,
+            default_scope=self.scope, log_level="ERROR", resume=resume, env_cfg=env_cfg,
         )
 
     def dense_optimizer_cfg(self) -> dict:

@@ -18,6 +18,7 @@ head (used only by the training loss) is not pruned. No mm* import at module lev
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,11 @@ from bench.tasks.mm_common import MMTask, layout_fingerprint, require_path
 
 SCENES_CLASSES = ("background", *CLASS_NAMES)
 SCENES_PALETTE = [[0, 0, 0]] + [[(37 * i) % 256, (91 * i) % 256, (53 * i + 128) % 256] for i in range(1, 11)]
+
+# mmseg 1.2.2 warns about its own internals on every model build (its heads call its deprecated
+# ``build_loss``; CrossEntropyLoss's ``avg_non_ignore`` default); neither concerns our configs.
+warnings.filterwarnings("ignore", message=r"``build_loss`` would be deprecated", category=UserWarning)
+warnings.filterwarnings("ignore", message=r"Default ``avg_non_ignore`` is False", category=UserWarning)
 
 # Cityscapes label id -> train id (the 19 evaluated classes; every other id is ignored).
 CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
