@@ -11,7 +11,8 @@ Fashion-MNIST tasks (1x28x28, 7x7 patches -> 16 tokens + class token) reuse the 
 ``vit_tiny_patch16_224`` with the shape in ``arch`` (embedding width a multiple of 16, so N:M
 with M in {4, 8, 16} tiles every covered layer and the 2:4 kernels accept every weight);
 ``--model timm:NAME`` swaps in another timm ViT, built with ``img_size=28, patch_size=7`` and
-its own width/depth. Trained from scratch with the project's SGD + cosine trainer.
+its own width/depth. Trained from scratch by the project's trainer (cosine schedule): the dense
+stage with AdamW (``dense_optimizer``), the pruning stages with SGD like every other task.
 
 ``imagenet-deit``: DeiT-Tiny (``--model timm:deit_small_patch16_224`` for DeiT-Small) on a
 user's ImageNet copy found through ``$SMARTBENCH_IMAGENET`` (layout checked by
