@@ -153,12 +153,15 @@ def _planned_seeds(suite, frame: pd.DataFrame) -> dict[tuple, int]:
 
 
 def _dense_rows(frame: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
-    """The dense model of each (task, seed) once, repeated under every column of the task."""
+    """The dense model of each (task, seed) once, repeated under every column of the task; its
+    expected n is the most seeds planned for any cell of the task (so it too shows ``(n=k)``)."""
     per_seed = frame.drop_duplicates(["task", "seed"]).groupby("task", sort=False)["dense_metric"]
     dense = per_seed.agg(["mean", "std", "count"])
+    planned = stats.groupby("task", sort=False)["expected_n"].max()
     columns = stats[["task", "pattern", "sparsity", "metric_name"]].drop_duplicates(["task", "pattern", "sparsity"])
     rows = [{"label": "dense", **col, "mean": dense.loc[col["task"], "mean"], "std": dense.loc[col["task"], "std"],
-             "n": int(dense.loc[col["task"], "count"]), "expected_n": int(dense.loc[col["task"], "count"]),
+             "n": int(dense.loc[col["task"], "count"]),
+             "expected_n": max(int(dense.loc[col["task"], "count"]), int(planned[col["task"]])),
              "achieved_sparsity": 0.0, "best": False, "separated": False, "p_value": math.nan}
             for col in columns.to_dict("records")]
     return pd.DataFrame(rows, columns=stats.columns)
