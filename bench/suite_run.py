@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import multiprocessing
 import os
+import sys
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -59,8 +60,6 @@ def payload_for(cell: Cell, suite: Suite, wandb_project: str | None, threads: in
 def output_into(log_file):
     """Point this process's stdout and stderr (file descriptors 1 and 2, so C code, pycocotools'
     prints and logging handlers bound to ``sys.stdout`` follow) at ``log_file``; restore after."""
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
