@@ -120,6 +120,17 @@ def test_merged_configs_are_offline_and_sized():
     assert seg.model.data_preprocessor.size == (64, 64)
 
 
+def test_scenes_seg_model_is_the_half_width_fcn():
+    task = tasks_base.get_task("scenes-seg-tiny")
+    model = task.build_model()
+    assert task.model_name == "fcn_r18-d8-half"
+    assert model.backbone.layer4[-1].conv2.out_channels == 256  # 512 at full width
+    assert 3.0e6 < sum(p.numel() for p in model.parameters()) < 3.5e6
+    with torch.no_grad():
+        logits = model(**task.example_input())
+    assert logits.shape == (2, 11, 8, 8)  # output stride 8 on 64x64 images
+
+
 @pytest.mark.parametrize("task_name", ["scenes-det-tiny", "scenes-seg-tiny"])
 def test_default_prunable_layers(task_name):
     task = tasks_base.get_task(task_name)

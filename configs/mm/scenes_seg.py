@@ -1,5 +1,7 @@
 # FMNIST-Scenes semantic segmentation (bench/data/scenes.py writes seg/img_dir + seg/ann_dir):
-# mmseg's FCN R18-D8, 64x64 images, 11 classes (0 = background, 1..10 = Fashion-MNIST classes).
+# mmseg's FCN R18-D8 at half width, 64x64 images, 11 classes (0 = background, 1..10 = Fashion-MNIST
+# classes). Half width (stem/base 32 channels, heads 64/32): 3.2x faster training steps on the CPU
+# (0.44 s vs 1.40 s per batch of 16 at 1 thread, fwd+bwd), 3.2M instead of 12.8M parameters.
 # Merged onto the package config named by `base` (bench/tasks/mm_common.py: load_config); data_root,
 # class names and the batch size are set by the task at run time. See docs/mm.md for every change.
 base = "mmseg::fcn/fcn_r18-d8_4xb2-80k_cityscapes-512x1024.py"
@@ -8,9 +10,9 @@ norm_cfg = dict(type="BN", requires_grad=True)  # SyncBN -> BN (one process, CPU
 model = dict(
     pretrained=None,  # no ImageNet weights: nothing downloads, trained from scratch
     data_preprocessor=dict(size=(64, 64)),
-    backbone=dict(norm_cfg=norm_cfg, init_cfg=None),
-    decode_head=dict(norm_cfg=norm_cfg, num_classes=11),
-    auxiliary_head=dict(norm_cfg=norm_cfg, num_classes=11),
+    backbone=dict(norm_cfg=norm_cfg, init_cfg=None, stem_channels=32, base_channels=32),
+    decode_head=dict(norm_cfg=norm_cfg, num_classes=11, in_channels=256, channels=64),
+    auxiliary_head=dict(norm_cfg=norm_cfg, num_classes=11, in_channels=128, channels=32),
 )
 
 train_pipeline = [
