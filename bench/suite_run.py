@@ -140,12 +140,17 @@ def _init_worker(threads: int) -> None:
 
 # -- ordering and progress ---------------------------------------------------------------------
 def first_wave(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
-    """(first cell of every dense (task, seed), the rest), both in suite order."""
-    seen, first, rest = set(), [], []
+    """(first cell of every dense (task, seed) in suite order, the rest grouped by dense model).
+
+    The rest is ordered by the rank of its dense model in the first wave (suite order within a
+    group): the dense models that start training first are ready first, so a free worker takes a
+    cell whose dense model is ready instead of waiting on the lock of one still in training."""
+    rank: dict[str, int] = {}
+    first, rest = [], []
     for cell in cells:
-        (rest if cell.dense_key in seen else first).append(cell)
-        seen.add(cell.dense_key)
-    return first, rest
+        (rest if cell.dense_key in rank else first).append(cell)
+        rank.setdefault(cell.dense_key, len(rank))
+    return first, sorted(rest, key=lambda cell: rank[cell.dense_key])
 
 
 class Reporter:

@@ -105,6 +105,15 @@ def test_only_selects_a_slice_with_the_same_run_ids(tmp_path):
         select_cells(suite, ["colour=red"])
 
 
+def test_first_wave_then_cells_grouped_by_dense_model(tmp_path):
+    spec = {**TINY, "pruners": ["smart", "magnitude", "gmp"], "seeds": [0, 1, 2]}
+    first, rest = suite_run.first_wave(load_and_expand(write_suite(tmp_path, spec)).cells)
+    assert [(c.label, c.spec.seed) for c in first] == [("smart", 0), ("smart", 1), ("smart", 2)]
+    # seed 2's dense model starts last: its cells come last, so no free worker waits on its lock
+    assert [(c.label, c.spec.seed) for c in rest] == [("magnitude", 0), ("gmp", 0), ("magnitude", 1), ("gmp", 1),
+                                                      ("magnitude", 2), ("gmp", 2)]
+
+
 def test_overlapping_blocks_keep_a_run_once(tmp_path):
     spec = {**TINY, "pruners": ["magnitude"], "cells": [{"sparsities": [0.5, 0.75]}, {"sparsities": [0.5]}]}
     assert [c.spec.sparsity for c in load_and_expand(write_suite(tmp_path, spec)).cells] == [0.5, 0.75]
