@@ -107,7 +107,9 @@ class ScenesSegTiny(ScenesSegmentation):
     name = "scenes-seg-tiny"
     description = "mmseg FCN R18-D8 (half width) on 1k 64x64 FMNIST-Scenes (mIoU, 11 classes)"
     spec = ScenesSpec(n_train=1000, n_val=200, n_test=300, size=64, seed=0)
-    budget = Budget(dense_epochs=12, prune_epochs=1, finetune_epochs=1, batch_size=16, lr=0.002, prune_lr=0.005)
+    # dense AdamW lr chosen on the val split (seed 0, 12 epochs, half-width model): 2e-3 -> 14.23 mIoU
+    # (close to all-background, 7.6), 5e-3 -> 30.03, 1e-2 -> 34.58
+    budget = Budget(dense_epochs=12, prune_epochs=1, finetune_epochs=1, batch_size=16, lr=0.01, prune_lr=0.005)
 
 
 @register_task
