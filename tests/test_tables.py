@@ -148,8 +148,8 @@ def test_markdown_cells(store):
     assert "‡ magnitude on fmnist-resnet channel 0.5: achieved sparsity 0.4713 (target 0.5)." in md
     assert "Welch's t-test" in md
     seed0 = [r for r in rows_from_store(suite, store).to_dict("records") if r["seed"] == 0]
-    dense_line = build_table(pd.DataFrame(seed0), suite).render("md").splitlines()
-    assert any(line.startswith("| dense") and "90.00 (n=1)" in line for line in dense_line)  # 3 seeds planned
+    lines = build_table(pd.DataFrame(seed0), suite).render("md").splitlines()
+    assert any(line.startswith("| dense") and "90.00 (n=1)" in line for line in lines)  # 3 seeds planned
 
 
 def test_latex_structure(store, tmp_path):
