@@ -62,17 +62,39 @@ class PrunerConfig:
 
 
 def _coerce(raw: Any, hint: Any, field: str) -> Any:
-    if not isinstance(raw, str):
-        return raw
+    """``raw`` as a value of the declared type ``hint``, whatever its spelling.
+
+    CLI overrides arrive as strings (``--opt tau0=2``), suite YAML values as YAML scalars
+    (``tau0: 2`` is an int): both become the same ``float`` here, so the canonical config, and
+    with it the run id, does not depend on how a value was typed."""
+    name = getattr(hint, "__name__", str(hint))
     try:
+        if isinstance(raw, str):
+            if hint is bool:
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                return raw.lower() in ("true", "1")
+            if hint is int:
+                return int(raw)
+            if hint is float:
+                return float(raw)
+            return raw
         if hint is bool:
-            if raw.lower() not in ("true", "false", "1", "0"):
+            if not isinstance(raw, bool):
                 raise ValueError
-            return raw.lower() in ("true", "1")
-        if hint in (int, float):
-            return hint(raw)
-    except ValueError:
-        raise ConfigError(field, f"expected {hint.__name__}, got {raw!r}") from None
+            return raw
+        if hint is int:
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw != int(raw):
+                raise ValueError
+            return int(raw)
+        if hint is float:
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+                raise ValueError
+            return float(raw)
+        if hint is str:
+            raise ValueError
+    except (ValueError, OverflowError):
+        raise ConfigError(field, f"expected {name}, got {raw!r}") from None
     return raw
 
 

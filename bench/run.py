@@ -61,6 +61,23 @@ def short_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
+def run_identity(task_identity: dict[str, Any], pruner_name: str, pruner: Pruner, seed: int) -> tuple[dict[str, Any], str]:
+    """The one place a run id is computed: (canonical spec, its 12-hex-digit hash).
+
+    ``pruner.config`` holds values already canonicalised by their declared type
+    (``PrunerConfig.from_dict``), so YAML and CLI spellings of one config give one id."""
+    canonical = {
+        "version": SPEC_VERSION,
+        "task": task_identity,
+        "pruner": pruner_name,
+        "pruner_config": pruner.config.to_dict(),
+        "pattern": str(pruner.pattern),
+        "sparsity": round(pruner.sparsity, 10),
+        "seed": seed,
+    }
+    return canonical, short_hash(canonical)
+
+
 def resolve(spec: RunSpec) -> ResolvedRun:
     """Validate everything that can be validated before training; raises ConfigError."""
     task = get_task(spec.task, spec.model)
@@ -84,16 +101,8 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     model = task.build_model()  # also checks the pattern against every prunable layer
     for name in find_prunable(model, task.include, task.exclude, task.keep_first_last):
         pattern.check(dict(model.named_modules())[name].weight.shape, name)
-    canonical = {
-        "version": SPEC_VERSION,
-        "task": task.identity(),
-        "pruner": spec.pruner,
-        "pruner_config": pruner.config.to_dict(),
-        "pattern": str(pattern),
-        "sparsity": round(sparsity, 10),
-        "seed": spec.seed,
-    }
-    return ResolvedRun(spec, task, pruner, sparsity, canonical, short_hash(canonical))
+    canonical, run_id = run_identity(task.identity(), spec.pruner, pruner, spec.seed)
+    return ResolvedRun(spec, task, pruner, sparsity, canonical, run_id)
 
 
 def dense_checkpoint_path(task: Task, seed: int) -> Path:

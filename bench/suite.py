@@ -42,7 +42,7 @@ import yaml
 
 from bench.errors import ConfigError, DataError, SmartbenchError
 from bench.record import REPO_ROOT, ResultStore, runs_dir
-from bench.run import BUDGET_FIELDS, RunSpec, dense_checkpoint_path, resolve, short_hash
+from bench.run import BUDGET_FIELDS, RunSpec, dense_checkpoint_path, resolve, run_identity, short_hash
 from bench.sparsity import parse_pattern, resolve_sparsity
 
 SUITES_DIR = REPO_ROOT / "configs" / "suites"
@@ -321,8 +321,7 @@ def _resolved_cell(spec: RunSpec, label: str, where: str, cache: dict, steps_cac
     except ConfigError as err:
         raise ConfigError(f"{where} ({spec.task} {label} {spec.pattern} {spec.sparsity:g}): {err.field}",
                           str(err)[len(err.field) + 2:]) from None
-    canonical = {**base.canonical, "pruner": spec.pruner, "pruner_config": pruner.config.to_dict(),
-                 "sparsity": round(spec.sparsity, 10), "seed": spec.seed}
+    _, run_id = run_identity(base.task.identity(), spec.pruner, pruner, spec.seed)
     task, b = base.task, base.task.budget
     identity = json.dumps({k: v for k, v in task.identity().items() if k != "budget"} | {"bs": b.batch_size},
                           sort_keys=True, default=str)
@@ -333,7 +332,7 @@ def _resolved_cell(spec: RunSpec, label: str, where: str, cache: dict, steps_cac
             steps_cache[identity] = None
     per_epoch = steps_cache[identity]
     epochs = b.prune_epochs + b.finetune_epochs
-    return Cell(spec, label, short_hash(canonical), epochs=epochs, steps=None if per_epoch is None else epochs * per_epoch,
+    return Cell(spec, label, run_id, epochs=epochs, steps=None if per_epoch is None else epochs * per_epoch,
                 dense_key=str(dense_checkpoint_path(task, spec.seed)), dense_epochs=b.dense_epochs,
                 dense_steps=None if per_epoch is None else b.dense_epochs * per_epoch)
 
