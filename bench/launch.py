@@ -21,6 +21,9 @@ trainer on its shard of every batch (DDP, gloo: the native trainer keeps models 
 * ranks > 0 use a private runs folder (``runs/ddp/<run_id>/rank<r>``, deleted at the end) and
   W&B disabled: only rank 0 writes the result row, the checkpoints and the W&B run.
 
+The suite's claim on a cell (``bench.suite.claim_cell``) is held by the process that starts
+torchrun (:func:`torchrun_cell`), for as long as torchrun runs; the ranks do not take it.
+
 The run id does not include the number of processes: a DDP run computes BatchNorm statistics
 per shard, so its numbers can differ slightly from a single-process run of the same cell.
 Tasks with their own training loop (mmengine) are not supported here yet.
@@ -47,7 +50,7 @@ from bench.errors import ConfigError
 from bench.record import REPO_ROOT, ResultStore, runs_dir
 from bench.run import RunSpec, dense_checkpoint_path, execute, resolve
 from bench.suite import clear_marker, running_info, write_marker
-from bench.suite_run import cell_log_path, run_cell
+from bench.suite_run import cell_log_path, claimed, run_cell
 from bench.train import train_dense
 
 
@@ -268,7 +271,16 @@ def child_env(threads: int | None = None) -> dict[str, str]:
 
 
 def torchrun_cell(payload: dict[str, Any], nproc: int) -> dict[str, Any]:
-    """Run one cell as ``torchrun --standalone --nproc_per_node N -m bench.launch``."""
+    """Run one cell as ``torchrun --standalone --nproc_per_node N -m bench.launch`` if this process
+    can claim it (``bench.suite_run.claimed``; it holds the claim while torchrun runs), else
+    return the skipped outcome."""
+    if payload.get("runs_dir"):
+        os.environ["SMARTBENCH_RUNS"] = payload["runs_dir"]
+    with claimed(payload) as skipped:
+        return skipped or _torchrun_claimed_cell(payload, nproc)
+
+
+def _torchrun_claimed_cell(payload: dict[str, Any], nproc: int) -> dict[str, Any]:
     import subprocess
 
     run_id, suite = payload["run_id"], payload["suite"]

@@ -24,10 +24,17 @@ Cell state lives in the result store (done) and in small marker files written at
 ``runs/suites/<suite>/state/`` (``<run_id>.running`` with pid + host, ``<run_id>.failed`` with
 the error). A ``.running`` marker whose process is gone on this host means the cell was
 interrupted: it counts as pending and resumes from its checkpoint.
+
+A cell is run only by the process that *claims* it (:func:`claim_cell`): a non-blocking exclusive
+``flock`` on ``state/<run_id>.lock``, held for the whole cell and released by the kernel when the
+process ends or dies, so two runners of one suite never run a cell twice and a crash never leaves
+a stale claim. The ``.running`` marker is written after the claim is taken (it says who holds it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -36,7 +43,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -360,6 +367,33 @@ def clear_marker(suite_name: str, run_id: str, kind: str) -> None:
 
 def running_info() -> dict[str, Any]:
     return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+@contextlib.contextmanager
+def claim_cell(suite_name: str, run_id: str) -> Iterator[bool]:
+    """Try to claim a cell for this process until the with-block ends: yields True if it holds the
+    claim, False if another process (or another open of the lock file in this one) holds it.
+
+    The claim is a non-blocking exclusive ``flock`` on ``runs/suites/<suite>/state/<run_id>.lock``.
+    The kernel drops it when the process ends or dies, so a crash never leaves a stale claim. The
+    empty lock file stays (removing it would let a later process lock a new file while another
+    still holds the old one). On a shared filesystem (Slurm) the filesystem must support flock."""
+    path = runs_dir() / "suites" / suite_name / "state" / f"{run_id}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held = False
+        else:
+            held = True
+        yield held  # closing the file releases the lock
+
+
+def claim_holder(suite_name: str, run_id: str) -> str:
+    """Who holds a cell's claim, from its ``.running`` marker ("pid 123 on host"), or "" if unknown."""
+    info = _read_json(runs_dir() / "suites" / suite_name / "state" / f"{run_id}.running")
+    return f"pid {info['pid']} on {info.get('host', '?')}" if "pid" in info else ""
 
 
 def _alive(info: dict[str, Any]) -> bool:

@@ -13,6 +13,15 @@ The dense model of a (task, seed) is trained once: cells are ordered so the firs
 (task, seed) comes first, and the process that finds the dense checkpoint missing holds an
 exclusive ``flock`` on ``runs/dense/<ckpt>.lock`` while it runs its cell; the others wait for it.
 Slurm launches in two waves (first cell of every (task, seed), then the rest).
+
+Several runners of one suite at once (two terminals, a Slurm array beside a local run) share the
+work: the process that runs a cell (worker, Slurm job, or the parent of a torchrun job) first
+claims it (:func:`claimed`, an ``flock`` on ``state/<run_id>.lock``, see bench.suite) and checks
+the store again. A cell claimed by another runner, or already in the store, is not run: its
+outcome has ``skipped`` set and the console shows ``skip   <run_id> ...: <reason>``.
+
+Console: a progress bar and one line per cell on a terminal; plain, unwrapped lines otherwise
+(``suite run ... | tee log`` keeps every line whole).
 """
 
 from __future__ import annotations
@@ -26,12 +35,13 @@ import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from bench.errors import ConfigError
 from bench.record import ResultStore, runs_dir
 from bench.run import RunSpec, dense_checkpoint_path, execute, resolve
-from bench.suite import Cell, Suite, cell_states, clear_marker, running_info, write_marker
+from bench.suite import (Cell, Suite, cell_states, claim_cell, claim_holder, clear_marker, running_info,
+                         write_marker)
 
 LAUNCHERS = ("local", "torchrun", "slurm")
 
@@ -92,17 +102,44 @@ def execute_dense_once(run, **kwargs) -> dict[str, Any]:
     return execute(run, **kwargs)
 
 
+@contextlib.contextmanager
+def claimed(payload: dict[str, Any]) -> Iterator[dict[str, Any] | None]:
+    """Claim the payload's cell for this process while the with-block runs (``claim_cell``).
+
+    Yields None when this process holds the claim and the store has no row for the cell: run it.
+    Otherwise yields the outcome of a skipped cell, ``{"run_id", "ok": True, "skipped": reason}``:
+    claimed by another runner (its markers are left alone), or done by another runner (the row
+    appeared after this runner planned its cells)."""
+    suite, run_id = payload["suite"], payload["run_id"]
+    with claim_cell(suite, run_id) as held:
+        if not held:
+            holder = claim_holder(suite, run_id)
+            reason = "claimed by another runner" + (f" ({holder})" if holder else "")
+            yield {"run_id": run_id, "ok": True, "skipped": reason}
+        elif ResultStore().get(run_id) is not None:
+            yield {"run_id": run_id, "ok": True, "skipped": "done by another runner"}
+        else:
+            yield None
+
+
 def run_cell(payload: dict[str, Any], echo: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run one cell in this process; markers + log file; returns an outcome dict (never raises
-    for a failing run: the error goes to ``<run_id>.failed``). Without ``echo`` (a worker process,
-    a Slurm job, a torchrun rank) everything the run prints goes to the cell's log file, so the
-    suite's console shows only its progress and one line per cell."""
+    """Run one cell in this process if it can claim it (:func:`claimed`; else the skipped outcome);
+    markers + log file; returns an outcome dict (never raises for a failing run: the error goes
+    to ``<run_id>.failed``). Without ``echo`` (a worker process, a Slurm job, a torchrun rank)
+    everything the run prints goes to the cell's log file, so the suite's console shows only its
+    progress and one line per cell."""
     if payload.get("runs_dir"):
         os.environ["SMARTBENCH_RUNS"] = payload["runs_dir"]
     if payload.get("threads"):
         import torch
 
         torch.set_num_threads(int(payload["threads"]))
+    with claimed(payload) as skipped:
+        return skipped or _run_claimed_cell(payload, echo)
+
+
+def _run_claimed_cell(payload: dict[str, Any], echo: Callable[[str], None] | None) -> dict[str, Any]:
+    """The body of :func:`run_cell`, run while this process holds the cell's claim."""
     suite, run_id = payload["suite"], payload["run_id"]
     write_marker(suite, run_id, "running", running_info())
     clear_marker(suite, run_id, "failed")
@@ -154,14 +191,16 @@ def first_wave(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
 
 
 class Reporter:
-    """rich progress bar + one line per finished cell (plain lines when disabled)."""
+    """rich progress bar + one line per finished cell. The bar only when enabled and stdout is a
+    terminal; otherwise plain ``print`` lines, never wrapped (``| tee log`` keeps each line whole)."""
 
     def __init__(self, total: int, enabled: bool = True, suite_name: str = ""):
         self.total, self.enabled, self.progress, self.suite_name = total, enabled, None, suite_name
         self.failed: list[str] = []
+        self.skipped: list[str] = []  # cells left to another runner
 
     def __enter__(self) -> "Reporter":
-        if self.enabled:
+        if self.enabled and sys.stdout.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.progress = Progress(TextColumn("[bold]suite"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -175,13 +214,16 @@ class Reporter:
 
     def log(self, message: str) -> None:
         if self.progress is not None:
-            self.progress.console.print(message, markup=False, highlight=False)
+            self.progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
         else:
             print(message, flush=True)
 
     def done(self, cell: Cell, outcome: dict[str, Any]) -> None:
         what = f"{cell.spec.task} {cell.label} {cell.spec.pattern} {cell.spec.sparsity:g} seed {cell.spec.seed}"
-        if outcome.get("ok"):
+        if outcome.get("skipped"):
+            self.skipped.append(cell.run_id)
+            self.log(f"skip   {cell.run_id} {what}: {outcome['skipped']}")
+        elif outcome.get("ok"):
             self.log(f"done   {cell.run_id} {what}: {outcome['metric_name']} {outcome['metric']:.2f} "
                      f"(dense {outcome['dense_metric']:.2f}) {outcome['wall_s']:.1f}s")
         else:
@@ -242,6 +284,8 @@ def run_suite(suite: Suite, workers: int = 1, launcher: str = "local", nproc: in
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_init_worker, initargs=(threads,))
             _pool(pool, first + rest, reporter, lambda p, c: p.submit(run_cell, payload_for(c, suite, project, threads)))
+        if reporter.skipped:
+            reporter.log(f"{len(reporter.skipped)} cell(s) skipped: claimed or done by another runner")
         if reporter.failed:
             reporter.log(f"{len(reporter.failed)} cell(s) failed: {', '.join(reporter.failed)}; logs under "
                          f"{runs_dir() / 'suites' / suite.name / 'logs'}; `suite run` retries them")
