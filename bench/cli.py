@@ -40,6 +40,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from bench.paths import RunPaths
     from bench.run import RunSpec, execute, resolve
 
     budget = {k: v for k, v in (("prune_epochs", args.prune_epochs), ("finetune_epochs", args.finetune_epochs)) if v is not None}
@@ -47,7 +48,7 @@ def cmd_run(args) -> int:
                    model=args.model, pruner_options=parse_options(args.opt), budget=budget)
     run = resolve(spec)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
-    row = execute(run, log=log, wandb_project=args.wandb_project)
+    row = execute(run, log=log, wandb_project=args.wandb_project, paths=RunPaths.from_env())
     if args.json:
         print(json.dumps(row, sort_keys=True))
     else:

@@ -30,19 +30,20 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from bench.artifacts import atomic_save, load_artifact
 from bench.errors import ConfigError, DataError
-from bench.record import ResultStore, runs_dir
+from bench.paths import RunPaths, paths_or_env
+from bench.record import ResultStore
 from bench.shrink import count_params, replay_shrink, shrink_channels
 from bench.tasks.base import Task, get_task
-from bench.train import atomic_save
 
 SAVED_FORMAT, EXPORT_FORMAT, VERSION = "smartbench-pruned", "smartbench-export", 1
 ROW_FIELDS = ("run_id", "task", "model", "pruner", "pattern", "target_sparsity", "seed", "metric_name", "metric",
               "val_metric", "dense_metric", "achieved_sparsity", "weight_sparsity", "pruner_config", "budget")
 
 
-def saved_model_path(run_id: str) -> Path:
-    return runs_dir() / "models" / f"{run_id}.pt"
+def saved_model_path(run_id: str, paths: RunPaths | None = None) -> Path:
+    return paths_or_env(paths).model(run_id)
 
 
 def _json_safe(meta: dict[str, Any]) -> dict[str, Any]:
@@ -68,14 +69,14 @@ def save_pruned(run_dir_or_path, model: nn.Module, hard_masks: dict[str, Tensor]
     return target
 
 
-def load_saved(run_id_or_path) -> dict[str, Any]:
+def load_saved(run_id_or_path, paths: RunPaths | None = None) -> dict[str, Any]:
     """The dict written by :func:`save_pruned` (by run id from the runs folder, or by path)."""
     path = Path(run_id_or_path)
     if path.suffix != ".pt":
-        path = saved_model_path(str(run_id_or_path))
+        path = saved_model_path(str(run_id_or_path), paths)
     if not path.exists():
         raise DataError(f"no saved pruned model at {path} (the run predates save_pruned, or ran elsewhere)")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = load_artifact(path, "saved pruned model")
     if payload.get("format") != SAVED_FORMAT:
         raise DataError(f"{path} is not a smartbench saved run (format {payload.get('format')!r})")
     return payload
@@ -96,10 +97,11 @@ def pruned_model(row: dict[str, Any], saved: dict[str, Any]) -> tuple[Task, nn.M
     return task, model.eval()
 
 
-def export_run(run_id: str, out, store: ResultStore | None = None) -> dict[str, Any]:
+def export_run(run_id: str, out, store: ResultStore | None = None, paths: RunPaths | None = None) -> dict[str, Any]:
     """Write the export file for a stored run; returns a short summary."""
-    row = find_row(run_id, store)
-    saved = load_saved(run_id)
+    paths = paths_or_env(paths)
+    row = find_row(run_id, store or ResultStore(paths.store))
+    saved = load_saved(run_id, paths)
     task, model = pruned_model(row, saved)
     history, dense_params = [], count_params(model)
     if row["pattern"] == "channel":
@@ -116,7 +118,7 @@ def export_run(run_id: str, out, store: ResultStore | None = None) -> dict[str, 
 
 def load_exported(path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild an exported model (see module docstring); returns (model in eval mode, payload meta)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = load_artifact(Path(path), "exported model")
     if payload.get("format") != EXPORT_FORMAT:
         raise DataError(f"{path} is not a smartbench export (format {payload.get('format')!r})")
     task = get_task(payload["task"], payload["model"])

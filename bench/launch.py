@@ -47,10 +47,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from bench.errors import ConfigError
-from bench.record import REPO_ROOT, ResultStore, runs_dir
+from bench.paths import RunPaths, paths_or_env
+from bench.record import REPO_ROOT, ResultStore
 from bench.run import RunSpec, dense_checkpoint_path, execute, resolve
 from bench.suite import clear_marker, running_info, write_marker
-from bench.suite_run import cell_log_path, claimed, run_cell
+from bench.suite_run import cell_log_path, claimed, payload_paths, run_cell
 from bench.train import train_dense
 
 
@@ -174,16 +175,16 @@ def _decide(value: Any) -> Any:
 
 def ddp_cell(payload: dict[str, Any]) -> int:
     """One cell under torchrun; returns the process exit code."""
-    real_runs = payload.get("runs_dir") or str(runs_dir())
-    os.environ["SMARTBENCH_RUNS"] = real_runs
+    real = payload_paths(payload)
     if payload.get("threads"):
         torch.set_num_threads(int(payload["threads"]))
     dist.init_process_group("gloo")  # the native trainer keeps models on the CPU
     rank, world = dist.get_rank(), dist.get_world_size()
     group = dist.new_group(backend="gloo")  # pruner collectives, apart from DDP's buckets
     suite, run_id = payload["suite"], payload["run_id"]
-    private = runs_dir() / "ddp" / run_id / f"rank{rank}"
-    log_file = open(cell_log_path(suite, run_id), "a", encoding="utf-8") if rank == 0 else None
+    private = real.root / "ddp" / run_id / f"rank{rank}"
+    paths = real if rank == 0 else RunPaths(private)  # ranks > 0: a private runs folder, no W&B
+    log_file = open(cell_log_path(suite, run_id, real), "a", encoding="utf-8") if rank == 0 else None
     dense_lock = None
 
     def log(message: str) -> None:
@@ -193,57 +194,56 @@ def ddp_cell(payload: dict[str, Any]) -> int:
 
     try:
         if rank == 0:
-            write_marker(suite, run_id, "running", running_info())
-            clear_marker(suite, run_id, "failed")
+            write_marker(suite, run_id, "running", running_info(), real)
+            clear_marker(suite, run_id, "failed", real)
         run = resolve(RunSpec(**payload["spec"]))
         if run.run_id != run_id:
             raise ConfigError("run_id", f"cell resolves to {run.run_id}, the suite planned {run_id}")
-        if hasattr(run.task, "execute"):
+        if run.task.loop != "native":
             raise ConfigError("--launcher", f"task '{run.task.name}' has its own training loop; torchrun supports "
                                             "native-loop tasks only")
-        if _decide(ResultStore().get(run_id) is not None):
+        if _decide(ResultStore(real.store).get(run_id) is not None):
             log("already in the store")
             return 0
         seed = run.spec.seed
-        dense_real = dense_checkpoint_path(run.task, seed)
-        ckpt_real = runs_dir() / "checkpoints" / f"{run_id}.pt"
+        dense_real = dense_checkpoint_path(run.task, seed, real)
+        ckpt_real = real.checkpoint(run_id)
         if rank == 0:  # one dense model per (task, seed), also against concurrent cells (see suite_run)
             dense_lock = open(_mkparent(dense_real).with_name(dense_real.name + ".lock"), "a")
             fcntl.flock(dense_lock, fcntl.LOCK_EX)
         have_dense, have_ckpt = _decide(dense_real.exists()), _decide(ckpt_real.exists())
         if rank > 0:
             shutil.rmtree(private, ignore_errors=True)
-            os.environ["SMARTBENCH_RUNS"] = str(private)
-            os.environ["WANDB_MODE"] = "disabled"
         task = DistributedTask(run.task, rank, world)
         if not have_dense:  # every rank trains the dense model together
-            train_dense(task, seed, dense_checkpoint_path(task, seed), log)
+            train_dense(task, seed, dense_checkpoint_path(task, seed, paths), log)
         dist.barrier()
         if dense_lock is not None:
             dense_lock.close()  # releases the flock
             dense_lock = None
         if rank > 0:  # rank 0's dense model (BatchNorm buffers included) and checkpoint everywhere
-            shutil.copyfile(dense_real, _mkparent(dense_checkpoint_path(task, seed)))
+            shutil.copyfile(dense_real, _mkparent(dense_checkpoint_path(task, seed, paths)))
             if have_ckpt:
-                shutil.copyfile(ckpt_real, _mkparent(runs_dir() / "checkpoints" / f"{run_id}.pt"))
+                shutil.copyfile(ckpt_real, _mkparent(paths.checkpoint(run_id)))
         dist.barrier()
         run.task, run.pruner = task, DistributedPruner(run.pruner, group)
-        row = execute(run, log=log, wandb_project=payload.get("wandb_project"), group=suite)
+        row = execute(run, log=log, wandb_project=payload.get("wandb_project"), group=suite, paths=paths,
+                      wandb=rank == 0)
         if rank == 0:
             report = {"run_id": run_id, "world_size": world, "ranks": run.pruner.digests, "metric": row["metric"]}
-            path = _mkparent(runs_dir() / "suites" / suite / "ddp" / f"{run_id}.json")
+            path = _mkparent(real.root / "suites" / suite / "ddp" / f"{run_id}.json")
             path.write_text(json.dumps(report, indent=1), encoding="utf-8")
             log(f"ranks agree on the final masks: {len({d['masks'] for d in report['ranks']}) == 1}")
-            clear_marker(suite, run_id, "running")
+            clear_marker(suite, run_id, "running", real)
         dist.barrier()
         if rank == 0:
-            shutil.rmtree(runs_dir() / "ddp" / run_id, ignore_errors=True)
+            shutil.rmtree(real.root / "ddp" / run_id, ignore_errors=True)
         return 0
     except Exception as err:
         if rank == 0:
             log(f"failed: {type(err).__name__}: {err}")
-            write_marker(suite, run_id, "failed", {**running_info(), "error": f"{type(err).__name__}: {err}"})
-            clear_marker(suite, run_id, "running")
+            write_marker(suite, run_id, "failed", {**running_info(), "error": f"{type(err).__name__}: {err}"}, real)
+            clear_marker(suite, run_id, "running", real)
         raise
     finally:
         if rank > 0:
@@ -261,10 +261,10 @@ def _mkparent(path):
 
 # -- launchers used by bench.suite_run ----------------------------------------------------------
 def child_env(threads: int | None = None) -> dict[str, str]:
-    """Environment for child interpreters: this checkout importable, runs folder and threads pinned."""
+    """Environment for child interpreters: this checkout importable, threads pinned (the runs
+    folder travels in the payload)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    env["SMARTBENCH_RUNS"] = str(runs_dir())
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
@@ -274,8 +274,6 @@ def torchrun_cell(payload: dict[str, Any], nproc: int) -> dict[str, Any]:
     """Run one cell as ``torchrun --standalone --nproc_per_node N -m bench.launch`` if this process
     can claim it (``bench.suite_run.claimed``; it holds the claim while torchrun runs), else
     return the skipped outcome."""
-    if payload.get("runs_dir"):
-        os.environ["SMARTBENCH_RUNS"] = payload["runs_dir"]
     with claimed(payload) as skipped:
         return skipped or _torchrun_claimed_cell(payload, nproc)
 
@@ -287,18 +285,19 @@ def _torchrun_claimed_cell(payload: dict[str, Any], nproc: int) -> dict[str, Any
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "bench.launch", "--payload", json.dumps(payload, sort_keys=True)]
     started = time.perf_counter()
-    log_path = cell_log_path(suite, run_id).with_suffix(".torchrun.log")
+    paths = payload_paths(payload)
+    log_path = cell_log_path(suite, run_id, paths).with_suffix(".torchrun.log")
     with open(log_path, "a", encoding="utf-8") as out:
         code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT),
                               env=child_env(payload.get("threads"))).returncode
-    row = ResultStore().get(run_id)
+    row = ResultStore(paths.store).get(run_id)
     wall = round(time.perf_counter() - started, 1)
     if code == 0 and row is not None:
         return {"run_id": run_id, "ok": True, "metric": row["metric"], "dense_metric": row["dense_metric"],
                 "metric_name": row["metric_name"], "wall_s": wall}
     error = f"torchrun exited with {code} (log: {log_path})"
-    write_marker(suite, run_id, "failed", {**running_info(), "error": error})
-    clear_marker(suite, run_id, "running")
+    write_marker(suite, run_id, "failed", {**running_info(), "error": error}, paths)
+    clear_marker(suite, run_id, "running", paths)
     return {"run_id": run_id, "ok": False, "error": error, "wall_s": wall}
 
 
@@ -322,11 +321,11 @@ def _importable_checkout():
 
 
 def submit_cells(suite, first, rest, payloads: dict[str, dict], reporter, nproc: int, cluster: str | None,
-                 params: dict[str, Any]) -> None:
+                 params: dict[str, Any], paths: RunPaths | None = None) -> None:
     """One submitit job per cell, in two waves (first cell of every dense (task, seed), then the rest)."""
     import submitit
 
-    folder = runs_dir() / "suites" / suite.name / "submitit"
+    folder = paths_or_env(paths).root / "suites" / suite.name / "submitit"
     try:
         executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     except (ValueError, RuntimeError) as err:

@@ -1,21 +1,20 @@
-"""Pruning inside mmengine's Runner: the same pruner object and hooks as ``bench.train.PruneTrainer``.
+"""Pruning inside mmengine's Runner: a thin hook around the shared stage driver.
 
-Pieces (all generic: they only use the ``bench.pruner.Pruner`` interface):
+The Runner is the loop; :class:`bench.stages.StageDriver` (the same object the native loop
+``bench.train.PruneTrainer`` calls) owns the stages, the masks and their checkpoint state.
 
-- :class:`PruningHook` (registered in mmengine's ``HOOKS``) drives the stages. Per iteration of
-  the pruning stage (``before_train_iter``): ``pruner.on_step(Progress("prune", ...))`` then
-  ``masker.set_masks(pruner.masks(), straight_through=...)`` before the forward. At the first
-  fine-tune epoch (``before_train_epoch``) ``pruner.finalize()`` gives the exact hard masks, which
-  stay installed for the rest of training. Pruner state, hard masks and the stage travel in
-  mmengine checkpoints (``before_save_checkpoint`` / ``after_load_checkpoint``).
+- :class:`PruningHook` (registered in mmengine's ``HOOKS``) forwards the Runner's call points to
+  the driver: ``before_train_epoch`` -> ``start_epoch`` (the first fine-tune epoch finalizes the
+  hard masks), ``before_train_iter`` -> ``before_forward`` (``pruner.on_step`` and the masks),
+  ``after_train_epoch`` -> the epoch's log line, and the driver's state travels in mmengine
+  checkpoints (``before_save_checkpoint`` / ``after_load_checkpoint``).
 - :class:`PenaltyOptimWrapper` (registered in ``OPTIM_WRAPPERS``) is the optimizer wrapper the
-  Runner steps: it adds ``pruner.penalty()`` to the model loss before the backward pass and calls
-  ``pruner.after_optimizer_step(optimizer)`` right after every ``optimizer.step()``.
-- :meth:`PruningHook.setup` runs calibration and ``pruner.attach`` and
-  :meth:`PruningHook.optim_wrapper` builds the SGD optimizer with the pruner's
-  ``param_groups()`` as their own groups. Both run *before* the Runner is built, because mmengine
-  builds its LR schedulers from the optimizer's groups before any hook runs; this way the
-  pruner's groups follow the same cosine schedule as the weights, as in the native loop.
+  Runner steps: it adds ``driver.penalty()`` to the model loss before the backward pass and calls
+  ``driver.after_optimizer_step(optimizer)`` right after every ``optimizer.step()``.
+- :meth:`PruningHook.optim_wrapper` builds the SGD optimizer with the pruner's
+  ``param_groups()`` as their own groups *before* the Runner is built, because mmengine builds
+  its LR schedulers from the optimizer's groups before any hook runs; this way the pruner's
+  groups follow the same cosine schedule as the weights, as in the native loop.
 
 Resuming uses torch's ``weights_only=True`` loader: :func:`allow_mmengine_checkpoints` allow-lists
 the few non-tensor classes mmengine writes into its checkpoints (``HistoryBuffer`` and numpy
@@ -24,6 +23,8 @@ scalars/arrays of its message hub).
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -34,8 +35,8 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import HOOKS, OPTIM_WRAPPERS
 from torch import Tensor, nn
 
-from bench.masks import Masker, calibrate
-from bench.pruner import Progress, Pruner
+from bench.artifacts import CorruptArtifact, load_artifact
+from bench.stages import StageDriver
 
 CHECKPOINT_KEY = "smartbench"
 
@@ -86,68 +87,44 @@ class PenaltyOptimWrapper(OptimWrapper):
 
 @HOOKS.register_module()
 class PruningHook(Hook):
-    """Runs the pruning stage (``prune_epochs``) then fine-tuning with frozen hard masks."""
+    """Calls the stage driver at the Runner's call points (pruning, then fine-tuning with hard masks)."""
 
     priority = "VERY_HIGH"  # masks must be in place before anything else looks at the model
 
-    def __init__(self, pruner: Pruner, masker: Masker, prune_epochs: int, finetune_epochs: int,
-                 log: Callable[[str], None] = print):
-        self.pruner, self.masker = pruner, masker
-        self.prune_epochs, self.finetune_epochs = prune_epochs, finetune_epochs
-        self.log = log
-        self.hard: dict[str, Tensor] | None = None
-        self.prune_steps = 0
-        self.pruning = True
+    def __init__(self, driver: StageDriver):
+        self.driver = driver
         self._last_loss: float = float("nan")
         allow_mmengine_checkpoints()
-
-    # -- set-up before the Runner exists --------------------------------------------------
-    def setup(self, calibration_batches, forward: Callable[[nn.Module, object], object]) -> None:
-        """Calibration statistics on the (dense) model, then ``pruner.attach``."""
-        calibrate(self.masker.model, self.masker.layers, calibration_batches, forward)
-        self.pruner.attach(self.masker.layers)
 
     def optim_wrapper(self, model: nn.Module, lr: float, momentum: float, weight_decay: float,
                       clip_grad: dict | None = None) -> PenaltyOptimWrapper:
         """SGD over the model's trainable parameters plus the pruner's own groups."""
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}] + self.pruner.param_groups()
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}] + self.driver.param_groups()
         optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
         wrapper = PenaltyOptimWrapper(optimizer, clip_grad=clip_grad)
-        wrapper.extra_loss = self._penalty
-        wrapper.after_step = self._after_optimizer_step
+        wrapper.extra_loss = self.driver.penalty
+        wrapper.after_step = self.driver.after_optimizer_step
         return wrapper
 
     # -- mmengine hooks ---------------------------------------------------------------------
     def before_train(self, runner) -> None:
-        self.prune_steps = self.prune_epochs * len(runner.train_dataloader)
+        self.driver.begin(len(runner.train_dataloader))
 
     def before_train_epoch(self, runner) -> None:
-        self.pruning = runner.epoch < self.prune_epochs
-        if not self.pruning and self.hard is None:
-            self._finalize()
+        self.driver.start_epoch(runner.epoch)
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
-        if not self.pruning:
-            return
-        self.pruner.on_step(Progress("prune", runner.iter, self.prune_steps, runner.epoch))
-        self.masker.set_masks(self.pruner.masks(), straight_through=self.pruner.straight_through)
+        self.driver.before_forward(runner.iter, runner.epoch)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if outputs and "loss" in outputs:
             self._last_loss = float(outputs["loss"].detach())
 
     def after_train_epoch(self, runner) -> None:
-        total = self.prune_epochs + self.finetune_epochs
-        extras = " ".join(f"{k} {v:.4g}" for k, v in self.pruner.log_values().items()) if self.pruning else "hard mask"
-        self.log(f"{'prune' if self.pruning else 'finetune'} epoch {runner.epoch + 1}/{total} "
-                 f"loss {self._last_loss:.4f} {extras}")
-
-    def after_train(self, runner) -> None:
-        if self.hard is None:  # no fine-tune epochs
-            self._finalize()
+        self.driver.log(self.driver.epoch_line(runner.epoch, self._last_loss))
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"pruner": self.pruner.state_dict(), "hard": self.hard}
+        checkpoint[CHECKPOINT_KEY] = self.driver.state_dict()
         scalars = checkpoint.get("message_hub", {}).get("log_scalars", {})
         for key, buffer in scalars.items():
             if isinstance(buffer, HistoryBuffer):
@@ -162,27 +139,23 @@ class PruningHook(Hook):
         state = checkpoint.get(CHECKPOINT_KEY)
         if state is None:
             return
-        self.pruner.load_state_dict(state["pruner"])
-        self.hard = state["hard"]
-        if self.hard is not None:
-            self.pruning = False
-            self.masker.set_masks({n: m.float() for n, m in self.hard.items()})
-        self.log(f"resumed after epoch {checkpoint['meta']['epoch']}")
+        self.driver.load_state_dict(state)
+        self.driver.log(f"resumed after epoch {checkpoint['meta']['epoch']}")
 
-    # -- called by PenaltyOptimWrapper ------------------------------------------------------
-    def _penalty(self) -> Tensor | float:
-        if not self.pruning:
-            return 0.0
-        return self.pruner.penalty()
 
-    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.pruning:
-            self.pruner.after_optimizer_step(optimizer)
-
-    def _finalize(self) -> None:
-        self.hard = {name: mask.bool() for name, mask in self.pruner.finalize().items()}
-        self.masker.set_masks({n: m.float() for n, m in self.hard.items()})
-        self.pruning = False
+def discard_unreadable_checkpoint(work_dir: Path, log: Callable[[str], None]) -> None:
+    """Before a resuming Runner starts: an unreadable last checkpoint is deleted with its work dir
+    (the run restarts from the dense model) instead of ending the run in a loader traceback."""
+    pointer = work_dir / "last_checkpoint"
+    if not pointer.exists():
+        return
+    path = Path(pointer.read_text().strip())
+    allow_mmengine_checkpoints()
+    try:
+        load_artifact(path, "resume checkpoint")
+    except (CorruptArtifact, FileNotFoundError) as err:
+        log(f"warning: {err}; deleted {work_dir}, restarting the pruning stages")
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 @HOOKS.register_module()

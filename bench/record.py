@@ -1,7 +1,7 @@
 """Result rows: provenance, the crash-safe local store, and W&B logging.
 
-The store is one JSON-lines file (default ``runs/results.jsonl``; ``SMARTBENCH_RUNS`` moves the
-whole runs folder). Appends take an exclusive ``flock``, skip a run_id already present, write one
+The store is one JSON-lines file (``RunPaths.store``: ``runs/results.jsonl`` by default;
+``SMARTBENCH_RUNS`` moves the whole runs folder). Appends take an exclusive ``flock``, skip a run_id already present, write one
 line and ``fsync`` it, so a crash leaves at most one torn final line, which readers ignore and
 the next append repairs. One row per finished run, never two.
 """
@@ -19,15 +19,14 @@ from typing import Any, Iterator
 
 import torch
 
+from bench.paths import RunPaths
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def runs_dir() -> Path:
-    return Path(os.environ.get("SMARTBENCH_RUNS", "runs")).resolve()
-
-
-def store_path() -> Path:
-    return runs_dir() / "results.jsonl"
+    """The runs folder of ``SMARTBENCH_RUNS`` (kept for callers of the old API; see bench.paths)."""
+    return RunPaths.from_env().root
 
 
 def _git(*args: str) -> str:
@@ -61,7 +60,7 @@ def provenance(dataset_hash: str) -> dict[str, Any]:
 
 class ResultStore:
     def __init__(self, path: Path | None = None):
-        self.path = Path(path) if path else store_path()
+        self.path = Path(path) if path else RunPaths.from_env().store
 
     def rows(self) -> Iterator[dict[str, Any]]:
         if not self.path.exists():
@@ -117,8 +116,10 @@ class ResultStore:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def log_wandb(row: dict[str, Any], spec: dict[str, Any], project: str | None = None, group: str | None = None) -> str | None:
-    """One W&B run per result row (offline unless WANDB_MODE says otherwise). Returns the run dir."""
+def log_wandb(row: dict[str, Any], spec: dict[str, Any], project: str | None = None, group: str | None = None,
+              directory: Path | None = None) -> str | None:
+    """One W&B run per result row (offline unless WANDB_MODE says otherwise), under ``directory``
+    (the runs folder). Returns the run dir."""
     if os.environ.get("WANDB_MODE") == "disabled":
         return None
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -127,7 +128,7 @@ def log_wandb(row: dict[str, Any], spec: dict[str, Any], project: str | None = N
 
     run = wandb.init(project=project or os.environ.get("SMARTBENCH_WANDB_PROJECT", "smartbench"), group=group,
                      name=f"{row['task']}/{row['pruner']}/{row['pattern']}/{row['target_sparsity']:g}/s{row['seed']}",
-                     id=row["run_id"], config=spec, dir=str(runs_dir()), reinit="finish_previous")
+                     id=row["run_id"], config=spec, dir=str(directory or RunPaths.from_env().root), reinit="finish_previous")
     summary = {k: v for k, v in row.items() if isinstance(v, (int, float, str, bool))}
     run.summary.update(summary)
     layers = row["audit"]["layers"]

@@ -1,8 +1,14 @@
-"""One run: spec -> validation -> dense checkpoint -> prune + finetune -> evaluation -> row.
+"""One run, for every task family: spec -> validation -> dense (cached) -> prune + fine-tune ->
+audit -> cost figures -> saved pruned model -> row -> store -> W&B.
 
-Run identity (OpenLTH-style): ``run_id`` = sha256 of the canonical JSON of the *resolved* spec
-(task identity with its budget, pruner name and full config with defaults, pattern, sparsity,
-seed), first 12 hex digits. Changing any default therefore changes the id.
+Run identity (OpenLTH-style, :func:`run_identity`): ``run_id`` = sha256 of the canonical JSON of
+the *resolved* spec (task identity with its budget, pruner name and full config with defaults,
+pattern, sparsity, seed), first 12 hex digits. Changing any default therefore changes the id.
+
+The pipeline (:func:`execute`) is the same for every task; only two steps come from the task:
+the loop that trains its dense model and runs the pruning stages (``Task.loop``: ``"native"``,
+``bench.train``; or ``"mmengine"``, the task's ``train_dense`` / ``train_stages`` with mmengine's
+Runner and ``bench.mm_hook.PruningHook``). Both loops call the same :class:`bench.stages.StageDriver`.
 """
 
 from __future__ import annotations
@@ -10,20 +16,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from bench.errors import ConfigError
 from bench.export import save_pruned
 from bench.masks import Masker, find_prunable
+from bench.paths import RunPaths, paths_or_env
 from bench.pruner import Pruner, build_pruner
-from bench.record import ResultStore, log_wandb, provenance, runs_dir
+from bench.record import ResultStore, log_wandb, provenance
 from bench.sparsity import parse_pattern, resolve_sparsity
 from bench.speed import cost_figures
+from bench.stages import StageDriver
 from bench.tasks.base import Task, get_task
 from bench.train import PruneTrainer, seed_everything, train_dense
 
@@ -105,26 +112,31 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     return ResolvedRun(spec, task, pruner, sparsity, canonical, run_id)
 
 
-def dense_checkpoint_path(task: Task, seed: int) -> Path:
+def dense_key(task: Task, seed: int) -> str:
+    """Identity of the dense model of (task, seed): the task without its pruning-stage budget."""
     identity = task.identity()
     identity["budget"] = {k: v for k, v in identity["budget"].items() if k not in ("prune_epochs", "finetune_epochs", "prune_lr")}
-    return runs_dir() / "dense" / f"{task.name}-{short_hash({'task': identity, 'seed': seed})}.pt"
+    return short_hash({"task": identity, "seed": seed})
+
+
+def dense_checkpoint_path(task: Task, seed: int, paths: RunPaths | None = None) -> Path:
+    return paths_or_env(paths).dense(task.name, dense_key(task, seed))
 
 
 def execute(run: ResolvedRun, log: Callable[[str], None] = print, wandb_project: str | None = None,
-            group: str | None = None, store: ResultStore | None = None) -> dict[str, Any]:
-    """Run (or resume) one resolved run, append its row to the store, log to W&B."""
-    store = store or ResultStore()
+            group: str | None = None, store: ResultStore | None = None, paths: RunPaths | None = None,
+            wandb: bool = True) -> dict[str, Any]:
+    """Run (or resume) one resolved run, append its row to the store, log to W&B (unless ``wandb``
+    is False: DDP ranks > 0). ``paths``: the runs folder (default: ``SMARTBENCH_RUNS``)."""
+    paths = paths_or_env(paths)
+    store = store or ResultStore(paths.store)
     existing = store.get(run.run_id)
     if existing is not None:
         log(f"run {run.run_id} already in the store")
         return existing
     task, spec = run.task, run.spec
     started = time.perf_counter()
-    if hasattr(task, "execute"):  # tasks with their own loop (mmengine)
-        result = task.execute(run, log)
-    else:
-        result = _execute_native(run, log)
+    result = prune_and_measure(run, paths, log)
     row = {
         "run_id": run.run_id,
         "task": task.name,
@@ -144,35 +156,53 @@ def execute(run: ResolvedRun, log: Callable[[str], None] = print, wandb_project:
     if group:
         row["suite"] = group
     store.append(row)
-    log_wandb(row, run.canonical, project=wandb_project, group=group)
+    if wandb:
+        log_wandb(row, run.canonical, project=wandb_project, group=group, directory=paths.root)
     return row
 
 
-def _execute_native(run: ResolvedRun, log) -> dict[str, Any]:
-    task, spec = run.task, run.spec
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    dense_state = train_dense(task, spec.seed, dense_checkpoint_path(task, spec.seed), log)
-    seed_everything(spec.seed)
-    model = task.build_model()
-    model.load_state_dict(dense_state)
-    dense_metric, dense_val = task.evaluate(model, "test"), task.evaluate(model, "val")
-    names = find_prunable(model, task.include, task.exclude, task.keep_first_last)
-    masker = Masker(model, names, run.pruner.pattern, task.example_input())
-    checkpoint = runs_dir() / "checkpoints" / f"{run.run_id}.pt"
-    prune_started = time.perf_counter()
-    hard = PruneTrainer(task, model, masker, run.pruner, spec.seed, checkpoint, log).run()
-    prune_wall = time.perf_counter() - prune_started
-    audit = masker.audit(hard)
-    val_metric, metric = task.evaluate(model, "val"), task.evaluate(model, "test")
-    masker.remove(fold=True)
-    costs = cost_figures(model, None, hard, task.example_input(), run.pruner.pattern)
-    save_pruned(runs_dir(), model, hard, {"run_id": run.run_id, "task": task.name, "model": task.model_name,
-                                          "pattern": run.canonical["pattern"], "sparsity": run.sparsity})
-    if checkpoint.exists():
-        checkpoint.unlink()
-    return {
-        "metric": metric, "val_metric": val_metric, "dense_metric": dense_metric, "dense_val_metric": dense_val,
+def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], None]) -> dict[str, Any]:
+    """Dense (cached) -> prune + fine-tune -> audit -> metrics -> cost figures -> saved model."""
+    task, spec, pruner = run.task, run.spec, run.pruner
+    b = task.budget
+    with task.quiet():
+        dense_path = dense_checkpoint_path(task, spec.seed, paths)
+        dense = task.train_dense(spec.seed, dense_path, log) if task.loop == "mmengine" else train_dense(task, spec.seed, dense_path, log)
+        seed_everything(spec.seed)
+        model = task.build_model()
+        task.load_dense(model, dense.state)
+        dense_test = dense.metrics["test"] if dense.metrics else task.evaluate_all(model, "test")
+        dense_val = dense.metrics["val"] if dense.metrics else task.evaluate_all(model, "val")
+        names = find_prunable(model, task.include, task.exclude, task.keep_first_last)
+        calibration = task.calibration_batches()
+        masker = Masker(model, names, pruner.pattern, task.masker_example(model, calibration))
+        driver = StageDriver(pruner, masker, b.prune_epochs, b.finetune_epochs, log)
+        started = time.perf_counter()
+        driver.setup(calibration, task.forward)
+        if task.loop == "mmengine":
+            work_dir = paths.mm_work(run.run_id)
+            hard = task.train_stages(model, driver, spec.seed, work_dir, log)
+        else:
+            work_dir = paths.checkpoint(run.run_id)
+            hard = PruneTrainer(task, model, driver, spec.seed, work_dir, log).run()
+        prune_wall = time.perf_counter() - started
+        audit = masker.audit(hard)
+        val, test = task.evaluate_all(model, "val"), task.evaluate_all(model, "test")
+        masker.remove(fold=True)
+        costs = cost_figures(model, None, hard, task.example_input(), pruner.pattern)
+        save_pruned(paths.model(run.run_id), model, hard, {"run_id": run.run_id, "task": task.name, "model": task.model_name,
+                                                           "pattern": run.canonical["pattern"], "sparsity": run.sparsity})
+    if work_dir.is_dir():
+        shutil.rmtree(work_dir, ignore_errors=True)
+    else:
+        work_dir.unlink(missing_ok=True)
+    result = {
+        "metric": task.metric_of(test), "val_metric": task.metric_of(val),
+        "dense_metric": task.metric_of(dense_test), "dense_val_metric": task.metric_of(dense_val),
         "achieved_sparsity": audit["achieved_sparsity"], "weight_sparsity": audit["weight_sparsity"],
         "pattern_valid": audit["pattern_valid"], "prune_wall_s": round(prune_wall, 2), "audit": audit,
-        "pruner_stats": run.pruner.log_values(), **costs,
+        "pruner_stats": pruner.log_values(), **costs,
     }
+    if task.reports_all_metrics:
+        result["mm_metrics"] = {"test": test, "val": val, "dense_test": dense_test, "dense_val": dense_val}
+    return result

@@ -122,8 +122,14 @@ def cost_figures(model: nn.Module, masker, hard_masks: dict[str, Tensor], exampl
 
 
 # -- latency ------------------------------------------------------------------------------
-def batch_input(example_input: Tensor, batch_size: int, seed: int = 0) -> Tensor:
-    """Seeded random input of ``batch_size`` samples shaped like one sample of the example."""
+def batch_input(example_input, batch_size: int, seed: int = 0):
+    """Seeded random input of ``batch_size`` samples shaped like one sample of the example.
+
+    A dict example (mm ``model(**x)`` keyword arguments) gets every batched tensor replaced so;
+    its other entries (``mode="tensor"``) are kept."""
+    if isinstance(example_input, dict):
+        return {k: batch_input(v, batch_size, seed) if isinstance(v, Tensor) and v.dim() > 0 else v
+                for k, v in example_input.items()}
     return random_like_input(example_input[:1].expand(batch_size, *example_input.shape[1:]).contiguous(), seed)
 
 
@@ -185,7 +191,7 @@ def latency(models: dict[str, nn.Module], make_input: Callable[[int], Any] | Ten
     per variant with a dict {variant: its reference} (others: the first model). The models
     are put in eval mode and moved to ``device``.
     """
-    if isinstance(make_input, Tensor):
+    if isinstance(make_input, (Tensor, dict)):
         example = make_input
         make_input = lambda bs: batch_input(example, bs)  # noqa: E731
     if repeats < 1 or warmup < 0:
@@ -278,8 +284,6 @@ def measure(row: dict[str, Any], model: nn.Module, example_input, hard_masks: di
     ``row``: the run's result row (uses ``run_id`` and ``pattern``). Returns :func:`latency`'s
     dict plus ``run_id``, ``pattern`` and ``skipped`` (variant -> reason).
     """
-    if make_input is None and not isinstance(example_input, Tensor):
-        raise ValueError("measure needs make_input(batch_size) for non-tensor example inputs")
     variants, skipped = build_variants(model, row["pattern"], hard_masks, example_input, device)
     references = {"sparse24": "masked_dense_fp16"} if "sparse24" in variants else None
     result = latency(variants, make_input or example_input, batch_sizes, warmup, repeats, threads, device,

@@ -20,19 +20,21 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 
 def cmd_speed(args) -> int:
     from bench.export import find_row, load_saved, pruned_model
-    from bench.record import runs_dir
+    from bench.paths import RunPaths
+    from bench.record import ResultStore
     from bench.speed import cost_figures, measure
 
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
         raise ConfigError("--threads/--repeats/--warmup", "need threads >= 1, repeats >= 1, warmup >= 0")
-    row = find_row(args.run_id)
-    saved = load_saved(args.run_id)
+    paths = RunPaths.from_env()
+    row = find_row(args.run_id, ResultStore(paths.store))
+    saved = load_saved(args.run_id, paths)
     task, model = pruned_model(row, saved)
     example = task.example_input()
     result = measure(row, model, example, saved["hard_masks"], batch_sizes=_batch_sizes(args.batch_sizes),
                      threads=args.threads, warmup=args.warmup, repeats=args.repeats, device=args.device)
     result["costs"] = cost_figures(model, None, saved["hard_masks"], example, row["pattern"])
-    out = Path(args.out) if args.out else runs_dir() / "speed" / f"{args.run_id}.json"
+    out = Path(args.out) if args.out else paths.speed(args.run_id)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, sort_keys=True))
     if args.json:
@@ -56,8 +58,9 @@ def cmd_speed(args) -> int:
 
 def cmd_export(args) -> int:
     from bench.export import export_run
+    from bench.paths import RunPaths
 
-    summary = export_run(args.run_id, args.out)
+    summary = export_run(args.run_id, args.out, paths=RunPaths.from_env())
     print(f"exported run {summary['run_id']} -> {summary['out']}: {summary['params']:,} parameters "
           f"(dense {summary['dense_params']:,}), {summary['shrunk_groups']} shrunk channel groups; "
           f"load with bench.export.load_exported(path)")

@@ -48,8 +48,9 @@ from typing import Any, Iterator
 import yaml
 
 from bench.errors import ConfigError, DataError, SmartbenchError
-from bench.record import REPO_ROOT, ResultStore, runs_dir
-from bench.run import BUDGET_FIELDS, RunSpec, dense_checkpoint_path, resolve, run_identity, short_hash
+from bench.paths import RunPaths, paths_or_env
+from bench.record import REPO_ROOT, ResultStore
+from bench.run import BUDGET_FIELDS, RunSpec, dense_key, resolve, run_identity, short_hash
 from bench.sparsity import parse_pattern, resolve_sparsity
 
 SUITES_DIR = REPO_ROOT / "configs" / "suites"
@@ -88,7 +89,7 @@ class Cell:
     registered: bool = True  # False: task not registered, run id from the spec alone
     epochs: int | None = None  # prune + finetune epochs
     steps: int | None = None  # prune + finetune optimizer steps
-    dense_key: str = ""  # dense checkpoint of (task, seed); shared by cells
+    dense_key: str = ""  # the dense model of (task, seed) (its checkpoint's name); shared by cells
     dense_epochs: int | None = None
     dense_steps: int | None = None
 
@@ -109,9 +110,8 @@ class Suite:
     cells: list[Cell] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # notes for cells a pruner cannot run
 
-    @property
-    def state_dir(self) -> Path:
-        return runs_dir() / "suites" / self.name / "state"
+    def state_dir(self, paths: RunPaths | None = None) -> Path:
+        return paths_or_env(paths).suite_state(self.name)
 
 
 # -- loading and validation ------------------------------------------------------------------
@@ -340,7 +340,7 @@ def _resolved_cell(spec: RunSpec, label: str, where: str, cache: dict, steps_cac
     per_epoch = steps_cache[identity]
     epochs = b.prune_epochs + b.finetune_epochs
     return Cell(spec, label, run_id, epochs=epochs, steps=None if per_epoch is None else epochs * per_epoch,
-                dense_key=str(dense_checkpoint_path(task, spec.seed)), dense_epochs=b.dense_epochs,
+                dense_key=f"{task.name}-{dense_key(task, spec.seed)}", dense_epochs=b.dense_epochs,
                 dense_steps=None if per_epoch is None else b.dense_epochs * per_epoch)
 
 
@@ -349,9 +349,9 @@ def load_and_expand(name: str) -> Suite:
 
 
 # -- state: markers + store ---------------------------------------------------------------------
-def write_marker(suite_name: str, run_id: str, kind: str, info: dict[str, Any]) -> None:
+def write_marker(suite_name: str, run_id: str, kind: str, info: dict[str, Any], paths: RunPaths | None = None) -> None:
     """Atomically write ``<run_id>.<kind>`` (running | failed) under runs/suites/<suite>/state."""
-    directory = runs_dir() / "suites" / suite_name / "state"
+    directory = paths_or_env(paths).suite_state(suite_name)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".{run_id}.{kind}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -361,8 +361,8 @@ def write_marker(suite_name: str, run_id: str, kind: str, info: dict[str, Any]) 
     os.replace(tmp, directory / f"{run_id}.{kind}")
 
 
-def clear_marker(suite_name: str, run_id: str, kind: str) -> None:
-    (runs_dir() / "suites" / suite_name / "state" / f"{run_id}.{kind}").unlink(missing_ok=True)
+def clear_marker(suite_name: str, run_id: str, kind: str, paths: RunPaths | None = None) -> None:
+    (paths_or_env(paths).suite_state(suite_name) / f"{run_id}.{kind}").unlink(missing_ok=True)
 
 
 def running_info() -> dict[str, Any]:
@@ -370,7 +370,7 @@ def running_info() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def claim_cell(suite_name: str, run_id: str) -> Iterator[bool]:
+def claim_cell(suite_name: str, run_id: str, paths: RunPaths | None = None) -> Iterator[bool]:
     """Try to claim a cell for this process until the with-block ends: yields True if it holds the
     claim, False if another process (or another open of the lock file in this one) holds it.
 
@@ -378,7 +378,7 @@ def claim_cell(suite_name: str, run_id: str) -> Iterator[bool]:
     The kernel drops it when the process ends or dies, so a crash never leaves a stale claim. The
     empty lock file stays (removing it would let a later process lock a new file while another
     still holds the old one). On a shared filesystem (Slurm) the filesystem must support flock."""
-    path = runs_dir() / "suites" / suite_name / "state" / f"{run_id}.lock"
+    path = paths_or_env(paths).suite_state(suite_name) / f"{run_id}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
         try:
@@ -390,9 +390,9 @@ def claim_cell(suite_name: str, run_id: str) -> Iterator[bool]:
         yield held  # closing the file releases the lock
 
 
-def claim_holder(suite_name: str, run_id: str) -> str:
+def claim_holder(suite_name: str, run_id: str, paths: RunPaths | None = None) -> str:
     """Who holds a cell's claim, from its ``.running`` marker ("pid 123 on host"), or "" if unknown."""
-    info = _read_json(runs_dir() / "suites" / suite_name / "state" / f"{run_id}.running")
+    info = _read_json(paths_or_env(paths).suite_state(suite_name) / f"{run_id}.running")
     return f"pid {info['pid']} on {info.get('host', '?')}" if "pid" in info else ""
 
 
@@ -419,17 +419,19 @@ def store_counts(store: ResultStore) -> Counter:
     return counts
 
 
-def cell_states(suite: Suite, store: ResultStore | None = None) -> list[tuple[Cell, str, int]]:
+def cell_states(suite: Suite, store: ResultStore | None = None, paths: RunPaths | None = None) -> list[tuple[Cell, str, int]]:
     """(cell, state, rows in store) with state done | running | failed | pending."""
-    counts = store_counts(store or ResultStore())
+    paths = paths_or_env(paths)
+    counts = store_counts(store or ResultStore(paths.store))
+    state_dir = suite.state_dir(paths)
     out = []
     for cell in suite.cells:
-        running = suite.state_dir / f"{cell.run_id}.running"
+        running = state_dir / f"{cell.run_id}.running"
         if counts[cell.run_id]:
             state = "done"
         elif running.exists() and _alive(_read_json(running)):
             state = "running"
-        elif (suite.state_dir / f"{cell.run_id}.failed").exists():
+        elif (state_dir / f"{cell.run_id}.failed").exists():
             state = "failed"
         else:
             state = "pending"

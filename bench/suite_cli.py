@@ -82,11 +82,11 @@ def _num(value: int | None) -> str:
     return "?" if value is None else str(value)
 
 
-def status_lines(suite, store=None) -> list[str]:
+def status_lines(suite, store=None, paths=None) -> list[str]:
     """One line per cell (run id, state, rows in the store) and the totals."""
     from bench.suite import cell_states
 
-    states = cell_states(suite, store)
+    states = cell_states(suite, store, paths)
     lines = [f"{c.run_id:16s} {state:8s} rows {rows}  {c.spec.task} {c.label} {c.spec.pattern} {c.spec.sparsity:g} "
              f"seed {c.spec.seed}" for c, state, rows in states]
     totals = Counter(state for _, state, _ in states)
@@ -102,13 +102,15 @@ def cmd_plan(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from bench.paths import RunPaths
     from bench.suite import load_and_expand
 
-    print("\n".join(status_lines(select_cells(load_and_expand(args.name), args.only))))
+    print("\n".join(status_lines(select_cells(load_and_expand(args.name), args.only), paths=RunPaths.from_env())))
     return 0
 
 
 def cmd_run(args) -> int:
+    from bench.paths import RunPaths
     from bench.suite import load_and_expand
     from bench.suite_run import run_suite
 
@@ -116,7 +118,8 @@ def cmd_run(args) -> int:
     slurm = {"timeout_min": args.timeout_min, "slurm_partition": args.partition, "slurm_account": args.account,
              "gpus_per_node": args.gpus_per_node, "cpus_per_task": args.cpus_per_task}
     return run_suite(suite, workers=args.workers, launcher=args.launcher, nproc=args.nproc,
-                     wandb_project=args.wandb_project, progress=not args.no_progress, cluster=args.cluster, slurm=slurm)
+                     wandb_project=args.wandb_project, progress=not args.no_progress, cluster=args.cluster, slurm=slurm,
+                     paths=RunPaths.from_env())
 
 
 def cmd_table(args) -> int:
@@ -145,9 +148,9 @@ def cmd_table(args) -> int:
     else:
         print(text, end="" if text.endswith("\n") else "\n")
     if args.plot:
-        from bench.record import runs_dir
+        from bench.paths import RunPaths
 
-        folder = Path(args.out) if args.out else runs_dir() / "tables" / suite.name
+        folder = Path(args.out) if args.out else RunPaths.from_env().root / "tables" / suite.name
         for path in write_plots(frame, suite.name, folder):
             print(f"wrote {path}")
     return 0

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from bench.errors import ConfigError
-from bench.record import ResultStore, runs_dir
+from bench.paths import RunPaths, paths_or_env
+from bench.record import ResultStore
 from bench.run import RunSpec, dense_checkpoint_path, execute, resolve
 from bench.suite import (Cell, Suite, cell_states, claim_cell, claim_holder, clear_marker, running_info,
                          write_marker)
@@ -53,16 +54,23 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def cell_log_path(suite_name: str, run_id: str) -> Path:
-    path = runs_dir() / "suites" / suite_name / "logs" / f"{run_id}.log"
+def cell_log_path(suite_name: str, run_id: str, paths: RunPaths | None = None) -> Path:
+    path = paths_or_env(paths).cell_log(suite_name, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def payload_for(cell: Cell, suite: Suite, wandb_project: str | None, threads: int | None) -> dict[str, Any]:
-    """Everything a worker (another process, a Slurm job, a torchrun rank) needs: plain JSON."""
+def payload_for(cell: Cell, suite: Suite, wandb_project: str | None, threads: int | None,
+                paths: RunPaths | None = None) -> dict[str, Any]:
+    """Everything a worker (another process, a Slurm job, a torchrun rank) needs: plain JSON,
+    the runs folder included (workers never read it from the environment)."""
     return {"spec": dict(cell.spec.__dict__), "run_id": cell.run_id, "suite": suite.name,
-            "wandb_project": wandb_project, "threads": threads, "runs_dir": str(runs_dir())}
+            "wandb_project": wandb_project, "threads": threads, "runs_dir": str(paths_or_env(paths).root)}
+
+
+def payload_paths(payload: dict[str, Any]) -> RunPaths:
+    """The runs folder a payload names (older payloads without one: the environment's)."""
+    return RunPaths(payload["runs_dir"]) if payload.get("runs_dir") else RunPaths.from_env()
 
 
 # -- one cell ----------------------------------------------------------------------------------
@@ -86,9 +94,11 @@ def output_into(log_file):
         os.close(saved[1])
 
 
-def execute_dense_once(run, **kwargs) -> dict[str, Any]:
+def execute_dense_once(run, paths: RunPaths | None = None, **kwargs) -> dict[str, Any]:
     """``execute`` such that only one process trains the dense model of (task, seed)."""
-    dense = dense_checkpoint_path(run.task, run.spec.seed)
+    paths = paths_or_env(paths)
+    kwargs["paths"] = paths
+    dense = dense_checkpoint_path(run.task, run.spec.seed, paths)
     ready = dense.with_name(dense.name + ".ready")  # for tasks that cache their dense model elsewhere
     if dense.exists() or ready.exists():
         return execute(run, **kwargs)
@@ -110,13 +120,13 @@ def claimed(payload: dict[str, Any]) -> Iterator[dict[str, Any] | None]:
     Otherwise yields the outcome of a skipped cell, ``{"run_id", "ok": True, "skipped": reason}``:
     claimed by another runner (its markers are left alone), or done by another runner (the row
     appeared after this runner planned its cells)."""
-    suite, run_id = payload["suite"], payload["run_id"]
-    with claim_cell(suite, run_id) as held:
+    suite, run_id, paths = payload["suite"], payload["run_id"], payload_paths(payload)
+    with claim_cell(suite, run_id, paths) as held:
         if not held:
-            holder = claim_holder(suite, run_id)
+            holder = claim_holder(suite, run_id, paths)
             reason = "claimed by another runner" + (f" ({holder})" if holder else "")
             yield {"run_id": run_id, "ok": True, "skipped": reason}
-        elif ResultStore().get(run_id) is not None:
+        elif ResultStore(paths.store).get(run_id) is not None:
             yield {"run_id": run_id, "ok": True, "skipped": "done by another runner"}
         else:
             yield None
@@ -128,8 +138,6 @@ def run_cell(payload: dict[str, Any], echo: Callable[[str], None] | None = None)
     to ``<run_id>.failed``). Without ``echo`` (a worker process, a Slurm job, a torchrun rank)
     everything the run prints goes to the cell's log file, so the suite's console shows only its
     progress and one line per cell."""
-    if payload.get("runs_dir"):
-        os.environ["SMARTBENCH_RUNS"] = payload["runs_dir"]
     if payload.get("threads"):
         import torch
 
@@ -140,11 +148,11 @@ def run_cell(payload: dict[str, Any], echo: Callable[[str], None] | None = None)
 
 def _run_claimed_cell(payload: dict[str, Any], echo: Callable[[str], None] | None) -> dict[str, Any]:
     """The body of :func:`run_cell`, run while this process holds the cell's claim."""
-    suite, run_id = payload["suite"], payload["run_id"]
-    write_marker(suite, run_id, "running", running_info())
-    clear_marker(suite, run_id, "failed")
+    suite, run_id, paths = payload["suite"], payload["run_id"], payload_paths(payload)
+    write_marker(suite, run_id, "running", running_info(), paths)
+    clear_marker(suite, run_id, "failed", paths)
     started = time.perf_counter()
-    with open(cell_log_path(suite, run_id), "a", encoding="utf-8") as log_file, \
+    with open(cell_log_path(suite, run_id, paths), "a", encoding="utf-8") as log_file, \
             (output_into(log_file) if echo is None else contextlib.nullcontext()):
         def log(message: str) -> None:
             log_file.write(message + "\n")
@@ -157,14 +165,14 @@ def _run_claimed_cell(payload: dict[str, Any], echo: Callable[[str], None] | Non
             if run.run_id != run_id:
                 raise ConfigError("run_id", f"cell resolves to {run.run_id}, the suite planned {run_id}: "
                                             "the code or a task changed while the suite ran; rerun `suite run`")
-            row = execute_dense_once(run, log=log, wandb_project=payload.get("wandb_project"), group=suite)
+            row = execute_dense_once(run, paths=paths, log=log, wandb_project=payload.get("wandb_project"), group=suite)
         except Exception as err:  # noqa: BLE001 — any failure of one run is recorded, the suite goes on
             log(traceback.format_exc())
-            write_marker(suite, run_id, "failed", {**running_info(), "error": f"{type(err).__name__}: {err}"})
-            clear_marker(suite, run_id, "running")
+            write_marker(suite, run_id, "failed", {**running_info(), "error": f"{type(err).__name__}: {err}"}, paths)
+            clear_marker(suite, run_id, "running", paths)
             return {"run_id": run_id, "ok": False, "error": f"{type(err).__name__}: {err}",
                     "wall_s": round(time.perf_counter() - started, 1)}
-    clear_marker(suite, run_id, "running")
+    clear_marker(suite, run_id, "running", paths)
     return {"run_id": run_id, "ok": True, "metric": row["metric"], "dense_metric": row["dense_metric"],
             "metric_name": row["metric_name"], "wall_s": round(time.perf_counter() - started, 1)}
 
@@ -194,8 +202,9 @@ class Reporter:
     """rich progress bar + one line per finished cell. The bar only when enabled and stdout is a
     terminal; otherwise plain ``print`` lines, never wrapped (``| tee log`` keeps each line whole)."""
 
-    def __init__(self, total: int, enabled: bool = True, suite_name: str = ""):
+    def __init__(self, total: int, enabled: bool = True, suite_name: str = "", paths: RunPaths | None = None):
         self.total, self.enabled, self.progress, self.suite_name = total, enabled, None, suite_name
+        self.paths = paths_or_env(paths)
         self.failed: list[str] = []
         self.skipped: list[str] = []  # cells left to another runner
 
@@ -228,7 +237,7 @@ class Reporter:
                      f"(dense {outcome['dense_metric']:.2f}) {outcome['wall_s']:.1f}s")
         else:
             self.failed.append(cell.run_id)
-            log = cell_log_path(self.suite_name, cell.run_id)
+            log = self.paths.cell_log(self.suite_name, cell.run_id)
             self.log(f"FAILED {cell.run_id} {what}: {outcome.get('error')} (log: {log})")
         if self.progress is not None:
             self.progress.advance(self.bar)
@@ -237,8 +246,10 @@ class Reporter:
 # -- the suite -------------------------------------------------------------------------------
 def run_suite(suite: Suite, workers: int = 1, launcher: str = "local", nproc: int = 1,
               wandb_project: str | None = None, progress: bool = True, cluster: str | None = None,
-              slurm: dict[str, Any] | None = None, store: ResultStore | None = None) -> int:
+              slurm: dict[str, Any] | None = None, store: ResultStore | None = None,
+              paths: RunPaths | None = None) -> int:
     """Run every unfinished cell of an expanded suite; returns 0 if all succeeded, else 1."""
+    paths = paths_or_env(paths)
     if launcher not in LAUNCHERS:
         raise ConfigError("--launcher", f"unknown launcher '{launcher}'; allowed: {', '.join(LAUNCHERS)}")
     if workers < 1 or nproc < 1:
@@ -251,15 +262,15 @@ def run_suite(suite: Suite, workers: int = 1, launcher: str = "local", nproc: in
     if missing:
         raise ConfigError("suite.tasks", f"task(s) {', '.join(missing)} are not registered here; cannot run")
     project = wandb_project or suite.wandb_project
-    states = cell_states(suite, store)
+    states = cell_states(suite, store, paths)
     todo = [cell for cell, state, _ in states if state in ("pending", "failed")]
     busy = [cell for cell, state, _ in states if state == "running"]
     for cell, state, _ in states:
         if state == "done":  # a kill between the row's append and the marker's removal leaves one behind
-            clear_marker(suite.name, cell.run_id, "running")
-            clear_marker(suite.name, cell.run_id, "failed")
+            clear_marker(suite.name, cell.run_id, "running", paths)
+            clear_marker(suite.name, cell.run_id, "failed", paths)
     first, rest = first_wave(todo)
-    with Reporter(len(todo), progress, suite.name) as reporter:
+    with Reporter(len(todo), progress, suite.name, paths) as reporter:
         reporter.log(f"suite {suite.name}: {len(states)} cells, {len(states) - len(todo) - len(busy)} done, "
                      f"{len(todo)} to run ({launcher}, {workers} worker(s), {nproc} process(es) per run)")
         for cell in busy:
@@ -268,27 +279,27 @@ def run_suite(suite: Suite, workers: int = 1, launcher: str = "local", nproc: in
             from bench.launch import submit_cells
 
             per_job = (slurm or {}).get("cpus_per_task")  # threads of a job: its CPUs, else torch's default
-            payloads = {c.run_id: payload_for(c, suite, project, per_job and max(1, per_job // nproc)) for c in todo}
-            submit_cells(suite, first, rest, payloads, reporter, nproc, cluster, slurm or {})
+            payloads = {c.run_id: payload_for(c, suite, project, per_job and max(1, per_job // nproc), paths) for c in todo}
+            submit_cells(suite, first, rest, payloads, reporter, nproc, cluster, slurm or {}, paths)
         elif launcher == "torchrun":
             from bench.launch import torchrun_cell
 
             threads = max(1, cpu_count() // (workers * nproc))
             _pool(ThreadPoolExecutor(workers), first + rest, reporter,
-                  lambda pool, c: pool.submit(torchrun_cell, payload_for(c, suite, project, threads), nproc))
+                  lambda pool, c: pool.submit(torchrun_cell, payload_for(c, suite, project, threads, paths), nproc))
         elif workers == 1:  # in this process, with its thread count
             for cell in first + rest:
-                reporter.done(cell, run_cell(payload_for(cell, suite, project, None), echo=reporter.log))
+                reporter.done(cell, run_cell(payload_for(cell, suite, project, None, paths), echo=reporter.log))
         else:
             threads = max(1, cpu_count() // workers)
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_init_worker, initargs=(threads,))
-            _pool(pool, first + rest, reporter, lambda p, c: p.submit(run_cell, payload_for(c, suite, project, threads)))
+            _pool(pool, first + rest, reporter, lambda p, c: p.submit(run_cell, payload_for(c, suite, project, threads, paths)))
         if reporter.skipped:
             reporter.log(f"{len(reporter.skipped)} cell(s) skipped: claimed or done by another runner")
         if reporter.failed:
             reporter.log(f"{len(reporter.failed)} cell(s) failed: {', '.join(reporter.failed)}; logs under "
-                         f"{runs_dir() / 'suites' / suite.name / 'logs'}; `suite run` retries them")
+                         f"{paths.suite_logs(suite.name)}; `suite run` retries them")
     return 1 if reporter.failed else 0
 
 

@@ -28,40 +28,9 @@ from bench.tasks import base as tasks_base  # noqa: E402
 from bench.tasks.base import Budget  # noqa: E402
 from bench.tasks.detection import ScenesDetection  # noqa: E402
 from bench.tasks.segmentation import CITYSCAPES_TRAIN_IDS, ScenesSegmentation  # noqa: E402
+from mm_micro import MICRO, MICRO_BUDGET, MICRO_SPEC, MicroDet, MicroSeg, no_flip  # noqa: E402,F401
 
 ROOT = Path(__file__).resolve().parents[1]
-MICRO_SPEC = ScenesSpec(n_train=16, n_val=4, n_test=4, size=32, seed=5)
-MICRO_BUDGET = Budget(dense_epochs=1, prune_epochs=1, finetune_epochs=1, batch_size=8, lr=0.01, prune_lr=0.005,
-                      calib_batches=1)
-
-
-def no_flip(cfg) -> None:
-    """Deterministic training pipeline: drop RandomFlip (numpy's global RNG is not checkpointed)."""
-    pipeline = cfg.train_dataloader.dataset.pipeline
-    cfg.train_dataloader.dataset.pipeline = [t for t in pipeline if t["type"] != "RandomFlip"]
-
-
-class MicroDet(ScenesDetection):
-    name = "micro-det"
-    spec = MICRO_SPEC
-    budget = MICRO_BUDGET
-
-    def bind_data(self, cfg) -> None:
-        super().bind_data(cfg)
-        no_flip(cfg)
-
-
-class MicroSeg(ScenesSegmentation):
-    name = "micro-seg"
-    spec = MICRO_SPEC
-    budget = MICRO_BUDGET
-
-    def bind_data(self, cfg) -> None:
-        super().bind_data(cfg)
-        no_flip(cfg)
-
-
-MICRO = {"det": MicroDet, "seg": MicroSeg}
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -198,7 +198,7 @@ def test_status_states(tmp_path, runs_dir, capsys):
 
 def test_dense_model_trained_once_by_parallel_workers(tmp_path, monkeypatch):
     dense = tmp_path / "dense" / "fmnist-tiny-x.pt"
-    monkeypatch.setattr(suite_run, "dense_checkpoint_path", lambda task, seed: dense)
+    monkeypatch.setattr(suite_run, "dense_checkpoint_path", lambda task, seed, paths=None: dense)
     seen = []
 
     def fake_execute(run, **kwargs):

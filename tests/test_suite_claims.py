@@ -48,7 +48,7 @@ def fake_execute(run, **kwargs):  # a cell "runs" for 0.3 s and writes its row, 
     return row
 
 suite_run.execute = fake_execute  # execute_dense_once (and its dense-model lock) stays real
-suite_run.dense_checkpoint_path = lambda task, seed: dense
+suite_run.dense_checkpoint_path = lambda task, seed, paths=None: dense
 suite = load_and_expand(path)
 (tmp / f"ready-{name}").touch()
 while not (tmp / "go").exists():

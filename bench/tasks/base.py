@@ -7,6 +7,7 @@ their own loop (mmdet/mmseg through mmengine) override ``execute``.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -31,6 +32,14 @@ class Budget:
     calib_batches: int = 4
 
 
+@dataclass
+class DenseModel:
+    """A trained dense model: its state dict, and its val/test metrics when the cache holds them."""
+
+    state: dict[str, Tensor]
+    metrics: dict[str, dict[str, float]] | None = None  # {"val": {...}, "test": {...}} (Task.evaluate_all)
+
+
 class Task:
     name: ClassVar[str] = "abstract"
     family: ClassVar[str] = "abstract"
@@ -46,6 +55,9 @@ class Task:
     # fine-tuning stages always use SGD, the same for every pruner.
     dense_optimizer: ClassVar[str] = "SGD"
     dense_weight_decay: ClassVar[float] = 0.05
+    # the training loop: "native" (bench.train) or "mmengine" (the task's train_dense / train_stages)
+    loop: ClassVar[str] = "native"
+    reports_all_metrics: ClassVar[bool] = False  # rows keep every number of evaluate_all (det/seg)
 
     def __init__(self, model: str | None = None):
         self.model_name = model or self.default_model
@@ -87,6 +99,25 @@ class Task:
 
     def evaluate(self, model: nn.Module, split: str) -> float:
         raise NotImplementedError
+
+    # the run pipeline (bench.run); defaults fit the native tasks
+    def quiet(self) -> contextlib.AbstractContextManager:
+        """Context in which the task's libraries keep stdout clean (mm* prints; see MMTask)."""
+        return contextlib.nullcontext()
+
+    def load_dense(self, model: nn.Module, state: dict[str, Tensor]) -> None:
+        model.load_state_dict(state)
+
+    def masker_example(self, model: nn.Module, calibration: list):
+        """Input of the tracing forward of ``bench.masks.Masker`` (which BatchNorm follows which conv)."""
+        return self.example_input()
+
+    def evaluate_all(self, model: nn.Module, split: str) -> dict[str, float]:
+        """Every number the task's evaluation reports on ``split``; ``metric_of`` picks the metric."""
+        return {self.metric_name: self.evaluate(model, split)}
+
+    def metric_of(self, results: dict[str, float]) -> float:
+        return results[self.metric_name]
 
 
 TASKS: dict[str, Callable[..., Task]] = {}

@@ -8,10 +8,12 @@ the dataloaders and the evaluators are taken from the merged config; optimizer, 
 epochs come from the task's ``Budget`` (SGD with momentum, as in the native loop). Data roots are
 bound at run time (:meth:`MMTask.data_root`): relative ``ann_file`` of evaluators are joined to it.
 
-One run (:meth:`MMTask.execute`): the dense model is trained once per (task, seed) by mmengine's
-Runner and cached with its val/test metrics (``bench.run.dense_checkpoint_path``); every pruner
-starts from that checkpoint, gets ``prune_epochs`` + ``finetune_epochs`` epochs of the same
-Runner with :class:`bench.mm_hook.PruningHook`, then is evaluated by the package's own metric.
+One run goes through the same pipeline as every task (``bench.run.prune_and_measure``); this
+task brings its loop (``loop = "mmengine"``): the dense model is trained once per (task, seed) by
+mmengine's Runner and cached with its val/test metrics (:meth:`MMTask.train_dense`); every
+pruner starts from that checkpoint and gets ``prune_epochs`` + ``finetune_epochs`` epochs of the
+same Runner with :class:`bench.mm_hook.PruningHook` around the shared stage driver
+(:meth:`MMTask.train_stages`), then is evaluated by the package's own metric.
 
 This module imports no mm* package at import time (``bench.tasks.base.load_tasks`` imports the
 task modules even where mmdet is not installed).
@@ -36,8 +38,9 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
+from bench.artifacts import atomic_save, load_or_discard
 from bench.errors import ConfigError, DataError
-from bench.tasks.base import Task
+from bench.tasks.base import DenseModel, Task
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "mm"
 SPLITS = ("train", "val", "test")
@@ -107,6 +110,8 @@ class MMTask(Task):
     image_size: ClassVar[tuple[int, int]] = (64, 64)  # (H, W) of example_input
     warmup_iters: ClassVar[int] = 100  # linear LR warm-up of dense training
     clip_grad: ClassVar[dict | None] = dict(max_norm=35, norm_type=2)  # dense training only
+    loop: ClassVar[str] = "mmengine"
+    reports_all_metrics: ClassVar[bool] = True
 
     def __init__(self, model: str | None = None):
         super().__init__(model)
@@ -165,6 +170,16 @@ class MMTask(Task):
     def example_input(self) -> dict:
         """Keyword arguments of ``model(**x)`` for one preprocessed batch of two blank images."""
         return {"inputs": torch.zeros(2, 3, *self.image_size), "mode": "tensor"}
+
+    def quiet(self):
+        return quiet_stdout()
+
+    def load_dense(self, model: nn.Module, state: dict) -> None:
+        model.init_weights()  # marks the model initialised, so the Runner does not re-initialise it
+        model.load_state_dict(state)
+
+    def masker_example(self, model: nn.Module, calibration: list) -> dict:
+        return {**self.preprocess(model, calibration[0]), "mode": "tensor"}
 
     # -- data loading ---------------------------------------------------------------------------
     def dataloader(self, split: str, seed: int = 0, calibration: bool = False):
@@ -246,15 +261,14 @@ class MMTask(Task):
             return dict(type="SGD", lr=b.lr, momentum=b.momentum, weight_decay=b.weight_decay)
         return dict(type=self.dense_optimizer, lr=b.lr, weight_decay=self.dense_weight_decay)
 
-    def train_dense(self, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
-        """Train (or load) the dense model of (task, seed): ``{"model", "val", "test", "train_s"}``."""
+    def train_dense(self, seed: int, path: Path, log: Callable[[str], None]) -> DenseModel:
+        """Train (or load) the dense model of (task, seed); the cache holds ``{"model", "val", "test", "train_s"}``."""
         from bench.mm_hook import EpochLogHook
-        from bench.run import dense_checkpoint_path
-        from bench.train import atomic_save, seed_everything
+        from bench.train import seed_everything
 
-        path = dense_checkpoint_path(self, seed)
-        if path.exists():
-            return torch.load(path, map_location="cpu", weights_only=True)
+        cached = load_or_discard(path, "dense checkpoint", log)
+        if cached is not None:
+            return DenseModel(cached["model"], {"val": cached["val"], "test": cached["test"]})
         b = self.budget
         seed_everything(seed)
         model = self.build_model()
@@ -274,47 +288,21 @@ class MMTask(Task):
                  "test": self.evaluate_all(model, "test"), "train_s": train_s}
         atomic_save(dense, path)
         shutil.rmtree(work_dir, ignore_errors=True)
-        return dense
+        return DenseModel(dense["model"], {"val": dense["val"], "test": dense["test"]})
 
-    def execute(self, run, log: Callable[[str], None]) -> dict[str, Any]:
-        """One resolved run (bench.run.ResolvedRun): dense (cached) -> prune -> finetune -> eval."""
-        from bench.masks import Masker, find_prunable
-        from bench.mm_hook import PruningHook
-        from bench.record import runs_dir
-        from bench.train import seed_everything
+    def train_stages(self, model: nn.Module, driver, seed: int, work_dir: Path, log: Callable[[str], None]) -> dict:
+        """The pruning + fine-tuning stages in mmengine's Runner (resumable from ``work_dir``); returns the hard masks."""
+        from bench.mm_hook import PruningHook, discard_unreadable_checkpoint
 
-        b, seed = self.budget, run.spec.seed
+        b = self.budget
+        hook = PruningHook(driver)
+        optim_wrapper = hook.optim_wrapper(model, b.prune_lr, b.momentum, b.weight_decay)  # no clipping, as native
+        discard_unreadable_checkpoint(work_dir, log)
         with quiet_stdout():
-            dense = self.train_dense(seed, log)
-            seed_everything(seed)
-            model = self.build_model()
-            model.init_weights()  # marks the model initialised, so the Runner does not re-initialise it
-            model.load_state_dict(dense["model"])
-            names = find_prunable(model, self.include, self.exclude, self.keep_first_last)
-            calibration = self.calibration_batches()
-            example = {**self.preprocess(model, calibration[0]), "mode": "tensor"}
-            masker = Masker(model, names, run.pruner.pattern, example)
-            hook = PruningHook(run.pruner, masker, b.prune_epochs, b.finetune_epochs, log)
-            started = time.perf_counter()
-            hook.setup(calibration, self.forward)
-            epochs = b.prune_epochs + b.finetune_epochs
-            work_dir = runs_dir() / "mm" / run.run_id
-            optim_wrapper = hook.optim_wrapper(model, b.prune_lr, b.momentum, b.weight_decay)  # no clipping, as native
-            runner = self.runner(model, work_dir, epochs, optim_wrapper, [cosine_schedule(epochs)], seed, [hook], resume=True, checkpoints=True,
-                                 name=f"{run.run_id}-{time.time_ns()}")
+            runner = self.runner(model, work_dir, driver.epochs, optim_wrapper, [cosine_schedule(driver.epochs)], seed,
+                                 [hook], resume=True, checkpoints=True, name=f"{work_dir.name}-{time.time_ns()}")
             runner.train()
-            prune_wall = time.perf_counter() - started
-            audit = masker.audit(hook.hard)
-            val, test = self.evaluate_all(model, "val"), self.evaluate_all(model, "test")
-            masker.remove(fold=True)
-            shutil.rmtree(work_dir, ignore_errors=True)
-        return {
-            "metric": self.metric_of(test), "val_metric": self.metric_of(val),
-            "dense_metric": self.metric_of(dense["test"]), "dense_val_metric": self.metric_of(dense["val"]),
-            "achieved_sparsity": audit["achieved_sparsity"], "weight_sparsity": audit["weight_sparsity"],
-            "pattern_valid": audit["pattern_valid"], "prune_wall_s": round(prune_wall, 2), "audit": audit,
-            "mm_metrics": {"test": test, "val": val, "dense_test": dense["test"], "dense_val": dense["val"]},
-        }
+        return driver.finish()
 
 
 def cosine_schedule(epochs: int) -> dict:

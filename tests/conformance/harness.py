@@ -33,6 +33,7 @@ from bench.pruner import ALL_PATTERNS, Pruner, PrunerConfig
 from bench.select import expected_kept
 from bench.sparsity import OutputChannel, parse_pattern, resolve_sparsity
 from bench.tasks.base import Budget, Task, seeded
+from bench.stages import StageDriver
 from bench.train import PruneTrainer, seed_everything
 
 # The concrete patterns the kit runs for each declared pattern kind, and the targets.
@@ -197,10 +198,13 @@ def fresh_setup(case: KitCase, kill_at_epoch: int | None = None):
 
 
 def run_case(case: KitCase, checkpoint: Path | None = None, kill_at_epoch: int | None = None) -> KitRun:
-    """One full run through the real PruneTrainer (raises SimulatedKill when asked to)."""
+    """One full run through the real stage driver and native loop (raises SimulatedKill when asked to)."""
     task, model, masker, pruner = fresh_setup(case, kill_at_epoch)
     log: list[str] = []
-    hard = PruneTrainer(task, model, masker, pruner, KIT_SEED, checkpoint, log.append).run()
+    b = task.budget
+    driver = StageDriver(pruner, masker, b.prune_epochs, b.finetune_epochs, log.append)
+    driver.setup(task.calibration_batches(), task.forward)
+    hard = PruneTrainer(task, model, driver, KIT_SEED, checkpoint, log.append).run()
     return KitRun(case, task, model, masker, pruner, hard, log)
 
 
