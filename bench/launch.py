@@ -1,7 +1,7 @@
 """Launchers for one suite cell: torchrun (DDP) and Slurm/submitit, and the DDP-aware entry.
 
 ``python -m bench.launch --payload JSON`` runs one cell. Without a torchrun environment
-(``WORLD_SIZE`` unset or 1) it is :func:`bench.suite_run.run_cell`. Under
+(``WORLD_SIZE`` unset or 1) it is :func:`bench.cell.run_cell`. Under
 ``torchrun --standalone --nproc_per_node N -m bench.launch ...`` every rank runs the native
 trainer on its shard of every batch (DDP, gloo: the native trainer keeps models on the CPU):
 
@@ -51,7 +51,7 @@ from bench.paths import RunPaths, paths_or_env
 from bench.record import REPO_ROOT, ResultStore
 from bench.run import RunSpec, dense_checkpoint_path, execute, resolve
 from bench.suite import clear_marker, running_info, write_marker
-from bench.suite_run import cell_log_path, claimed, payload_paths, run_cell
+from bench.cell import cell_log_path, claimed, payload_paths, run_cell
 from bench.train import train_dense
 
 
@@ -272,7 +272,7 @@ def child_env(threads: int | None = None) -> dict[str, str]:
 
 def torchrun_cell(payload: dict[str, Any], nproc: int) -> dict[str, Any]:
     """Run one cell as ``torchrun --standalone --nproc_per_node N -m bench.launch`` if this process
-    can claim it (``bench.suite_run.claimed``; it holds the claim while torchrun runs), else
+    can claim it (``bench.cell.claimed``; it holds the claim while torchrun runs), else
     return the skipped outcome."""
     with claimed(payload) as skipped:
         return skipped or _torchrun_claimed_cell(payload, nproc)
@@ -353,7 +353,7 @@ def submit_cells(suite, first, rest, payloads: dict[str, dict], reporter, nproc:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.launch", description="run one suite cell (torchrun-aware)")
-    parser.add_argument("--payload", required=True, help="JSON from bench.suite_run.payload_for")
+    parser.add_argument("--payload", required=True, help="JSON from bench.cell.payload_for")
     payload = json.loads(parser.parse_args(argv).payload)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return ddp_cell(payload)

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from bench import cell as cell_module
 from bench import suite_run
 from bench.cli import main
 from bench.errors import ConfigError
@@ -198,7 +199,7 @@ def test_status_states(tmp_path, runs_dir, capsys):
 
 def test_dense_model_trained_once_by_parallel_workers(tmp_path, monkeypatch):
     dense = tmp_path / "dense" / "fmnist-tiny-x.pt"
-    monkeypatch.setattr(suite_run, "dense_checkpoint_path", lambda task, seed, paths=None: dense)
+    monkeypatch.setattr(cell_module, "dense_checkpoint_path", lambda task, seed, paths=None: dense)
     seen = []
 
     def fake_execute(run, **kwargs):
@@ -208,9 +209,9 @@ def test_dense_model_trained_once_by_parallel_workers(tmp_path, monkeypatch):
             dense.write_bytes(b"dense")
         return {}
 
-    monkeypatch.setattr(suite_run, "execute", fake_execute)
+    monkeypatch.setattr(cell_module, "execute", fake_execute)
     runs = [SimpleNamespace(task=None, spec=SimpleNamespace(seed=0)) for _ in range(4)]
-    threads = [threading.Thread(target=suite_run.execute_dense_once, args=(run,)) for run in runs]
+    threads = [threading.Thread(target=cell_module.execute_dense_once, args=(run,)) for run in runs]
     for t in threads:
         t.start()
     for t in threads:
@@ -221,7 +222,7 @@ def test_dense_model_trained_once_by_parallel_workers(tmp_path, monkeypatch):
 WORKER_CHILD = """
 import os, sys
 from types import SimpleNamespace
-from bench import suite_run
+from bench import cell
 
 def noisy_execute(run, **kwargs):
     print("pycocotools-style summary")
@@ -229,10 +230,10 @@ def noisy_execute(run, **kwargs):
     kwargs["log"]("epoch line")
     return {"metric": 1.5, "dense_metric": 2.0, "metric_name": "top1"}
 
-suite_run.RunSpec = dict
-suite_run.resolve = lambda spec: SimpleNamespace(run_id="abc123")
-suite_run.execute_dense_once = noisy_execute
-outcome = suite_run.run_cell({"spec": {}, "run_id": "abc123", "suite": "quiet", "threads": None,
+cell.RunSpec = dict
+cell.resolve = lambda spec: SimpleNamespace(run_id="abc123")
+cell.execute_dense_once = noisy_execute
+outcome = cell.run_cell({"spec": {}, "run_id": "abc123", "suite": "quiet", "threads": None,
                               "runs_dir": sys.argv[1]})
 print("after the cell", outcome["ok"], outcome["metric"])
 """

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from bench import suite_run
+from bench import cell, suite_run
 from bench.record import REPO_ROOT, ResultStore
 from bench.run import RunSpec
 from bench.suite import Cell, cell_states, claim_cell, load_and_expand, store_counts
@@ -30,7 +30,7 @@ def write_suite(tmp_path: Path, spec: dict, name: str) -> str:
 RUNNER_CHILD = """
 import sys, time
 from pathlib import Path
-from bench import suite_run
+from bench import cell, suite_run
 from bench.record import ResultStore
 from bench.suite import load_and_expand
 
@@ -44,11 +44,11 @@ def fake_execute(run, **kwargs):  # a cell "runs" for 0.3 s and writes its row, 
         dense.write_bytes(b"dense")
     time.sleep(0.3)
     row = {"run_id": run.run_id, "metric": 1.0, "dense_metric": 2.0, "metric_name": "top1"}
-    ResultStore().append(row)
+    ResultStore(kwargs["paths"].store).append(row)
     return row
 
-suite_run.execute = fake_execute  # execute_dense_once (and its dense-model lock) stays real
-suite_run.dense_checkpoint_path = lambda task, seed, paths=None: dense
+cell.execute = fake_execute  # execute_dense_once (and its dense-model lock) stays real
+cell.dense_checkpoint_path = lambda task, seed, paths=None: dense
 suite = load_and_expand(path)
 (tmp / f"ready-{name}").touch()
 while not (tmp / "go").exists():
@@ -130,7 +130,7 @@ def test_claim_of_a_live_process_is_refused_and_freed_when_it_dies(runs_dir):
         with claim_cell("held", "abc123") as held:
             assert held is False
         before = marker.read_text()
-        outcome = suite_run.run_cell(payload)  # refused: nothing run, the holder's marker untouched
+        outcome = cell.run_cell(payload)  # refused: nothing run, the holder's marker untouched
         assert outcome == {"run_id": "abc123", "ok": True,
                            "skipped": f"claimed by another runner (pid {proc.pid} on {socket.gethostname()})"}
         assert marker.read_text() == before
@@ -141,7 +141,7 @@ def test_claim_of_a_live_process_is_refused_and_freed_when_it_dies(runs_dir):
     with claim_cell("held", "abc123") as held:  # the kernel released the dead process's lock
         assert held is True
     ResultStore().append({"run_id": "abc123", "metric": 1.0})
-    assert suite_run.run_cell(payload) == {"run_id": "abc123", "ok": True, "skipped": "done by another runner"}
+    assert cell.run_cell(payload) == {"run_id": "abc123", "ok": True, "skipped": "done by another runner"}
 
 
 def test_claim_is_exclusive_within_a_process_and_released_after_the_block(runs_dir):
