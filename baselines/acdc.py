@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from baselines.magnitude import rms_scores
 from bench.errors import ConfigError
 from bench.pruner import Progress, Pruner, PrunerConfig, check_choice, check_range, register_pruner
 
@@ -122,7 +121,7 @@ class ACDCPruner(Pruner):
         self.step, self.steps = progress.step, progress.steps
         kind = self.phase_at(progress.step)
         if kind == COMPRESSED and self.phase != COMPRESSED:
-            self.mask = self.select(rms_scores(self))  # IHT step: top-k of the current dense weights
+            self.mask = self.select(self.unit_rms())  # IHT step: top-k of the current dense weights
         elif kind != COMPRESSED:
             self.mask = None
         self.phase = kind
@@ -153,7 +152,7 @@ class ACDCPruner(Pruner):
                 buffer.zero_()
 
     def finalize(self) -> dict[str, Tensor]:
-        return self.mask if self.mask is not None else self.select(rms_scores(self))
+        return self.mask if self.mask is not None else self.select(self.unit_rms())
 
     def log_values(self) -> dict[str, float]:
         return {"compressed": float(self.phase == COMPRESSED)}

@@ -16,45 +16,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
-from bench.pruner import Progress, Pruner, PrunerConfig, check_range, register_pruner
-from bench.select import hard_topk, nm_topk
+from bench.pruner import Progress, PrunerConfig, check_range, register_pruner
+from bench.pruning_blocks import HardMaskPruner
+from bench.schedules import OneShot, PolynomialRamp
 
 
-def rms_scores(pruner: Pruner, masks: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
-    scores = {}
-    for layer in pruner.layers:
-        units = pruner.pattern.units(layer.weight.detach())
-        score = units.pow(2).mean(dim=-1).sqrt()
-        if masks is not None:
-            score = score * masks[layer.name].to(score.dtype)
-        scores[layer.name] = score
-    return scores
+class MagnitudeOnSchedule(HardMaskPruner):
+    """Hard top-k of the unit RMS of the surviving weights at the schedule's sparsity, recomputed
+    whenever that level rises (looked at every ``update_every`` steps)."""
+
+    state_attrs = ("level",)
+    update_every = 1
+
+    def __init__(self, config, pattern, sparsity, schedule):
+        super().__init__(config, pattern, sparsity)
+        self.schedule, self.level = schedule, 0.0
+
+    def on_step(self, progress: Progress) -> None:
+        level = self.schedule.at(progress.fraction)
+        if progress.step % self.update_every == 0 and level > self.level:
+            self.level, self.mask = level, self.select(self.unit_rms(self.mask), level)
 
 
 @register_pruner("magnitude")
-class OneShotMagnitude(Pruner):
+class OneShotMagnitude(MagnitudeOnSchedule):
     def __init__(self, config, pattern, sparsity):
-        super().__init__(config, pattern, sparsity)
-        self.mask: dict[str, Tensor] | None = None
-
-    def on_step(self, progress: Progress) -> None:
-        if self.mask is None:
-            self.mask = self.select(rms_scores(self))
-
-    def masks(self) -> dict[str, Tensor] | None:
-        return None if self.mask is None else {n: m.float() for n, m in self.mask.items()}
-
-    def finalize(self) -> dict[str, Tensor]:
-        return self.mask if self.mask is not None else self.select(rms_scores(self))
-
-    def state_dict(self) -> dict:
-        return {"mask": self.mask}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.mask = state["mask"]
+        super().__init__(config, pattern, sparsity, OneShot(sparsity))
 
 
 @dataclass(frozen=True)
@@ -69,45 +58,15 @@ class GMPConfig(PrunerConfig):
 
 
 @register_pruner("gmp")
-class GradualMagnitude(Pruner):
+class GradualMagnitude(MagnitudeOnSchedule):
     Config = GMPConfig
 
-    def __init__(self, config, pattern, sparsity):
-        super().__init__(config, pattern, sparsity)
-        self.mask: dict[str, Tensor] | None = None
-        self.level = 0.0
-
-    def target_at(self, fraction: float) -> float:
-        ramp = min(1.0, fraction / self.config.ramp_fraction)
-        return self.sparsity * (1.0 - (1.0 - ramp) ** 3)
-
-    def _masks_at(self, level: float) -> dict[str, Tensor]:
-        scores = rms_scores(self, self.mask)
-        if self.pattern.per_row_budget:
-            m = self.pattern.m
-            keep = max(self.pattern.n, round(m - (m - self.pattern.n) * level / self.sparsity))
-            return {name: nm_topk(s, keep) for name, s in scores.items()}
-        return hard_topk(scores, self.pattern, level, self.config.scope)
-
-    def on_step(self, progress: Progress) -> None:
-        if progress.stage != "prune" or progress.step % self.config.update_every:
-            return
-        level = self.target_at(progress.fraction)
-        if level > self.level:
-            self.level = level
-            self.mask = self._masks_at(level)
-
-    def masks(self) -> dict[str, Tensor] | None:
-        return None if self.mask is None else {n: m.float() for n, m in self.mask.items()}
+    def __init__(self, config: GMPConfig, pattern, sparsity):
+        super().__init__(config, pattern, sparsity, PolynomialRamp(sparsity, config.ramp_fraction, power=3))
+        self.update_every = config.update_every
 
     def finalize(self) -> dict[str, Tensor]:
-        return self._masks_at(self.sparsity) if self.pattern.per_row_budget else self.select(rms_scores(self, self.mask))
+        return self.select(self.unit_rms(self.mask))
 
     def log_values(self) -> dict[str, float]:
         return {"sparsity": self.level}
-
-    def state_dict(self) -> dict:
-        return {"mask": self.mask, "level": self.level}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.mask, self.level = state["mask"], state["level"]

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from baselines.magnitude import rms_scores
 from bench.errors import ConfigError
 from bench.pruner import Progress, Pruner, PrunerConfig, check_choice, check_range, register_pruner
 from bench.select import global_topk
@@ -84,7 +83,7 @@ class PDPPruner(Pruner):
     # -- schedule ---------------------------------------------------------------------
     def layer_budgets(self) -> dict[str, int]:
         """Kept units per layer from one threshold over all layers (scope=layer: r per layer)."""
-        chosen = self.select(rms_scores(self))
+        chosen = self.select(self.unit_rms())
         return {name: int(mask.sum()) for name, mask in chosen.items()}
 
     def on_step(self, progress: Progress) -> None:
@@ -123,7 +122,7 @@ class PDPPruner(Pruner):
         return out
 
     def finalize(self) -> dict[str, Tensor]:
-        scores = rms_scores(self)
+        scores = self.unit_rms()
         if self.pattern.per_row_budget or not self.kept_budget or self.config.final_mask == "global":
             return self.select(scores)
         return {name: global_topk({name: s}, self.kept_budget[name])[name] for name, s in scores.items()}

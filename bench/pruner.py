@@ -1,10 +1,11 @@
 """The pruner interface, typed configs, and the registry (built-ins + entry points).
 
-A pruner never owns a training loop. The trainer (native or the mmengine hook) calls, per run::
+A pruner never owns a training loop. The stage driver (``bench.stages.StageDriver``, called by the
+native loop and by the mmengine hook alike) calls, per run::
 
     pruner.attach(layers)                      # layers carry weights + calibration statistics
     for each step of the pruning stage:
-        pruner.on_step(progress)               # schedules: tau, phases, ramps
+        pruner.on_step(progress)               # schedules: tau, phases, ramps (bench.schedules)
         masker.set_masks(pruner.masks())       # soft or hard unit masks (None = dense)
         loss = task_loss + pruner.penalty(); backward; optimizer.step()
         pruner.after_optimizer_step(optimizer)
@@ -12,6 +13,16 @@ A pruner never owns a training loop. The trainer (native or the mmengine hook) c
     fine-tune with `hard` frozen
 
 Extra learnables (scores, gates) go into the optimiser as their own groups (``param_groups``).
+
+Building blocks a pruner uses instead of writing plumbing:
+
+* state: ``state_dict`` saves ``parameters()`` and every attribute named in a ``state_attrs``
+  declaration; ``load_state_dict`` restores them (no hand-written code);
+* selection: ``select`` (exact top-k at the target or at a ramp level; N:M per row),
+  ``keep_above`` (each unit's own decision; N:M top-N per row), ``budget_fixed``;
+* unit scores: ``unit_rms``, ``weight_norms``;
+* ``bench.schedules`` (ramps, phase plans, temperatures) and ``bench.pruning_blocks``
+  (``straight_through``, ``HardMaskPruner``).
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ from torch import Tensor, nn
 
 from bench.errors import ConfigError
 from bench.masks import PrunableLayer
-from bench.select import hard_topk
+from bench.select import hard_topk, keep_above
 from bench.sparsity import Pattern
 
 ENTRY_POINT_GROUP = "smartbench.pruners"
@@ -132,6 +143,10 @@ class Pruner:
     Config: ClassVar[type[PrunerConfig]] = PrunerConfig
     patterns: ClassVar[tuple[str, ...]] = ALL_PATTERNS
     straight_through: ClassVar[bool] = False  # gradients reach pruned weights (SR-STE)
+    # Attributes that state_dict() saves and load_state_dict() restores, besides parameters().
+    # Each class names its own; they add up along the class hierarchy. Values: tensors, numbers,
+    # strings, None, lists/tuples/dicts of those, or objects with state_dict/load_state_dict.
+    state_attrs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: PrunerConfig, pattern: Pattern, sparsity: float):
         if pattern.kind not in self.patterns:
@@ -173,21 +188,83 @@ class Pruner:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"parameters": [p.detach().clone() for p in self.parameters()]}
+        """``parameters()`` (as a list) and every attribute of ``state_attrs``, as copies that
+        ``torch.load(weights_only=True)`` reads back."""
+        state = {"parameters": [p.detach().clone() for p in self.parameters()]}
+        state.update({name: _snapshot(getattr(self, name)) for name in self._state_names()})
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` saved; an attribute missing from ``state`` (a checkpoint
+        written before it was declared) keeps its current value."""
         with torch.no_grad():
             for p, saved in zip(self.parameters(), state.get("parameters", [])):
                 p.copy_(saved)
+        for name in self._state_names():
+            if name not in state:
+                continue
+            current = getattr(self, name, None)
+            if hasattr(current, "load_state_dict"):  # a schedule or module with state of its own
+                current.load_state_dict(_snapshot(state[name]))
+            else:
+                setattr(self, name, _snapshot(state[name]))
+
+    @classmethod
+    def _state_names(cls) -> list[str]:
+        names: list[str] = []
+        for klass in reversed(cls.__mro__):
+            for name in vars(klass).get("state_attrs", ()):
+                if name not in names:
+                    names.append(name)
+        return names
 
     # -- helpers for subclasses -------------------------------------------------------
-    def select(self, scores: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Exact hard top-k of per-layer unit scores at the target (see bench.select)."""
-        return hard_topk(scores, self.pattern, self.sparsity, self.config.scope)
+    def select(self, scores: dict[str, Tensor], sparsity: float | None = None) -> dict[str, Tensor]:
+        """Exact hard top-k of per-layer unit scores (bench.select.hard_topk) at the target, or at
+        ``sparsity`` on a ramp towards it. N:M keeps N per row of M at the target (on a ramp, the
+        per-row count falls from M to N), so a pruner never handles N:M itself."""
+        level = self.sparsity if sparsity is None else sparsity
+        return hard_topk(scores, self.pattern, level, self.config.scope, target=self.sparsity)
+
+    def keep_above(self, scores: dict[str, Tensor], threshold: float) -> dict[str, Tensor]:
+        """Bool unit masks ``score > threshold`` (gates deciding alone, no budget); N:M: the top N
+        of every row of M instead (bench.select.keep_above)."""
+        return keep_above(scores, self.pattern, threshold)
+
+    @property
+    def budget_fixed(self) -> bool:
+        """True when the pattern fixes how many units every row keeps (N:M): ``select`` and
+        ``keep_above`` hold the count by themselves, and a budget penalty has nothing to steer."""
+        return self.pattern.per_row_budget
 
     def weight_norms(self) -> dict[str, Tensor]:
-        """L2 norm of every unit of the current dense weights."""
+        """L2 norm of every unit of the current dense weights (|w| for single weights)."""
         return {layer.name: self.pattern.unit_norms(layer.weight.detach()) for layer in self.layers}
+
+    def unit_rms(self, masks: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """RMS of every unit of the current dense weights (L2 norm / sqrt(unit size): units of
+        different sizes compare), times ``masks`` when given (pruned units score 0)."""
+        scores = {}
+        for layer in self.layers:
+            score = self.pattern.units(layer.weight.detach()).pow(2).mean(dim=-1).sqrt()
+            scores[layer.name] = score if masks is None else score * masks[layer.name].to(score.dtype)
+        return scores
+
+
+def _snapshot(value: Any) -> Any:
+    """A detached copy in plain containers (``torch.load(weights_only=True)``-safe)."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {key: _snapshot(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_snapshot(item) for item in value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "state_dict"):
+        return _snapshot(value.state_dict())
+    raise TypeError(f"cannot checkpoint a {type(value).__name__}: a state attribute holds tensors, numbers, "
+                    "strings, None, lists/tuples/dicts of those, or an object with state_dict/load_state_dict")
 
 
 PRUNERS: dict[str, type[Pruner]] = {}

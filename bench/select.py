@@ -7,7 +7,11 @@ invariant "achieved sparsity == target at unit granularity" holds by constructio
   all layers together, at least one unit per layer (a layer with nothing left would cut the
   network); ties are broken by layer order then position (stable sort), so it is deterministic.
 * ``scope="layer"``: k_l = round((1 - r) * G_l) per layer (at least 1).
-* N:M: exactly N per row of M, whatever the scope.
+* N:M: exactly N per row of M, whatever the scope (``target=``: proportionally more per row at a
+  sparsity below the target, M at 0 -- a ramp).
+
+Pruners reach these through ``Pruner.select`` and ``Pruner.keep_above``, so the N:M dispatch
+lives here and nowhere else.
 """
 
 from __future__ import annotations
@@ -50,16 +54,38 @@ def global_topk(scores: dict[str, Tensor], keep: int) -> dict[str, Tensor]:
     }
 
 
-def hard_topk(scores: dict[str, Tensor], pattern: Pattern, sparsity: float, scope: str = "global") -> dict[str, Tensor]:
-    """Exact boolean unit masks for the target sparsity (see module docstring)."""
+def nm_keep(pattern: Pattern, sparsity: float, target: float) -> int:
+    """Weights kept per row of M at ``sparsity`` on a ramp to ``target``: M at 0, N at the target."""
+    if sparsity >= target:
+        return pattern.n
+    m, n = pattern.m, pattern.n
+    return max(n, round(m - (m - n) * sparsity / target))
+
+
+def hard_topk(scores: dict[str, Tensor], pattern: Pattern, sparsity: float, scope: str = "global",
+              target: float | None = None) -> dict[str, Tensor]:
+    """Exact boolean unit masks for the target sparsity (see module docstring).
+
+    ``target``: the run's final sparsity when ``sparsity`` is a level on the way there; only N:M
+    reads it (``nm_keep``), everything else keeps round((1 - sparsity) * G)."""
     if pattern.per_row_budget:
-        return {name: nm_topk(s, pattern.n) for name, s in scores.items()}
+        keep = pattern.n if target is None else nm_keep(pattern, sparsity, target)
+        return {name: nm_topk(s, keep) for name, s in scores.items()}
     if scope == "global":
         total = sum(s.numel() for s in scores.values())
         return global_topk(scores, keep_count(total, sparsity))
     if scope == "layer":
         return {name: global_topk({name: s}, keep_count(s.numel(), sparsity))[name] for name, s in scores.items()}
     raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+
+
+def keep_above(scores: dict[str, Tensor], pattern: Pattern, threshold: float) -> dict[str, Tensor]:
+    """Bool unit masks ``score > threshold``: every unit decides alone (learned gates), no budget.
+
+    N:M: the top N of every row of M instead (a threshold cannot keep exactly N per row)."""
+    if pattern.per_row_budget:
+        return {name: nm_topk(s, pattern.n) for name, s in scores.items()}
+    return {name: s.detach() > threshold for name, s in scores.items()}
 
 
 def expected_kept(unit_counts: dict[str, int], pattern: Pattern, sparsity: float, scope: str = "global") -> int:
