@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from bench.pruner import Pruner, PrunerConfig, check_range, register_pruner
-from bench.select import nm_topk
 
 
 @dataclass(frozen=True)
@@ -37,36 +36,21 @@ class SRSTEPruner(Pruner):
     Config = SRSTEConfig
     patterns = ("nm",)
     straight_through = True
-
-    def __init__(self, config: SRSTEConfig, pattern, sparsity):
-        super().__init__(config, pattern, sparsity)
-        self.current: dict[str, Tensor] | None = None  # bool unit masks of this step
-
-    def magnitudes(self) -> dict[str, Tensor]:
-        """|w| of every weight as (rows, M) unit scores."""
-        return {layer.name: self.pattern.unit_norms(layer.weight.detach()) for layer in self.layers}
+    current: dict[str, Tensor] | None = None  # bool unit masks M(W) of this step (masks() sets them)
 
     def masks(self) -> dict[str, Tensor]:
-        self.current = {name: nm_topk(scores, self.pattern.n) for name, scores in self.magnitudes().items()}
+        self.current = self.select(self.weight_norms())
         return {name: mask.float() for name, mask in self.current.items()}
 
     def penalty(self) -> Tensor | float:
         if self.config.lambda_w == 0.0:
             return 0.0
-        if self.current is None:
-            self.masks()
+        current = self.current or self.select(self.weight_norms())
         total = 0.0
         for layer in self.layers:
-            weight = layer.weight
-            pruned = 1.0 - self.pattern.expand(self.current[layer.name].to(weight.dtype), weight.shape)
-            total = total + (pruned * weight).pow(2).sum()
+            kept = self.pattern.expand(current[layer.name].to(layer.weight.dtype), layer.weight.shape)
+            total = total + ((1.0 - kept) * layer.weight).pow(2).sum()
         return 0.5 * self.config.lambda_w * total
 
     def finalize(self) -> dict[str, Tensor]:
-        return self.select(self.magnitudes())
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
+        return self.select(self.weight_norms())
