@@ -28,6 +28,7 @@ from torch import Tensor
 
 from bench.errors import ConfigError
 from bench.pruner import Progress, Pruner, PrunerConfig, check_choice, check_range, register_pruner
+from bench.schedules import LinearRamp
 from bench.select import global_topk
 
 
@@ -73,44 +74,41 @@ def row_thresholds(scores: Tensor, n: int) -> Tensor:
 @register_pruner("pdp")
 class PDPPruner(Pruner):
     Config = PDPConfig
+    state_attrs = ("kept_budget", "ramp_start", "ramp")
 
     def __init__(self, config: PDPConfig, pattern, sparsity):
         super().__init__(config, pattern, sparsity)
         self.kept_budget: dict[str, int] | None = None  # units kept per layer at the target
         self.ramp_start = 0  # step at which warm-up ended
         self.ramp = 0.0  # min(1, eps * (e + 1)); 0 during warm-up
+        self.schedule = LinearRamp(config.ramp_fraction)
 
     # -- schedule ---------------------------------------------------------------------
     def layer_budgets(self) -> dict[str, int]:
         """Kept units per layer from one threshold over all layers (scope=layer: r per layer)."""
-        chosen = self.select(self.unit_rms())
-        return {name: int(mask.sum()) for name, mask in chosen.items()}
+        return {name: int(mask.sum()) for name, mask in self.select(self.unit_rms()).items()}
 
     def on_step(self, progress: Progress) -> None:
-        if progress.stage != "prune" or progress.fraction < self.config.warmup_fraction:
+        if progress.fraction < self.config.warmup_fraction:
+            return
+        if self.budget_fixed:  # N:M: N per row of M right after warm-up; no layer budgets, no ramp
+            self.ramp = 1.0
             return
         if self.kept_budget is None:
-            self.kept_budget = {} if self.pattern.per_row_budget else self.layer_budgets()
-            self.ramp_start = progress.step
-        ramp_steps = max(1, round(self.config.ramp_fraction * progress.steps))
-        done = self.pattern.per_row_budget or progress.step - self.ramp_start + 1 >= ramp_steps  # N:M: no ramp
-        self.ramp = 1.0 if done else (progress.step - self.ramp_start + 1) / ramp_steps
+            self.kept_budget, self.ramp_start = self.layer_budgets(), progress.step
+        self.ramp = self.schedule.at(progress.step - self.ramp_start, progress.steps)
 
     def pruned_now(self, name: str, units: int) -> int:
         """Units below the threshold at the current ramp: round(ramp * (G_l - kept_l))."""
         return int(round(self.ramp * (units - self.kept_budget[name])))
 
     # -- masks ------------------------------------------------------------------------
-    def layer_mask(self, name: str, squared_scores: Tensor) -> Tensor:
-        scores = squared_scores.detach().sqrt()
-        if self.pattern.per_row_budget:
-            threshold = row_thresholds(scores, self.pattern.n)
-        else:
-            pruned = self.pruned_now(name, squared_scores.numel())
-            if pruned == 0:
-                return torch.ones_like(squared_scores)
-            threshold = layer_threshold(scores, pruned)
-        return soft_mask(squared_scores, threshold, self.config.tau)
+    def threshold(self, name: str, scores: Tensor) -> Tensor | None:
+        """t at the current budget: per row of M (N:M) or per layer; None while nothing is pruned."""
+        if self.budget_fixed:
+            return row_thresholds(scores, self.pattern.n)
+        pruned = self.pruned_now(name, scores.numel())
+        return layer_threshold(scores, pruned) if pruned else None
 
     def masks(self) -> dict[str, Tensor] | None:
         if self.ramp == 0.0:
@@ -118,20 +116,15 @@ class PDPPruner(Pruner):
         out = {}
         for layer in self.layers:
             squared = self.pattern.units(layer.weight).pow(2).sum(dim=-1)  # differentiable in w
-            out[layer.name] = self.layer_mask(layer.name, squared)
+            t = self.threshold(layer.name, squared.detach().sqrt())
+            out[layer.name] = torch.ones_like(squared) if t is None else soft_mask(squared, t, self.config.tau)
         return out
 
     def finalize(self) -> dict[str, Tensor]:
         scores = self.unit_rms()
-        if self.pattern.per_row_budget or not self.kept_budget or self.config.final_mask == "global":
+        if not self.kept_budget or self.config.final_mask == "global":  # N:M: no layer budgets
             return self.select(scores)
         return {name: global_topk({name: s}, self.kept_budget[name])[name] for name, s in scores.items()}
 
     def log_values(self) -> dict[str, float]:
         return {"ramp": self.ramp}
-
-    def state_dict(self) -> dict:
-        return {"kept_budget": self.kept_budget, "ramp_start": self.ramp_start, "ramp": self.ramp}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.kept_budget, self.ramp_start, self.ramp = state["kept_budget"], state["ramp_start"], state["ramp"]
