@@ -20,53 +20,14 @@ See docs/pruners/acdc.md for the mapping and the deviations.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
 from bench.errors import ConfigError
-from bench.pruner import Progress, Pruner, PrunerConfig, check_choice, check_range, register_pruner
-
-DENSE, COMPRESSED, DECOMPRESSED = "dense", "compressed", "decompressed"
-
-
-def _round(x: float) -> int:
-    return int(math.floor(x + 0.5))
-
-
-def phase_plan(total: int, warmup: float = 0.10, phase: float = 0.05, long_decompressed: float = 0.10,
-               final_compressed: float = 0.15) -> list[tuple[int, int, str]]:
-    """Phases [(start, end, kind)] covering range(total) (epochs or steps); the last one is compressed.
-
-    dense [0, W) | C, D, C, ..., C alternating (odd count, about ``phase * total`` each, boundaries
-    spread evenly) | long D | final C of ``max(1, final_compressed * total)``.  Adjacent phases of
-    the same kind are merged (a zero-length long D phase, tiny budgets).
-    """
-    if total < 1:
-        raise ValueError(f"phase_plan needs total >= 1, got {total}")
-    final_len = min(total, max(1, _round(final_compressed * total)))
-    final_start = total - final_len
-    long_start = max(0, final_start - _round(long_decompressed * total))
-    warm_end = min(long_start, _round(warmup * total))
-    region = long_start - warm_end
-    count = min(region, max(1, _round(region / max(1, _round(phase * total))))) if region > 0 else 0
-    if count and count % 2 == 0:
-        count -= 1  # the alternating block starts and ends on C
-    phases = [(0, warm_end, DENSE)]
-    bounds = [warm_end + _round(i * region / count) for i in range(count + 1)] if count else []
-    phases += [(a, b, COMPRESSED if i % 2 == 0 else DECOMPRESSED) for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
-    phases += [(long_start, final_start, DECOMPRESSED), (final_start, total, COMPRESSED)]
-    merged: list[tuple[int, int, str]] = []
-    for start, end, kind in phases:
-        if end <= start:
-            continue
-        if merged and merged[-1][2] == kind:
-            merged[-1] = (merged[-1][0], end, kind)
-        else:
-            merged.append((start, end, kind))
-    return merged
+from bench.pruner import Progress, PrunerConfig, check_choice, check_range, register_pruner
+from bench.pruning_blocks import HardMaskPruner
+from bench.schedules import COMPRESSED, DECOMPRESSED, DENSE, PhasePlan, phase_plan  # noqa: F401 (phase_plan: re-export)
 
 
 @dataclass(frozen=True)
@@ -91,43 +52,27 @@ class ACDCConfig(PrunerConfig):
 
 
 @register_pruner("acdc")
-class ACDCPruner(Pruner):
+class ACDCPruner(HardMaskPruner):
+    """``self.mask``: the hard unit masks of the current C phase (None outside C)."""
+
     Config = ACDCConfig
+    state_attrs = ("phase",)
 
     def __init__(self, config: ACDCConfig, pattern, sparsity):
         super().__init__(config, pattern, sparsity)
-        self.mask: dict[str, Tensor] | None = None  # hard unit masks of the current C phase
+        self.phases = PhasePlan(config.warmup_fraction, config.phase_fraction, config.long_decompressed_fraction,
+                                config.final_compressed_fraction)
         self.phase = DENSE  # kind of the current step
         self.step, self.steps = 0, 1
-        self.plan: list[tuple[int, int, str]] = []
-
-    def plan_for(self, steps: int) -> list[tuple[int, int, str]]:
-        if not self.plan or self.plan[-1][1] != steps:
-            c = self.config
-            self.plan = phase_plan(steps, c.warmup_fraction, c.phase_fraction, c.long_decompressed_fraction,
-                                   c.final_compressed_fraction)
-        return self.plan
-
-    def phase_at(self, step: int) -> str:
-        """Kind of phase at a step of the pruning stage; past its end the last (compressed) one."""
-        for start, end, kind in self.plan_for(self.steps):
-            if start <= step < end:
-                return kind
-        return self.plan[-1][2]
 
     def on_step(self, progress: Progress) -> None:
-        if progress.stage != "prune":
-            return
         self.step, self.steps = progress.step, progress.steps
-        kind = self.phase_at(progress.step)
-        if kind == COMPRESSED and self.phase != COMPRESSED:
-            self.mask = self.select(self.unit_rms())  # IHT step: top-k of the current dense weights
-        elif kind != COMPRESSED:
+        kind = self.phases.kind_at(progress.step, progress.steps)
+        if kind != COMPRESSED:
             self.mask = None
+        elif self.phase != COMPRESSED:
+            self.mask = self.select(self.unit_rms())  # IHT step: top-k of the current dense weights
         self.phase = kind
-
-    def masks(self) -> dict[str, Tensor] | None:
-        return None if self.mask is None else {name: m.float() for name, m in self.mask.items()}
 
     @torch.no_grad()
     def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -135,7 +80,7 @@ class ACDCPruner(Pruner):
             for layer in self.layers:
                 weight = layer.weight
                 weight.mul_(self.pattern.expand(self.mask[layer.name].to(weight.dtype), weight.shape))
-        if self.phase == COMPRESSED and self.phase_at(self.step + 1) == DECOMPRESSED:
+        if self.phase == COMPRESSED and self.phases.kind_at(self.step + 1, self.steps) == DECOMPRESSED:
             self.reset_momentum(optimizer)  # before the first D step, like the reference
 
     @torch.no_grad()
@@ -151,14 +96,5 @@ class ACDCPruner(Pruner):
             if buffer is not None:
                 buffer.zero_()
 
-    def finalize(self) -> dict[str, Tensor]:
-        return self.mask if self.mask is not None else self.select(self.unit_rms())
-
     def log_values(self) -> dict[str, float]:
         return {"compressed": float(self.phase == COMPRESSED)}
-
-    def state_dict(self) -> dict:
-        return {"mask": self.mask, "phase": self.phase, "step": self.step, "steps": self.steps}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.mask, self.phase, self.step, self.steps = state["mask"], state["phase"], state["step"], state["steps"]

@@ -72,7 +72,7 @@ def test_pruned_weights_stay_zero_and_momentum_resets_at_decompression(reset):
     pruner.attach(masker.layers)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.05)
     total = 20  # plan: dense 0-1, C 2, D 3, C 4, ..., C 14, D 15-16, C 17-19
-    assert pruner.plan_for(total)[:3] == [(0, 2, DENSE), (2, 3, COMPRESSED), (3, 4, DECOMPRESSED)]
+    assert pruner.phases.plan_for(total)[:3] == [(0, 2, DENSE), (2, 3, COMPRESSED), (3, 4, DECOMPRESSED)]
     log = run_steps(model, masker, pruner, opt, range(total), total, data)
     assert [entry["phase"] for entry in log[:5]] == [DENSE, DENSE, COMPRESSED, DECOMPRESSED, COMPRESSED]
     prunable = {id(layer.weight) for layer in masker.layers}
