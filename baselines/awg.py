@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from bench.masks import PrunableLayer
 from bench.pruner import Pruner, PrunerConfig, check_range, register_pruner
-from bench.select import keep_count, nm_topk
+from bench.pruning_blocks import straight_through
+from bench.select import keep_count
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,11 @@ class GateFunction(nn.Module):
 @register_pruner("awg")
 class AWGPruner(Pruner):
     Config = AWGConfig
+    state_attrs = ("stats",)
 
     def __init__(self, config: AWGConfig, pattern, sparsity):
         super().__init__(config, pattern, sparsity)
-        self.gate_fns = nn.ModuleDict()
+        self.gate_fns: dict[str, GateFunction] = {}
         self.stats: dict[str, Tensor] = {}  # per layer: (2 features, mean/std) frozen at attach
 
     def attach(self, layers: list[PrunableLayer]) -> None:
@@ -94,10 +96,10 @@ class AWGPruner(Pruner):
                 ordered = logits.sort(descending=True).values
                 low = ordered[keep] if keep < logits.numel() else ordered[-1] - 1.0
                 fn.bias.fill_(-0.5 * (ordered[keep - 1] + low))
-            self.gate_fns[_key(layer.name)] = fn
+            self.gate_fns[layer.name] = fn
 
     def parameters(self) -> list[nn.Parameter]:
-        return list(self.gate_fns.parameters())
+        return [p for fn in self.gate_fns.values() for p in fn.parameters()]
 
     def param_groups(self) -> list[dict]:
         cfg = self.config
@@ -109,20 +111,15 @@ class AWGPruner(Pruner):
         return (unit_features(self.pattern.units(layer.weight)) - stats[0]) / stats[1]
 
     def logits(self) -> dict[str, Tensor]:
-        return {layer.name: self.gate_fns[_key(layer.name)](self.features(layer)) for layer in self.layers}
-
-    def _hard(self, logit: Tensor) -> Tensor:
-        return nm_topk(logit, self.pattern.n) if self.pattern.per_row_budget else logit.detach() > 0
+        return {layer.name: self.gate_fns[layer.name](self.features(layer)) for layer in self.layers}
 
     def masks(self) -> dict[str, Tensor]:
-        out = {}
-        for name, logit in self.logits().items():
-            soft = torch.sigmoid(logit)
-            out[name] = self._hard(logit).to(soft.dtype) + (soft - soft.detach())
-        return out
+        logits = self.logits()
+        hard = self.keep_above(logits, 0.0)
+        return {name: straight_through(torch.sigmoid(logit), hard[name]) for name, logit in logits.items()}
 
     def penalty(self) -> Tensor | float:
-        if self.pattern.per_row_budget or self.config.budget_weight == 0:
+        if self.budget_fixed or self.config.budget_weight == 0:
             return 0.0
         masks = self.masks()
         target = 1.0 - self.sparsity
@@ -135,23 +132,12 @@ class AWGPruner(Pruner):
 
     def finalize(self) -> dict[str, Tensor]:
         with torch.no_grad():
-            return self.select({name: logit.detach() for name, logit in self.logits().items()})
+            return self.select(self.logits())
 
     def log_values(self) -> dict[str, float]:
         if not self.layers:
             return {}
         with torch.no_grad():
-            hard = [self._hard(logit) for logit in self.logits().values()]
+            hard = self.keep_above(self.logits(), 0.0).values()
         kept, total = sum(int(h.sum()) for h in hard), sum(h.numel() for h in hard)
         return {"gate_sparsity": 1.0 - kept / total}
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "stats": {name: s.clone() for name, s in self.stats.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.stats = {name: s.clone() for name, s in state["stats"].items()}
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "__")
