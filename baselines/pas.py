@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from bench.masks import PrunableLayer
 from bench.pruner import Pruner, PrunerConfig, check_choice, check_range, register_pruner
-from bench.select import nm_topk
+from bench.pruning_blocks import straight_through
 
 
 @dataclass(frozen=True)
@@ -55,18 +55,14 @@ class PaSConfig(PrunerConfig):
         check_range(self, "mac_unit", 0.0, float("inf"))
 
 
-def straight_through_gate(gates: Tensor, hard: Tensor) -> Tensor:
-    """Forward exactly ``hard`` (0/1), backward identity to ``gates``."""
-    return hard.to(gates.dtype) + (gates - gates.detach())
-
-
 @register_pruner("pas")
 class PaSPruner(Pruner):
     Config = PaSConfig
+    state_attrs = ("unit_cost",)
 
     def __init__(self, config: PaSConfig, pattern, sparsity):
         super().__init__(config, pattern, sparsity)
-        self.gates = nn.ParameterDict()
+        self.gates: dict[str, nn.Parameter] = {}
         self.unit_cost: dict[str, float] = {}  # resource of one unit: 1, or its MACs per sample
 
     def attach(self, layers: list[PrunableLayer]) -> None:
@@ -76,13 +72,13 @@ class PaSPruner(Pruner):
             units = self.pattern.units(layer.weight.detach().float())
             macs = self.config.resource == "macs"
             self.unit_cost[layer.name] = float(layer.positions * units.shape[-1]) if macs else 1.0
-            if self.pattern.per_row_budget:  # N:M: rank by |w| at init (constant gates would tie)
+            if self.budget_fixed:  # N:M: rank by |w| at init (constant gates would tie in the top-N per row)
                 magnitude = units[..., 0].abs()
                 init = self.config.gate_init * magnitude / magnitude.mean().clamp_min(1e-12)
             else:
                 noise = torch.rand(units.shape[:-1], generator=generator) * 2 - 1
                 init = self.config.gate_init + self.config.init_noise * noise
-            self.gates[_key(layer.name)] = nn.Parameter(init.to(layer.weight.device))
+            self.gates[layer.name] = nn.Parameter(init.to(layer.weight.device))
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.gates.values())
@@ -97,15 +93,10 @@ class PaSPruner(Pruner):
     # -- masks and penalty ------------------------------------------------------------
     def hard_gates(self) -> dict[str, Tensor]:
         """Current binary decisions b (no gradient): 1[g > 0.5], or top-N of g per row for N:M."""
-        out = {}
-        for layer in self.layers:
-            g = self.gates[_key(layer.name)].detach()
-            out[layer.name] = nm_topk(g, self.pattern.n) if self.pattern.per_row_budget else g > 0.5
-        return out
+        return self.keep_above(self.gates, 0.5)
 
     def masks(self) -> dict[str, Tensor]:
-        hard = self.hard_gates()
-        return {name: straight_through_gate(self.gates[_key(name)], hard[name]) for name in hard}
+        return {name: straight_through(self.gates[name], hard) for name, hard in self.hard_gates().items()}
 
     def resource(self, unit_masks: dict[str, Tensor]) -> Tensor:
         """Kept units, or MACs per sample of the layers' own kept weights, under (STE) unit masks."""
@@ -115,7 +106,7 @@ class PaSPruner(Pruner):
         return sum(self.unit_cost[layer.name] * layer.num_units for layer in self.layers)
 
     def penalty(self) -> Tensor | float:
-        if self.pattern.per_row_budget or self.config.alpha == 0:
+        if self.budget_fixed or self.config.alpha == 0:
             return 0.0
         unit = self.config.mac_unit or self.dense_resource()
         target = (1.0 - self.sparsity) * self.dense_resource() / unit
@@ -123,9 +114,7 @@ class PaSPruner(Pruner):
 
     # -- end of search ----------------------------------------------------------------
     def finalize(self) -> dict[str, Tensor]:
-        if self.config.projection:
-            return self.select({layer.name: self.gates[_key(layer.name)].detach() for layer in self.layers})
-        return self.hard_gates()
+        return self.select(self.gates) if self.config.projection else self.hard_gates()
 
     def log_values(self) -> dict[str, float]:
         if not self.layers:
@@ -135,14 +124,3 @@ class PaSPruner(Pruner):
         total = sum(m.numel() for m in hard.values())
         ratio = float(self.resource({n: m.float() for n, m in hard.items()})) / self.dense_resource()
         return {"gate_sparsity": 1.0 - kept / total, "resource_ratio": ratio}
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "unit_cost": dict(self.unit_cost)}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.unit_cost = dict(state["unit_cost"])
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "__")

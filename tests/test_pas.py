@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.pas import PaSConfig, PaSPruner, straight_through_gate
+from baselines.pas import PaSConfig, PaSPruner
 from bench.errors import ConfigError
 from bench.masks import Masker, calibrate
+from bench.pruning_blocks import straight_through as straight_through_gate
 from bench.select import keep_count
 from bench.sparsity import parse_pattern
 
