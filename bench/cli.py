@@ -22,7 +22,7 @@ def parse_options(items: list[str], field: str = "--opt") -> dict[str, str]:
 def cmd_list(args) -> int:
     from bench.pruner import load_pruners
     from bench.sparsity import PATTERN_HELP
-    from bench.tasks.base import load_tasks
+    from bench.tasks.registry import load_tasks
 
     print("pruners:")
     for name, cls in sorted(load_pruners().items()):

@@ -34,7 +34,8 @@ from bench.errors import ConfigError, DataError
 from bench.paths import RunPaths, paths_or_env
 from bench.record import ResultStore
 from bench.shrink import count_params, replay_shrink, shrink_channels
-from bench.tasks.base import Task, get_task
+from bench.tasks.base import Task
+from bench.tasks.registry import get_task
 
 SAVED_FORMAT, EXPORT_FORMAT, VERSION = "smartbench-pruned", "smartbench-export", 1
 ROW_FIELDS = ("run_id", "task", "model", "pruner", "pattern", "target_sparsity", "seed", "metric_name", "metric",

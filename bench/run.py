@@ -31,7 +31,8 @@ from bench.record import ResultStore, log_wandb, provenance
 from bench.sparsity import parse_pattern, resolve_sparsity
 from bench.speed import cost_figures
 from bench.stages import StageDriver
-from bench.tasks.base import Task, get_task
+from bench.tasks.base import Task
+from bench.tasks.registry import get_task
 from bench.train import PruneTrainer, seed_everything, train_dense
 
 SPEC_VERSION = 1

@@ -254,7 +254,7 @@ def load_suite(name: str) -> Suite:
 def expand(suite: Suite) -> Suite:
     """Fill ``suite.cells`` (resolved run ids, budgets) and ``suite.skipped``; raises ConfigError."""
     from bench.pruner import get_pruner_class
-    from bench.tasks.base import load_tasks
+    from bench.tasks.registry import load_tasks
 
     tasks = load_tasks()
     resolved: dict[str, Any] = {}

@@ -33,7 +33,7 @@ FP16_TOLERANCE = 1e-2  # max |sparse - dense| / max |dense|
 
 def build(name: str):
     """(model, input shape without batch, tokens per image) for a task name or a timm name."""
-    from bench.tasks.base import load_tasks
+    from bench.tasks.registry import load_tasks
 
     tasks = load_tasks()
     if name in tasks:

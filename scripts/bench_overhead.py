@@ -41,10 +41,10 @@ import torch_pruning as tp
 from bench.masks import Masker, calibrate, find_prunable
 from bench.pruner import Progress, build_pruner, load_pruners
 from bench.select import hard_topk
-from bench.shrink import count_params, folded_copy, shrink_channels
+from bench.shrink import folded_copy, shrink_channels
 from bench.sparsity import parse_pattern, resolve_sparsity
 from bench.speed import cost_figures, device_fingerprint, latency
-from bench.tasks.base import get_task
+from bench.tasks.registry import get_task
 from bench.train import make_optimizer
 from smart.topk import soft_topk
 

@@ -10,7 +10,7 @@ import torch
 from bench.cli import main
 from bench.export import EXPORT_FORMAT, export_run, load_exported, save_pruned, saved_model_path
 from bench.run import RunSpec, execute, resolve
-from bench.tasks.base import get_task
+from bench.tasks.registry import get_task
 
 
 @pytest.fixture(scope="module")

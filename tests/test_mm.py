@@ -17,7 +17,6 @@ import torch
 pytest.importorskip("mmdet")
 pytest.importorskip("mmseg")
 
-from bench.data.scenes import ScenesSpec  # noqa: E402
 from bench.errors import ConfigError, DataError  # noqa: E402
 from bench.masks import Masker, find_prunable  # noqa: E402
 from bench.pruner import load_pruners  # noqa: E402
@@ -25,9 +24,8 @@ from bench.record import ResultStore  # noqa: E402
 from bench.run import RunSpec, execute, resolve  # noqa: E402
 from bench.sparsity import parse_pattern  # noqa: E402
 from bench.tasks import base as tasks_base  # noqa: E402
-from bench.tasks.base import Budget  # noqa: E402
-from bench.tasks.detection import ScenesDetection  # noqa: E402
-from bench.tasks.segmentation import CITYSCAPES_TRAIN_IDS, ScenesSegmentation  # noqa: E402
+from bench.tasks import registry as tasks_registry  # noqa: E402
+from bench.tasks.segmentation import CITYSCAPES_TRAIN_IDS  # noqa: E402
 from mm_micro import MICRO, MICRO_BUDGET, MICRO_SPEC, MicroDet, MicroSeg, no_flip  # noqa: E402,F401
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +45,7 @@ def micro_tasks(monkeypatch, tmp_path_factory):
     """Register the micro tasks; scenes go to a session-wide cache folder."""
     monkeypatch.setenv("SMARTBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "scenes-cache"))
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
-    tasks_base.load_tasks()
+    tasks_registry.load_tasks()
     for cls in MICRO.values():
         monkeypatch.setitem(tasks_base.TASKS, cls.name, cls)
 
@@ -68,7 +66,7 @@ def test_task_modules_import_without_mm():
     """load_tasks() imports detection/segmentation even when mm* cannot be imported."""
     code = ("import sys\n"
             "for name in ('mmdet', 'mmseg', 'mmengine', 'mmcv'): sys.modules[name] = None\n"
-            "from bench.tasks.base import load_tasks\n"
+            "from bench.tasks.registry import load_tasks\n"
             "print(sorted(load_tasks()))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, check=True).stdout
@@ -78,11 +76,11 @@ def test_task_modules_import_without_mm():
 
 
 def test_merged_configs_are_offline_and_sized():
-    det = tasks_base.get_task("scenes-det-tiny").config
+    det = tasks_registry.get_task("scenes-det-tiny").config
     assert det.model.bbox_head.num_classes == 10
     assert det.model.backbone.init_cfg is None and det.model.backbone.frozen_stages == -1
     assert "batch_augments" not in det.model.data_preprocessor  # no BatchFixedSizePad / LSJ padding
-    seg = tasks_base.get_task("scenes-seg-tiny").config
+    seg = tasks_registry.get_task("scenes-seg-tiny").config
     assert seg.model.pretrained is None and seg.model.backbone.init_cfg is None
     assert seg.model.decode_head.num_classes == seg.model.auxiliary_head.num_classes == 11
     assert "SyncBN" not in json.dumps(seg.model.to_dict(), default=str)
@@ -90,7 +88,7 @@ def test_merged_configs_are_offline_and_sized():
 
 
 def test_scenes_seg_model_is_the_half_width_fcn():
-    task = tasks_base.get_task("scenes-seg-tiny")
+    task = tasks_registry.get_task("scenes-seg-tiny")
     model = task.build_model()
     assert task.model_name == "fcn_r18-d8-half"
     assert model.backbone.layer4[-1].conv2.out_channels == 256  # 512 at full width
@@ -102,7 +100,7 @@ def test_scenes_seg_model_is_the_half_width_fcn():
 
 @pytest.mark.parametrize("task_name", ["scenes-det-tiny", "scenes-seg-tiny"])
 def test_default_prunable_layers(task_name):
-    task = tasks_base.get_task(task_name)
+    task = tasks_registry.get_task(task_name)
     model = task.build_model()
     names = find_prunable(model, task.include, task.exclude, task.keep_first_last)
     convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
@@ -192,7 +190,7 @@ def test_coco_by_path(monkeypatch, tmp_path):
     fake_coco(tmp_path / "coco")
     monkeypatch.delenv("SMARTBENCH_COCO", raising=False)
     monkeypatch.setenv("SMARTBENCH_DATA", str(tmp_path))  # found as $SMARTBENCH_DATA/coco
-    task = tasks_base.get_task("coco-det")
+    task = tasks_registry.get_task("coco-det")
     assert task.data_root() == (tmp_path / "coco").resolve()
     cfg = task.data_config
     assert cfg.test_evaluator.ann_file == str((tmp_path / "coco" / "annotations" / "instances_val2017.json").resolve())
@@ -204,7 +202,7 @@ def test_coco_by_path(monkeypatch, tmp_path):
 def test_cityscapes_label_ids_become_train_ids(monkeypatch, tmp_path):
     label_ids = fake_cityscapes(tmp_path / "cs")
     monkeypatch.setenv("SMARTBENCH_CITYSCAPES", str(tmp_path / "cs"))
-    task = tasks_base.get_task("cityscapes-seg")
+    task = tasks_registry.get_task("cityscapes-seg")
     loader = task.dataloader("val")
     gt = loader.dataset[0]["data_samples"].gt_sem_seg.data[0].numpy()
     expected = np.vectorize(lambda i: CITYSCAPES_TRAIN_IDS.get(int(i), 255))(label_ids)
@@ -217,7 +215,7 @@ def test_cityscapes_label_ids_become_train_ids(monkeypatch, tmp_path):
 def test_ade20k_by_path_reduces_zero_label(monkeypatch, tmp_path):
     fake_ade20k(tmp_path / "ADEChallengeData2016")
     monkeypatch.setenv("SMARTBENCH_ADE20K", str(tmp_path))  # parent of ADEChallengeData2016/ is accepted
-    task = tasks_base.get_task("ade20k-seg")
+    task = tasks_registry.get_task("ade20k-seg")
     gt = task.dataloader("val").dataset[0]["data_samples"].gt_sem_seg.data
     assert set(gt.unique().tolist()) == {0, 1, 149, 255}
 

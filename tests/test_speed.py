@@ -170,7 +170,7 @@ def test_measure_builds_the_variants_of_a_pattern():
 
 def test_shrink_mm_model_if_available():
     pytest.importorskip("mmdet")
-    from bench.tasks.base import load_tasks
+    from bench.tasks.registry import load_tasks
 
     tasks = [cls() for cls in load_tasks().values() if cls.family in ("detection", "segmentation") and "tiny" in cls.name]
     if not tasks:

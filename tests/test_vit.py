@@ -12,7 +12,7 @@ from bench.pruner import Progress, build_pruner
 from bench.run import RunSpec, resolve
 from bench.sparse24 import PATTERN_24, compare, covered_linears, make_pair, mask_24_
 from bench.sparsity import NM, parse_pattern
-from bench.tasks.base import get_task
+from bench.tasks.registry import get_task
 from bench.tasks.vit import IMAGENET_ENV, imagenet_root
 
 BLOCK_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")

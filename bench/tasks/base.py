@@ -1,4 +1,4 @@
-"""Task interface and registry.
+"""Task interface and the task registry dict (filled by ``@register_task``; loaded by bench.tasks.registry).
 
 A task builds a model and its data, defines the loss and the metric, and names the training
 budget. Native tasks (classification, ViT) are trained by ``bench.train``; tasks that bring
@@ -14,7 +14,6 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import Tensor, nn
 
-from bench.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -126,25 +125,6 @@ TASKS: dict[str, Callable[..., Task]] = {}
 def register_task(cls):
     TASKS[cls.name] = cls
     return cls
-
-
-def load_tasks() -> dict[str, Callable[..., Task]]:
-    import bench.tasks.classification  # noqa: F401  (registers its tasks)
-    for optional in ("bench.tasks.vit", "bench.tasks.detection", "bench.tasks.segmentation"):
-        try:
-            __import__(optional)
-        except ModuleNotFoundError as err:
-            if err.name and err.name.startswith(optional):
-                continue  # family not present in this checkout
-            raise
-    return TASKS
-
-
-def get_task(name: str, model: str | None = None) -> Task:
-    tasks = load_tasks()
-    if name not in tasks:
-        raise ConfigError("task", f"unknown task '{name}'; allowed: {', '.join(sorted(tasks))}")
-    return tasks[name](model=model)
 
 
 def seeded(seed: int) -> torch.Generator:

@@ -15,7 +15,7 @@ pruner starts from that checkpoint and gets ``prune_epochs`` + ``finetune_epochs
 same Runner with :class:`bench.mm_hook.PruningHook` around the shared stage driver
 (:meth:`MMTask.train_stages`), then is evaluated by the package's own metric.
 
-This module imports no mm* package at import time (``bench.tasks.base.load_tasks`` imports the
+This module imports no mm* package at import time (``bench.tasks.registry.load_tasks`` imports the
 task modules even where mmdet is not installed).
 """
 

@@ -55,9 +55,9 @@ def register_micro() -> None:
     import mmseg  # noqa: F401  (ImportError without mm*)
     from mm_micro import MicroSeg
 
-    from bench.tasks import base
+    from bench.tasks import base, registry
 
-    base.load_tasks()
+    registry.load_tasks()
     base.TASKS[MicroSeg.name] = MicroSeg
 
 

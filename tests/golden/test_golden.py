@@ -36,8 +36,8 @@ def test_mm_golden(case, shared_runs_dir, monkeypatch, tmp_path_factory):
     monkeypatch.setenv("SMARTBENCH_RUNS", str(shared_runs_dir / "golden"))
     from mm_micro import MicroSeg
 
-    from bench.tasks import base
+    from bench.tasks import base, registry
 
-    base.load_tasks()
+    registry.load_tasks()
     monkeypatch.setitem(base.TASKS, MicroSeg.name, MicroSeg)
     assert run_case(case, shared_runs_dir / "golden") == EXPECTED[case_key(case)]
