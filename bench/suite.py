@@ -1,6 +1,6 @@
 """Suites: a YAML grid (tasks x pruners x patterns x sparsities x seeds) -> cells -> runs.
 
-A suite file (``configs/suites/NAME.yaml``, read with ``yaml.safe_load``)::
+A suite file (``bench/configs/suites/NAME.yaml``, read with ``yaml.safe_load``)::
 
     name: smoke                      # optional, defaults to the file name
     description: every pruner on the tiny task
@@ -53,7 +53,7 @@ from bench.record import REPO_ROOT, ResultStore
 from bench.run import BUDGET_FIELDS, RunSpec, dense_key, resolve, run_identity, short_hash
 from bench.sparsity import parse_pattern, resolve_sparsity
 
-SUITES_DIR = REPO_ROOT / "configs" / "suites"
+SUITES_DIR = Path(__file__).resolve().parent / "configs" / "suites"  # package data
 TOP_FIELDS = ("name", "description", "tasks", "pruners", "patterns", "sparsities", "seeds", "budget", "model",
               "cells", "requires_tasks_present", "plan_only", "wandb_project")
 BLOCK_FIELDS = ("tasks", "pruners", "patterns", "sparsities", "seeds", "budget", "model")

@@ -159,7 +159,7 @@ def cmd_table(args) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     suite = sub.add_parser("suite", help="leaderboard suites: plan, status, run")
     actions = suite.add_subparsers(dest="suite_command", required=True)
-    name_help = "a suite in configs/suites (e.g. smoke, quick) or a path to a .yaml file"
+    name_help = "a suite in bench/configs/suites (e.g. smoke, quick) or a path to a .yaml file"
     only_help = (f"only the cells with KEY ({', '.join(SELECT_KEYS)}) in the listed values; repeatable, "
                  "e.g. --only task=fmnist-resnet --only seed=0,1")
 

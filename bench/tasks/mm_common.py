@@ -1,6 +1,6 @@
 """Shared code of the mmdet / mmsegmentation tasks: configs, Runner training, evaluation, one run.
 
-Configs: each task names one file in ``configs/mm/``. That file holds a ``base`` key naming a
+Configs: each task names one file in ``bench/configs/mm/``. That file holds a ``base`` key naming a
 config shipped inside the mmdet / mmseg package (``"mmdet::retinanet/retinanet_r18_fpn_1x_coco.py"``
 is ``<mmdet>/.mim/configs/retinanet/retinanet_r18_fpn_1x_coco.py``) and our overrides, merged on top
 with mmengine's ``Config.merge_from_dict`` (``_delete_=True`` replaces a dict). Only the model,
@@ -42,7 +42,7 @@ from bench.artifacts import atomic_save, load_or_discard
 from bench.errors import ConfigError, DataError
 from bench.tasks.base import DenseModel, Task
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "mm"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "mm"  # package data
 SPLITS = ("train", "val", "test")
 
 
@@ -81,7 +81,7 @@ def package_config(ref: str) -> Path:
 
 
 def load_config(name: str):
-    """Our ``configs/mm/<name>`` merged onto the package config it names as ``base``."""
+    """Our ``bench/configs/mm/<name>`` merged onto the package config it names as ``base``."""
     from mmengine.config import Config
 
     ours = Config.fromfile(CONFIG_DIR / name).to_dict()
@@ -101,10 +101,10 @@ def bind_data_root(cfg, root: Path) -> None:
 
 
 class MMTask(Task):
-    """A task trained by mmengine's Runner on a config from ``configs/mm``."""
+    """A task trained by mmengine's Runner on a config from ``bench/configs/mm``."""
 
     scope: ClassVar[str] = ""  # "mmdet" | "mmseg"
-    config_name: ClassVar[str] = ""  # file in configs/mm
+    config_name: ClassVar[str] = ""  # file in bench/configs/mm
     metric_key: ClassVar[str] = ""  # key in the mm evaluator's result dict
     metric_scale: ClassVar[float] = 1.0  # applied to metric_key's value (det: x100 -> percent)
     image_size: ClassVar[tuple[int, int]] = (64, 64)  # (H, W) of example_input
@@ -116,7 +116,7 @@ class MMTask(Task):
     def __init__(self, model: str | None = None):
         super().__init__(model)
         if self.model_name != self.default_model:
-            raise ConfigError("model", f"task '{self.name}' has one model, '{self.default_model}' (configs/mm/{self.config_name})")
+            raise ConfigError("model", f"task '{self.name}' has one model, '{self.default_model}' (bench/configs/mm/{self.config_name})")
 
     # -- data (subclasses) -----------------------------------------------------------------
     def data_root(self) -> Path:

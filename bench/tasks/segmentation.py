@@ -1,7 +1,7 @@
 """Semantic segmentation with mmsegmentation (FCN R18-D8) trained by mmengine's Runner.
 
 The FMNIST-Scenes tasks use the model at half width (``fcn_r18-d8-half``: 32-channel stem and base,
-see configs/mm/scenes_seg.py) so that their dense models train in minutes on 2 CPU cores.
+see bench/configs/mm/scenes_seg.py) so that their dense models train in minutes on 2 CPU cores.
 
 ``scenes-seg`` / ``scenes-seg-tiny``: FMNIST-Scenes label maps (bench/data/scenes.py writes
 ``seg/img_dir`` + ``seg/ann_dir``) read by mmseg's ``BaseSegDataset`` with our 11 class names
