@@ -18,10 +18,9 @@ from torch import Tensor, nn
 
 from bench.masks import PrunableLayer, input_norm_like_weight
 from bench.pruner import Progress, Pruner, PrunerConfig, check_choice, check_range, register_pruner
-from bench.select import keep_count
+from bench.schedules import AdaptiveTau, ExponentialTau, StaircaseRamp
 from bench.sparsity import OutputChannel
-from smart.temperature import AdaptiveTau, exponential_tau
-from smart.topk import soft_topk
+from smart.topk import soft_select
 
 
 @dataclass(frozen=True)
@@ -81,16 +80,18 @@ def initial_scores(layers: list[PrunableLayer], pattern, use_activations: bool, 
 @register_pruner("smart")
 class SmartPruner(Pruner):
     Config = SmartConfig
+    state_attrs = ("tau", "current_sparsity", "nonbinary", "thresholds", "temperature")
 
     def __init__(self, config: SmartConfig, pattern, sparsity):
         super().__init__(config, pattern, sparsity)
-        self.scores = nn.ParameterDict()
-        self.tau = config.tau0
-        self.adaptive = AdaptiveTau(config.tau0, config.tau_min, config.adaptive_gain)
-        self.current_sparsity = sparsity if config.ramp_steps == 1 else sparsity / config.ramp_steps
-        self._last_nonbinary = 1.0
-        self._last_soft: Tensor | None = None  # detached, for the lazily computed non-binary share
-        self._thresholds: dict[str, Tensor] = {}  # solved soft top-k thresholds: next step's warm start
+        self.scores: dict[str, nn.Parameter] = {}
+        self.temperature = (ExponentialTau(config.tau0, config.tau_min) if config.schedule == "exponential"
+                            else AdaptiveTau(config.tau0, config.tau_min, config.adaptive_gain))
+        self.ramp = StaircaseRamp(sparsity, config.ramp_steps)
+        self.tau, self.current_sparsity = config.tau0, self.ramp.at(0.0)
+        self.thresholds: dict[str, Tensor] = {}  # solved soft top-k thresholds: next step's warm start
+        self._soft: Tensor | None = None  # the last soft mask (detached), for ``nonbinary``
+        self._nonbinary = 1.0  # ``nonbinary`` before the first mask (or as restored)
 
     def attach(self, layers: list[PrunableLayer]) -> None:
         super().attach(layers)
@@ -99,7 +100,7 @@ class SmartPruner(Pruner):
         if standardise == "auto":  # a BatchNorm after each conv makes its channel norms incomparable across layers
             standardise = "layer" if isinstance(self.pattern, OutputChannel) else "global"
         for layer, score in zip(layers, initial_scores(layers, self.pattern, use_act, standardise)):
-            self.scores[_key(layer.name)] = nn.Parameter(score.to(layer.weight.device))
+            self.scores[layer.name] = nn.Parameter(score.to(layer.weight.device))
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.scores.values())
@@ -107,73 +108,34 @@ class SmartPruner(Pruner):
     def param_groups(self) -> list[dict]:
         return [{"params": self.parameters(), "lr": self.config.score_lr, "weight_decay": 0.0, "momentum": 0.9}]
 
-    # -- schedules --------------------------------------------------------------------
     def on_step(self, progress: Progress) -> None:
-        if progress.stage != "prune":
-            return
+        """Stage 1 (warm-up) at tau0, then tau annealed and k ramped over the rest (anneal in (0, 1])."""
         cfg = self.config
         anneal = (progress.fraction - cfg.warmup_fraction) / (1.0 - cfg.warmup_fraction)
-        if anneal <= 0:
-            self.tau = cfg.tau0
-        elif cfg.schedule == "exponential":
-            self.tau = exponential_tau(cfg.tau0, cfg.tau_min, anneal)
-        else:
-            anneal_steps = int(progress.steps * (1.0 - cfg.warmup_fraction))
-            self.tau = self.adaptive.step(anneal_steps, self._last_nonbinary)
-        level = min(cfg.ramp_steps, 1 + int(max(anneal, 0.0) * cfg.ramp_steps))
-        self.current_sparsity = self.sparsity * level / cfg.ramp_steps
+        anneal_steps = int(progress.steps * (1.0 - cfg.warmup_fraction))
+        self.tau = self.temperature.at(anneal, anneal_steps, lambda: self.nonbinary)
+        self.current_sparsity = self.ramp.at(anneal)
 
-    # -- masks ------------------------------------------------------------------------
     def masks(self) -> dict[str, Tensor]:
-        names = [layer.name for layer in self.layers]
-        scores = [self.scores[_key(n)] for n in names]
-        if self.pattern.per_row_budget:  # N:M: one exact-N soft top-k per row of M, all rows at once
-            soft = self._soft_topk("rows", torch.cat(scores, dim=0), self.pattern.n)
-            parts = soft.split([s.shape[0] for s in scores], dim=0)
-        elif self.config.scope == "global":
-            flat = torch.cat([s.reshape(-1) for s in scores])
-            soft = self._soft_topk("global", flat, keep_count(flat.numel(), self.current_sparsity))
-            parts = soft.split([s.numel() for s in scores])
-        else:
-            parts = [self._soft_topk(_key(n), s.reshape(-1), keep_count(s.numel(), self.current_sparsity))
-                     for n, s in zip(names, scores)]
-            soft = torch.cat(parts)
-        self._last_soft = soft.detach()
-        if self.config.schedule == "adaptive":  # the schedule reads it every step; otherwise only logs do
-            self._last_nonbinary = self._nonbinary()
-        return {n: p.reshape(s.shape) for n, p, s in zip(names, parts, scores)}
+        masks, soft = soft_select(self.scores, self.pattern, self.current_sparsity, self.config.scope, self.tau,
+                                  self.config.detach_t, self.thresholds)
+        self._soft = soft.detach()
+        return masks
 
-    def _soft_topk(self, key: str, scores: Tensor, k) -> Tensor:
-        """soft_topk warm-started from the previous step's thresholds (same root, fewer Newton passes)."""
-        soft, self._thresholds[key] = soft_topk(scores, k, self.tau, self.config.detach_t,
-                                                threshold=self._thresholds.get(key), return_threshold=True)
-        return soft
-
-    def _nonbinary(self) -> float:
-        """Mean of 4 f (1 - f) over the last soft mask: 1 when every entry is 0.5, 0 when binary."""
-        if self._last_soft is None:
-            return self._last_nonbinary
+    @property
+    def nonbinary(self) -> float:
+        """Mean of 4 f (1 - f) over the last soft mask f: 1 when every entry is 0.5, 0 when binary."""
+        if self._soft is None:
+            return self._nonbinary
         with torch.no_grad():
-            return float((4 * self._last_soft * (1 - self._last_soft)).mean())
+            return float((4 * self._soft * (1 - self._soft)).mean())
+
+    @nonbinary.setter
+    def nonbinary(self, value: float) -> None:  # load_state_dict
+        self._nonbinary, self._soft = value, None
 
     def finalize(self) -> dict[str, Tensor]:
-        return self.select({layer.name: self.scores[_key(layer.name)].detach() for layer in self.layers})
+        return self.select(self.scores)
 
     def log_values(self) -> dict[str, float]:
-        self._last_nonbinary = self._nonbinary()
-        return {"tau": self.tau, "mask_nonbinary": self._last_nonbinary, "ramp_sparsity": self.current_sparsity}
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "tau": self.tau, "adaptive_tau": self.adaptive.tau,
-                "nonbinary": self._nonbinary(), "current_sparsity": self.current_sparsity,
-                "thresholds": {key: t.clone() for key, t in self._thresholds.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.tau, self.adaptive.tau = state["tau"], state["adaptive_tau"]
-        self._last_nonbinary, self.current_sparsity = state["nonbinary"], state["current_sparsity"]
-        self._thresholds = {key: t.clone() for key, t in state.get("thresholds", {}).items()}
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "__")
+        return {"tau": self.tau, "mask_nonbinary": self.nonbinary, "ramp_sparsity": self.current_sparsity}

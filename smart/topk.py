@@ -25,6 +25,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from bench.select import keep_count
+from bench.sparsity import Pattern
+
 _BRACKET_MARGIN = 30.0  # sigmoid(-30) ~ 1e-13: the bracket holds the root for sure
 _MAX_ITER = 100
 
@@ -165,3 +168,32 @@ def soft_topk(scores: Tensor, k, tau: float, detach_t: bool = False, tol: float 
     out, t = _SoftTopK.apply(rows, k_rows.contiguous(), float(tau), bool(detach_t), float(tol), t0)
     out = out.reshape(scores.shape).to(scores.dtype)
     return (out, -t * tau) if return_threshold else out
+
+
+def soft_select(scores: dict[str, Tensor], pattern: Pattern, sparsity: float, scope: str, tau: float,
+                detach_t: bool = False, thresholds: dict[str, Tensor] | None = None) -> tuple[dict[str, Tensor], Tensor]:
+    """Exact-k soft masks of per-layer unit scores, dispatched as ``bench.select.hard_topk`` does
+    the hard ones: N:M keeps N per row of M (the rows of all layers in one call), scope "global"
+    one k = round((1 - sparsity) * G) over all layers, scope "layer" one k per layer.
+
+    ``thresholds``: warm starts by call ("rows", "global" or the layer name), replaced in place by
+    the solved ones. Returns the masks by layer and every soft value in one tensor (as solved).
+    """
+    thresholds = {} if thresholds is None else thresholds
+    names, values = list(scores), list(scores.values())
+
+    def solve(key: str, rows: Tensor, k) -> Tensor:
+        soft, thresholds[key] = soft_topk(rows, k, tau, detach_t, threshold=thresholds.get(key), return_threshold=True)
+        return soft
+
+    if pattern.per_row_budget:
+        soft = solve("rows", torch.cat(values, dim=0), pattern.n)
+        parts = soft.split([v.shape[0] for v in values], dim=0)
+    elif scope == "global":
+        flat = torch.cat([v.reshape(-1) for v in values])
+        soft = solve("global", flat, keep_count(flat.numel(), sparsity))
+        parts = soft.split([v.numel() for v in values])
+    else:
+        parts = [solve(name, v.reshape(-1), keep_count(v.numel(), sparsity)) for name, v in zip(names, values)]
+        soft = torch.cat(parts)
+    return {name: part.reshape(v.shape) for name, part, v in zip(names, parts, values)}, soft
