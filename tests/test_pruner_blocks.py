@@ -1,0 +1,232 @@
+"""The shared building blocks of pruners: declared state, select / keep_above (N:M inside),
+the straight-through helper, HardMaskPruner, schedules, SMART's soft dispatch."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from bench.masks import PrunableLayer
+from bench.pruner import Pruner, PrunerConfig, load_pruners
+from bench.pruning_blocks import HardMaskPruner, straight_through
+from bench.schedules import (COMPRESSED, DECOMPRESSED, DENSE, AdaptiveTau, ExponentialTau, LinearRamp, OneShot,
+                             PhasePlan, PolynomialRamp, StaircaseRamp, phase_plan)
+from bench.select import keep_count, nm_keep
+from bench.sparsity import parse_pattern
+from smart.topk import soft_select
+
+
+def layers(*shapes: tuple[int, int], pattern: str = "unstructured") -> list[PrunableLayer]:
+    torch.manual_seed(0)
+    pat = parse_pattern(pattern)
+    out = []
+    for i, (rows, cols) in enumerate(shapes):
+        module = nn.Linear(cols, rows, bias=False)
+        out.append(PrunableLayer(f"block{i}.fc", module, unit_shape=pat.unit_shape(module.weight.shape)))
+    return out
+
+
+def weights_only_copy(state):
+    blob = io.BytesIO()
+    torch.save(state, blob)
+    blob.seek(0)
+    return torch.load(blob, weights_only=True)
+
+
+# -- declared state ---------------------------------------------------------------------------
+
+
+class Counter(AdaptiveTau):
+    pass
+
+
+class Base(Pruner):
+    state_attrs = ("scores",)
+
+    def __init__(self, config, pattern, sparsity):
+        super().__init__(config, pattern, sparsity)
+        self.gates = {"a.b": nn.Parameter(torch.zeros(3))}
+        self.scores: dict[str, torch.Tensor] = {}
+
+    def parameters(self):
+        return list(self.gates.values())
+
+
+class Child(Base):
+    state_attrs = ("step", "phase", "plan", "tau", "scores")
+
+    def __init__(self, config, pattern, sparsity):
+        super().__init__(config, pattern, sparsity)
+        self.step, self.phase, self.plan = 0, "dense", [(0, 1, "dense")]
+        self.tau = Counter(1.0, 0.01, 2.0)
+
+
+def test_declared_state_round_trips_through_weights_only_load():
+    pattern = parse_pattern("unstructured")
+    pruner = Child(PrunerConfig(), pattern, 0.5)
+    with torch.no_grad():
+        pruner.gates["a.b"].add_(1.5)
+    pruner.scores = {"a.b": torch.arange(4.0), "c": torch.ones(2, dtype=torch.bool)}
+    pruner.step, pruner.phase, pruner.plan = 7, "compressed", [(0, 3, "dense"), (3, 9, "compressed")]
+    pruner.tau.step(10, 0.5)
+    state = pruner.state_dict()
+    assert list(state) == ["parameters", "scores", "step", "phase", "plan", "tau"]  # base class first, once each
+    assert state["tau"] == {"tau": pruner.tau.tau}
+    fresh = Child(PrunerConfig(), pattern, 0.5)
+    fresh.load_state_dict(weights_only_copy(state))
+    assert torch.equal(fresh.gates["a.b"], pruner.gates["a.b"])
+    assert fresh.step == 7 and fresh.phase == "compressed" and fresh.plan == pruner.plan
+    assert fresh.tau.tau == pruner.tau.tau and isinstance(fresh.tau, Counter)
+    assert all(torch.equal(fresh.scores[k], pruner.scores[k]) for k in pruner.scores)
+    pruner.scores["a.b"].add_(1)  # the state is a copy, not a view
+    assert state["scores"]["a.b"][0] == 0
+
+
+def test_missing_attribute_keeps_its_value_and_plain_pruners_save_parameters_only():
+    fresh = Child(PrunerConfig(), parse_pattern("unstructured"), 0.5)
+    fresh.load_state_dict({"parameters": [torch.ones(3)], "step": 3})  # written before "phase" existed
+    assert fresh.step == 3 and fresh.phase == "dense" and torch.equal(fresh.gates["a.b"].detach(), torch.ones(3))
+    assert Pruner(PrunerConfig(), parse_pattern("unstructured"), 0.5).state_dict() == {"parameters": []}
+
+
+def test_state_that_cannot_be_checkpointed_is_refused():
+    pruner = Child(PrunerConfig(), parse_pattern("unstructured"), 0.5)
+    pruner.phase = object()
+    with pytest.raises(TypeError, match="cannot checkpoint"):
+        pruner.state_dict()
+
+
+def test_builtin_pruners_declare_their_state_and_never_branch_on_nm():
+    import inspect
+
+    for name, cls in load_pruners().items():
+        if cls.__module__.split(".")[0] not in ("baselines", "smart"):
+            continue
+        for klass in cls.__mro__:
+            if klass.__module__.split(".")[0] in ("baselines", "smart"):
+                assert "state_dict" not in vars(klass) and "load_state_dict" not in vars(klass), (name, klass)
+        assert "per_row_budget" not in inspect.getsource(inspect.getmodule(cls)), name
+
+
+# -- selection --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerScope(PrunerConfig):
+    scope: str = "layer"
+
+
+def test_select_handles_nm_at_the_target_and_on_a_ramp():
+    pattern = parse_pattern("nm:2:8")
+    pruner = Pruner(PrunerConfig(), pattern, 0.75)
+    scores = {"a": torch.rand(5, 8), "b": torch.rand(3, 8)}
+    assert all(bool((m.sum(-1) == 2).all()) for m in pruner.select(scores).values())
+    for level, keep in ((0.0, 8), (0.25, 6), (0.5, 4), (0.7, 2), (0.75, 2)):
+        assert nm_keep(pattern, level, 0.75) == max(2, round(8 - 6 * level / 0.75)) == keep
+        masks = pruner.select(scores, level)
+        assert all(bool((m.sum(-1) == keep).all()) for m in masks.values()), level
+        for s, m in zip(scores.values(), masks.values()):  # the highest scores of every row
+            lowest_kept = s.masked_fill(~m, float("inf")).min(-1).values
+            assert bool((lowest_kept >= s.masked_fill(m, float("-inf")).max(-1).values).all())
+
+
+def test_select_at_a_level_keeps_that_many_units_globally_or_per_layer():
+    scores = {"a": torch.rand(10), "b": torch.rand(30)}
+    pattern = parse_pattern("unstructured")
+    assert sum(int(m.sum()) for m in Pruner(PrunerConfig(), pattern, 0.9).select(scores, 0.5).values()) == 20
+    per_layer = Pruner(LayerScope(), pattern, 0.9).select(scores, 0.5)
+    assert [int(m.sum()) for m in per_layer.values()] == [keep_count(10, 0.5), keep_count(30, 0.5)]
+
+
+def test_keep_above_thresholds_or_takes_top_n_per_row():
+    scores = {"a": torch.tensor([[0.7, 0.2, 0.5, 0.9], [0.1, 0.0, 0.3, 0.2]], requires_grad=True)}
+    dense = Pruner(PrunerConfig(), parse_pattern("block:1x2"), 0.5).keep_above(scores, 0.5)
+    assert dense["a"].tolist() == [[True, False, False, True], [False, False, False, False]]
+    nm = Pruner(PrunerConfig(), parse_pattern("nm:2:4"), 0.5)
+    assert nm.budget_fixed and nm.keep_above(scores, 0.5)["a"].tolist() == [[True, False, False, True],
+                                                                             [False, False, True, True]]
+
+
+def test_straight_through_forward_is_hard_and_backward_identity():
+    soft = torch.tensor([0.9, 0.4, 0.6], requires_grad=True)
+    out = straight_through(soft, torch.tensor([True, False, True]))
+    assert out.tolist() == [1.0, 0.0, 1.0]
+    (out * torch.tensor([2.0, 3.0, -1.0])).sum().backward()
+    assert soft.grad.tolist() == [2.0, 3.0, -1.0]
+
+
+def test_hard_mask_pruner_is_dense_until_it_sets_a_mask_and_finalizes_exactly():
+    pruner = HardMaskPruner(PrunerConfig(), parse_pattern("unstructured"), 0.75)
+    pruner.attach(layers((4, 4), (2, 8)))
+    assert pruner.masks() is None
+    final = pruner.finalize()  # no mask yet: top-k of the unit RMS
+    assert sum(int(m.sum()) for m in final.values()) == keep_count(32, 0.75)
+    pruner.mask = final
+    assert all(torch.equal(m, final[n].float()) for n, m in pruner.masks().items())
+    assert pruner.finalize() is final
+    assert set(weights_only_copy(pruner.state_dict())) == {"parameters", "mask"}
+
+
+# -- schedules --------------------------------------------------------------------------------
+
+
+def test_sparsity_schedules():
+    ramp = PolynomialRamp(0.8, 0.5)
+    assert [ramp.at(f) for f in (0.0, 0.25, 0.5, 0.9)] == [0.0, 0.8 * (1 - 0.5**3), 0.8, 0.8]
+    assert OneShot(0.6).at(0.0) == OneShot(0.6).at(0.99) == 0.6
+    stairs = StaircaseRamp(0.9, 3)
+    assert [stairs.at(f) for f in (-0.5, 0.0, 0.4, 0.7, 1.0)] == [0.3, 0.3, 0.9 * 2 / 3, 0.9, 0.9]
+    assert StaircaseRamp(0.5, 1).at(0.3) == 0.5
+    linear = LinearRamp(0.5)  # 10 steps: ramp over 5
+    assert [linear.at(e, 10) for e in range(6)] == [0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
+
+
+def test_phase_plan_object_matches_the_function_and_ends_compressed():
+    plan = PhasePlan(0.1, 0.05, 0.1, 0.15)
+    assert plan.plan_for(64) == phase_plan(64)
+    assert plan.kind_at(0, 64) == DENSE and plan.kind_at(6, 64) == COMPRESSED and plan.kind_at(9, 64) == DECOMPRESSED
+    assert plan.kind_at(64, 64) == COMPRESSED  # past the end: the last phase
+    assert plan.kind_at(0, 20) == DENSE and plan.plan_for(20) == phase_plan(20)  # a new step count, a new plan
+
+
+def test_temperature_schedules():
+    exponential = ExponentialTau(1.0, 0.001)
+    assert exponential.at(-0.2, 10, lambda: 1 / 0) == 1.0  # nonbinary is never read
+    assert exponential.at(0.5, 10, lambda: 1 / 0) == pytest.approx(0.001**0.5)
+    assert exponential.at(2.0, 10, lambda: 1 / 0) == pytest.approx(0.001)
+    adaptive = AdaptiveTau(1.0, 0.001, 2.0)
+    assert adaptive.at(0.0, 10, lambda: 1 / 0) == 1.0 and adaptive.tau == 1.0  # warm-up: no step
+    binary = AdaptiveTau(1.0, 0.001, 2.0)
+    taus = [adaptive.at(0.1 * (i + 1), 10, lambda: 1.0) for i in range(10)]
+    plain = [binary.at(0.1 * (i + 1), 10, lambda: 0.0) for i in range(10)]
+    assert taus[-1] == 0.001 and plain[-1] == pytest.approx(0.001)  # far from binary: faster
+    assert all(a <= b for a, b in zip(taus, plain))
+    restored = AdaptiveTau(1.0, 0.001, 2.0)
+    restored.load_state_dict(weights_only_copy(binary.state_dict()))
+    assert restored.tau == binary.tau
+
+
+# -- SMART's soft dispatch --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern,scope", [("nm:2:4", "global"), ("unstructured", "global"), ("unstructured", "layer")])
+def test_soft_select_keeps_k_like_hard_topk_and_warm_starts(pattern, scope):
+    torch.manual_seed(0)
+    scores = {"a.x": torch.randn(6, 4, dtype=torch.float64), "b": torch.randn(3, 4, dtype=torch.float64)}
+    thresholds: dict[str, torch.Tensor] = {}
+    masks, soft = soft_select(scores, parse_pattern(pattern), 0.75, scope, 0.5, thresholds=thresholds)
+    assert {n: m.shape for n, m in masks.items()} == {n: s.shape for n, s in scores.items()}
+    if pattern == "nm:2:4":
+        assert set(thresholds) == {"rows"} and soft.shape == (9, 4)
+        assert all(torch.allclose(m.sum(-1), torch.full((m.shape[0],), 2.0, dtype=torch.float64)) for m in masks.values())
+    elif scope == "global":
+        assert set(thresholds) == {"global"} and float(soft.sum()) == pytest.approx(keep_count(36, 0.75))
+    else:
+        assert set(thresholds) == {"a.x", "b"}
+        assert [float(m.sum()) for m in masks.values()] == pytest.approx([keep_count(24, 0.75), keep_count(12, 0.75)])
+    again, _ = soft_select(scores, parse_pattern(pattern), 0.75, scope, 0.5, thresholds=thresholds)
+    assert all(torch.allclose(again[n], masks[n]) for n in masks)
