@@ -20,7 +20,7 @@ def parse_options(items: list[str], field: str = "--opt") -> dict[str, str]:
 
 
 def cmd_list(args) -> int:
-    from bench.pruner import load_pruners
+    from bench.registry import load_pruners
     from bench.sparsity import PATTERN_HELP
     from bench.tasks.registry import load_tasks
 

@@ -28,11 +28,8 @@ Building blocks a pruner uses instead of writing plumbing:
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 import typing
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import torch
@@ -268,7 +265,6 @@ def _snapshot(value: Any) -> Any:
 
 
 PRUNERS: dict[str, type[Pruner]] = {}
-_LOADED = False
 
 
 def register_pruner(name: str):
@@ -284,31 +280,13 @@ def register_pruner(name: str):
     return wrap
 
 
-def load_pruners() -> dict[str, type[Pruner]]:
-    """Import the built-in pruners (smart, baselines/*) and entry-point plugins once."""
-    global _LOADED
-    if not _LOADED:
-        _LOADED = True
-        importlib.import_module("smart.pruner")
-        import baselines
+def __getattr__(name: str):
+    """Deprecated homes of the registry functions, kept for one release: use bench.registry."""
+    if name in ("load_pruners", "get_pruner_class", "build_pruner"):
+        import warnings
 
-        for info in pkgutil.iter_modules(baselines.__path__):
-            importlib.import_module(f"baselines.{info.name}")
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            cls = ep.load()
-            if ep.name not in PRUNERS:
-                register_pruner(ep.name)(cls)
-    return PRUNERS
+        from bench import registry  # the only upward import of the core, for this shim
 
-
-def get_pruner_class(name: str) -> type[Pruner]:
-    pruners = load_pruners()
-    if name not in pruners:
-        raise ConfigError("pruner", f"unknown pruner '{name}'; allowed: {', '.join(sorted(pruners))}")
-    return pruners[name]
-
-
-def build_pruner(name: str, pattern: Pattern, sparsity: float, options: dict[str, Any] | None = None) -> Pruner:
-    cls = get_pruner_class(name)
-    config = cls.Config.from_dict(options or {}, owner=name)
-    return cls(config, pattern, sparsity)
+        warnings.warn(f"bench.pruner.{name} moved to bench.registry.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(registry, name)
+    raise AttributeError(f"module 'bench.pruner' has no attribute {name!r}")

@@ -26,7 +26,8 @@ from bench.errors import ConfigError
 from bench.export import save_pruned
 from bench.masks import Masker, find_prunable
 from bench.paths import RunPaths, paths_or_env
-from bench.pruner import Pruner, build_pruner
+from bench.pruner import Pruner
+from bench.registry import build_pruner
 from bench.record import ResultStore, log_wandb, provenance
 from bench.sparsity import parse_pattern, resolve_sparsity
 from bench.speed import cost_figures

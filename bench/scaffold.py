@@ -39,7 +39,7 @@ def check_name(name: str, target: Path, force: bool) -> None:
     if not (name.isascii() and name.isidentifier()) or keyword.iskeyword(name) or name.startswith("_"):
         raise ConfigError("name", f"{name!r} is not allowed; use a Python identifier such as 'my_method' "
                                   "(ASCII, no leading underscore, not a keyword)")
-    from bench.pruner import load_pruners
+    from bench.registry import load_pruners
 
     pruners = load_pruners()
     existing = pruners.get(name)

@@ -207,7 +207,7 @@ def _block(raw: dict, defaults: dict, where: str, known: dict[str, type]) -> Blo
 
 def load_suite(name: str) -> Suite:
     """Read and validate a suite file (names, ranges, labels); no model is built."""
-    from bench.pruner import load_pruners
+    from bench.registry import load_pruners
 
     path = suite_path(name)
     try:
@@ -253,7 +253,7 @@ def load_suite(name: str) -> Suite:
 # -- expansion into cells ----------------------------------------------------------------------
 def expand(suite: Suite) -> Suite:
     """Fill ``suite.cells`` (resolved run ids, budgets) and ``suite.skipped``; raises ConfigError."""
-    from bench.pruner import get_pruner_class
+    from bench.registry import get_pruner_class
     from bench.tasks.registry import load_tasks
 
     tasks = load_tasks()
@@ -317,7 +317,7 @@ def _resolved_cell(spec: RunSpec, label: str, where: str, cache: dict, steps_cac
     per (task, model, budget, pattern); the other cells of that layout swap in their pruner
     config, sparsity and seed -- the only other parts of the canonical spec (a test pins the
     equality, and every cell is resolved again, and its id checked, when it runs)."""
-    from bench.pruner import build_pruner
+    from bench.registry import build_pruner
 
     layout = json.dumps([spec.task, spec.model, spec.budget, spec.pattern], sort_keys=True)
     try:

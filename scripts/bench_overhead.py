@@ -39,7 +39,8 @@ import torch
 import torch_pruning as tp
 
 from bench.masks import Masker, calibrate, find_prunable
-from bench.pruner import Progress, build_pruner, load_pruners
+from bench.pruner import Progress
+from bench.registry import build_pruner, load_pruners
 from bench.select import hard_topk
 from bench.shrink import folded_copy, shrink_channels
 from bench.sparsity import parse_pattern, resolve_sparsity

@@ -5,7 +5,8 @@ from torch import nn
 from baselines.acdc import COMPRESSED, DECOMPRESSED, DENSE, ACDCConfig, phase_plan
 from bench.errors import ConfigError
 from bench.masks import Masker, find_prunable
-from bench.pruner import Progress, build_pruner
+from bench.pruner import Progress
+from bench.registry import build_pruner
 from bench.select import expected_kept
 from bench.sparsity import parse_pattern
 

@@ -7,7 +7,7 @@ import yaml
 
 from bench.cli import main
 from bench.errors import ConfigError
-from bench.pruner import build_pruner
+from bench.registry import build_pruner
 from bench.run import RunSpec, resolve
 from bench.sparsity import parse_pattern
 from bench.suite import expand, load_suite

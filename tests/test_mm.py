@@ -376,3 +376,43 @@ def test_every_pruner_runs_on_both_families(shared_runs_dir, monkeypatch):
             assert row["achieved_sparsity"] == 0.5 and row["pattern_valid"], (name, family, pattern)
             done += 1
     assert done >= 4
+
+
+def flat_outputs(out) -> list[torch.Tensor]:
+    """Every tensor of a ``mode="tensor"`` forward (RetinaNet: per-level lists; FCN: one tensor)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for item in out for t in flat_outputs(item)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["det", "seg"])
+def test_mm_rows_carry_costs_and_export_and_speed_work(family, shared_runs_dir, monkeypatch, tmp_path, capsys):
+    """det/seg rows come from the one pipeline: cost figures, pruner stats, a saved model; `export`
+    shrinks RetinaNet / FCN physically and the shrunk model gives the masked model's outputs;
+    `speed` measures the masked and shrunk variants."""
+    from bench.cli import main
+    from bench.export import export_run, load_exported, load_saved, pruned_model
+    from bench.shrink import random_like_input
+
+    row, run = run_row(family, "magnitude", "channel", shared_runs_dir, monkeypatch, budget={"finetune_epochs": 0})
+    assert row["achieved_sparsity"] == 0.5 and isinstance(row["pruner_stats"], dict)
+    assert row["params_shrunk"] < row["params_dense"] and row["params_masked"] < row["params_dense"]
+    assert 0 < row["flops_shrunk"] < row["flops_dense"] and row["flops_masked"] < row["flops_dense"]
+    assert set(row["mm_metrics"]) == {"test", "val", "dense_test", "dense_val"}
+    saved = load_saved(row["run_id"])
+    task, masked = pruned_model(row, saved)
+    summary = export_run(row["run_id"], tmp_path / "pruned.pt")
+    shrunk, meta = load_exported(tmp_path / "pruned.pt")
+    assert summary["shrunk_groups"] > 0 and summary["params"] == row["params_shrunk"]
+    x = random_like_input(task.example_input(), seed=3)
+    with torch.no_grad():
+        expected, got = flat_outputs(masked(**x)), flat_outputs(shrunk(**x))
+    assert len(expected) == len(got) > 0
+    for a, b in zip(expected, got):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    capsys.readouterr()
+    assert main(["speed", row["run_id"], "--repeats", "2", "--warmup", "0", "--batch-sizes", "1,2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["latency"]) == {"masked_dense", "shrunk"} and set(report["latency"]["shrunk"]) == {"1", "2"}
+    assert report["costs"]["params_shrunk"] == row["params_shrunk"]

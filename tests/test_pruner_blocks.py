@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from bench.masks import PrunableLayer
-from bench.pruner import Pruner, PrunerConfig, load_pruners
+from bench.pruner import Pruner, PrunerConfig
+from bench.registry import load_pruners
 from bench.pruning_blocks import HardMaskPruner, straight_through
 from bench.schedules import (COMPRESSED, DECOMPRESSED, DENSE, AdaptiveTau, ExponentialTau, LinearRamp, OneShot,
                              PhasePlan, PolynomialRamp, StaircaseRamp, phase_plan)

@@ -43,7 +43,7 @@ def test_global_standardisation_keeps_the_cross_layer_order():
 
 
 def test_auto_standardisation_is_per_layer_for_channels_and_global_otherwise():
-    from bench.pruner import build_pruner
+    from bench.registry import build_pruner
 
     layers = _layers()
     for pattern_text, expected in (("channel", "layer"), ("block:1x8", "global"), ("unstructured", "global")):

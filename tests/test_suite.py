@@ -19,7 +19,7 @@ from bench import cell as cell_module
 from bench import suite_run
 from bench.cli import main
 from bench.errors import ConfigError
-from bench.pruner import load_pruners
+from bench.registry import load_pruners
 from bench.record import REPO_ROOT, ResultStore
 from bench.run import resolve
 from bench.sparsity import parse_pattern

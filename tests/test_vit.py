@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from bench.errors import ConfigError, DataError, SmartbenchError
 from bench.masks import Masker, calibrate, find_prunable
-from bench.pruner import Progress, build_pruner
+from bench.pruner import Progress
+from bench.registry import build_pruner
 from bench.run import RunSpec, resolve
 from bench.sparse24 import PATTERN_24, compare, covered_linears, make_pair, mask_24_
 from bench.sparsity import NM, parse_pattern

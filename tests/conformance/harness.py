@@ -27,13 +27,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import bench.pruner
+import bench.registry
 from bench.errors import ConfigError
 from bench.masks import Masker, calibrate, find_prunable
 from bench.pruner import ALL_PATTERNS, Pruner, PrunerConfig
 from bench.select import expected_kept
 from bench.sparsity import OutputChannel, parse_pattern, resolve_sparsity
-from bench.tasks.base import Budget, Task, seeded
 from bench.stages import StageDriver
+from bench.tasks.base import Budget, Task, seeded
 from bench.train import PruneTrainer, seed_everything
 
 # The concrete patterns the kit runs for each declared pattern kind, and the targets.
@@ -135,7 +136,7 @@ def dense_state() -> dict[str, Tensor]:
 # -- registry and cases -----------------------------------------------------------------
 def registered_pruners() -> dict[str, type[Pruner]]:
     """Every pruner the project knows: smart, baselines/*, and ``smartbench.pruners`` entry points."""
-    return dict(bench.pruner.load_pruners())
+    return dict(bench.registry.load_pruners())
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ def mask_hash(masks: dict[str, torch.Tensor]) -> str:
 
 
 def native_cases() -> list[dict]:
-    from bench.pruner import load_pruners
+    from bench.registry import load_pruners
 
     pruners = load_pruners()
     cases = []
