@@ -47,8 +47,10 @@ class ACDCConfig(PrunerConfig):
         check_choice(self, "momentum_reset", ("all", "pruned_layers", "none"))
         used = self.warmup_fraction + self.long_decompressed_fraction + self.final_compressed_fraction
         if used > 1.0 + 1e-9:
-            raise ConfigError("final_compressed_fraction", f"warmup + long decompressed + final compressed "
-                              f"fractions = {used:g} must be <= 1")
+            raise ConfigError(
+                "final_compressed_fraction",
+                f"warmup + long decompressed + final compressed fractions = {used:g} must be <= 1",
+            )
 
 
 @register_pruner("acdc")
@@ -60,8 +62,12 @@ class ACDCPruner(HardMaskPruner):
 
     def __init__(self, config: ACDCConfig, pattern, sparsity):
         super().__init__(config, pattern, sparsity)
-        self.phases = PhasePlan(config.warmup_fraction, config.phase_fraction, config.long_decompressed_fraction,
-                                config.final_compressed_fraction)
+        self.phases = PhasePlan(
+            config.warmup_fraction,
+            config.phase_fraction,
+            config.long_decompressed_fraction,
+            config.final_compressed_fraction,
+        )
         self.phase = DENSE  # kind of the current step
         self.step, self.steps = 0, 1
 

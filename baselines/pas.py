@@ -87,8 +87,14 @@ class PaSPruner(Pruner):
         cfg = self.config
         num_gates = sum(p.numel() for p in self.parameters())
         lr = cfg.gate_lr * num_gates if cfg.lr_per_gate else cfg.gate_lr
-        return [{"params": self.parameters(), "lr": lr, "momentum": cfg.gate_momentum,
-                 "weight_decay": cfg.gate_weight_decay}]
+        return [
+            {
+                "params": self.parameters(),
+                "lr": lr,
+                "momentum": cfg.gate_momentum,
+                "weight_decay": cfg.gate_weight_decay,
+            }
+        ]
 
     # -- masks and penalty ------------------------------------------------------------
     def hard_gates(self) -> dict[str, Tensor]:

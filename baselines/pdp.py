@@ -46,8 +46,10 @@ class PDPConfig(PrunerConfig):
         check_range(self, "ramp_fraction", 0.0, 1.0, low_open=True)
         check_choice(self, "final_mask", ("budgets", "global"))
         if self.warmup_fraction + self.ramp_fraction > 1.0 + 1e-9:
-            raise ConfigError("ramp_fraction", f"warmup_fraction + ramp_fraction = "
-                              f"{self.warmup_fraction + self.ramp_fraction:g} must be <= 1")
+            raise ConfigError(
+                "ramp_fraction",
+                f"warmup_fraction + ramp_fraction = {self.warmup_fraction + self.ramp_fraction:g} must be <= 1",
+            )
 
 
 def soft_mask(squared_scores: Tensor, threshold: Tensor, tau: float) -> Tensor:

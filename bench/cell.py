@@ -17,8 +17,9 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from bench.errors import ConfigError
 from bench.paths import RunPaths, paths_or_env
@@ -33,12 +34,19 @@ def cell_log_path(suite_name: str, run_id: str, paths: RunPaths | None = None) -
     return path
 
 
-def payload_for(cell: Cell, suite: Suite, wandb_project: str | None, threads: int | None,
-                paths: RunPaths | None = None) -> dict[str, Any]:
+def payload_for(
+    cell: Cell, suite: Suite, wandb_project: str | None, threads: int | None, paths: RunPaths | None = None
+) -> dict[str, Any]:
     """Everything a worker (another process, a Slurm job, a torchrun rank) needs: plain JSON,
     the runs folder included (workers never read it from the environment)."""
-    return {"spec": dict(cell.spec.__dict__), "run_id": cell.run_id, "suite": suite.name,
-            "wandb_project": wandb_project, "threads": threads, "runs_dir": str(paths_or_env(paths).root)}
+    return {
+        "spec": dict(cell.spec.__dict__),
+        "run_id": cell.run_id,
+        "suite": suite.name,
+        "wandb_project": wandb_project,
+        "threads": threads,
+        "runs_dir": str(paths_or_env(paths).root),
+    }
 
 
 def payload_paths(payload: dict[str, Any]) -> RunPaths:
@@ -125,8 +133,11 @@ def _run_claimed_cell(payload: dict[str, Any], echo: Callable[[str], None] | Non
     write_marker(suite, run_id, "running", running_info(), paths)
     clear_marker(suite, run_id, "failed", paths)
     started = time.perf_counter()
-    with open(cell_log_path(suite, run_id, paths), "a", encoding="utf-8") as log_file, \
-            (output_into(log_file) if echo is None else contextlib.nullcontext()):
+    with (
+        open(cell_log_path(suite, run_id, paths), "a", encoding="utf-8") as log_file,
+        output_into(log_file) if echo is None else contextlib.nullcontext(),
+    ):
+
         def log(message: str) -> None:
             log_file.write(message + "\n")
             log_file.flush()
@@ -136,15 +147,28 @@ def _run_claimed_cell(payload: dict[str, Any], echo: Callable[[str], None] | Non
         try:
             run = resolve(RunSpec(**payload["spec"]))
             if run.run_id != run_id:
-                raise ConfigError("run_id", f"cell resolves to {run.run_id}, the suite planned {run_id}: "
-                                            "the code or a task changed while the suite ran; rerun `suite run`")
+                raise ConfigError(
+                    "run_id",
+                    f"cell resolves to {run.run_id}, the suite planned {run_id}: "
+                    "the code or a task changed while the suite ran; rerun `suite run`",
+                )
             row = execute_dense_once(run, paths=paths, log=log, wandb_project=payload.get("wandb_project"), group=suite)
         except Exception as err:  # noqa: BLE001 — any failure of one run is recorded, the suite goes on
             log(traceback.format_exc())
             write_marker(suite, run_id, "failed", {**running_info(), "error": f"{type(err).__name__}: {err}"}, paths)
             clear_marker(suite, run_id, "running", paths)
-            return {"run_id": run_id, "ok": False, "error": f"{type(err).__name__}: {err}",
-                    "wall_s": round(time.perf_counter() - started, 1)}
+            return {
+                "run_id": run_id,
+                "ok": False,
+                "error": f"{type(err).__name__}: {err}",
+                "wall_s": round(time.perf_counter() - started, 1),
+            }
     clear_marker(suite, run_id, "running", paths)
-    return {"run_id": run_id, "ok": True, "metric": row["metric"], "dense_metric": row["dense_metric"],
-            "metric_name": row["metric_name"], "wall_s": round(time.perf_counter() - started, 1)}
+    return {
+        "run_id": run_id,
+        "ok": True,
+        "metric": row["metric"],
+        "dense_metric": row["dense_metric"],
+        "metric_name": row["metric_name"],
+        "wall_s": round(time.perf_counter() - started, 1),
+    }

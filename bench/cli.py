@@ -33,6 +33,7 @@ def cmd_list(args) -> int:
         print(f"  {name:18s} [{cls.family}] {cls.description}")
     try:
         from bench.suite import list_suites
+
         print("suites: " + ", ".join(list_suites()))
     except ImportError:
         pass
@@ -43,18 +44,32 @@ def cmd_run(args) -> int:
     from bench.paths import RunPaths
     from bench.run import RunSpec, execute, resolve
 
-    budget = {k: v for k, v in (("prune_epochs", args.prune_epochs), ("finetune_epochs", args.finetune_epochs)) if v is not None}
-    spec = RunSpec(task=args.task, pruner=args.pruner, pattern=args.pattern, sparsity=args.sparsity, seed=args.seed,
-                   model=args.model, pruner_options=parse_options(args.opt), budget=budget)
+    budget = {
+        k: v
+        for k, v in (("prune_epochs", args.prune_epochs), ("finetune_epochs", args.finetune_epochs))
+        if v is not None
+    }
+    spec = RunSpec(
+        task=args.task,
+        pruner=args.pruner,
+        pattern=args.pattern,
+        sparsity=args.sparsity,
+        seed=args.seed,
+        model=args.model,
+        pruner_options=parse_options(args.opt),
+        budget=budget,
+    )
     run = resolve(spec)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     row = execute(run, log=log, wandb_project=args.wandb_project, paths=RunPaths.from_env())
     if args.json:
         print(json.dumps(row, sort_keys=True))
     else:
-        print(f"run {row['run_id']}: {row['task']} {row['pruner']} {row['pattern']} target {row['target_sparsity']:g} "
-              f"achieved {row['achieved_sparsity']:.4f} {row['metric_name']} {row['metric']:.2f} "
-              f"(dense {row['dense_metric']:.2f}) in {row['wall_s']:.1f}s")
+        print(
+            f"run {row['run_id']}: {row['task']} {row['pruner']} {row['pattern']} target {row['target_sparsity']:g} "
+            f"achieved {row['achieved_sparsity']:.4f} {row['metric_name']} {row['metric']:.2f} "
+            f"(dense {row['dense_metric']:.2f}) in {row['wall_s']:.1f}s"
+        )
     return 0
 
 

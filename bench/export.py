@@ -38,8 +38,23 @@ from bench.tasks.base import Task
 from bench.tasks.registry import get_task
 
 SAVED_FORMAT, EXPORT_FORMAT, VERSION = "smartbench-pruned", "smartbench-export", 1
-ROW_FIELDS = ("run_id", "task", "model", "pruner", "pattern", "target_sparsity", "seed", "metric_name", "metric",
-              "val_metric", "dense_metric", "achieved_sparsity", "weight_sparsity", "pruner_config", "budget")
+ROW_FIELDS = (
+    "run_id",
+    "task",
+    "model",
+    "pruner",
+    "pattern",
+    "target_sparsity",
+    "seed",
+    "metric_name",
+    "metric",
+    "val_metric",
+    "dense_metric",
+    "achieved_sparsity",
+    "weight_sparsity",
+    "pruner_config",
+    "budget",
+)
 
 
 def saved_model_path(run_id: str, paths: RunPaths | None = None) -> Path:
@@ -62,9 +77,13 @@ def save_pruned(run_dir_or_path, model: nn.Module, hard_masks: dict[str, Tensor]
     target = Path(run_dir_or_path)
     if target.suffix != ".pt":
         target = target / "models" / f"{row_meta['run_id']}.pt"
-    payload = {"format": SAVED_FORMAT, "version": VERSION, "meta": _json_safe(row_meta),
-               "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-               "hard_masks": {k: v.detach().cpu().bool() for k, v in hard_masks.items()}}
+    payload = {
+        "format": SAVED_FORMAT,
+        "version": VERSION,
+        "meta": _json_safe(row_meta),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "hard_masks": {k: v.detach().cpu().bool() for k, v in hard_masks.items()},
+    }
     atomic_save(payload, target)
     return target
 
@@ -106,14 +125,26 @@ def export_run(run_id: str, out, store: ResultStore | None = None, paths: RunPat
     history, dense_params = [], count_params(model)
     if row["pattern"] == "channel":
         history = shrink_channels(model, saved["hard_masks"], task.example_input())
-    payload = {"format": EXPORT_FORMAT, "version": VERSION, "task": row["task"], "model": row["model"],
-               "pattern": row["pattern"], "meta": _json_safe({k: row.get(k) for k in ROW_FIELDS}),
-               "shrink_history": history, "hard_masks": saved["hard_masks"],
-               "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+    payload = {
+        "format": EXPORT_FORMAT,
+        "version": VERSION,
+        "task": row["task"],
+        "model": row["model"],
+        "pattern": row["pattern"],
+        "meta": _json_safe({k: row.get(k) for k in ROW_FIELDS}),
+        "shrink_history": history,
+        "hard_masks": saved["hard_masks"],
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+    }
     out = Path(out)
     atomic_save(payload, out)
-    return {"out": str(out), "run_id": run_id, "shrunk_groups": len(history), "dense_params": dense_params,
-            "params": count_params(model)}
+    return {
+        "out": str(out),
+        "run_id": run_id,
+        "shrunk_groups": len(history),
+        "dense_params": dense_params,
+        "params": count_params(model),
+    }
 
 
 def load_exported(path) -> tuple[nn.Module, dict[str, Any]]:

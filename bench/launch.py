@@ -46,12 +46,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from bench.cell import cell_log_path, claimed, payload_paths, run_cell
 from bench.errors import ConfigError
 from bench.paths import RunPaths, paths_or_env
 from bench.record import REPO_ROOT, ResultStore
 from bench.run import RunSpec, dense_checkpoint_path, execute, resolve
 from bench.suite import clear_marker, running_info, write_marker
-from bench.cell import cell_log_path, claimed, payload_paths, run_cell
 from bench.train import train_dense
 
 
@@ -124,6 +124,7 @@ class DistributedPruner:
         self._pruner.attach(layers)
         world = dist.get_world_size(self._group)
         for param in self._pruner.parameters():
+
             def average(grad: Tensor) -> Tensor:
                 grad = grad.clone()
                 dist.all_reduce(grad, group=self._group)
@@ -200,8 +201,10 @@ def ddp_cell(payload: dict[str, Any]) -> int:
         if run.run_id != run_id:
             raise ConfigError("run_id", f"cell resolves to {run.run_id}, the suite planned {run_id}")
         if run.task.loop != "native":
-            raise ConfigError("--launcher", f"task '{run.task.name}' has its own training loop; torchrun supports "
-                                            "native-loop tasks only")
+            raise ConfigError(
+                "--launcher",
+                f"task '{run.task.name}' has its own training loop; torchrun supports native-loop tasks only",
+            )
         if _decide(ResultStore(real.store).get(run_id) is not None):
             log("already in the store")
             return 0
@@ -227,8 +230,9 @@ def ddp_cell(payload: dict[str, Any]) -> int:
                 shutil.copyfile(ckpt_real, _mkparent(paths.checkpoint(run_id)))
         dist.barrier()
         run.task, run.pruner = task, DistributedPruner(run.pruner, group)
-        row = execute(run, log=log, wandb_project=payload.get("wandb_project"), group=suite, paths=paths,
-                      wandb=rank == 0)
+        row = execute(
+            run, log=log, wandb_project=payload.get("wandb_project"), group=suite, paths=paths, wandb=rank == 0
+        )
         if rank == 0:
             report = {"run_id": run_id, "world_size": world, "ranks": run.pruner.digests, "metric": row["metric"]}
             path = _mkparent(real.root / "suites" / suite / "ddp" / f"{run_id}.json")
@@ -282,19 +286,35 @@ def _torchrun_claimed_cell(payload: dict[str, Any], nproc: int) -> dict[str, Any
     import subprocess
 
     run_id, suite = payload["run_id"], payload["suite"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "bench.launch", "--payload", json.dumps(payload, sort_keys=True)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "bench.launch",
+        "--payload",
+        json.dumps(payload, sort_keys=True),
+    ]
     started = time.perf_counter()
     paths = payload_paths(payload)
     log_path = cell_log_path(suite, run_id, paths).with_suffix(".torchrun.log")
     with open(log_path, "a", encoding="utf-8") as out:
-        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT),
-                              env=child_env(payload.get("threads"))).returncode
+        code = subprocess.run(
+            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT), env=child_env(payload.get("threads"))
+        ).returncode
     row = ResultStore(paths.store).get(run_id)
     wall = round(time.perf_counter() - started, 1)
     if code == 0 and row is not None:
-        return {"run_id": run_id, "ok": True, "metric": row["metric"], "dense_metric": row["dense_metric"],
-                "metric_name": row["metric_name"], "wall_s": wall}
+        return {
+            "run_id": run_id,
+            "ok": True,
+            "metric": row["metric"],
+            "dense_metric": row["dense_metric"],
+            "metric_name": row["metric_name"],
+            "wall_s": wall,
+        }
     error = f"torchrun exited with {code} (log: {log_path})"
     write_marker(suite, run_id, "failed", {**running_info(), "error": error}, paths)
     clear_marker(suite, run_id, "running", paths)
@@ -320,8 +340,17 @@ def _importable_checkout():
             os.environ["PYTHONPATH"] = old
 
 
-def submit_cells(suite, first, rest, payloads: dict[str, dict], reporter, nproc: int, cluster: str | None,
-                 params: dict[str, Any], paths: RunPaths | None = None) -> None:
+def submit_cells(
+    suite,
+    first,
+    rest,
+    payloads: dict[str, dict],
+    reporter,
+    nproc: int,
+    cluster: str | None,
+    params: dict[str, Any],
+    paths: RunPaths | None = None,
+) -> None:
     """One submitit job per cell, in two waves (first cell of every dense (task, seed), then the rest)."""
     import submitit
 

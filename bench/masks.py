@@ -95,8 +95,9 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def find_prunable(model: nn.Module, include: list[str] | None = None, exclude: list[str] | None = None,
-                  keep_first_last: bool = True) -> list[str]:
+def find_prunable(
+    model: nn.Module, include: list[str] | None = None, exclude: list[str] | None = None, keep_first_last: bool = True
+) -> list[str]:
     """Names of prunable Conv2d/Linear modules (see module docstring for the default)."""
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     if keep_first_last and len(names) > 2:
@@ -120,6 +121,7 @@ def find_following_batchnorms(model: nn.Module, names: list[str], example_input)
     def record(name):
         def hook(_module, _inputs, output):
             produced[id(output)] = name
+
         return hook
 
     def match(bn):
@@ -127,6 +129,7 @@ def find_following_batchnorms(model: nn.Module, names: list[str], example_input)
             owner = produced.get(id(inputs[0]))
             if owner is not None and owner not in pairs:
                 pairs[owner] = bn
+
         return hook
 
     for name in names:
@@ -206,11 +209,31 @@ class Masker:
             valid &= layer_valid
             kept, units = int(unit_mask.sum()), unit_mask.numel()
             zeros, weights = int((weight_mask == 0).sum()), weight_mask.numel()
-            rows.append(dict(layer=layer.name, units=units, kept_units=kept, sparsity=1 - kept / units,
-                             weights=weights, zero_weights=zeros, valid=layer_valid))
-            kept_units, total_units, zero_w, total_w = kept_units + kept, total_units + units, zero_w + zeros, total_w + weights
-        return dict(layers=rows, achieved_sparsity=1 - kept_units / total_units, kept_units=kept_units,
-                    total_units=total_units, weight_sparsity=zero_w / total_w, pattern_valid=valid)
+            rows.append(
+                dict(
+                    layer=layer.name,
+                    units=units,
+                    kept_units=kept,
+                    sparsity=1 - kept / units,
+                    weights=weights,
+                    zero_weights=zeros,
+                    valid=layer_valid,
+                )
+            )
+            kept_units, total_units, zero_w, total_w = (
+                kept_units + kept,
+                total_units + units,
+                zero_w + zeros,
+                total_w + weights,
+            )
+        return dict(
+            layers=rows,
+            achieved_sparsity=1 - kept_units / total_units,
+            kept_units=kept_units,
+            total_units=total_units,
+            weight_sparsity=zero_w / total_w,
+            pattern_valid=valid,
+        )
 
     def remove(self, fold: bool = True) -> None:
         """Drop the parametrizations; with ``fold`` the current (hard) masks are baked into the tensors."""
@@ -234,17 +257,21 @@ def calibrate(model: nn.Module, layers: list[PrunableLayer], batches, forward) -
     def count_positions(name):
         def post(_module, _inputs, output):
             positions[name] = output[0].numel() // output.shape[-1 if output.dim() != 4 else 1]
+
         return post
 
     def hook(name, is_conv):
         def pre(_module, inputs):
             x = inputs[0].detach().to(torch.float64)
             if is_conv:
-                sq = x.pow(2).sum(dim=(0, 2, 3)); n = x.shape[0] * x.shape[2] * x.shape[3]
+                sq = x.pow(2).sum(dim=(0, 2, 3))
+                n = x.shape[0] * x.shape[2] * x.shape[3]
             else:
-                sq = x.reshape(-1, x.shape[-1]).pow(2).sum(0); n = x.numel() // x.shape[-1]
+                sq = x.reshape(-1, x.shape[-1]).pow(2).sum(0)
+                n = x.numel() // x.shape[-1]
             sums[name] = sums.get(name, 0) + sq
             counts[name] = counts.get(name, 0) + n
+
         return pre
 
     for layer in layers:

@@ -24,8 +24,8 @@ scalars/arrays of its message hub).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -60,9 +60,12 @@ def allow_mmengine_checkpoints() -> None:
 def plain_history(buffer: HistoryBuffer) -> dict:
     """A HistoryBuffer as tensors (its pickle would need ``builtins.getattr``)."""
     logs, counts = buffer.data
-    return {PLAIN_HISTORY: True, "max_length": int(buffer.max_length),
-            "log_history": torch.from_numpy(np.asarray(logs, dtype=np.float64)),
-            "count_history": torch.from_numpy(np.asarray(counts, dtype=np.float64))}
+    return {
+        PLAIN_HISTORY: True,
+        "max_length": int(buffer.max_length),
+        "log_history": torch.from_numpy(np.asarray(logs, dtype=np.float64)),
+        "count_history": torch.from_numpy(np.asarray(counts, dtype=np.float64)),
+    }
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -96,8 +99,9 @@ class PruningHook(Hook):
         self._last_loss: float = float("nan")
         allow_mmengine_checkpoints()
 
-    def optim_wrapper(self, model: nn.Module, lr: float, momentum: float, weight_decay: float,
-                      clip_grad: dict | None = None) -> PenaltyOptimWrapper:
+    def optim_wrapper(
+        self, model: nn.Module, lr: float, momentum: float, weight_decay: float, clip_grad: dict | None = None
+    ) -> PenaltyOptimWrapper:
         """SGD over the model's trainable parameters plus the pruner's own groups."""
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]}] + self.driver.param_groups()
         optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -134,8 +138,9 @@ class PruningHook(Hook):
         scalars = checkpoint.get("message_hub", {}).get("log_scalars", {})
         for key, value in scalars.items():
             if isinstance(value, dict) and PLAIN_HISTORY in value:
-                scalars[key] = HistoryBuffer(value["log_history"].numpy(), value["count_history"].numpy(),
-                                             value["max_length"])
+                scalars[key] = HistoryBuffer(
+                    value["log_history"].numpy(), value["count_history"].numpy(), value["max_length"]
+                )
         state = checkpoint.get(CHECKPOINT_KEY)
         if state is None:
             return

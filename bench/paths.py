@@ -33,7 +33,7 @@ class RunPaths:
         object.__setattr__(self, "root", Path(self.root).resolve())
 
     @classmethod
-    def from_env(cls) -> "RunPaths":
+    def from_env(cls) -> RunPaths:
         return cls(Path(os.environ.get(ENV_VAR, "runs")))
 
     @property

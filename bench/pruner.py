@@ -54,7 +54,7 @@ class PrunerConfig:
         check_choice(self, "scope", ("global", "layer"))
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], owner: str = "pruner") -> "PrunerConfig":
+    def from_dict(cls, values: dict[str, Any], owner: str = "pruner") -> PrunerConfig:
         """Build from (string) overrides; unknown fields and bad types are ConfigErrors."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         hints = typing.get_type_hints(cls)
@@ -147,7 +147,9 @@ class Pruner:
 
     def __init__(self, config: PrunerConfig, pattern: Pattern, sparsity: float):
         if pattern.kind not in self.patterns:
-            raise ConfigError("pattern", f"pruner '{self.name}' does not support {pattern}; it supports {', '.join(self.patterns)}")
+            raise ConfigError(
+                "pattern", f"pruner '{self.name}' does not support {pattern}; it supports {', '.join(self.patterns)}"
+            )
         self.config = config
         self.pattern = pattern
         self.sparsity = sparsity
@@ -260,8 +262,10 @@ def _snapshot(value: Any) -> Any:
         return value
     if hasattr(value, "state_dict"):
         return _snapshot(value.state_dict())
-    raise TypeError(f"cannot checkpoint a {type(value).__name__}: a state attribute holds tensors, numbers, "
-                    "strings, None, lists/tuples/dicts of those, or an object with state_dict/load_state_dict")
+    raise TypeError(
+        f"cannot checkpoint a {type(value).__name__}: a state attribute holds tensors, numbers, "
+        "strings, None, lists/tuples/dicts of those, or an object with state_dict/load_state_dict"
+    )
 
 
 PRUNERS: dict[str, type[Pruner]] = {}

@@ -14,8 +14,9 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -38,8 +39,10 @@ def _git(*args: str) -> str:
 
 # The code version this process imported, taken once at import: a long-running worker whose
 # checkout moves on (a commit during a suite) keeps reporting the code it actually runs.
-CODE_VERSION = {"git_sha": _git("rev-parse", "HEAD") or "unknown",
-                "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))}
+CODE_VERSION = {
+    "git_sha": _git("rev-parse", "HEAD") or "unknown",
+    "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+}
 
 
 def provenance(dataset_hash: str) -> dict[str, Any]:
@@ -116,8 +119,13 @@ class ResultStore:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def log_wandb(row: dict[str, Any], spec: dict[str, Any], project: str | None = None, group: str | None = None,
-              directory: Path | None = None) -> str | None:
+def log_wandb(
+    row: dict[str, Any],
+    spec: dict[str, Any],
+    project: str | None = None,
+    group: str | None = None,
+    directory: Path | None = None,
+) -> str | None:
     """One W&B run per result row (offline unless WANDB_MODE says otherwise), under ``directory``
     (the runs folder). Returns the run dir."""
     if os.environ.get("WANDB_MODE") == "disabled":
@@ -126,9 +134,15 @@ def log_wandb(row: dict[str, Any], spec: dict[str, Any], project: str | None = N
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
-    run = wandb.init(project=project or os.environ.get("SMARTBENCH_WANDB_PROJECT", "smartbench"), group=group,
-                     name=f"{row['task']}/{row['pruner']}/{row['pattern']}/{row['target_sparsity']:g}/s{row['seed']}",
-                     id=row["run_id"], config=spec, dir=str(directory or RunPaths.from_env().root), reinit="finish_previous")
+    run = wandb.init(
+        project=project or os.environ.get("SMARTBENCH_WANDB_PROJECT", "smartbench"),
+        group=group,
+        name=f"{row['task']}/{row['pruner']}/{row['pattern']}/{row['target_sparsity']:g}/s{row['seed']}",
+        id=row["run_id"],
+        config=spec,
+        dir=str(directory or RunPaths.from_env().root),
+        reinit="finish_previous",
+    )
     summary = {k: v for k, v in row.items() if isinstance(v, (int, float, str, bool))}
     run.summary.update(summary)
     layers = row["audit"]["layers"]

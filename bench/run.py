@@ -18,17 +18,18 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench.errors import ConfigError
 from bench.export import save_pruned
 from bench.masks import Masker, find_prunable
 from bench.paths import RunPaths, paths_or_env
 from bench.pruner import Pruner
-from bench.registry import build_pruner
 from bench.record import ResultStore, log_wandb, provenance
+from bench.registry import build_pruner
 from bench.sparsity import parse_pattern, resolve_sparsity
 from bench.speed import cost_figures
 from bench.stages import StageDriver
@@ -70,7 +71,9 @@ def short_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
-def run_identity(task_identity: dict[str, Any], pruner_name: str, pruner: Pruner, seed: int) -> tuple[dict[str, Any], str]:
+def run_identity(
+    task_identity: dict[str, Any], pruner_name: str, pruner: Pruner, seed: int
+) -> tuple[dict[str, Any], str]:
     """The one place a run id is computed: (canonical spec, its 12-hex-digit hash).
 
     ``pruner.config`` holds values already canonicalised by their declared type
@@ -117,7 +120,9 @@ def resolve(spec: RunSpec) -> ResolvedRun:
 def dense_key(task: Task, seed: int) -> str:
     """Identity of the dense model of (task, seed): the task without its pruning-stage budget."""
     identity = task.identity()
-    identity["budget"] = {k: v for k, v in identity["budget"].items() if k not in ("prune_epochs", "finetune_epochs", "prune_lr")}
+    identity["budget"] = {
+        k: v for k, v in identity["budget"].items() if k not in ("prune_epochs", "finetune_epochs", "prune_lr")
+    }
     return short_hash({"task": identity, "seed": seed})
 
 
@@ -125,9 +130,15 @@ def dense_checkpoint_path(task: Task, seed: int, paths: RunPaths | None = None) 
     return paths_or_env(paths).dense(task.name, dense_key(task, seed))
 
 
-def execute(run: ResolvedRun, log: Callable[[str], None] = print, wandb_project: str | None = None,
-            group: str | None = None, store: ResultStore | None = None, paths: RunPaths | None = None,
-            wandb: bool = True) -> dict[str, Any]:
+def execute(
+    run: ResolvedRun,
+    log: Callable[[str], None] = print,
+    wandb_project: str | None = None,
+    group: str | None = None,
+    store: ResultStore | None = None,
+    paths: RunPaths | None = None,
+    wandb: bool = True,
+) -> dict[str, Any]:
     """Run (or resume) one resolved run, append its row to the store, log to W&B (unless ``wandb``
     is False: DDP ranks > 0). ``paths``: the runs folder (default: ``SMARTBENCH_RUNS``)."""
     paths = paths_or_env(paths)
@@ -169,7 +180,11 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
     b = task.budget
     with task.quiet():
         dense_path = dense_checkpoint_path(task, spec.seed, paths)
-        dense = task.train_dense(spec.seed, dense_path, log) if task.loop == "mmengine" else train_dense(task, spec.seed, dense_path, log)
+        dense = (
+            task.train_dense(spec.seed, dense_path, log)
+            if task.loop == "mmengine"
+            else train_dense(task, spec.seed, dense_path, log)
+        )
         seed_everything(spec.seed)
         model = task.build_model()
         task.load_dense(model, dense.state)
@@ -192,18 +207,34 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
         val, test = task.evaluate_all(model, "val"), task.evaluate_all(model, "test")
         masker.remove(fold=True)
         costs = cost_figures(model, None, hard, task.example_input(), pruner.pattern)
-        save_pruned(paths.model(run.run_id), model, hard, {"run_id": run.run_id, "task": task.name, "model": task.model_name,
-                                                           "pattern": run.canonical["pattern"], "sparsity": run.sparsity})
+        save_pruned(
+            paths.model(run.run_id),
+            model,
+            hard,
+            {
+                "run_id": run.run_id,
+                "task": task.name,
+                "model": task.model_name,
+                "pattern": run.canonical["pattern"],
+                "sparsity": run.sparsity,
+            },
+        )
     if work_dir.is_dir():
         shutil.rmtree(work_dir, ignore_errors=True)
     else:
         work_dir.unlink(missing_ok=True)
     result = {
-        "metric": task.metric_of(test), "val_metric": task.metric_of(val),
-        "dense_metric": task.metric_of(dense_test), "dense_val_metric": task.metric_of(dense_val),
-        "achieved_sparsity": audit["achieved_sparsity"], "weight_sparsity": audit["weight_sparsity"],
-        "pattern_valid": audit["pattern_valid"], "prune_wall_s": round(prune_wall, 2), "audit": audit,
-        "pruner_stats": pruner.log_values(), **costs,
+        "metric": task.metric_of(test),
+        "val_metric": task.metric_of(val),
+        "dense_metric": task.metric_of(dense_test),
+        "dense_val_metric": task.metric_of(dense_val),
+        "achieved_sparsity": audit["achieved_sparsity"],
+        "weight_sparsity": audit["weight_sparsity"],
+        "pattern_valid": audit["pattern_valid"],
+        "prune_wall_s": round(prune_wall, 2),
+        "audit": audit,
+        "pruner_stats": pruner.log_values(),
+        **costs,
     }
     if task.reports_all_metrics:
         result["mm_metrics"] = {"test": test, "val": val, "dense_test": dense_test, "dense_val": dense_val}

@@ -37,14 +37,19 @@ def render(name: str) -> str:
 def check_name(name: str, target: Path, force: bool) -> None:
     """ConfigError unless NAME is a new pruner name and the target may be written."""
     if not (name.isascii() and name.isidentifier()) or keyword.iskeyword(name) or name.startswith("_"):
-        raise ConfigError("name", f"{name!r} is not allowed; use a Python identifier such as 'my_method' "
-                                  "(ASCII, no leading underscore, not a keyword)")
+        raise ConfigError(
+            "name",
+            f"{name!r} is not allowed; use a Python identifier such as 'my_method' "
+            "(ASCII, no leading underscore, not a keyword)",
+        )
     from bench.registry import load_pruners
 
     pruners = load_pruners()
     existing = pruners.get(name)
     if existing is not None and not (force and _source_of(existing) == target.resolve()):
-        raise ConfigError("name", f"a pruner named '{name}' already exists ({existing.__module__}); choose another name")
+        raise ConfigError(
+            "name", f"a pruner named '{name}' already exists ({existing.__module__}); choose another name"
+        )
     others = sorted(other for other, cls in pruners.items() if other != name and _source_of(cls) == target.resolve())
     if others:
         raise ConfigError("name", f"{target} also defines the pruner(s) {', '.join(others)}; it cannot be overwritten")
@@ -73,8 +78,10 @@ def cmd_new_pruner(args) -> int:
     target = new_pruner(args.name, args.dir, args.force)
     print(f"wrote {target}: pruner '{args.name}' (patterns: unstructured, block, channel, nm)")
     if target.parent.resolve() != default_directory().resolve():
-        print("note: this folder is not baselines/; register the class through the 'smartbench.pruners' "
-              "entry point of your package (docs/adding-a-pruner.md)")
+        print(
+            "note: this folder is not baselines/; register the class through the 'smartbench.pruners' "
+            "entry point of your package (docs/adding-a-pruner.md)"
+        )
     print(f"next: edit its hooks, then `make test` (or `pytest tests/conformance -k {args.name}`)")
     return 0
 

@@ -26,7 +26,7 @@ Temperature (``at(anneal, anneal_steps, nonbinary)`` with anneal <= 0 during war
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 
 class Schedule:
@@ -87,8 +87,13 @@ def _round(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def phase_plan(total: int, warmup: float = 0.10, phase: float = 0.05, long_decompressed: float = 0.10,
-               final_compressed: float = 0.15) -> list[tuple[int, int, str]]:
+def phase_plan(
+    total: int,
+    warmup: float = 0.10,
+    phase: float = 0.05,
+    long_decompressed: float = 0.10,
+    final_compressed: float = 0.15,
+) -> list[tuple[int, int, str]]:
     """Phases [(start, end, kind)] covering range(total) (epochs or steps); the last one is compressed.
 
     dense [0, W) | C, D, C, ..., C alternating (odd count, about ``phase * total`` each, boundaries

@@ -62,8 +62,9 @@ def nm_keep(pattern: Pattern, sparsity: float, target: float) -> int:
     return max(n, round(m - (m - n) * sparsity / target))
 
 
-def hard_topk(scores: dict[str, Tensor], pattern: Pattern, sparsity: float, scope: str = "global",
-              target: float | None = None) -> dict[str, Tensor]:
+def hard_topk(
+    scores: dict[str, Tensor], pattern: Pattern, sparsity: float, scope: str = "global", target: float | None = None
+) -> dict[str, Tensor]:
     """Exact boolean unit masks for the target sparsity (see module docstring).
 
     ``target``: the run's final sparsity when ``sparsity`` is a level on the way there; only N:M

@@ -42,8 +42,16 @@ from torch.nn.utils import parametrize
 from bench.errors import SmartbenchError
 
 PRODUCERS = {tp.ops.OPTYPE.CONV, tp.ops.OPTYPE.LINEAR, tp.ops.OPTYPE.DEPTHWISE_CONV}
-PASS_THROUGH = {tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.RESHAPE, tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT,
-                tp.ops.OPTYPE.UNBIND, tp.ops.OPTYPE.EXPAND, tp.ops.OPTYPE.SLICE, tp.ops.OPTYPE.PRELU}
+PASS_THROUGH = {
+    tp.ops.OPTYPE.ELEMENTWISE,
+    tp.ops.OPTYPE.RESHAPE,
+    tp.ops.OPTYPE.CONCAT,
+    tp.ops.OPTYPE.SPLIT,
+    tp.ops.OPTYPE.UNBIND,
+    tp.ops.OPTYPE.EXPAND,
+    tp.ops.OPTYPE.SLICE,
+    tp.ops.OPTYPE.PRELU,
+}
 
 
 class ShrinkError(SmartbenchError):
@@ -76,9 +84,14 @@ def folded_copy(model: nn.Module, masker=None, hard_masks: dict[str, Tensor] | N
     """
     if masker is None or hard_masks is None:
         return strip_parametrizations(copy.deepcopy(model))
-    saved = [(p, p.mask, getattr(p, "straight_through", None))
-             for m in model.modules() if parametrize.is_parametrized(m)
-             for plist in m.parametrizations.values() for p in plist if hasattr(p, "mask")]
+    saved = [
+        (p, p.mask, getattr(p, "straight_through", None))
+        for m in model.modules()
+        if parametrize.is_parametrized(m)
+        for plist in m.parametrizations.values()
+        for p in plist
+        if hasattr(p, "mask")
+    ]
     masker.set_masks({name: mask.float() for name, mask in hard_masks.items()})
     try:
         clone = copy.deepcopy(model)
@@ -101,8 +114,11 @@ def _blocked_roots(item, names: dict, hard_masks: dict[str, Tensor]) -> set[int]
     kind, module = item.dep.target.type, item.dep.target.module
     pairs = list(zip(item.idxs, item.root_idxs))
     if kind in PRODUCERS:
-        producing = item.dep.handler in (tp.prune_conv_out_channels, tp.prune_linear_out_channels,
-                                         tp.prune_depthwise_conv_out_channels)
+        producing = item.dep.handler in (
+            tp.prune_conv_out_channels,
+            tp.prune_linear_out_channels,
+            tp.prune_depthwise_conv_out_channels,
+        )
         if not producing:
             return set()  # a consumer: it just loses all-zero inputs
         mask = hard_masks.get(names.get(module))
@@ -125,8 +141,9 @@ def _dependency_graph(model: nn.Module, example_input) -> tp.DependencyGraph:
         model.train(was_training)
 
 
-def removable_channels(model: nn.Module, hard_masks: dict[str, Tensor], example_input,
-                       graph: tp.DependencyGraph | None = None) -> list[tuple[str, list[int]]]:
+def removable_channels(
+    model: nn.Module, hard_masks: dict[str, Tensor], example_input, graph: tp.DependencyGraph | None = None
+) -> list[tuple[str, list[int]]]:
     """(root layer name, root channel indices to remove) for every group with something to remove."""
     graph = graph or _dependency_graph(model, example_input)
     names = {module: name for name, module in model.named_modules()}
@@ -169,13 +186,16 @@ def random_like_input(example_input, seed: int = 0):
     if isinstance(example_input, Tensor):
         return torch.randn(example_input.shape, generator=gen).to(example_input)
     if isinstance(example_input, dict):
-        return {k: random_like_input(v, seed) if isinstance(v, Tensor) and v.is_floating_point() else v
-                for k, v in example_input.items()}
+        return {
+            k: random_like_input(v, seed) if isinstance(v, Tensor) and v.is_floating_point() else v
+            for k, v in example_input.items()
+        }
     return example_input
 
 
-def shrink_channels(model: nn.Module, hard_masks: dict[str, Tensor], example_input, verify: bool = True,
-                    rtol: float = 1e-4) -> list:
+def shrink_channels(
+    model: nn.Module, hard_masks: dict[str, Tensor], example_input, verify: bool = True, rtol: float = 1e-4
+) -> list:
     """Remove every removable masked channel in place (see module docstring); returns the history.
 
     ``hard_masks``: layer name -> bool mask over output channels (Masker unit masks of the
@@ -202,8 +222,10 @@ def shrink_channels(model: nn.Module, hard_masks: dict[str, Tensor], example_inp
         for ref, out in zip(reference, got):
             scale = max(1.0, float(ref.abs().max()))
             if ref.shape != out.shape or float((ref - out).abs().max()) > rtol * scale:
-                raise ShrinkError("the shrunk model does not reproduce the masked model's outputs "
-                                  "(an activation with f(0) != 0 or an unsupported op in a pruned group?)")
+                raise ShrinkError(
+                    "the shrunk model does not reproduce the masked model's outputs "
+                    "(an activation with f(0) != 0 or an unsupported op in a pruned group?)"
+                )
     model.train(was_training)
     return [list(entry) for entry in graph.pruning_history()]
 

@@ -33,8 +33,10 @@ PATTERN_24 = NM(2, 4)
 def require_cuda() -> torch.device:
     """The CUDA device, or a SmartbenchError saying 2:4 kernels need one (nothing is measured)."""
     if not torch.cuda.is_available():
-        raise SmartbenchError("2:4 sparse inference needs a CUDA GPU (sm_80 or newer: A100/H100/RTX 30xx+); "
-                              "no CUDA device is visible, so nothing was measured or recorded")
+        raise SmartbenchError(
+            "2:4 sparse inference needs a CUDA GPU (sm_80 or newer: A100/H100/RTX 30xx+); "
+            "no CUDA device is visible, so nothing was measured or recorded"
+        )
     return torch.device("cuda")
 
 
@@ -125,8 +127,13 @@ def compare(pair: Pair, example: Tensor, warmup: int = 10, repeats: int = 50) ->
         dense_out, sparse_out = pair.dense(example), pair.sparse(example)
     dense_ms = median_latency_ms(lambda: pair.dense(example), warmup, repeats)
     sparse_ms = median_latency_ms(lambda: pair.sparse(example), warmup, repeats)
-    return dict(batch=example.shape[0], dense_ms=dense_ms, sparse_ms=sparse_ms, ratio=sparse_ms / dense_ms,
-                rel_err=relative_error(sparse_out, dense_out))
+    return dict(
+        batch=example.shape[0],
+        dense_ms=dense_ms,
+        sparse_ms=sparse_ms,
+        ratio=sparse_ms / dense_ms,
+        rel_err=relative_error(sparse_out, dense_out),
+    )
 
 
 def linear_shapes(model: nn.Module, names: list[str]) -> list[tuple[int, int]]:
@@ -139,13 +146,20 @@ def linear_shapes(model: nn.Module, names: list[str]) -> list[tuple[int, int]]:
     return shapes
 
 
-def compare_linear(out_features: int, in_features: int, rows: int, device: torch.device,
-                   warmup: int = 10, repeats: int = 50, seed: int = 0) -> dict:
+def compare_linear(
+    out_features: int,
+    in_features: int,
+    rows: int,
+    device: torch.device,
+    warmup: int = 10,
+    repeats: int = 50,
+    seed: int = 0,
+) -> dict:
     """One 2:4 Linear alone: ``rows`` input rows (batch x tokens), random weights, fp16."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     layer = nn.Linear(in_features, out_features)
     with torch.no_grad():
-        layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * in_features ** -0.5)
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * in_features**-0.5)
     pair = make_pair(nn.Sequential(layer), ["0"], device)
     if pair.skipped:
         return dict(shape=f"{out_features}x{in_features}", rows=rows, skipped=pair.skipped["0"])

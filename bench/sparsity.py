@@ -155,7 +155,8 @@ class NM(Pattern):
     def check(self, shape: torch.Size, layer: str) -> None:
         if shape[1] % self.m:
             raise ConfigError(
-                "pattern", f"nm:{self.n}:{self.m} needs M={self.m} to divide the input size of layer '{layer}' (in={shape[1]})"
+                "pattern",
+                f"nm:{self.n}:{self.m} needs M={self.m} to divide the input size of layer '{layer}' (in={shape[1]})",
             )
 
     def units(self, weight: Tensor) -> Tensor:
@@ -208,7 +209,9 @@ def resolve_sparsity(pattern: Pattern, sparsity: float | None) -> float:
     fixed = pattern.fixed_sparsity
     if fixed is not None:
         if sparsity is not None and abs(sparsity - fixed) > 1e-9:
-            raise ConfigError("sparsity", f"{pattern} fixes the sparsity to {fixed:g}; omit --sparsity or pass {fixed:g}")
+            raise ConfigError(
+                "sparsity", f"{pattern} fixes the sparsity to {fixed:g}; omit --sparsity or pass {fixed:g}"
+            )
         return fixed
     if sparsity is None:
         raise ConfigError("sparsity", f"required for pattern {pattern}; a value in (0, 1)")

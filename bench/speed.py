@@ -32,7 +32,8 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -57,9 +58,15 @@ def cpu_model() -> str:
 
 
 def device_fingerprint(device: str = "cpu") -> dict[str, Any]:
-    info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "python": platform.python_version(), "device": str(device),
-            "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+    info = {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "device": str(device),
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(torch.device(device) if "cuda" in str(device) else 0)
         info["cuda"] = torch.version.cuda
@@ -91,8 +98,9 @@ def _per_sample(example_input) -> int:
     return int(first.shape[0]) if first is not None else 1
 
 
-def cost_figures(model: nn.Module, masker, hard_masks: dict[str, Tensor], example_input,
-                 pattern: Pattern | str) -> dict[str, Any]:
+def cost_figures(
+    model: nn.Module, masker, hard_masks: dict[str, Tensor], example_input, pattern: Pattern | str
+) -> dict[str, Any]:
     """params/FLOPs of the dense model, of the kept weights, and (channel) of the shrunk model.
 
     ``model`` may carry the masker's parametrizations (``masker`` given) or be already folded
@@ -112,8 +120,12 @@ def cost_figures(model: nn.Module, masker, hard_masks: dict[str, Tensor], exampl
         dropped_params += weight.numel() - kept
         dropped_flops += per_module[name] * (1.0 - kept / weight.numel())
     batch = _per_sample(example_input)
-    figures = {"params_dense": params_dense, "params_masked": params_dense - dropped_params,
-               "flops_dense": round(flops_dense / batch), "flops_masked": round((flops_dense - dropped_flops) / batch)}
+    figures = {
+        "params_dense": params_dense,
+        "params_masked": params_dense - dropped_params,
+        "flops_dense": round(flops_dense / batch),
+        "flops_masked": round((flops_dense - dropped_flops) / batch),
+    }
     if pattern.kind == "channel":
         shrink_channels(plain, hard_masks, example_input)
         figures["params_shrunk"] = count_params(plain)
@@ -128,13 +140,16 @@ def batch_input(example_input, batch_size: int, seed: int = 0):
     A dict example (mm ``model(**x)`` keyword arguments) gets every batched tensor replaced so;
     its other entries (``mode="tensor"``) are kept."""
     if isinstance(example_input, dict):
-        return {k: batch_input(v, batch_size, seed) if isinstance(v, Tensor) and v.dim() > 0 else v
-                for k, v in example_input.items()}
+        return {
+            k: batch_input(v, batch_size, seed) if isinstance(v, Tensor) and v.dim() > 0 else v
+            for k, v in example_input.items()
+        }
     return random_like_input(example_input[:1].expand(batch_size, *example_input.shape[1:]).contiguous(), seed)
 
 
 def _timer(device: str) -> Callable[[Callable[[], Any]], float]:
     if "cuda" in str(device):
+
         def timed(call) -> float:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize()
@@ -143,19 +158,27 @@ def _timer(device: str) -> Callable[[Callable[[], Any]], float]:
             end.record()
             torch.cuda.synchronize()
             return start.elapsed_time(end)
+
         return timed
 
     def timed(call) -> float:
         begin = time.perf_counter()
         call()
         return (time.perf_counter() - begin) * 1e3
+
     return timed
 
 
 def summarize(times_ms: list[float]) -> dict[str, float]:
     q1, median, q3 = statistics.quantiles(times_ms, n=4, method="inclusive") if len(times_ms) > 1 else [times_ms[0]] * 3
-    return {"median_ms": round(median, 4), "p25_ms": round(q1, 4), "p75_ms": round(q3, 4), "iqr_ms": round(q3 - q1, 4),
-            "min_ms": round(min(times_ms), 4), "repeats": len(times_ms)}
+    return {
+        "median_ms": round(median, 4),
+        "p25_ms": round(q1, 4),
+        "p75_ms": round(q3, 4),
+        "iqr_ms": round(q3 - q1, 4),
+        "min_ms": round(min(times_ms), 4),
+        "repeats": len(times_ms),
+    }
 
 
 def _to_device(x, device: str):
@@ -176,14 +199,21 @@ def interleaved_times(calls: dict[str, Callable[[], Any]], warmup: int, repeats:
             calls[name]()
     times = {n: [] for n in names}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(timed(calls[name]))
     return times
 
 
-def latency(models: dict[str, nn.Module], make_input: Callable[[int], Any] | Tensor,
-            batch_sizes=DEFAULT_BATCH_SIZES, warmup: int = 5, repeats: int = 30, threads: int = 1,
-            device: str = "cpu", reference: str | dict[str, str] | None = None) -> dict[str, Any]:
+def latency(
+    models: dict[str, nn.Module],
+    make_input: Callable[[int], Any] | Tensor,
+    batch_sizes=DEFAULT_BATCH_SIZES,
+    warmup: int = 5,
+    repeats: int = 30,
+    threads: int = 1,
+    device: str = "cpu",
+    reference: str | dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Interleaved latency of several models (see module docstring).
 
     ``make_input(batch_size)`` builds an input; a Tensor example is expanded with
@@ -197,8 +227,10 @@ def latency(models: dict[str, nn.Module], make_input: Callable[[int], Any] | Ten
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")
     names = list(models)
-    ref_of = {name: reference.get(name, names[0]) if isinstance(reference, dict) else (reference or names[0])
-              for name in names}
+    ref_of = {
+        name: reference.get(name, names[0]) if isinstance(reference, dict) else (reference or names[0])
+        for name in names
+    }
     results: dict[str, Any] = {name: {} for name in names}
     ratios: dict[str, Any] = {name: {} for name in names if ref_of[name] != name}
     previous_threads = torch.get_num_threads()
@@ -209,22 +241,37 @@ def latency(models: dict[str, nn.Module], make_input: Callable[[int], Any] | Ten
         with torch.inference_mode():
             for bs in batch_sizes:
                 x = _to_device(make_input(bs), device)
-                calls = {n: (lambda m=models[n]: _forward(m, x)) for n in names}
+                calls = {n: (lambda m=models[n], x=x: _forward(m, x)) for n in names}
                 times = interleaved_times(calls, warmup, repeats, _timer(device))
                 for name in names:
                     stats = summarize(times[name])
-                    results[name][str(bs)] = {**stats, "batch_size": bs, "per_sample_ms": round(stats["median_ms"] / bs, 5)}
+                    results[name][str(bs)] = {
+                        **stats,
+                        "batch_size": bs,
+                        "per_sample_ms": round(stats["median_ms"] / bs, 5),
+                    }
                 for name, by_batch in ratios.items():
                     ref = ref_of[name]
                     paired = statistics.median(a / b for a, b in zip(times[name], times[ref]))
-                    by_batch[str(bs)] = {"reference": ref, "paired_median": round(paired, 4), "ratio_of_medians": round(
-                        results[name][str(bs)]["median_ms"] / results[ref][str(bs)]["median_ms"], 4)}
+                    by_batch[str(bs)] = {
+                        "reference": ref,
+                        "paired_median": round(paired, 4),
+                        "ratio_of_medians": round(
+                            results[name][str(bs)]["median_ms"] / results[ref][str(bs)]["median_ms"], 4
+                        ),
+                    }
         fingerprint = device_fingerprint(device)
     finally:
         torch.set_num_threads(previous_threads)
-    protocol = {"warmup": warmup, "repeats": repeats, "threads": threads, "batch_sizes": list(batch_sizes),
-                "interleaved": True, "references": {n: r for n, r in ref_of.items() if r != n},
-                "timer": "cuda_events" if "cuda" in str(device) else "perf_counter"}
+    protocol = {
+        "warmup": warmup,
+        "repeats": repeats,
+        "threads": threads,
+        "batch_sizes": list(batch_sizes),
+        "interleaved": True,
+        "references": {n: r for n, r in ref_of.items() if r != n},
+        "timer": "cuda_events" if "cuda" in str(device) else "perf_counter",
+    }
     return {"fingerprint": fingerprint, "protocol": protocol, "latency": results, "ratios": ratios}
 
 
@@ -257,8 +304,9 @@ def sparse24_variants(model: nn.Module, hard_masks: dict[str, Tensor] | None, de
     return {"masked_dense_fp16": HalfInput(dense16), "sparse24": HalfInput(sparse)}, why
 
 
-def build_variants(model: nn.Module, pattern: str, hard_masks: dict[str, Tensor] | None, example_input,
-                   device: str = "cpu") -> tuple[dict[str, nn.Module], dict[str, str]]:
+def build_variants(
+    model: nn.Module, pattern: str, hard_masks: dict[str, Tensor] | None, example_input, device: str = "cpu"
+) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """masked_dense (+ shrunk for channel, + fp16 masked_dense / sparse24 for nm:2:4 on CUDA); skipped ones with why."""
     variants, notes = {"masked_dense": model}, {}
     if pattern == "channel":
@@ -276,9 +324,18 @@ def build_variants(model: nn.Module, pattern: str, hard_masks: dict[str, Tensor]
     return variants, notes
 
 
-def measure(row: dict[str, Any], model: nn.Module, example_input, hard_masks: dict[str, Tensor] | None = None,
-            make_input: Callable[[int], Any] | None = None, batch_sizes=DEFAULT_BATCH_SIZES, threads: int = 1,
-            warmup: int = 5, repeats: int = 30, device: str = "cpu") -> dict[str, Any]:
+def measure(
+    row: dict[str, Any],
+    model: nn.Module,
+    example_input,
+    hard_masks: dict[str, Tensor] | None = None,
+    make_input: Callable[[int], Any] | None = None,
+    batch_sizes=DEFAULT_BATCH_SIZES,
+    threads: int = 1,
+    warmup: int = 5,
+    repeats: int = 30,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Latency of a finished run's pruned model (folded, plain) and its faster variants.
 
     ``row``: the run's result row (uses ``run_id`` and ``pattern``). Returns :func:`latency`'s
@@ -286,6 +343,7 @@ def measure(row: dict[str, Any], model: nn.Module, example_input, hard_masks: di
     """
     variants, skipped = build_variants(model, row["pattern"], hard_masks, example_input, device)
     references = {"sparse24": "masked_dense_fp16"} if "sparse24" in variants else None
-    result = latency(variants, make_input or example_input, batch_sizes, warmup, repeats, threads, device,
-                     reference=references)
+    result = latency(
+        variants, make_input or example_input, batch_sizes, warmup, repeats, threads, device, reference=references
+    )
     return {"run_id": row.get("run_id"), "pattern": row["pattern"], **result, "skipped": skipped}

@@ -31,8 +31,17 @@ def cmd_speed(args) -> int:
     saved = load_saved(args.run_id, paths)
     task, model = pruned_model(row, saved)
     example = task.example_input()
-    result = measure(row, model, example, saved["hard_masks"], batch_sizes=_batch_sizes(args.batch_sizes),
-                     threads=args.threads, warmup=args.warmup, repeats=args.repeats, device=args.device)
+    result = measure(
+        row,
+        model,
+        example,
+        saved["hard_masks"],
+        batch_sizes=_batch_sizes(args.batch_sizes),
+        threads=args.threads,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        device=args.device,
+    )
     result["costs"] = cost_figures(model, None, saved["hard_masks"], example, row["pattern"])
     out = Path(args.out) if args.out else paths.speed(args.run_id)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -41,14 +50,21 @@ def cmd_speed(args) -> int:
         print(json.dumps(result, sort_keys=True))
         return 0
     fp = result["fingerprint"]
-    print(f"run {args.run_id} {row['task']} {row['pruner']} {row['pattern']} | {fp['cpu']} | torch {fp['torch']} | "
-          f"threads {result['protocol']['threads']} | load {fp['load_avg_1m']}")
+    print(
+        f"run {args.run_id} {row['task']} {row['pruner']} {row['pattern']} | {fp['cpu']} | torch {fp['torch']} | "
+        f"threads {result['protocol']['threads']} | load {fp['load_avg_1m']}"
+    )
     for variant, by_batch in result["latency"].items():
         for bs, stats in by_batch.items():
             ratio = result["ratios"].get(variant, {}).get(bs)
-            extra = (f"  x{ratio['ratio_of_medians']:.3f} of {ratio['reference']} (paired {ratio['paired_median']:.3f})"
-                     if ratio else "")
-            print(f"  {variant:13s} batch {bs:>4s}: median {stats['median_ms']:.3f} ms  IQR {stats['iqr_ms']:.3f} ms{extra}")
+            extra = (
+                f"  x{ratio['ratio_of_medians']:.3f} of {ratio['reference']} (paired {ratio['paired_median']:.3f})"
+                if ratio
+                else ""
+            )
+            print(
+                f"  {variant:13s} batch {bs:>4s}: median {stats['median_ms']:.3f} ms  IQR {stats['iqr_ms']:.3f} ms{extra}"
+            )
     for variant, why in result["skipped"].items():
         print(f"  {variant:13s} skipped: {why}")
     print("  costs: " + ", ".join(f"{k} {v:,}" for k, v in result["costs"].items()))
@@ -61,9 +77,11 @@ def cmd_export(args) -> int:
     from bench.paths import RunPaths
 
     summary = export_run(args.run_id, args.out, paths=RunPaths.from_env())
-    print(f"exported run {summary['run_id']} -> {summary['out']}: {summary['params']:,} parameters "
-          f"(dense {summary['dense_params']:,}), {summary['shrunk_groups']} shrunk channel groups; "
-          f"load with bench.export.load_exported(path)")
+    print(
+        f"exported run {summary['run_id']} -> {summary['out']}: {summary['params']:,} parameters "
+        f"(dense {summary['dense_params']:,}), {summary['shrunk_groups']} shrunk channel groups; "
+        f"load with bench.export.load_exported(path)"
+    )
     return 0
 
 
@@ -79,7 +97,9 @@ def add_parser(subparsers) -> None:
     speed.add_argument("--json", action="store_true", help="print the result as one JSON object")
     speed.set_defaults(func=cmd_speed)
 
-    export = subparsers.add_parser("export", help="write a run's pruned model (shrunk for channel) with masks + metadata")
+    export = subparsers.add_parser(
+        "export", help="write a run's pruned model (shrunk for channel) with masks + metadata"
+    )
     export.add_argument("run_id")
     export.add_argument("--out", required=True)
     export.set_defaults(func=cmd_export)

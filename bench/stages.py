@@ -25,7 +25,8 @@ once they exist; restoring hard masks reinstalls them and ends the pruning stage
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -37,8 +38,14 @@ from bench.pruner import Progress, Pruner
 class StageDriver:
     """Drives one pruner through ``prune_epochs`` of pruning and ``finetune_epochs`` of fine-tuning."""
 
-    def __init__(self, pruner: Pruner, masker: Masker, prune_epochs: int, finetune_epochs: int,
-                 log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        pruner: Pruner,
+        masker: Masker,
+        prune_epochs: int,
+        finetune_epochs: int,
+        log: Callable[[str], None] = print,
+    ):
         self.pruner, self.masker, self.log = pruner, masker, log
         self.prune_epochs, self.finetune_epochs = prune_epochs, finetune_epochs
         self.prune_steps = 0  # set by begin()

@@ -41,25 +41,44 @@ import re
 import socket
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
 from bench.errors import ConfigError, DataError, SmartbenchError
 from bench.paths import RunPaths, paths_or_env
-from bench.record import REPO_ROOT, ResultStore
+from bench.record import ResultStore
 from bench.run import BUDGET_FIELDS, RunSpec, dense_key, resolve, run_identity, short_hash
 from bench.sparsity import parse_pattern, resolve_sparsity
 
 SUITES_DIR = Path(__file__).resolve().parent / "configs" / "suites"  # package data
-TOP_FIELDS = ("name", "description", "tasks", "pruners", "patterns", "sparsities", "seeds", "budget", "model",
-              "cells", "requires_tasks_present", "plan_only", "wandb_project")
+TOP_FIELDS = (
+    "name",
+    "description",
+    "tasks",
+    "pruners",
+    "patterns",
+    "sparsities",
+    "seeds",
+    "budget",
+    "model",
+    "cells",
+    "requires_tasks_present",
+    "plan_only",
+    "wandb_project",
+)
 BLOCK_FIELDS = ("tasks", "pruners", "patterns", "sparsities", "seeds", "budget", "model")
 PRUNER_FIELDS = ("name", "as", "options")
-KIND_NAMES = {str: "a string", int: "an integer", (int, float): "a number", dict: "a mapping",
-              (str, dict): "a pruner name or a mapping {name, as, options}"}
+KIND_NAMES = {
+    str: "a string",
+    int: "an integer",
+    (int, float): "a number",
+    dict: "a mapping",
+    (str, dict): "a pruner name or a mapping {name, as, options}",
+}
 
 
 @dataclass(frozen=True)
@@ -201,8 +220,9 @@ def _block(raw: dict, defaults: dict, where: str, known: dict[str, type]) -> Blo
     model = values.get("model")
     if model is not None and not isinstance(model, str):
         raise ConfigError(f"{where}.model", f"must be a string such as timm:resnet18, got {model!r}")
-    return Block(list(tasks), pruners, list(patterns), [float(s) for s in sparsities], list(seeds), dict(budget),
-                 model, where)
+    return Block(
+        list(tasks), pruners, list(patterns), [float(s) for s in sparsities], list(seeds), dict(budget), model, where
+    )
 
 
 def load_suite(name: str) -> Suite:
@@ -235,19 +255,28 @@ def load_suite(name: str) -> Suite:
         for i, item in enumerate(_list(cells, "suite.cells", dict)):
             bad = set(item) - set(BLOCK_FIELDS)
             if bad:
-                raise ConfigError(f"suite.cells[{i}]", f"unknown field(s) {sorted(bad)}; allowed: {', '.join(BLOCK_FIELDS)}")
+                raise ConfigError(
+                    f"suite.cells[{i}]", f"unknown field(s) {sorted(bad)}; allowed: {', '.join(BLOCK_FIELDS)}"
+                )
             blocks.append(_block(item, defaults, f"suite.cells[{i}]", known))
     labels: dict[str, PrunerEntry] = {}
     for block in blocks:  # one label means one (pruner, options) everywhere in the suite
         for entry in block.pruners:
             seen = labels.setdefault(entry.label, entry)
             if (seen.name, seen.options) != (entry.name, entry.options):
-                raise ConfigError(f"{block.where}.pruners",
-                                  f"label '{entry.label}' means two configurations; rename one with `as:`")
+                raise ConfigError(
+                    f"{block.where}.pruners", f"label '{entry.label}' means two configurations; rename one with `as:`"
+                )
     plan_only = raw.get("plan_only", False)
-    return Suite(suite_name, path, str(raw.get("description", "")), blocks,
-                 requires_tasks_present=raw.get("requires_tasks_present", True) and not plan_only,
-                 plan_only=plan_only, wandb_project=raw.get("wandb_project"))
+    return Suite(
+        suite_name,
+        path,
+        str(raw.get("description", "")),
+        blocks,
+        requires_tasks_present=raw.get("requires_tasks_present", True) and not plan_only,
+        plan_only=plan_only,
+        wandb_project=raw.get("wandb_project"),
+    )
 
 
 # -- expansion into cells ----------------------------------------------------------------------
@@ -264,30 +293,43 @@ def expand(suite: Suite) -> Suite:
     for block in suite.blocks:  # names first: a typo fails before any model is built
         for t, task in enumerate(block.tasks):
             if task not in tasks and suite.requires_tasks_present:
-                raise ConfigError(f"{block.where}.tasks[{t}]", f"unknown task '{task}'; allowed: {', '.join(sorted(tasks))}")
+                raise ConfigError(
+                    f"{block.where}.tasks[{t}]", f"unknown task '{task}'; allowed: {', '.join(sorted(tasks))}"
+                )
     for block in suite.blocks:
         for t, task in enumerate(block.tasks):
             for pattern_text in block.patterns:
                 pattern = parse_pattern(pattern_text)
-                for sparsity in ([pattern.fixed_sparsity] if pattern.fixed_sparsity is not None else block.sparsities):
+                for sparsity in [pattern.fixed_sparsity] if pattern.fixed_sparsity is not None else block.sparsities:
                     resolve_sparsity(pattern, sparsity)
                     for entry in block.pruners:
                         cls = get_pruner_class(entry.name)
                         if pattern.kind not in cls.patterns:
-                            suite.skipped.append(f"{entry.label} on {task} {pattern} {sparsity:g}: pruner supports only "
-                                                 f"{', '.join(cls.patterns)}")
+                            suite.skipped.append(
+                                f"{entry.label} on {task} {pattern} {sparsity:g}: pruner supports only "
+                                f"{', '.join(cls.patterns)}"
+                            )
                             continue
                         for seed in block.seeds:
-                            spec = RunSpec(task=task, pruner=entry.name, pattern=str(pattern), sparsity=round(sparsity, 10),
-                                           seed=seed, model=block.model, pruner_options=dict(entry.options),
-                                           budget=dict(block.budget))
+                            spec = RunSpec(
+                                task=task,
+                                pruner=entry.name,
+                                pattern=str(pattern),
+                                sparsity=round(sparsity, 10),
+                                seed=seed,
+                                model=block.model,
+                                pruner_options=dict(entry.options),
+                                budget=dict(block.budget),
+                            )
                             if task in tasks and task not in unavailable:
                                 try:
                                     cell = _resolved_cell(spec, entry.label, block.where, resolved, steps_cache)
                                 except ModuleNotFoundError as err:  # optional stack (mmdet...) not installed
                                     if suite.requires_tasks_present:
-                                        raise ConfigError(f"{block.where}.tasks[{t}]", f"task '{task}' needs the module "
-                                                          f"'{err.name}' (pip install -e '.[mm]')") from None
+                                        raise ConfigError(
+                                            f"{block.where}.tasks[{t}]",
+                                            f"task '{task}' needs the module '{err.name}' (pip install -e '.[mm]')",
+                                        ) from None
                                     unavailable.add(task)
                                 except DataError:  # a user dataset not on this machine: plan-only suites still plan
                                     if suite.requires_tasks_present:
@@ -301,8 +343,11 @@ def expand(suite: Suite) -> Suite:
         first = unique.setdefault(cell.run_id, cell)
         if first.label != cell.label:
             spec = cell.spec
-            raise ConfigError("suite", f"labels '{first.label}' and '{cell.label}' describe the same run {cell.run_id} "
-                                       f"({spec.task} {spec.pattern} {spec.sparsity:g} seed {spec.seed})")
+            raise ConfigError(
+                "suite",
+                f"labels '{first.label}' and '{cell.label}' describe the same run {cell.run_id} "
+                f"({spec.task} {spec.pattern} {spec.sparsity:g} seed {spec.seed})",
+            )
     suite.cells = list(unique.values())
     return suite
 
@@ -326,12 +371,15 @@ def _resolved_cell(spec: RunSpec, label: str, where: str, cache: dict, steps_cac
         base = cache[layout]
         pruner = build_pruner(spec.pruner, base.pruner.pattern, spec.sparsity, spec.pruner_options)
     except ConfigError as err:
-        raise ConfigError(f"{where} ({spec.task} {label} {spec.pattern} {spec.sparsity:g}): {err.field}",
-                          str(err)[len(err.field) + 2:]) from None
+        raise ConfigError(
+            f"{where} ({spec.task} {label} {spec.pattern} {spec.sparsity:g}): {err.field}",
+            str(err)[len(err.field) + 2 :],
+        ) from None
     _, run_id = run_identity(base.task.identity(), spec.pruner, pruner, spec.seed)
     task, b = base.task, base.task.budget
-    identity = json.dumps({k: v for k, v in task.identity().items() if k != "budget"} | {"bs": b.batch_size},
-                          sort_keys=True, default=str)
+    identity = json.dumps(
+        {k: v for k, v in task.identity().items() if k != "budget"} | {"bs": b.batch_size}, sort_keys=True, default=str
+    )
     if identity not in steps_cache:
         try:
             steps_cache[identity] = task.steps_per_epoch()
@@ -339,9 +387,16 @@ def _resolved_cell(spec: RunSpec, label: str, where: str, cache: dict, steps_cac
             steps_cache[identity] = None
     per_epoch = steps_cache[identity]
     epochs = b.prune_epochs + b.finetune_epochs
-    return Cell(spec, label, run_id, epochs=epochs, steps=None if per_epoch is None else epochs * per_epoch,
-                dense_key=f"{task.name}-{dense_key(task, spec.seed)}", dense_epochs=b.dense_epochs,
-                dense_steps=None if per_epoch is None else b.dense_epochs * per_epoch)
+    return Cell(
+        spec,
+        label,
+        run_id,
+        epochs=epochs,
+        steps=None if per_epoch is None else epochs * per_epoch,
+        dense_key=f"{task.name}-{dense_key(task, spec.seed)}",
+        dense_epochs=b.dense_epochs,
+        dense_steps=None if per_epoch is None else b.dense_epochs * per_epoch,
+    )
 
 
 def load_and_expand(name: str) -> Suite:
@@ -419,7 +474,9 @@ def store_counts(store: ResultStore) -> Counter:
     return counts
 
 
-def cell_states(suite: Suite, store: ResultStore | None = None, paths: RunPaths | None = None) -> list[tuple[Cell, str, int]]:
+def cell_states(
+    suite: Suite, store: ResultStore | None = None, paths: RunPaths | None = None
+) -> list[tuple[Cell, str, int]]:
     """(cell, state, rows in store) with state done | running | failed | pending."""
     paths = paths_or_env(paths)
     counts = store_counts(store or ResultStore(paths.store))

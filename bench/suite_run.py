@@ -81,7 +81,7 @@ class Reporter:
         self.failed: list[str] = []
         self.skipped: list[str] = []  # cells left to another runner
 
-    def __enter__(self) -> "Reporter":
+    def __enter__(self) -> Reporter:
         if self.enabled and sys.stdout.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -106,8 +106,10 @@ class Reporter:
             self.skipped.append(cell.run_id)
             self.log(f"skip   {cell.run_id} {what}: {outcome['skipped']}")
         elif outcome.get("ok"):
-            self.log(f"done   {cell.run_id} {what}: {outcome['metric_name']} {outcome['metric']:.2f} "
-                     f"(dense {outcome['dense_metric']:.2f}) {outcome['wall_s']:.1f}s")
+            self.log(
+                f"done   {cell.run_id} {what}: {outcome['metric_name']} {outcome['metric']:.2f} "
+                f"(dense {outcome['dense_metric']:.2f}) {outcome['wall_s']:.1f}s"
+            )
         else:
             self.failed.append(cell.run_id)
             log = self.paths.cell_log(self.suite_name, cell.run_id)
@@ -117,10 +119,18 @@ class Reporter:
 
 
 # -- the suite -------------------------------------------------------------------------------
-def run_suite(suite: Suite, workers: int = 1, launcher: str = "local", nproc: int = 1,
-              wandb_project: str | None = None, progress: bool = True, cluster: str | None = None,
-              slurm: dict[str, Any] | None = None, store: ResultStore | None = None,
-              paths: RunPaths | None = None) -> int:
+def run_suite(
+    suite: Suite,
+    workers: int = 1,
+    launcher: str = "local",
+    nproc: int = 1,
+    wandb_project: str | None = None,
+    progress: bool = True,
+    cluster: str | None = None,
+    slurm: dict[str, Any] | None = None,
+    store: ResultStore | None = None,
+    paths: RunPaths | None = None,
+) -> int:
     """Run every unfinished cell of an expanded suite; returns 0 if all succeeded, else 1."""
     paths = paths_or_env(paths)
     if launcher not in LAUNCHERS:
@@ -130,7 +140,9 @@ def run_suite(suite: Suite, workers: int = 1, launcher: str = "local", nproc: in
     if launcher == "local" and nproc > 1:
         raise ConfigError("--nproc", "several processes per run need --launcher torchrun (or slurm)")
     if suite.plan_only:
-        raise ConfigError("suite.plan_only", f"suite '{suite.name}' is a plan-only recipe; `suite plan` lists its cells")
+        raise ConfigError(
+            "suite.plan_only", f"suite '{suite.name}' is a plan-only recipe; `suite plan` lists its cells"
+        )
     missing = sorted({c.spec.task for c in suite.cells if not c.registered})
     if missing:
         raise ConfigError("suite.tasks", f"task(s) {', '.join(missing)} are not registered here; cannot run")
@@ -144,31 +156,47 @@ def run_suite(suite: Suite, workers: int = 1, launcher: str = "local", nproc: in
             clear_marker(suite.name, cell.run_id, "failed", paths)
     first, rest = first_wave(todo)
     with Reporter(len(todo), progress, suite.name, paths) as reporter:
-        reporter.log(f"suite {suite.name}: {len(states)} cells, {len(states) - len(todo) - len(busy)} done, "
-                     f"{len(todo)} to run ({launcher}, {workers} worker(s), {nproc} process(es) per run)")
+        reporter.log(
+            f"suite {suite.name}: {len(states)} cells, {len(states) - len(todo) - len(busy)} done, "
+            f"{len(todo)} to run ({launcher}, {workers} worker(s), {nproc} process(es) per run)"
+        )
         for cell in busy:
             reporter.log(f"skip   {cell.run_id}: running in another process (marker {cell.run_id}.running)")
         if launcher == "slurm":
             per_job = (slurm or {}).get("cpus_per_task")  # threads of a job: its CPUs, else torch's default
-            payloads = {c.run_id: payload_for(c, suite, project, per_job and max(1, per_job // nproc), paths) for c in todo}
+            payloads = {
+                c.run_id: payload_for(c, suite, project, per_job and max(1, per_job // nproc), paths) for c in todo
+            }
             submit_cells(suite, first, rest, payloads, reporter, nproc, cluster, slurm or {}, paths)
         elif launcher == "torchrun":
             threads = max(1, cpu_count() // (workers * nproc))
-            _pool(ThreadPoolExecutor(workers), first + rest, reporter,
-                  lambda pool, c: pool.submit(torchrun_cell, payload_for(c, suite, project, threads, paths), nproc))
+            _pool(
+                ThreadPoolExecutor(workers),
+                first + rest,
+                reporter,
+                lambda pool, c: pool.submit(torchrun_cell, payload_for(c, suite, project, threads, paths), nproc),
+            )
         elif workers == 1:  # in this process, with its thread count
             for cell in first + rest:
                 reporter.done(cell, run_cell(payload_for(cell, suite, project, None, paths), echo=reporter.log))
         else:
             threads = max(1, cpu_count() // workers)
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_init_worker, initargs=(threads,))
-            _pool(pool, first + rest, reporter, lambda p, c: p.submit(run_cell, payload_for(c, suite, project, threads, paths)))
+            pool = ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,)
+            )
+            _pool(
+                pool,
+                first + rest,
+                reporter,
+                lambda p, c: p.submit(run_cell, payload_for(c, suite, project, threads, paths)),
+            )
         if reporter.skipped:
             reporter.log(f"{len(reporter.skipped)} cell(s) skipped: claimed or done by another runner")
         if reporter.failed:
-            reporter.log(f"{len(reporter.failed)} cell(s) failed: {', '.join(reporter.failed)}; logs under "
-                         f"{paths.suite_logs(suite.name)}; `suite run` retries them")
+            reporter.log(
+                f"{len(reporter.failed)} cell(s) failed: {', '.join(reporter.failed)}; logs under "
+                f"{paths.suite_logs(suite.name)}; `suite run` retries them"
+            )
     return 1 if reporter.failed else 0
 
 
@@ -180,5 +208,9 @@ def _pool(pool, cells: list[Cell], reporter: Reporter, submit) -> None:
             try:
                 outcome = job.result()
             except Exception as err:  # noqa: BLE001 — a worker died (e.g. out of memory): the cell stays pending
-                outcome = {"run_id": jobs[job].run_id, "ok": False, "error": f"worker died: {type(err).__name__}: {err}"}
+                outcome = {
+                    "run_id": jobs[job].run_id,
+                    "ok": False,
+                    "error": f"worker died: {type(err).__name__}: {err}",
+                }
             reporter.done(jobs[job], outcome)

@@ -15,16 +15,32 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
 from bench.record import ResultStore
 
-ROW_FIELDS = ("run_id", "task", "family", "pruner", "pattern", "target_sparsity", "achieved_sparsity", "weight_sparsity",
-              "seed", "metric_name", "metric", "val_metric", "dense_metric", "dense_val_metric", "wall_s")
+ROW_FIELDS = (
+    "run_id",
+    "task",
+    "family",
+    "pruner",
+    "pattern",
+    "target_sparsity",
+    "achieved_sparsity",
+    "weight_sparsity",
+    "seed",
+    "metric_name",
+    "metric",
+    "val_metric",
+    "dense_metric",
+    "dense_val_metric",
+    "wall_s",
+)
 SPEED_FIELDS = ("latency_ms", "flops_masked")  # optional, added by the speed measurements when present
 LOWER_IS_BETTER = {"error", "loss", "latency_ms"}
 ALPHA = 0.05
@@ -48,8 +64,13 @@ def frame_from_rows(rows: Iterable[dict[str, Any]], suite) -> pd.DataFrame:
             continue
         record = {field: row.get(field) for field in ROW_FIELDS}
         record.update({field: _speed_value(row, field) for field in SPEED_FIELDS})
-        record.update(label=cell.label, task=cell.spec.task, pattern=cell.spec.pattern, sparsity=cell.spec.sparsity,
-                      seed=cell.spec.seed)
+        record.update(
+            label=cell.label,
+            task=cell.spec.task,
+            pattern=cell.spec.pattern,
+            sparsity=cell.spec.sparsity,
+            seed=cell.spec.seed,
+        )
         records.append(record)
     columns = KEYS + [f for f in ROW_FIELDS + SPEED_FIELDS if f not in KEYS]
     frame = pd.DataFrame.from_records(records, columns=columns)
@@ -95,7 +116,9 @@ def rows_from_wandb(suite, project: str | None, api=None) -> pd.DataFrame:
             api = wandb.Api()
             rows = wandb_rows(api, project, suite.name)
         except Exception as err:  # noqa: BLE001 — no API key, no network, unknown project...
-            raise ConfigError("--from wandb", f"cannot read W&B project '{project}': {type(err).__name__}: {err}") from None
+            raise ConfigError(
+                "--from wandb", f"cannot read W&B project '{project}': {type(err).__name__}: {err}"
+            ) from None
         return frame_from_rows(rows, suite)
     return frame_from_rows(wandb_rows(api, project, suite.name), suite)
 
@@ -105,7 +128,7 @@ def welch_p(mean1: float, std1: float, n1: int, mean2: float, std2: float, n2: i
     """Two-sided p of Welch's t-test; None with fewer than 2 seeds on either side."""
     if n1 < 2 or n2 < 2:
         return None
-    se2 = std1 ** 2 / n1 + std2 ** 2 / n2
+    se2 = std1**2 / n1 + std2**2 / n2
     if se2 == 0:
         return 0.0 if mean1 != mean2 else 1.0
     from scipy.stats import ttest_ind_from_stats
@@ -117,8 +140,13 @@ def summarize(frame: pd.DataFrame, suite=None) -> pd.DataFrame:
     """Per (label, task, pattern, sparsity): mean, std, n, expected n, achieved sparsity, best,
     separated (the dagger), p_value; plus the dense reference rows (label 'dense')."""
     grouped = frame.groupby(KEYS, sort=False)
-    stats = grouped.agg(metric_name=("metric_name", "first"), mean=("metric", "mean"), std=("metric", "std"),
-                        n=("metric", "count"), achieved_sparsity=("achieved_sparsity", "mean")).reset_index()
+    stats = grouped.agg(
+        metric_name=("metric_name", "first"),
+        mean=("metric", "mean"),
+        std=("metric", "std"),
+        n=("metric", "count"),
+        achieved_sparsity=("achieved_sparsity", "mean"),
+    ).reset_index()
     planned = _planned_seeds(suite, frame)
     stats["expected_n"] = [planned.get(tuple(k), n) for k, n in zip(stats[KEYS].itertuples(index=False), stats["n"])]
     stats["best"], stats["separated"], stats["p_value"] = False, False, math.nan
@@ -159,11 +187,21 @@ def _dense_rows(frame: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
     dense = per_seed.agg(["mean", "std", "count"])
     planned = stats.groupby("task", sort=False)["expected_n"].max()
     columns = stats[["task", "pattern", "sparsity", "metric_name"]].drop_duplicates(["task", "pattern", "sparsity"])
-    rows = [{"label": "dense", **col, "mean": dense.loc[col["task"], "mean"], "std": dense.loc[col["task"], "std"],
-             "n": int(dense.loc[col["task"], "count"]),
-             "expected_n": max(int(dense.loc[col["task"], "count"]), int(planned[col["task"]])),
-             "achieved_sparsity": 0.0, "best": False, "separated": False, "p_value": math.nan}
-            for col in columns.to_dict("records")]
+    rows = [
+        {
+            "label": "dense",
+            **col,
+            "mean": dense.loc[col["task"], "mean"],
+            "std": dense.loc[col["task"], "std"],
+            "n": int(dense.loc[col["task"], "count"]),
+            "expected_n": max(int(dense.loc[col["task"], "count"]), int(planned[col["task"]])),
+            "achieved_sparsity": 0.0,
+            "best": False,
+            "separated": False,
+            "p_value": math.nan,
+        }
+        for col in columns.to_dict("records")
+    ]
     return pd.DataFrame(rows, columns=stats.columns)
 
 
@@ -204,13 +242,17 @@ class Table:
     def notes(self, fmt: str) -> list[str]:
         metrics = ", ".join(f"{t}: {m}" for t, m in self.stats.drop_duplicates("task")[["task", "metric_name"]].values)
         bold = "bold" if fmt == "latex" else "**bold**"
-        notes = [f"Metric ({metrics}); mean ± std over seeds, (n=k) where fewer seeds than planned finished; {bold}: best "
-                 f"per column; †: the best beats the runner-up by Welch's t-test, two-sided p < {ALPHA} "
-                 "(>= 2 seeds each)."]
+        notes = [
+            f"Metric ({metrics}); mean ± std over seeds, (n=k) where fewer seeds than planned finished; {bold}: best "
+            f"per column; †: the best beats the runner-up by Welch's t-test, two-sided p < {ALPHA} "
+            "(>= 2 seeds each)."
+        ]
         off = self.stats[self.stats.apply(self.off_target, axis=1)] if len(self.stats) else self.stats
         for row in off.itertuples():
-            notes.append(f"‡ {row.label} on {row.task} {row.pattern} {row.sparsity:g}: achieved sparsity "
-                         f"{row.achieved_sparsity:.4f} (target {row.sparsity:g}).")
+            notes.append(
+                f"‡ {row.label} on {row.task} {row.pattern} {row.sparsity:g}: achieved sparsity "
+                f"{row.achieved_sparsity:.4f} (target {row.sparsity:g})."
+            )
         return notes
 
     def render(self, fmt: str) -> str:
@@ -226,8 +268,13 @@ class Table:
     def latex(self) -> str:
         tasks = _runs([c[0] for c in self.columns])
         patterns = _runs([(c[0], c[1]) for c in self.columns])
-        lines = ["\\begin{table}[t]", "\\centering", f"\\caption{{{latex_escape(self.suite_name)}}}",
-                 "\\begin{tabular}{l" + "c" * len(self.columns) + "}", "\\toprule"]
+        lines = [
+            "\\begin{table}[t]",
+            "\\centering",
+            f"\\caption{{{latex_escape(self.suite_name)}}}",
+            "\\begin{tabular}{l" + "c" * len(self.columns) + "}",
+            "\\toprule",
+        ]
         for groups, name in ((tasks, lambda key: key), (patterns, lambda key: key[1])):
             cells, rules, start = [], [], 2
             for key, width in groups:
@@ -253,8 +300,17 @@ class Table:
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:
-        columns = KEYS + ["metric_name", "mean", "std", "n", "expected_n", "best", "separated", "p_value",
-                          "achieved_sparsity"]
+        columns = KEYS + [
+            "metric_name",
+            "mean",
+            "std",
+            "n",
+            "expected_n",
+            "best",
+            "separated",
+            "p_value",
+            "achieved_sparsity",
+        ]
         return self.stats[columns].to_csv(index=False)
 
 
@@ -270,8 +326,18 @@ def _runs(keys: list) -> list[tuple[Any, int]]:
 
 
 def latex_escape(text: str) -> str:
-    specials = {"\\": "\\textbackslash{}", "_": "\\_", "%": "\\%", "&": "\\&", "#": "\\#", "$": "\\$",
-                "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}"}
+    specials = {
+        "\\": "\\textbackslash{}",
+        "_": "\\_",
+        "%": "\\%",
+        "&": "\\&",
+        "#": "\\#",
+        "$": "\\$",
+        "{": "\\{",
+        "}": "\\}",
+        "~": "\\textasciitilde{}",
+        "^": "\\textasciicircum{}",
+    }
     return re.sub(r"[\\_%&#${}~^]", lambda m: specials[m.group()], str(text))
 
 
@@ -283,8 +349,9 @@ def build_table(frame: pd.DataFrame, suite=None) -> Table:
     task_rank = {t: i for i, t in enumerate(dict.fromkeys(c[0] for c in order))}
     pattern_rank = {p: i for i, p in enumerate(dict.fromkeys(c[1] for c in order))}
     present = set(map(tuple, stats[["task", "pattern", "sparsity"]].itertuples(index=False)))
-    columns = sorted(dict.fromkeys(c for c in order if c in present),
-                     key=lambda c: (task_rank[c[0]], pattern_rank[c[1]], c[2]))
+    columns = sorted(
+        dict.fromkeys(c for c in order if c in present), key=lambda c: (task_rank[c[0]], pattern_rank[c[1]], c[2])
+    )
     labels = list(dict.fromkeys(([c.label for c in suite.cells] if suite is not None else []) + list(frame["label"])))
     labels = ["dense"] + [label for label in labels if label in set(stats["label"])]
     return Table(suite.name if suite is not None else "results", stats, columns, labels)
@@ -300,8 +367,11 @@ def write_plots(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    agg = frame.groupby(KEYS, sort=False).agg(mean=("metric", "mean"), std=("metric", "std"),
-                                               metric_name=("metric_name", "first")).reset_index()
+    agg = (
+        frame.groupby(KEYS, sort=False)
+        .agg(mean=("metric", "mean"), std=("metric", "std"), metric_name=("metric_name", "first"))
+        .reset_index()
+    )
     for (task, pattern), part in agg.groupby(["task", "pattern"], sort=False):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for label, line in part.groupby("label", sort=False):
@@ -317,12 +387,22 @@ def write_plots(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path
         if speed not in frame or frame[speed].isna().all():
             continue
         for task, part in frame.dropna(subset=[speed]).groupby("task", sort=False):
-            points = part.groupby(KEYS, sort=False).agg(x=(speed, "mean"), y=("metric", "mean"),
-                                                         yerr=("metric", "std")).reset_index()
+            points = (
+                part.groupby(KEYS, sort=False)
+                .agg(x=(speed, "mean"), y=("metric", "mean"), yerr=("metric", "std"))
+                .reset_index()
+            )
             fig, ax = plt.subplots(figsize=(5, 3.5))
             for label, group in points.groupby("label", sort=False):
-                ax.errorbar(group["x"], group["y"], yerr=group["yerr"].fillna(0), marker="o", linestyle="", capsize=3,
-                            label=label)
+                ax.errorbar(
+                    group["x"],
+                    group["y"],
+                    yerr=group["yerr"].fillna(0),
+                    marker="o",
+                    linestyle="",
+                    capsize=3,
+                    label=label,
+                )
             metric = part["metric_name"].iloc[0]
             ax.set(xlabel=speed, ylabel=metric, title=f"{task}: {metric} vs {speed}")
             ax.legend(fontsize=7)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -87,8 +87,15 @@ def train_dense(task: Task, seed: int, path: Path, log: Callable[[str], None] = 
 class PruneTrainer:
     """The native loop of the pruning and fine-tuning stages, resumable from ``checkpoint``."""
 
-    def __init__(self, task: Task, model: nn.Module, driver: StageDriver, seed: int,
-                 checkpoint: Path | None = None, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        task: Task,
+        model: nn.Module,
+        driver: StageDriver,
+        seed: int,
+        checkpoint: Path | None = None,
+        log: Callable[[str], None] = print,
+    ):
         self.task, self.model, self.driver = task, model, driver
         self.seed, self.checkpoint, self.log = seed, checkpoint, log
         self.steps_per_epoch = task.steps_per_epoch()
@@ -120,8 +127,16 @@ class PruneTrainer:
     def _save(self, optimizer, epochs_done: int) -> None:
         if self.checkpoint is None:
             return
-        atomic_save({"epochs_done": epochs_done, "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
-                     **self.driver.state_dict(), "torch_rng": torch.get_rng_state()}, self.checkpoint)
+        atomic_save(
+            {
+                "epochs_done": epochs_done,
+                "model": self.model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                **self.driver.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            self.checkpoint,
+        )
 
     def _resume(self, optimizer) -> int:
         """Epochs already done (0 without a readable checkpoint)."""

@@ -76,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.manual_seed(0)
     backend = "cuSPARSELt" if torch.backends.cusparselt.is_available() else "CUTLASS"
-    header = (f"device {torch.cuda.get_device_name(device)}, torch {torch.__version__}, {backend}, fp16, "
-              f"pattern {PATTERN_24}, median of {args.repeats} after {args.warmup} warm-up")
+    header = (
+        f"device {torch.cuda.get_device_name(device)}, torch {torch.__version__}, {backend}, fp16, "
+        f"pattern {PATTERN_24}, median of {args.repeats} after {args.warmup} warm-up"
+    )
     print(header)
     model_rows, linear_rows, failed = [], [], False
     for name in args.models:
@@ -88,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {layer} kept dense ({reason})")
         for batch in args.batch_sizes:
             x = torch.randn(batch, *shape, device=device, dtype=torch.float16)
-            row = {"model": name, "converted": f"{len(names) - len(pair.skipped)}/{len(names)}",
-                   **compare(pair, x, args.warmup, args.repeats)}
+            row = {
+                "model": name,
+                "converted": f"{len(names) - len(pair.skipped)}/{len(names)}",
+                **compare(pair, x, args.warmup, args.repeats),
+            }
             row["agrees"] = row["rel_err"] <= FP16_TOLERANCE
             failed |= not row["agrees"]
             model_rows.append(row)
@@ -108,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.write_text(json.dumps({"header": header, "models": model_rows, "linears": linear_rows}, indent=1))
     if failed:
-        print(f"error: sparse output differs from masked dense by more than {FP16_TOLERANCE} (relative)",
-              file=sys.stderr)
+        print(
+            f"error: sparse output differs from masked dense by more than {FP16_TOLERANCE} (relative)", file=sys.stderr
+        )
         return 1
     return 0
 

@@ -49,13 +49,30 @@ from bench.tasks.registry import get_task
 from bench.train import make_optimizer
 from smart.topk import soft_topk
 
-FULL = dict(rounds=10, steps=2, resnet_patterns=[("block:1x8", 0.5), ("unstructured", 0.9), ("channel", 0.5), ("nm:2:4", None)],
-            vit_patterns=[("nm:2:4", None)], topk_sizes=[10**e for e in range(3, 8)], topk_taus=(1.0, 0.01), topk_keep=(0.5, 0.1),
-            memory_steps=5, latency_repeats=30, latency_batches=(1, 32, 128))
-QUICK = dict(rounds=4, steps=1, resnet_patterns=[("block:1x8", 0.5), ("unstructured", 0.9), ("channel", 0.5)],
-             vit_patterns=[("nm:2:4", None)],
-             topk_sizes=[10**e for e in range(3, 7)], topk_taus=(1.0, 0.01), topk_keep=(0.5, 0.1), memory_steps=2, latency_repeats=8,
-             latency_batches=(1, 128))
+FULL = dict(
+    rounds=10,
+    steps=2,
+    resnet_patterns=[("block:1x8", 0.5), ("unstructured", 0.9), ("channel", 0.5), ("nm:2:4", None)],
+    vit_patterns=[("nm:2:4", None)],
+    topk_sizes=[10**e for e in range(3, 8)],
+    topk_taus=(1.0, 0.01),
+    topk_keep=(0.5, 0.1),
+    memory_steps=5,
+    latency_repeats=30,
+    latency_batches=(1, 32, 128),
+)
+QUICK = dict(
+    rounds=4,
+    steps=1,
+    resnet_patterns=[("block:1x8", 0.5), ("unstructured", 0.9), ("channel", 0.5)],
+    vit_patterns=[("nm:2:4", None)],
+    topk_sizes=[10**e for e in range(3, 7)],
+    topk_taus=(1.0, 0.01),
+    topk_keep=(0.5, 0.1),
+    memory_steps=2,
+    latency_repeats=8,
+    latency_batches=(1, 128),
+)
 BATCH = 128
 
 
@@ -65,7 +82,9 @@ def log(msg: str) -> None:
 
 def synthetic_batches(n: int, seed: int = 0) -> list:
     gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(BATCH, 1, 28, 28, generator=gen), torch.randint(0, 10, (BATCH,), generator=gen)) for _ in range(n)]
+    return [
+        (torch.randn(BATCH, 1, 28, 28, generator=gen), torch.randint(0, 10, (BATCH,), generator=gen)) for _ in range(n)
+    ]
 
 
 class Entry:
@@ -116,7 +135,9 @@ class Entry:
 
 def entry_kinds(pattern: str, only: list[str] | None = None) -> list[str]:
     kind = parse_pattern(pattern).kind
-    pruners = [name for name, cls in sorted(load_pruners().items()) if kind in cls.patterns and (not only or name in only)]
+    pruners = [
+        name for name, cls in sorted(load_pruners().items()) if kind in cls.patterns and (not only or name in only)
+    ]
     return ["dense", "masked"] + pruners
 
 
@@ -136,7 +157,7 @@ def step_times(task_name: str, pattern: str, sparsity, cfg: dict) -> list[dict]:
     times = {kind: [] for kind in entries}
     names = list(entries)
     for r in range(cfg["rounds"]):
-        for kind in names[r % len(names):] + names[: r % len(names)]:
+        for kind in names[r % len(names) :] + names[: r % len(names)]:
             begin = time.perf_counter()
             try:
                 for _ in range(cfg["steps"]):
@@ -150,8 +171,15 @@ def step_times(task_name: str, pattern: str, sparsity, cfg: dict) -> list[dict]:
     dense = times["dense"]
     for kind in names:
         paired = [a / b for a, b in zip(times[kind], dense)]
-        rows.append({"entry": kind, "median_ms": statistics.median(times[kind]), "ratio_paired": statistics.median(paired),
-                     "ratio_total": sum(times[kind]) / sum(dense[: len(times[kind])]), "rounds": len(times[kind])})
+        rows.append(
+            {
+                "entry": kind,
+                "median_ms": statistics.median(times[kind]),
+                "ratio_paired": statistics.median(paired),
+                "ratio_total": sum(times[kind]) / sum(dense[: len(times[kind])]),
+                "rounds": len(times[kind]),
+            }
+        )
     return rows
 
 
@@ -165,6 +193,7 @@ def topk_times(cfg: dict) -> list[dict]:
         for keep in cfg["topk_keep"]:
             k = max(1, int(keep * n))
             for tau in cfg["topk_taus"]:
+
                 def soft():
                     s = raw.clone().requires_grad_(True)
                     soft_topk(s, k, tau).backward(grad)
@@ -181,8 +210,17 @@ def topk_times(cfg: dict) -> list[dict]:
                         fn()
                         bucket.append((time.perf_counter() - begin) * 1e3)
                 soft_ms, hard_ms = statistics.median(t_soft), statistics.median(t_hard)
-                rows.append({"n": n, "keep": keep, "tau": tau, "soft_ms": soft_ms, "topk_ms": hard_ms,
-                             "ratio": soft_ms / hard_ms, "repeats": repeats})
+                rows.append(
+                    {
+                        "n": n,
+                        "keep": keep,
+                        "tau": tau,
+                        "soft_ms": soft_ms,
+                        "topk_ms": hard_ms,
+                        "ratio": soft_ms / hard_ms,
+                        "repeats": repeats,
+                    }
+                )
                 log(f"  soft_topk n={n:.0e} keep={keep} tau={tau}: ratio {rows[-1]['ratio']:.2f}")
     return rows
 
@@ -211,7 +249,16 @@ def peak_rss_mb() -> float:
 def peak_memory(task_name: str, pattern: str, sparsity, cfg: dict) -> list[dict]:
     rows = []
     for kind in entry_kinds(pattern, cfg.get("only")):
-        cmd = [sys.executable, __file__, "--memory-child", task_name, kind, pattern, str(sparsity), str(cfg["memory_steps"])]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--memory-child",
+            task_name,
+            kind,
+            pattern,
+            str(sparsity),
+            str(cfg["memory_steps"]),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
         if done.returncode:
             rows.append({"entry": kind, "error": (done.stderr.strip().splitlines() or ["?"])[-1][:120]})
@@ -242,8 +289,10 @@ def aligned_masks(model, masker, keep_fraction: float, seed: int) -> dict:
                 root_to_idx = dict(zip(item.root_idxs, item.idxs))
                 mask[[root_to_idx[r] for r in keep.tolist() if r in root_to_idx]] = True
                 masks[name] = mask
-    return {name: torch.ones(layer.unit_shape, dtype=torch.bool) if masks[name] is None else masks[name]
-            for name, layer in masker.by_name().items()}
+    return {
+        name: torch.ones(layer.unit_shape, dtype=torch.bool) if masks[name] is None else masks[name]
+        for name, layer in masker.by_name().items()
+    }
 
 
 def shrunk_latency(cfg: dict, threads: int) -> dict:
@@ -254,15 +303,19 @@ def shrunk_latency(cfg: dict, threads: int) -> dict:
     pattern = parse_pattern("channel")
     masker = Masker(model, find_prunable(model, task.include, task.exclude, task.keep_first_last), pattern, example)
     gen = torch.Generator().manual_seed(0)
-    masks = {"random": hard_topk({l.name: torch.rand(l.unit_shape, generator=gen) for l in masker.layers}, pattern, 0.5),
-             "aligned": aligned_masks(model, masker, 0.5, seed=0)}
+    masks = {
+        "random": hard_topk({l.name: torch.rand(l.unit_shape, generator=gen) for l in masker.layers}, pattern, 0.5),
+        "aligned": aligned_masks(model, masker, 0.5, seed=0),
+    }
     variants, costs = {"masked_dense": folded_copy(model, masker, masks["random"])}, {}
     for label, hard in masks.items():
         costs[label] = cost_figures(model, masker, hard, example, pattern)
         shrunk = folded_copy(model, masker, hard)
         shrink_channels(shrunk, hard, example)
         variants[f"shrunk_{label}"] = shrunk
-    result = latency(variants, example, cfg["latency_batches"], warmup=3, repeats=cfg["latency_repeats"], threads=threads)
+    result = latency(
+        variants, example, cfg["latency_batches"], warmup=3, repeats=cfg["latency_repeats"], threads=threads
+    )
     return {"result": result, "costs": costs}
 
 
@@ -278,75 +331,136 @@ def target_lines(steps: dict, topk: list, lat: dict) -> list[str]:
             lines.append(f"- SMART step time / dense, {task_name} {pattern}: {verdict(smart['ratio_paired'], 1.10)}")
     for r in topk:
         if r["n"] == 10**6:
-            lines.append(f"- soft_topk / torch.topk at n = 1e6, keep {r['keep']}, tau {r['tau']}: {verdict(r['ratio'], 3.0)}")
+            lines.append(
+                f"- soft_topk / torch.topk at n = 1e6, keep {r['keep']}, tau {r['tau']}: {verdict(r['ratio'], 3.0)}"
+            )
     if lat:
         for bs, ratio in lat["result"]["ratios"].get("shrunk_random", {}).items():
-            lines.append(f"- shrunk / masked-dense latency, fmnist-resnet 50% channel (random masks), batch {bs}: "
-                         f"{verdict(ratio['paired_median'], 0.60)}")
+            lines.append(
+                f"- shrunk / masked-dense latency, fmnist-resnet 50% channel (random masks), batch {bs}: "
+                f"{verdict(ratio['paired_median'], 0.60)}"
+            )
     return lines
 
 
-def render(cfg_name: str, argv: list[str], fp: dict, load: tuple, steps: dict, topk: list, memory: dict, lat: dict,
-           notes: list[str]) -> str:
-    lines = ["# Performance: pruner overhead, soft top-k, memory, shrunk latency", "",
-             "Generated by `scripts/bench_overhead.py` -- do not edit by hand.", "",
-             f"- command: `PYTHONPATH=. python scripts/bench_overhead.py {' '.join(argv)}` (config: **{cfg_name}**)",
-             f"- machine: {fp['cpu']}, {fp['cpu_count']} cores, torch {fp['torch']}, {fp['threads']} thread(s), "
-             f"python {fp['python']}", f"- 1-min load average at start / end: {load[0]:.1f} / {load[1]:.1f} "
-             "(**shared machine, busy with other work: absolute times are noisy; interleaving keeps ratios comparable**)",
-             f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
+def render(
+    cfg_name: str,
+    argv: list[str],
+    fp: dict,
+    load: tuple,
+    steps: dict,
+    topk: list,
+    memory: dict,
+    lat: dict,
+    notes: list[str],
+) -> str:
+    lines = [
+        "# Performance: pruner overhead, soft top-k, memory, shrunk latency",
+        "",
+        "Generated by `scripts/bench_overhead.py` -- do not edit by hand.",
+        "",
+        f"- command: `PYTHONPATH=. python scripts/bench_overhead.py {' '.join(argv)}` (config: **{cfg_name}**)",
+        f"- machine: {fp['cpu']}, {fp['cpu_count']} cores, torch {fp['torch']}, {fp['threads']} thread(s), "
+        f"python {fp['python']}",
+        f"- 1-min load average at start / end: {load[0]:.1f} / {load[1]:.1f} "
+        "(**shared machine, busy with other work: absolute times are noisy; interleaving keeps ratios comparable**)",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+    ]
     lines += [f"- note: {n}" for n in notes] + [""]
     lines += ["## Targets", ""] + target_lines(steps, topk, lat) + [""]
-    lines += ["## Training-step time relative to dense", "",
-              "Batch 128 of 1x28x28, SGD step, pruner hooks as in the trainer; `masked` = fixed hard mask through the",
-              "parametrization, no pruner. ratio (paired) = median over rounds of entry/dense in the same round;",
-              "ratio (total) = total time / dense total time. Target: SMART <= 1.10.", ""]
+    lines += [
+        "## Training-step time relative to dense",
+        "",
+        "Batch 128 of 1x28x28, SGD step, pruner hooks as in the trainer; `masked` = fixed hard mask through the",
+        "parametrization, no pruner. ratio (paired) = median over rounds of entry/dense in the same round;",
+        "ratio (total) = total time / dense total time. Target: SMART <= 1.10.",
+        "",
+    ]
     for (task_name, pattern), rows in steps.items():
-        lines += [f"### {task_name}, {pattern}", "", "| entry | median step (ms) | ratio (paired) | ratio (total) |",
-                  "|---|---:|---:|---:|"]
+        lines += [
+            f"### {task_name}, {pattern}",
+            "",
+            "| entry | median step (ms) | ratio (paired) | ratio (total) |",
+            "|---|---:|---:|---:|",
+        ]
         for row in rows:
             if "error" in row:
                 lines.append(f"| {row['entry']} | error: {row['error']} | | |")
             else:
-                lines.append(f"| {row['entry']} | {row['median_ms']:.1f} | {row['ratio_paired']:.3f} | {row['ratio_total']:.3f} |")
+                lines.append(
+                    f"| {row['entry']} | {row['median_ms']:.1f} | {row['ratio_paired']:.3f} | {row['ratio_total']:.3f} |"
+                )
         lines.append("")
-    lines += ["## soft_topk vs torch.topk (forward + backward)", "",
-              "1-D float32 scores ~ N(0,1), k = keep * n; soft = `smart.topk.soft_topk(s, k, tau)` then `.backward(g)`;",
-              "hard = `torch.topk(s, k).values.backward(g[:k])`. Median ms, interleaved. Target at n = 1e6: ratio <= 3.0.", "",
-              "| n | keep | tau | soft_topk (ms) | torch.topk (ms) | ratio |", "|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['n']:.0e} | {r['keep']} | {r['tau']} | {r['soft_ms']:.2f} | {r['topk_ms']:.2f} | {r['ratio']:.2f} |"
-              for r in topk]
-    lines += ["", "## Peak memory relative to dense", "",
-              "Peak resident set (`VmHWM`) of a fresh process per entry that builds the model, attaches the pruner and",
-              "runs a few training steps on synthetic batches (no dataset); includes the interpreter + torch baseline,",
-              "so the difference in MB is the informative number.", ""]
+    lines += [
+        "## soft_topk vs torch.topk (forward + backward)",
+        "",
+        "1-D float32 scores ~ N(0,1), k = keep * n; soft = `smart.topk.soft_topk(s, k, tau)` then `.backward(g)`;",
+        "hard = `torch.topk(s, k).values.backward(g[:k])`. Median ms, interleaved. Target at n = 1e6: ratio <= 3.0.",
+        "",
+        "| n | keep | tau | soft_topk (ms) | torch.topk (ms) | ratio |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['n']:.0e} | {r['keep']} | {r['tau']} | {r['soft_ms']:.2f} | {r['topk_ms']:.2f} | {r['ratio']:.2f} |"
+        for r in topk
+    ]
+    lines += [
+        "",
+        "## Peak memory relative to dense",
+        "",
+        "Peak resident set (`VmHWM`) of a fresh process per entry that builds the model, attaches the pruner and",
+        "runs a few training steps on synthetic batches (no dataset); includes the interpreter + torch baseline,",
+        "so the difference in MB is the informative number.",
+        "",
+    ]
     for (task_name, pattern), rows in memory.items():
-        lines += [f"### {task_name}, {pattern}", "", "| entry | peak RSS (MB) | minus dense (MB) | ratio |", "|---|---:|---:|---:|"]
+        lines += [
+            f"### {task_name}, {pattern}",
+            "",
+            "| entry | peak RSS (MB) | minus dense (MB) | ratio |",
+            "|---|---:|---:|---:|",
+        ]
         for row in rows:
             if "error" in row:
                 lines.append(f"| {row['entry']} | error: {row['error']} | | |")
             else:
-                lines.append(f"| {row['entry']} | {row['maxrss_mb']:.0f} | {row.get('delta_mb', 0):+.0f} | {row.get('ratio', 1):.3f} |")
+                lines.append(
+                    f"| {row['entry']} | {row['maxrss_mb']:.0f} | {row.get('delta_mb', 0):+.0f} | {row.get('ratio', 1):.3f} |"
+                )
         lines.append("")
     if lat:
         res, costs = lat["result"], lat["costs"]
-        lines += ["## Latency: channel-pruned fmnist-resnet (resnet10t, 50% of output channels)", "",
-                  "Protocol of `bench.speed.latency` (eval, inference_mode, warm-up 3, interleaved repeats, median and IQR).",
-                  "`random`: global hard top-k of random scores (what an importance-based pruner gives: coupled",
-                  "residual channels rarely all dropped); `aligned`: every DepGraph group keeps the same random half.",
-                  "Target: shrunk / masked-dense <= 0.60.", "",
-                  "| variant | batch | median (ms) | IQR (ms) | ratio to masked_dense (paired) |", "|---|---:|---:|---:|---:|"]
+        lines += [
+            "## Latency: channel-pruned fmnist-resnet (resnet10t, 50% of output channels)",
+            "",
+            "Protocol of `bench.speed.latency` (eval, inference_mode, warm-up 3, interleaved repeats, median and IQR).",
+            "`random`: global hard top-k of random scores (what an importance-based pruner gives: coupled",
+            "residual channels rarely all dropped); `aligned`: every DepGraph group keeps the same random half.",
+            "Target: shrunk / masked-dense <= 0.60.",
+            "",
+            "| variant | batch | median (ms) | IQR (ms) | ratio to masked_dense (paired) |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for variant, by_batch in res["latency"].items():
             for bs, stats in by_batch.items():
                 ratio = res["ratios"].get(variant, {}).get(bs)
-                lines.append(f"| {variant} | {bs} | {stats['median_ms']:.2f} | {stats['iqr_ms']:.2f} | "
-                             f"{ratio['paired_median']:.3f} |" if ratio else
-                             f"| {variant} | {bs} | {stats['median_ms']:.2f} | {stats['iqr_ms']:.2f} | 1 |")
-        lines += ["", "| masks | params dense | params masked | params shrunk | FLOPs dense | FLOPs masked | FLOPs shrunk |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                lines.append(
+                    f"| {variant} | {bs} | {stats['median_ms']:.2f} | {stats['iqr_ms']:.2f} | "
+                    f"{ratio['paired_median']:.3f} |"
+                    if ratio
+                    else f"| {variant} | {bs} | {stats['median_ms']:.2f} | {stats['iqr_ms']:.2f} | 1 |"
+                )
+        lines += [
+            "",
+            "| masks | params dense | params masked | params shrunk | FLOPs dense | FLOPs masked | FLOPs shrunk |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for label, c in costs.items():
-            lines.append(f"| {label} | {c['params_dense']:,} | {c['params_masked']:,} | {c['params_shrunk']:,} | "
-                         f"{c['flops_dense']:,} | {c['flops_masked']:,} | {c['flops_shrunk']:,} |")
+            lines.append(
+                f"| {label} | {c['params_dense']:,} | {c['params_masked']:,} | {c['params_shrunk']:,} | "
+                f"{c['flops_dense']:,} | {c['flops_masked']:,} | {c['flops_shrunk']:,} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -389,7 +503,10 @@ def main(argv: list[str]) -> int:
     if args.steps_only:  # a quick look, nothing written
         for (task_name, pattern), rows in steps.items():
             for row in rows:
-                detail = row.get("error") or f"{row['median_ms']:8.1f} ms  paired {row['ratio_paired']:.3f}  total {row['ratio_total']:.3f}"
+                detail = (
+                    row.get("error")
+                    or f"{row['median_ms']:8.1f} ms  paired {row['ratio_paired']:.3f}  total {row['ratio_total']:.3f}"
+                )
                 print(f"{task_name:14s} {pattern:12s} {row['entry']:10s} {detail}")
         return 0
     log("soft_topk vs torch.topk")
@@ -399,8 +516,17 @@ def main(argv: list[str]) -> int:
     memory[(task_name, pattern)] = peak_memory(task_name, pattern, sparsity, cfg)
     log("latency: shrunk fmnist-resnet")
     lat = shrunk_latency(cfg, args.threads)
-    text = render("quick" if args.quick else "full", argv, device_fingerprint(), (load_start, os.getloadavg()[0]),
-                  steps, topk, memory, lat, notes)
+    text = render(
+        "quick" if args.quick else "full",
+        argv,
+        device_fingerprint(),
+        (load_start, os.getloadavg()[0]),
+        steps,
+        topk,
+        memory,
+        lat,
+        notes,
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text + "\n")
     log(f"written {args.out}")

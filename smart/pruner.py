@@ -85,8 +85,11 @@ class SmartPruner(Pruner):
     def __init__(self, config: SmartConfig, pattern, sparsity):
         super().__init__(config, pattern, sparsity)
         self.scores: dict[str, nn.Parameter] = {}
-        self.temperature = (ExponentialTau(config.tau0, config.tau_min) if config.schedule == "exponential"
-                            else AdaptiveTau(config.tau0, config.tau_min, config.adaptive_gain))
+        self.temperature = (
+            ExponentialTau(config.tau0, config.tau_min)
+            if config.schedule == "exponential"
+            else AdaptiveTau(config.tau0, config.tau_min, config.adaptive_gain)
+        )
         self.ramp = StaircaseRamp(sparsity, config.ramp_steps)
         self.tau, self.current_sparsity = config.tau0, self.ramp.at(0.0)
         self.thresholds: dict[str, Tensor] = {}  # solved soft top-k thresholds: next step's warm start
@@ -117,8 +120,15 @@ class SmartPruner(Pruner):
         self.current_sparsity = self.ramp.at(anneal)
 
     def masks(self) -> dict[str, Tensor]:
-        masks, soft = soft_select(self.scores, self.pattern, self.current_sparsity, self.config.scope, self.tau,
-                                  self.config.detach_t, self.thresholds)
+        masks, soft = soft_select(
+            self.scores,
+            self.pattern,
+            self.current_sparsity,
+            self.config.scope,
+            self.tau,
+            self.config.detach_t,
+            self.thresholds,
+        )
         self._soft = soft.detach()
         return masks
 

@@ -135,8 +135,15 @@ class _SoftTopK(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
-def soft_topk(scores: Tensor, k, tau: float, detach_t: bool = False, tol: float = 1e-12,
-              threshold: Tensor | None = None, return_threshold: bool = False):
+def soft_topk(
+    scores: Tensor,
+    k,
+    tau: float,
+    detach_t: bool = False,
+    tol: float = 1e-12,
+    threshold: Tensor | None = None,
+    return_threshold: bool = False,
+):
     """Exact-k soft mask sigmoid(scores/tau + t).
 
     ``scores``: 1-D (n,) with an int ``k``, or 2-D (rows, n) with an int or a (rows,) tensor
@@ -170,8 +177,15 @@ def soft_topk(scores: Tensor, k, tau: float, detach_t: bool = False, tol: float 
     return (out, -t * tau) if return_threshold else out
 
 
-def soft_select(scores: dict[str, Tensor], pattern: Pattern, sparsity: float, scope: str, tau: float,
-                detach_t: bool = False, thresholds: dict[str, Tensor] | None = None) -> tuple[dict[str, Tensor], Tensor]:
+def soft_select(
+    scores: dict[str, Tensor],
+    pattern: Pattern,
+    sparsity: float,
+    scope: str,
+    tau: float,
+    detach_t: bool = False,
+    thresholds: dict[str, Tensor] | None = None,
+) -> tuple[dict[str, Tensor], Tensor]:
     """Exact-k soft masks of per-layer unit scores, dispatched as ``bench.select.hard_topk`` does
     the hard ones: N:M keeps N per row of M (the rows of all layers in one call), scope "global"
     one k = round((1 - sparsity) * G) over all layers, scope "layer" one k per layer.

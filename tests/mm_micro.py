@@ -8,8 +8,9 @@ from bench.tasks.detection import ScenesDetection
 from bench.tasks.segmentation import ScenesSegmentation
 
 MICRO_SPEC = ScenesSpec(n_train=16, n_val=4, n_test=4, size=32, seed=5)
-MICRO_BUDGET = Budget(dense_epochs=1, prune_epochs=1, finetune_epochs=1, batch_size=8, lr=0.01, prune_lr=0.005,
-                      calib_batches=1)
+MICRO_BUDGET = Budget(
+    dense_epochs=1, prune_epochs=1, finetune_epochs=1, batch_size=8, lr=0.01, prune_lr=0.005, calib_batches=1
+)
 
 
 def no_flip(cfg) -> None:

@@ -33,17 +33,31 @@ def test_plan_covers_the_budget_alternates_and_ends_compressed(total):
 
 
 def test_plan_for_64_steps():  # boundaries 6 + round(i * 42 / 13)
-    assert phase_plan(64) == [(0, 6, DENSE), (6, 9, COMPRESSED), (9, 12, DECOMPRESSED), (12, 16, COMPRESSED),
-                              (16, 19, DECOMPRESSED), (19, 22, COMPRESSED), (22, 25, DECOMPRESSED),
-                              (25, 29, COMPRESSED), (29, 32, DECOMPRESSED), (32, 35, COMPRESSED),
-                              (35, 38, DECOMPRESSED), (38, 42, COMPRESSED), (42, 45, DECOMPRESSED),
-                              (45, 48, COMPRESSED), (48, 54, DECOMPRESSED), (54, 64, COMPRESSED)]
+    assert phase_plan(64) == [
+        (0, 6, DENSE),
+        (6, 9, COMPRESSED),
+        (9, 12, DECOMPRESSED),
+        (12, 16, COMPRESSED),
+        (16, 19, DECOMPRESSED),
+        (19, 22, COMPRESSED),
+        (22, 25, DECOMPRESSED),
+        (25, 29, COMPRESSED),
+        (29, 32, DECOMPRESSED),
+        (32, 35, COMPRESSED),
+        (35, 38, DECOMPRESSED),
+        (38, 42, COMPRESSED),
+        (42, 45, DECOMPRESSED),
+        (45, 48, COMPRESSED),
+        (48, 54, DECOMPRESSED),
+        (54, 64, COMPRESSED),
+    ]
 
 
 def tiny_net() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(),
-                         nn.Linear(8, 3))
+    return nn.Sequential(
+        nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)
+    )
 
 
 def run_steps(model, masker, pruner, optimizer, steps, total, data):
@@ -54,12 +68,19 @@ def run_steps(model, masker, pruner, optimizer, steps, total, data):
         pruner.on_step(Progress("prune", step, total))
         masker.set_masks(pruner.masks())
         loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad(); loss.backward(); optimizer.step()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
         pruner.after_optimizer_step(optimizer)
-        log.append(dict(phase=pruner.phase, mask=None if pruner.mask is None else dict(pruner.mask),
-                        weights={layer.name: layer.weight.detach().clone() for layer in masker.layers},
-                        grads={layer.name: layer.weight.grad.clone() for layer in masker.layers},
-                        buffers={id(p): optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()}))
+        log.append(
+            dict(
+                phase=pruner.phase,
+                mask=None if pruner.mask is None else dict(pruner.mask),
+                weights={layer.name: layer.weight.detach().clone() for layer in masker.layers},
+                grads={layer.name: layer.weight.grad.clone() for layer in masker.layers},
+                buffers={id(p): optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()},
+            )
+        )
     return log
 
 
@@ -108,10 +129,20 @@ def test_pruned_weights_stay_zero_and_momentum_resets_at_decompression(reset):
 
 def conv_net() -> nn.Sequential:
     torch.manual_seed(1)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 8),
+    )
 
 
 @pytest.mark.parametrize("pattern,sparsity", [("block:1x8", 0.5), ("channel", 0.75), ("nm:2:4", 0.5)])

@@ -55,7 +55,10 @@ def test_truncated_checkpoints_are_rebuilt_and_a_truncated_model_is_one_error(ru
     # a truncated saved model: `export` and `speed` end in one error line naming the file
     truncate(paths.model(row["run_id"]))
     capsys.readouterr()
-    for argv in (["export", row["run_id"], "--out", str(runs_dir / "x.pt")], ["speed", row["run_id"], "--repeats", "1"]):
+    for argv in (
+        ["export", row["run_id"], "--out", str(runs_dir / "x.pt")],
+        ["speed", row["run_id"], "--repeats", "1"],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: saved pruned model ") and str(paths.model(row["run_id"])) in err

@@ -175,8 +175,17 @@ def test_state_dict_round_trip_keeps_frozen_statistics():
         assert torch.equal(fresh.finalize()[name], mask)
 
 
-@pytest.mark.parametrize("field,value", [("budget_weight", -1.0), ("gate_lr", 0.0), ("hidden", -1),
-                                         ("init_slope", 0.0), ("init_keep", 1.5), ("gate_momentum", 1.0)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("budget_weight", -1.0),
+        ("gate_lr", 0.0),
+        ("hidden", -1),
+        ("init_slope", 0.0),
+        ("init_keep", 1.5),
+        ("gate_momentum", 1.0),
+    ],
+)
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ConfigError) as err:
         AWGConfig(**{field: value})

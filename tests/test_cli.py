@@ -15,16 +15,76 @@ from bench.run import RunSpec, execute, resolve
 ROOT = Path(__file__).resolve().parents[1]
 
 BAD_INPUTS = [
-    (["--task", "nope", "--pruner", "smart", "--pattern", "block:1x8", "--sparsity", "0.5"], "task: unknown task 'nope'; allowed: "),
-    (["--task", "fmnist-tiny", "--pruner", "nope", "--pattern", "block:1x8", "--sparsity", "0.5"], "pruner: unknown pruner 'nope'; allowed: "),
-    (["--task", "fmnist-tiny", "--pruner", "smart", "--pattern", "diag", "--sparsity", "0.5"], "pattern: unknown pattern 'diag'"),
-    (["--task", "fmnist-tiny", "--pruner", "smart", "--pattern", "block:1x8", "--sparsity", "1.5"], "sparsity: 1.5 is outside (0, 1)"),
-    (["--task", "fmnist-tiny", "--pruner", "smart", "--pattern", "block:1x8", "--sparsity", "0"], "sparsity: 0.0 is outside (0, 1)"),
+    (
+        ["--task", "nope", "--pruner", "smart", "--pattern", "block:1x8", "--sparsity", "0.5"],
+        "task: unknown task 'nope'; allowed: ",
+    ),
+    (
+        ["--task", "fmnist-tiny", "--pruner", "nope", "--pattern", "block:1x8", "--sparsity", "0.5"],
+        "pruner: unknown pruner 'nope'; allowed: ",
+    ),
+    (
+        ["--task", "fmnist-tiny", "--pruner", "smart", "--pattern", "diag", "--sparsity", "0.5"],
+        "pattern: unknown pattern 'diag'",
+    ),
+    (
+        ["--task", "fmnist-tiny", "--pruner", "smart", "--pattern", "block:1x8", "--sparsity", "1.5"],
+        "sparsity: 1.5 is outside (0, 1)",
+    ),
+    (
+        ["--task", "fmnist-tiny", "--pruner", "smart", "--pattern", "block:1x8", "--sparsity", "0"],
+        "sparsity: 0.0 is outside (0, 1)",
+    ),
     (["--task", "fmnist-tiny", "--pruner", "smart", "--pattern", "nm:4:4"], "needs 0 < N < M"),
-    (["--task", "fmnist-tiny", "--pruner", "smart", "--pattern", "block:1x7", "--sparsity", "0.5"], "does not divide layer"),
-    (["--task", "fmnist-tiny", "--pruner", "smart", "--pattern", "block:1x8", "--sparsity", "0.5", "--opt", "tau0=-1"], "tau0: -1.0 is outside"),
-    (["--task", "fmnist-tiny", "--pruner", "smart", "--pattern", "block:1x8", "--sparsity", "0.5", "--opt", "bogus=1"], "smart.bogus: unknown option; allowed:"),
-    (["--task", "fmnist-tiny", "--pruner", "smart", "--pattern", "block:1x8", "--sparsity", "0.5", "--model", "timm:no_such_net"], "model: unknown timm model"),
+    (
+        ["--task", "fmnist-tiny", "--pruner", "smart", "--pattern", "block:1x7", "--sparsity", "0.5"],
+        "does not divide layer",
+    ),
+    (
+        [
+            "--task",
+            "fmnist-tiny",
+            "--pruner",
+            "smart",
+            "--pattern",
+            "block:1x8",
+            "--sparsity",
+            "0.5",
+            "--opt",
+            "tau0=-1",
+        ],
+        "tau0: -1.0 is outside",
+    ),
+    (
+        [
+            "--task",
+            "fmnist-tiny",
+            "--pruner",
+            "smart",
+            "--pattern",
+            "block:1x8",
+            "--sparsity",
+            "0.5",
+            "--opt",
+            "bogus=1",
+        ],
+        "smart.bogus: unknown option; allowed:",
+    ),
+    (
+        [
+            "--task",
+            "fmnist-tiny",
+            "--pruner",
+            "smart",
+            "--pattern",
+            "block:1x8",
+            "--sparsity",
+            "0.5",
+            "--model",
+            "timm:no_such_net",
+        ],
+        "model: unknown timm model",
+    ),
 ]
 
 
@@ -51,7 +111,10 @@ def test_run_ids_are_pinned():
         resolve(RunSpec("fmnist-tiny", "magnitude", "channel", 0.5, 0)).run_id,
     }
     assert len(ids) == 3
-    assert resolve(RunSpec("fmnist-resnet", "magnitude", "block:1x8", 0.5, 0)).run_id == PINNED["fmnist-resnet/magnitude/block:1x8/0.5/0"]
+    assert (
+        resolve(RunSpec("fmnist-resnet", "magnitude", "block:1x8", 0.5, 0)).run_id
+        == PINNED["fmnist-resnet/magnitude/block:1x8/0.5/0"]
+    )
     assert resolve(RunSpec("fmnist-tiny", "gmp", "nm:2:4", None, 2)).run_id == PINNED["fmnist-tiny/gmp/nm:2:4/-/2"]
     # the option spelled out at its default value is the same run
     same = resolve(RunSpec("fmnist-tiny", "gmp", "nm:2:4", 0.5, 2, pruner_options={"update_every": "10"})).run_id
@@ -69,7 +132,9 @@ PINNED = {
 def test_end_to_end_fmnist_tiny_every_pattern(pattern, shared_runs_dir, monkeypatch):
     monkeypatch.setenv("SMARTBENCH_RUNS", str(shared_runs_dir))
     sparsity = None if pattern.startswith("nm") else 0.5
-    run = resolve(RunSpec("fmnist-tiny", "smart", pattern, sparsity, 0, budget={"prune_epochs": 1, "finetune_epochs": 1}))
+    run = resolve(
+        RunSpec("fmnist-tiny", "smart", pattern, sparsity, 0, budget={"prune_epochs": 1, "finetune_epochs": 1})
+    )
     row = execute(run, log=lambda msg: None)
     assert row["achieved_sparsity"] == 0.5 and row["pattern_valid"]
     assert row["metric"] > 50.0  # 10 classes: chance is 10%
@@ -82,12 +147,45 @@ def test_end_to_end_fmnist_tiny_every_pattern(pattern, shared_runs_dir, monkeypa
 @pytest.mark.slow
 def test_cli_json_row(shared_runs_dir):
     env = {**os.environ, "SMARTBENCH_RUNS": str(shared_runs_dir), "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "bench.cli", "run", "--task", "fmnist-tiny", "--pruner", "smart", "--pattern", "block:1x8",
-           "--sparsity", "0.5", "--seed", "0", "--prune-epochs", "1", "--finetune-epochs", "1", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.cli",
+        "run",
+        "--task",
+        "fmnist-tiny",
+        "--pruner",
+        "smart",
+        "--pattern",
+        "block:1x8",
+        "--sparsity",
+        "0.5",
+        "--seed",
+        "0",
+        "--prune-epochs",
+        "1",
+        "--finetune-epochs",
+        "1",
+        "--json",
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     row = json.loads(out)
-    for field in ("run_id", "task", "model", "pruner", "pattern", "target_sparsity", "achieved_sparsity", "metric_name",
-                  "metric", "dense_metric", "seed", "wall_s", "audit", "provenance"):
+    for field in (
+        "run_id",
+        "task",
+        "model",
+        "pruner",
+        "pattern",
+        "target_sparsity",
+        "achieved_sparsity",
+        "metric_name",
+        "metric",
+        "dense_metric",
+        "seed",
+        "wall_s",
+        "audit",
+        "provenance",
+    ):
         assert field in row
     assert row["achieved_sparsity"] == 0.5 and row["metric_name"] == "top1"
     assert {"git_sha", "git_dirty", "torch", "timm", "dataset_hash"} <= set(row["provenance"])

@@ -22,8 +22,15 @@ def channel_run(tmp_path_factory):
     patch.setenv("WANDB_MODE", "disabled")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # shared test machine: avoid oversubscription stalls
-    run = resolve(RunSpec(task="fmnist-tiny", pruner="magnitude", pattern="channel", sparsity=0.5,
-                          budget={"prune_epochs": 1, "finetune_epochs": 0}))
+    run = resolve(
+        RunSpec(
+            task="fmnist-tiny",
+            pruner="magnitude",
+            pattern="channel",
+            sparsity=0.5,
+            budget={"prune_epochs": 1, "finetune_epochs": 0},
+        )
+    )
     row = execute(run, log=lambda _msg: None)
     assert saved_model_path(row["run_id"]).exists()  # every run saves its pruned model
     yield row, runs

@@ -15,8 +15,17 @@ from bench.suite import expand, load_suite
 
 def suite_ids(tmp_path, options) -> list[str]:
     path = tmp_path / "ident.yaml"
-    path.write_text(yaml.safe_dump({"tasks": ["fmnist-tiny"], "patterns": ["block:1x8"], "sparsities": [0.5],
-                                    "seeds": [0], "pruners": [{"name": "smart", "options": options}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "tasks": ["fmnist-tiny"],
+                "patterns": ["block:1x8"],
+                "sparsities": [0.5],
+                "seeds": [0],
+                "pruners": [{"name": "smart", "options": options}],
+            }
+        )
+    )
     return [cell.run_id for cell in expand(load_suite(str(path))).cells]
 
 
@@ -37,12 +46,15 @@ def test_values_are_canonicalised_by_declared_type():
     assert type(build_pruner("smart", pattern, 0.5, {"tau0": 3}).config.tau0) is float
 
 
-@pytest.mark.parametrize("options,field", [
-    ({"tau0": True}, "smart.tau0"),          # a bool is not a number
-    ({"tau0": "warm"}, "smart.tau0"),
-    ({"tau0": [1]}, "smart.tau0"),
-    ({"schedule": 3}, "smart.schedule"),     # a str field
-])
+@pytest.mark.parametrize(
+    "options,field",
+    [
+        ({"tau0": True}, "smart.tau0"),  # a bool is not a number
+        ({"tau0": "warm"}, "smart.tau0"),
+        ({"tau0": [1]}, "smart.tau0"),
+        ({"schedule": 3}, "smart.schedule"),  # a str field
+    ],
+)
 def test_badly_typed_values_name_the_field(options, field):
     with pytest.raises(ConfigError) as err:
         build_pruner("smart", parse_pattern("block:1x8"), 0.5, options)
@@ -55,7 +67,23 @@ def test_gmp_int_field_refuses_a_fraction():
 
 
 def test_cli_bad_option_type_is_one_line(capsys, runs_dir):
-    assert main(["run", "--task", "fmnist-tiny", "--pruner", "smart", "--pattern", "block:1x8",
-                 "--sparsity", "0.5", "--opt", "tau0=warm"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--task",
+                "fmnist-tiny",
+                "--pruner",
+                "smart",
+                "--pattern",
+                "block:1x8",
+                "--sparsity",
+                "0.5",
+                "--opt",
+                "tau0=warm",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: smart.tau0") and err.count("\n") == 1

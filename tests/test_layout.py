@@ -15,8 +15,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("bench", "smart", "baselines")
 # import name -> distribution name, where they differ
-DISTRIBUTIONS = {"yaml": "pyyaml", "PIL": "pillow", "skimage": "scikit-image", "torch_pruning": "torch-pruning",
-                 "mmseg": "mmsegmentation"}
+DISTRIBUTIONS = {
+    "yaml": "pyyaml",
+    "PIL": "pillow",
+    "skimage": "scikit-image",
+    "torch_pruning": "torch-pruning",
+    "mmseg": "mmsegmentation",
+}
 
 
 def modules() -> dict[str, Path]:
@@ -39,8 +44,12 @@ def imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in
-              ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant)):
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
             names.add(node.args[0].value)
     return names
 
@@ -52,15 +61,17 @@ DEPRECATED_SHIMS = {("bench.pruner", "bench.registry")}  # load_pruners & co. mo
 def test_no_import_cycles():
     """Not even through function-local imports: a lower layer never reaches up into a higher one."""
     mods = modules()
-    graph = {name: {m for m in imports(path) if m in mods and m != name and (name, m) not in DEPRECATED_SHIMS}
-             for name, path in mods.items()}
+    graph = {
+        name: {m for m in imports(path) if m in mods and m != name and (name, m) not in DEPRECATED_SHIMS}
+        for name, path in mods.items()
+    }
     cycles, state = [], {}
 
     def visit(node, stack):
         state[node] = "open"
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = "done"
@@ -73,13 +84,18 @@ def test_no_import_cycles():
 
 def test_every_third_party_import_is_declared():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = {dep.split(";")[0].split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip().lower()
-                for dep in project["dependencies"] + [d for group in project["optional-dependencies"].values() for d in group]}
+    declared = {
+        dep.split(";")[0].split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip().lower()
+        for dep in project["dependencies"] + [d for group in project["optional-dependencies"].values() for d in group]
+    }
     mods = modules()
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
     third_party = {name.split(".")[0] for path in mods.values() for name in imports(path)} - stdlib - set(PACKAGES)
-    missing = sorted(top for top in third_party if DISTRIBUTIONS.get(top, top).lower().replace("_", "-") not in
-                     {d.replace("_", "-") for d in declared})
+    missing = sorted(
+        top
+        for top in third_party
+        if DISTRIBUTIONS.get(top, top).lower().replace("_", "-") not in {d.replace("_", "-") for d in declared}
+    )
     assert missing == []
 
 
@@ -88,16 +104,44 @@ def test_installed_package_plans_a_suite_from_another_directory(tmp_path):
     """`pip install .` (configs and templates as package data), then `smartbench suite plan quick`
     run from an unrelated folder, importing the installed copy, not the checkout."""
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-                    "--target", str(target), str(ROOT)], check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     assert (target / "bench" / "configs" / "suites" / "quick.yaml").is_file()
     assert (target / "bench" / "configs" / "mm" / "scenes_seg.py").is_file()
     env = {**os.environ, "PYTHONPATH": str(target), "SMARTBENCH_RUNS": str(tmp_path / "runs"), "WANDB_MODE": "disabled"}
-    where = subprocess.run([sys.executable, "-c", "import bench, smart, baselines; print(bench.__file__)"],
-                           env=env, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    where = subprocess.run(
+        [sys.executable, "-c", "import bench, smart, baselines; print(bench.__file__)"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert where.startswith(str(target))
-    plan = subprocess.run([sys.executable, "-m", "bench.cli", "suite", "plan", "quick"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
+    plan = subprocess.run(
+        [sys.executable, "-m", "bench.cli", "suite", "plan", "quick"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert plan.returncode == 0, plan.stderr
     assert "fmnist-tiny" in plan.stdout and "scenes-seg-tiny" in plan.stdout
 

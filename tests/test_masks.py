@@ -9,18 +9,30 @@ from bench.sparsity import Block, OutputChannel, parse_pattern
 def small_net() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1, groups=2), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4),
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=2),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 16),
+        nn.ReLU(),
+        nn.Linear(16, 4),
     )
 
 
 def randomise_bn(model):
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5); m.running_var.uniform_(0.5, 2)
-            m.weight.data.uniform_(0.5, 1.5); m.bias.data.uniform_(-0.5, 0.5)
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
 
 
 def test_default_discovery_excludes_first_and_last():
@@ -40,7 +52,9 @@ def test_masks_survive_sgd_with_momentum_and_weight_decay():
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
     for _ in range(5):
         loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     for layer in masker.layers:
         effective = layer.module.weight
         expanded = Block(1, 8).expand(hard[layer.name].float(), effective.shape)
@@ -67,7 +81,8 @@ def test_masks_survive_state_dict_roundtrip():
     twin_masker = Masker(twin, find_prunable(twin), parse_pattern("nm:2:4"), x)
     twin.load_state_dict(state)
     twin_masker.set_masks({n: m.float() for n, m in hard.items()})
-    model.eval(); twin.eval()
+    model.eval()
+    twin.eval()
     torch.testing.assert_close(model(x), twin(x))
 
 
@@ -76,12 +91,14 @@ def shrink(model: nn.Sequential, keep: dict[str, torch.Tensor]) -> nn.Sequential
     kept = keep["3"].nonzero().flatten()
     conv, bn, nxt = model[3], model[4], model[6]
     new_conv = nn.Conv2d(8, len(kept), 3, padding=1)
-    new_conv.weight.data = conv.weight.data[kept].clone(); new_conv.bias.data = conv.bias.data[kept].clone()
+    new_conv.weight.data = conv.weight.data[kept].clone()
+    new_conv.bias.data = conv.bias.data[kept].clone()
     new_bn = nn.BatchNorm2d(len(kept))
     for attr in ("weight", "bias", "running_mean", "running_var"):
         getattr(new_bn, attr).data = getattr(bn, attr).data[kept].clone()
     new_next = nn.Conv2d(len(kept), nxt.out_channels, 3, padding=1)
-    new_next.weight.data = nxt.weight.data[:, kept].clone(); new_next.bias.data = nxt.bias.data.clone()
+    new_next.weight.data = nxt.weight.data[:, kept].clone()
+    new_next.bias.data = nxt.bias.data.clone()
     out = nn.Sequential(*model)
     out[3], out[4], out[6] = new_conv, new_bn, new_next
     return out

@@ -17,6 +17,8 @@ import torch
 pytest.importorskip("mmdet")
 pytest.importorskip("mmseg")
 
+from mm_micro import MICRO, MICRO_BUDGET, MICRO_SPEC, MicroDet, MicroSeg, no_flip  # noqa: E402,F401
+
 from bench.errors import ConfigError, DataError  # noqa: E402
 from bench.masks import Masker, find_prunable  # noqa: E402
 from bench.pruner import load_pruners  # noqa: E402
@@ -26,7 +28,6 @@ from bench.sparsity import parse_pattern  # noqa: E402
 from bench.tasks import base as tasks_base  # noqa: E402
 from bench.tasks import registry as tasks_registry  # noqa: E402
 from bench.tasks.segmentation import CITYSCAPES_TRAIN_IDS  # noqa: E402
-from mm_micro import MICRO, MICRO_BUDGET, MICRO_SPEC, MicroDet, MicroSeg, no_flip  # noqa: E402,F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,11 +51,29 @@ def micro_tasks(monkeypatch, tmp_path_factory):
         monkeypatch.setitem(tasks_base.TASKS, cls.name, cls)
 
 
-def run_row(family: str, pruner: str, pattern: str, runs: Path, monkeypatch, sparsity=0.5, options=None, log=None,
-            store: Path | None = None, budget=None):
+def run_row(
+    family: str,
+    pruner: str,
+    pattern: str,
+    runs: Path,
+    monkeypatch,
+    sparsity=0.5,
+    options=None,
+    log=None,
+    store: Path | None = None,
+    budget=None,
+):
     monkeypatch.setenv("SMARTBENCH_RUNS", str(runs))
-    run = resolve(RunSpec(task=MICRO[family].name, pruner=pruner, pattern=pattern, sparsity=sparsity,
-                          pruner_options=options or {}, budget=budget or {}))
+    run = resolve(
+        RunSpec(
+            task=MICRO[family].name,
+            pruner=pruner,
+            pattern=pattern,
+            sparsity=sparsity,
+            pruner_options=options or {},
+            budget=budget or {},
+        )
+    )
     store = ResultStore(store or runs / "results.jsonl")
     return execute(run, log=log or (lambda _msg: None), store=store), run
 
@@ -64,14 +83,29 @@ def run_row(family: str, pruner: str, pattern: str, runs: Path, monkeypatch, spa
 
 def test_task_modules_import_without_mm():
     """load_tasks() imports detection/segmentation even when mm* cannot be imported."""
-    code = ("import sys\n"
-            "for name in ('mmdet', 'mmseg', 'mmengine', 'mmcv'): sys.modules[name] = None\n"
-            "from bench.tasks.registry import load_tasks\n"
-            "print(sorted(load_tasks()))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                         capture_output=True, text=True, check=True).stdout
-    for name in ("scenes-det", "scenes-det-tiny", "scenes-seg", "scenes-seg-tiny", "coco-det", "ade20k-seg",
-                 "cityscapes-seg"):
+    code = (
+        "import sys\n"
+        "for name in ('mmdet', 'mmseg', 'mmengine', 'mmcv'): sys.modules[name] = None\n"
+        "from bench.tasks.registry import load_tasks\n"
+        "print(sorted(load_tasks()))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for name in (
+        "scenes-det",
+        "scenes-det-tiny",
+        "scenes-seg",
+        "scenes-seg-tiny",
+        "coco-det",
+        "ade20k-seg",
+        "cityscapes-seg",
+    ):
         assert f"'{name}'" in out
 
 
@@ -140,19 +174,24 @@ def fake_coco(root: Path) -> None:
         for i in (1, 2):
             Image.fromarray(np.full((40, 48, 3), 60 * i, np.uint8)).save(folder / f"{i:012d}.jpg")
             images.append({"id": i, "file_name": f"{i:012d}.jpg", "width": 48, "height": 40})
-        anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 16], "area": 320, "iscrowd": 0},
-                {"id": 2, "image_id": 2, "category_id": 3, "bbox": [10, 8, 12, 12], "area": 144, "iscrowd": 0}]
+        anns = [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 16], "area": 320, "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 3, "bbox": [10, 8, 12, 12], "area": 144, "iscrowd": 0},
+        ]
         cats = [{"id": c, "name": n} for c, n in ((1, "person"), (2, "bicycle"), (3, "car"))]
         (root / "annotations").mkdir(exist_ok=True)
         (root / "annotations" / f"instances_{split}2017.json").write_text(
-            json.dumps({"images": images, "annotations": anns, "categories": cats}))
+            json.dumps({"images": images, "annotations": anns, "categories": cats})
+        )
 
 
 def fake_cityscapes(root: Path) -> np.ndarray:
     label_ids = np.array([[7, 26, 0, 33]] * 4, np.uint8).repeat(8, 0).repeat(8, 1)  # (32, 32)
     for split in ("train", "val"):
-        write_png(root / "leftImg8bit" / split / "aachen" / "aachen_000000_000019_leftImg8bit.png",
-                  np.zeros((32, 32, 3), np.uint8))
+        write_png(
+            root / "leftImg8bit" / split / "aachen" / "aachen_000000_000019_leftImg8bit.png",
+            np.zeros((32, 32, 3), np.uint8),
+        )
         write_png(root / "gtFine" / split / "aachen" / "aachen_000000_000019_gtFine_labelIds.png", label_ids)
     return label_ids
 
@@ -168,8 +207,10 @@ def fake_ade20k(root: Path) -> np.ndarray:
     return labels
 
 
-@pytest.mark.parametrize("task_name,env", [("coco-det", "SMARTBENCH_COCO"), ("ade20k-seg", "SMARTBENCH_ADE20K"),
-                                           ("cityscapes-seg", "SMARTBENCH_CITYSCAPES")])
+@pytest.mark.parametrize(
+    "task_name,env",
+    [("coco-det", "SMARTBENCH_COCO"), ("ade20k-seg", "SMARTBENCH_ADE20K"), ("cityscapes-seg", "SMARTBENCH_CITYSCAPES")],
+)
 def test_missing_real_dataset_is_one_data_error(task_name, env, monkeypatch, tmp_path):
     monkeypatch.delenv("SMARTBENCH_DATA", raising=False)
     monkeypatch.delenv(env, raising=False)
@@ -311,12 +352,18 @@ class Recorder:
 
 def test_hooks_called_in_order_and_scores_trained(shared_runs_dir, monkeypatch):
     monkeypatch.setenv("SMARTBENCH_RUNS", str(shared_runs_dir))
-    run = resolve(RunSpec(task="micro-seg", pruner="smart", pattern="channel", sparsity=0.5, budget={"prune_epochs": 2}))
+    run = resolve(
+        RunSpec(task="micro-seg", pruner="smart", pattern="channel", sparsity=0.5, budget={"prune_epochs": 2})
+    )
     recorder = Recorder(run.pruner)
     row = execute(run, log=lambda _m: None, store=ResultStore(shared_runs_dir / "order.jsonl"))
     iters = 2 * 2  # 16 images / batch 8, 2 pruning epochs; the fine-tune epoch calls no pruner hook
-    assert recorder.calls == ["attach", "param_groups"] + ["on_step", "masks", "penalty", "after_optimizer_step"] * iters \
-        + ["finalize"]
+    assert recorder.calls == ["attach", "param_groups"] + [
+        "on_step",
+        "masks",
+        "penalty",
+        "after_optimizer_step",
+    ] * iters + ["finalize"]
     assert row["achieved_sparsity"] == 0.5
     groups = recorder.results["param_groups"]  # the pruner's own optimizer group, trained with the weights
     assert len(groups) == 1 and groups[0]["lr"] == run.pruner.config.score_lr
@@ -349,14 +396,19 @@ def test_resume_from_mmengine_checkpoint_weights_only(shared_runs_dir, monkeypat
     monkeypatch.setattr(PruningHook, "before_train_epoch", original)
     checkpoint = Path((work_dir / "last_checkpoint").read_text().strip())
     unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(checkpoint))
-    assert "builtins.getattr" not in unsafe and unsafe <= {"numpy._core.multiarray._reconstruct", "numpy.ndarray",
-                                                         "numpy.dtype", "numpy._core.multiarray.scalar"}
+    assert "builtins.getattr" not in unsafe and unsafe <= {
+        "numpy._core.multiarray._reconstruct",
+        "numpy.ndarray",
+        "numpy.dtype",
+        "numpy._core.multiarray.scalar",
+    }
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)  # allow-listed, not disabled
     assert state["meta"]["epoch"] == 1 and state["smartbench"]["hard"] is None
     assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ
     lines: list[str] = []
-    resumed, _ = run_row("seg", "gmp", "channel", shared_runs_dir, monkeypatch, options=options, store=store,
-                         log=lines.append)
+    resumed, _ = run_row(
+        "seg", "gmp", "channel", shared_runs_dir, monkeypatch, options=options, store=store, log=lines.append
+    )
     assert "resumed after epoch 1" in lines and not any(line.startswith("prune epoch 1/") for line in lines)
     for key in ("metric", "val_metric", "achieved_sparsity", "weight_sparsity"):
         assert resumed[key] == clean[key]

@@ -87,9 +87,14 @@ def test_gate_gradient_equals_hand_computed_weight_saliency(pattern, units_per_r
 def test_calibrated_positions_and_mac_penalty_match_direct_computation():
     model, masker, pruner, _ = setup("channel", 0.5, resource="macs", mac_unit=100.0, alpha=2.0)
     assert [layer.positions for layer in masker.layers] == [64, 16, 1]  # 8x8, 4x4 (stride 2), one vector
-    set_gates(pruner, {"conv1": [0.6, 0.4, 0.7, 0.2, 0.9, 0.55, 0.45, 0.8],  # 5 kept
-                       "conv2": [0.1, 0.6, 0.6, 0.6, 0.3, 0.3, 0.3, 0.3],  # 3 kept
-                       "fc": [0.6, 0.6, 0.1]})  # 2 kept
+    set_gates(
+        pruner,
+        {
+            "conv1": [0.6, 0.4, 0.7, 0.2, 0.9, 0.55, 0.45, 0.8],  # 5 kept
+            "conv2": [0.1, 0.6, 0.6, 0.6, 0.3, 0.3, 0.3, 0.3],  # 3 kept
+            "fc": [0.6, 0.6, 0.1],
+        },
+    )  # 2 kept
     macs = 64 * 5 * (4 * 9) + 16 * 3 * (8 * 9) + 1 * 2 * 8
     dense = 64 * 8 * 36 + 16 * 8 * 72 + 1 * 3 * 8
     assert dense == 27672
@@ -189,8 +194,17 @@ def test_state_dict_round_trip_through_weights_only_load():
     assert fresh.penalty().item() == pruner.penalty().item()
 
 
-@pytest.mark.parametrize("field,value", [("gate_init", 0.5), ("init_noise", 0.1), ("resource", "flops"),
-                                         ("gate_lr", 0.0), ("mac_unit", -1.0), ("gate_momentum", 1.0)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("gate_init", 0.5),
+        ("init_noise", 0.1),
+        ("resource", "flops"),
+        ("gate_lr", 0.0),
+        ("mac_unit", -1.0),
+        ("gate_momentum", 1.0),
+    ],
+)
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ConfigError) as err:
         PaSConfig(**{field: value})

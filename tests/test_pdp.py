@@ -110,14 +110,25 @@ def test_global_threshold_sets_layer_budgets_and_the_ramp_scales_them():
 
 def small_net() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 8),
+    )
 
 
-@pytest.mark.parametrize("pattern,sparsity", [("unstructured", 0.7), ("block:1x8", 0.5), ("channel", 0.6),
-                                              ("nm:2:4", 0.5)])
+@pytest.mark.parametrize(
+    "pattern,sparsity", [("unstructured", 0.7), ("block:1x8", 0.5), ("channel", 0.6), ("nm:2:4", 0.5)]
+)
 def test_training_steps_then_finalize_hits_the_target_exactly(pattern, sparsity):
     model = small_net()
     x, y = torch.randn(4, 1, 6, 6), torch.randint(0, 8, (4,))
@@ -132,7 +143,9 @@ def test_training_steps_then_finalize_hits_the_target_exactly(pattern, sparsity)
         assert (masks is None) == (step < 2)  # dense for the first quarter of the stage
         masker.set_masks(masks)
         loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
         pruner.after_optimizer_step(opt)
         if masks is not None:  # soft mask: values in (0, 1), no unit receives an exactly zero mask
             assert all(((m > 0) & (m <= 1)).all() for m in masks.values())

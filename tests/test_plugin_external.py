@@ -18,7 +18,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -144,8 +143,24 @@ def plugin(tmp_path_factory):
     work = base / "work"
     work.mkdir()
     env = {**os.environ, "PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(site), str(source)], env, work, timeout=300)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(site),
+            str(source),
+        ],
+        env,
+        work,
+        timeout=300,
+    )
     assert (site / PACKAGE / f"{NAME}.py").exists()
     [dist] = site.glob("smartbench_extplug-*.dist-info")
     assert f"{NAME} = {PACKAGE}.{NAME}:ExtplugPruner" in (dist / "entry_points.txt").read_text()
@@ -164,8 +179,19 @@ def test_plugin_is_listed(plugin):
 def test_plugin_passes_the_conformance_kit(plugin):
     """`pytest /path/to/smartbench/tests/conformance -k NAME`, run outside the checkout (section 4)."""
     env, cwd = plugin
-    cmd = [sys.executable, "-m", "pytest", str(ROOT / "tests" / "conformance"), "-k", NAME, "-q", "-rA",
-           "--tb=short", "-p", "no:cacheprovider"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(ROOT / "tests" / "conformance"),
+        "-k",
+        NAME,
+        "-q",
+        "-rA",
+        "--tb=short",
+        "-p",
+        "no:cacheprovider",
+    ]
     out = run(cmd, env, cwd, timeout=1200).stdout
     passed = re.findall(r"^PASSED (\S+)$", out, re.MULTILINE)
     assert len(passed) == KIT_TESTS, out
@@ -177,13 +203,28 @@ def test_plugin_passes_the_conformance_kit(plugin):
 
 def test_plugin_runs_end_to_end_on_fmnist_tiny(plugin):
     env, cwd = plugin
-    cmd = [sys.executable, "-m", "bench.cli", "run", "--task", "fmnist-tiny", "--pruner", NAME,
-           "--pattern", "block:1x8", "--sparsity", "0.5", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.cli",
+        "run",
+        "--task",
+        "fmnist-tiny",
+        "--pruner",
+        NAME,
+        "--pattern",
+        "block:1x8",
+        "--sparsity",
+        "0.5",
+        "--json",
+    ]
     start = time.perf_counter()
     row = json.loads(run(cmd, env, cwd, timeout=1800).stdout)
     assert (row["pruner"], row["pattern"], row["target_sparsity"]) == (NAME, "block:1x8", 0.5)
     assert row["achieved_sparsity"] == 0.5
     assert row["pattern_valid"] is True and row["audit"]["pattern_valid"] is True
     assert row["metric"] > 50.0, row  # 10 classes: chance is 10%
-    print(f"fmnist-tiny {NAME} block:1x8 0.5: top1 {row['metric']:.1f} (dense {row['dense_metric']:.1f}), "
-          f"{time.perf_counter() - start:.0f}s")
+    print(
+        f"fmnist-tiny {NAME} block:1x8 0.5: top1 {row['metric']:.1f} (dense {row['dense_metric']:.1f}), "
+        f"{time.perf_counter() - start:.0f}s"
+    )

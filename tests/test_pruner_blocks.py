@@ -12,10 +12,21 @@ from torch import nn
 
 from bench.masks import PrunableLayer
 from bench.pruner import Pruner, PrunerConfig
-from bench.registry import load_pruners
 from bench.pruning_blocks import HardMaskPruner, straight_through
-from bench.schedules import (COMPRESSED, DECOMPRESSED, DENSE, AdaptiveTau, ExponentialTau, LinearRamp, OneShot,
-                             PhasePlan, PolynomialRamp, StaircaseRamp, phase_plan)
+from bench.registry import load_pruners
+from bench.schedules import (
+    COMPRESSED,
+    DECOMPRESSED,
+    DENSE,
+    AdaptiveTau,
+    ExponentialTau,
+    LinearRamp,
+    OneShot,
+    PhasePlan,
+    PolynomialRamp,
+    StaircaseRamp,
+    phase_plan,
+)
 from bench.select import keep_count, nm_keep
 from bench.sparsity import parse_pattern
 from smart.topk import soft_select
@@ -148,8 +159,10 @@ def test_keep_above_thresholds_or_takes_top_n_per_row():
     dense = Pruner(PrunerConfig(), parse_pattern("block:1x2"), 0.5).keep_above(scores, 0.5)
     assert dense["a"].tolist() == [[True, False, False, True], [False, False, False, False]]
     nm = Pruner(PrunerConfig(), parse_pattern("nm:2:4"), 0.5)
-    assert nm.budget_fixed and nm.keep_above(scores, 0.5)["a"].tolist() == [[True, False, False, True],
-                                                                             [False, False, True, True]]
+    assert nm.budget_fixed and nm.keep_above(scores, 0.5)["a"].tolist() == [
+        [True, False, False, True],
+        [False, False, True, True],
+    ]
 
 
 def test_straight_through_forward_is_hard_and_backward_identity():
@@ -223,7 +236,9 @@ def test_soft_select_keeps_k_like_hard_topk_and_warm_starts(pattern, scope):
     assert {n: m.shape for n, m in masks.items()} == {n: s.shape for n, s in scores.items()}
     if pattern == "nm:2:4":
         assert set(thresholds) == {"rows"} and soft.shape == (9, 4)
-        assert all(torch.allclose(m.sum(-1), torch.full((m.shape[0],), 2.0, dtype=torch.float64)) for m in masks.values())
+        assert all(
+            torch.allclose(m.sum(-1), torch.full((m.shape[0],), 2.0, dtype=torch.float64)) for m in masks.values()
+        )
     elif scope == "global":
         assert set(thresholds) == {"global"} and float(soft.sum()) == pytest.approx(keep_count(36, 0.75))
     else:

@@ -37,8 +37,9 @@ def test_global_standardisation_keeps_the_cross_layer_order():
     masks = hard_topk({layer.name: s for layer, s in zip(layers, scores)}, pattern, 0.8)
     kept = {name: m.float().mean().item() for name, m in masks.items()}
     assert kept["small"] > 0.9 and kept["big"] < 0.2
-    per_layer = hard_topk({layer.name: s for layer, s in zip(layers, initial_scores(layers, pattern, False, "layer"))},
-                          pattern, 0.8)
+    per_layer = hard_topk(
+        {layer.name: s for layer, s in zip(layers, initial_scores(layers, pattern, False, "layer"))}, pattern, 0.8
+    )
     assert abs(per_layer["small"].float().mean().item() - per_layer["big"].float().mean().item()) < 0.05
 
 

@@ -88,12 +88,16 @@ def test_global_hard_topk_is_exact(sparsity):
     scores = {"a": torch.randn(100), "b": torch.randn(37) - 5, "c": torch.randn(64) + 1}
     masks = hard_topk(scores, Block(1, 8), sparsity)
     kept = sum(int(m.sum()) for m in masks.values())
-    assert kept == expected_kept({k: v.numel() for k, v in scores.items()}, Block(1, 8), sparsity) == round((1 - sparsity) * 201)
+    assert (
+        kept
+        == expected_kept({k: v.numel() for k, v in scores.items()}, Block(1, 8), sparsity)
+        == round((1 - sparsity) * 201)
+    )
     assert all(m.sum() >= 1 for m in masks.values())  # no layer is cut entirely
     # ranking: every kept score (outside the one-per-layer guarantee) >= every dropped score
     flat_kept = torch.cat([s[m] for s, m in zip(scores.values(), masks.values())])
     flat_drop = torch.cat([s[~m] for s, m in zip(scores.values(), masks.values())])
-    assert (flat_kept.sort().values[len(scores):].min() >= flat_drop.max()) or len(flat_drop) == 0
+    assert (flat_kept.sort().values[len(scores) :].min() >= flat_drop.max()) or len(flat_drop) == 0
 
 
 def test_weight_matrix_view():

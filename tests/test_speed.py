@@ -43,7 +43,9 @@ def masked_model(arch: str, sparsity: float = 0.5, seed: int = 1):
     example = torch.zeros(2, 1, 28, 28)
     masker = Masker(model, find_prunable(model), CHANNEL, example)
     gen = torch.Generator().manual_seed(seed)
-    hard = hard_topk({layer.name: torch.rand(layer.unit_shape, generator=gen) for layer in masker.layers}, CHANNEL, sparsity)
+    hard = hard_topk(
+        {layer.name: torch.rand(layer.unit_shape, generator=gen) for layer in masker.layers}, CHANNEL, sparsity
+    )
     masker.set_masks({n: m.float() for n, m in hard.items()})
     return model.eval(), masker, hard, example
 
@@ -94,8 +96,16 @@ def test_residual_channel_is_removed_only_when_every_coupled_conv_drops_it():
 
 
 def test_shrink_refuses_an_activation_that_does_not_keep_zero():
-    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 6, 3), nn.BatchNorm2d(6), nn.Sigmoid(), nn.Conv2d(6, 3, 1),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.Conv2d(4, 6, 3),
+        nn.BatchNorm2d(6),
+        nn.Sigmoid(),
+        nn.Conv2d(6, 3, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(3, 2),
+    )
     example = torch.zeros(2, 1, 8, 8)
     masker = Masker(net, ["1", "4"], CHANNEL, example)
     hard = {"1": torch.tensor([True, False, True, True, True, True]), "4": torch.ones(3, dtype=torch.bool)}
@@ -105,15 +115,27 @@ def test_shrink_refuses_an_activation_that_does_not_keep_zero():
 
 
 def tiny_net() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.ReLU(),
-                         nn.Conv2d(4, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 4, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.Conv2d(4, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
 
 
 def test_cost_figures_match_hand_counts_channel():
     net, example = tiny_net(), torch.zeros(2, 1, 6, 6)
     masker = Masker(net, find_prunable(net), CHANNEL, example)  # convs "2" and "5"
-    hard = {"2": torch.tensor([1, 1, 0, 1, 0, 0, 1, 0], dtype=torch.bool), "5": torch.tensor([1, 0, 0, 1], dtype=torch.bool)}
+    hard = {
+        "2": torch.tensor([1, 1, 0, 1, 0, 0, 1, 0], dtype=torch.bool),
+        "5": torch.tensor([1, 0, 0, 1], dtype=torch.bool),
+    }
     figures = cost_figures(net, masker, hard, example, "channel")
     pos = 6 * 6  # output positions per sample (padding keeps 6x6)
     conv1, conv2, conv3, fc = 2 * pos * 4 * 1 * 9, 2 * pos * 8 * 4 * 9, 2 * pos * 4 * 8, 2 * 4 * 3
@@ -172,7 +194,9 @@ def test_shrink_mm_model_if_available():
     pytest.importorskip("mmdet")
     from bench.tasks.registry import load_tasks
 
-    tasks = [cls() for cls in load_tasks().values() if cls.family in ("detection", "segmentation") and "tiny" in cls.name]
+    tasks = [
+        cls() for cls in load_tasks().values() if cls.family in ("detection", "segmentation") and "tiny" in cls.name
+    ]
     if not tasks:
         pytest.skip("no tiny mm task registered")
     for task in tasks:
@@ -181,7 +205,9 @@ def test_shrink_mm_model_if_available():
         example = task.example_input()
         masker = Masker(model, find_prunable(model, task.include, task.exclude, task.keep_first_last), CHANNEL, example)
         gen = torch.Generator().manual_seed(0)
-        hard = hard_topk({layer.name: torch.rand(layer.unit_shape, generator=gen) for layer in masker.layers}, CHANNEL, 0.5)
+        hard = hard_topk(
+            {layer.name: torch.rand(layer.unit_shape, generator=gen) for layer in masker.layers}, CHANNEL, 0.5
+        )
         masker.set_masks({n: m.float() for n, m in hard.items()})
         plain = folded_copy(model, masker, hard)
         before = count_params(plain)
@@ -207,8 +233,10 @@ def test_dict_input_model_shrinks_and_counts_per_sample():
     randomize_batchnorms(net)
     example = {"inputs": torch.zeros(2, 3, 16, 16), "mode": "tensor"}
     masker = Masker(net, ["a", "b"], CHANNEL, example)
-    hard = {"a": torch.tensor([1, 0, 1, 0, 1, 1, 1, 1], dtype=torch.bool),
-            "b": torch.tensor([1, 1, 0, 1, 0, 1, 1, 1], dtype=torch.bool)}
+    hard = {
+        "a": torch.tensor([1, 0, 1, 0, 1, 1, 1, 1], dtype=torch.bool),
+        "b": torch.tensor([1, 1, 0, 1, 0, 1, 1, 1], dtype=torch.bool),
+    }
     figures = cost_figures(net, masker, hard, example, "channel")
     full, half = 16 * 16, 8 * 8  # head runs on the full map and on a 2x subsampled one
     assert figures["flops_dense"] == 2 * full * 8 * (3 * 9 + 8 * 9 + 8 * 9) + 2 * (full + half) * 4 * 8

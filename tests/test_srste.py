@@ -13,8 +13,17 @@ from bench.sparsity import parse_pattern, weight_matrix
 
 def net() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 8),
+        nn.ReLU(),
+        nn.Linear(8, 3),
+    )
 
 
 def top_n_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -100,7 +109,9 @@ def test_masks_follow_the_weights_every_step_and_finalize_is_exact():
             assert torch.equal(pattern.expand(masks[layer.name], layer.weight.shape), top_n_mask(layer.weight, 2, 4))
         masker.set_masks(masks, straight_through=True)
         loss = nn.functional.cross_entropy(model(x), y) + pruner.penalty()
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     hard = pruner.finalize()
     audit = masker.audit(hard)
     counts = {layer.name: layer.num_units for layer in masker.layers}

@@ -19,16 +19,30 @@ from bench import cell as cell_module
 from bench import suite_run
 from bench.cli import main
 from bench.errors import ConfigError
-from bench.registry import load_pruners
 from bench.record import REPO_ROOT, ResultStore
+from bench.registry import load_pruners
 from bench.run import resolve
 from bench.sparsity import parse_pattern
-from bench.suite import (cell_states, expand, list_suites, load_and_expand, load_suite, running_info, store_counts,
-                         write_marker)
+from bench.suite import (
+    cell_states,
+    expand,
+    list_suites,
+    load_and_expand,
+    load_suite,
+    running_info,
+    store_counts,
+    write_marker,
+)
 from bench.suite_cli import plan_lines, select_cells
 
-TINY = {"tasks": ["fmnist-tiny"], "pruners": ["magnitude", "gmp"], "patterns": ["block:1x8"], "sparsities": [0.5],
-        "seeds": [0], "budget": {"prune_epochs": 1, "finetune_epochs": 1}}
+TINY = {
+    "tasks": ["fmnist-tiny"],
+    "pruners": ["magnitude", "gmp"],
+    "patterns": ["block:1x8"],
+    "sparsities": [0.5],
+    "seeds": [0],
+    "budget": {"prune_epochs": 1, "finetune_epochs": 1},
+}
 
 
 def write_suite(tmp_path: Path, spec: dict, name: str = "t") -> str:
@@ -38,26 +52,35 @@ def write_suite(tmp_path: Path, spec: dict, name: str = "t") -> str:
 
 
 # -- spec validation ----------------------------------------------------------------------------
-@pytest.mark.parametrize("change, field, words", [
-    ({"pruners": ["smart", "magnitude", "foo"]}, "suite.pruners[2]", "unknown pruner 'foo'; allowed: "),
-    ({"pruners": [{"name": "smart", "options": {"tau0": 0}}]}, "suite.pruners[0].options", "tau0"),
-    ({"pruners": [{"name": "smart", "options": {"bogus": 1}}]}, "suite.pruners[0].options", "unknown option"),
-    ({"pruners": [{"name": "smart", "alias": "x"}]}, "suite.pruners[0]", "allowed: name, as, options"),
-    ({"pruners": ["smart", {"name": "smart", "options": {"schedule": "adaptive"}}]}, "suite.pruners[1]",
-     "duplicate pruner label"),
-    ({"patterns": ["block:1x8", "nm:4:2"]}, "suite.patterns[1]", "0 < N < M"),
-    ({"sparsities": [0.5, 1.2]}, "suite.sparsities[1]", "outside (0, 1)"),
-    ({"sparsities": None}, "suite.sparsities", "non-empty list"),
-    ({"seeds": [0, -1]}, "suite.seeds[1]", ">= 0"),
-    ({"seeds": ["a"]}, "suite.seeds[0]", "must be an integer"),
-    ({"budget": {"prune_epochs": 0}}, "suite.budget.prune_epochs", ">= 1"),
-    ({"budget": {"dense_epochs": 1}}, "suite.budget.dense_epochs", "allowed: prune_epochs, finetune_epochs"),
-    ({"colour": "red"}, "suite", "unknown field(s) ['colour']"),
-    ({"cells": [{"patterns": ["channel"], "speed": 1}]}, "suite.cells[0]", "unknown field(s) ['speed']"),
-    ({"cells": [{"tasks": "fmnist-tiny"}]}, "suite.cells[0].tasks", "non-empty list"),
-    ({"cells": [{"pruners": [{"name": "smart", "as": "x"}]}, {"pruners": [{"name": "gmp", "as": "x"}]}]},
-     "suite.cells[1].pruners", "label 'x' means two configurations"),
-])
+@pytest.mark.parametrize(
+    "change, field, words",
+    [
+        ({"pruners": ["smart", "magnitude", "foo"]}, "suite.pruners[2]", "unknown pruner 'foo'; allowed: "),
+        ({"pruners": [{"name": "smart", "options": {"tau0": 0}}]}, "suite.pruners[0].options", "tau0"),
+        ({"pruners": [{"name": "smart", "options": {"bogus": 1}}]}, "suite.pruners[0].options", "unknown option"),
+        ({"pruners": [{"name": "smart", "alias": "x"}]}, "suite.pruners[0]", "allowed: name, as, options"),
+        (
+            {"pruners": ["smart", {"name": "smart", "options": {"schedule": "adaptive"}}]},
+            "suite.pruners[1]",
+            "duplicate pruner label",
+        ),
+        ({"patterns": ["block:1x8", "nm:4:2"]}, "suite.patterns[1]", "0 < N < M"),
+        ({"sparsities": [0.5, 1.2]}, "suite.sparsities[1]", "outside (0, 1)"),
+        ({"sparsities": None}, "suite.sparsities", "non-empty list"),
+        ({"seeds": [0, -1]}, "suite.seeds[1]", ">= 0"),
+        ({"seeds": ["a"]}, "suite.seeds[0]", "must be an integer"),
+        ({"budget": {"prune_epochs": 0}}, "suite.budget.prune_epochs", ">= 1"),
+        ({"budget": {"dense_epochs": 1}}, "suite.budget.dense_epochs", "allowed: prune_epochs, finetune_epochs"),
+        ({"colour": "red"}, "suite", "unknown field(s) ['colour']"),
+        ({"cells": [{"patterns": ["channel"], "speed": 1}]}, "suite.cells[0]", "unknown field(s) ['speed']"),
+        ({"cells": [{"tasks": "fmnist-tiny"}]}, "suite.cells[0].tasks", "non-empty list"),
+        (
+            {"cells": [{"pruners": [{"name": "smart", "as": "x"}]}, {"pruners": [{"name": "gmp", "as": "x"}]}]},
+            "suite.cells[1].pruners",
+            "label 'x' means two configurations",
+        ),
+    ],
+)
 def test_spec_errors_name_the_field(tmp_path, change, field, words):
     spec = {**TINY, **change}
     spec = {k: v for k, v in spec.items() if v is not None}
@@ -79,9 +102,17 @@ def test_unknown_task_and_layer_errors_come_before_training(tmp_path, runs_dir):
 
 
 def test_cell_ids_are_resolve_ids_and_nm_implies_sparsity(tmp_path):
-    spec = {**TINY, "pruners": ["smart", {"name": "smart", "as": "smart-adaptive", "options": {"schedule": "adaptive"}},
-                                "magnitude"],
-            "patterns": ["block:1x8", "nm:1:4"], "sparsities": [0.5, 0.75], "seeds": [0, 3]}
+    spec = {
+        **TINY,
+        "pruners": [
+            "smart",
+            {"name": "smart", "as": "smart-adaptive", "options": {"schedule": "adaptive"}},
+            "magnitude",
+        ],
+        "patterns": ["block:1x8", "nm:1:4"],
+        "sparsities": [0.5, 0.75],
+        "seeds": [0, 3],
+    }
     suite = load_and_expand(write_suite(tmp_path, spec))
     assert len(suite.cells) == (2 + 1) * 3 * 2
     for cell in suite.cells:
@@ -96,8 +127,12 @@ def test_only_selects_a_slice_with_the_same_run_ids(tmp_path):
     spec = {**TINY, "pruners": ["smart", "magnitude", "gmp"], "sparsities": [0.5, 0.75], "seeds": [0, 1]}
     suite = load_and_expand(write_suite(tmp_path, spec))
     part = select_cells(suite, ["pruner=smart,gmp", "sparsity=0.75"])
-    assert sorted((c.label, c.spec.sparsity, c.spec.seed) for c in part.cells) == \
-        [("gmp", 0.75, 0), ("gmp", 0.75, 1), ("smart", 0.75, 0), ("smart", 0.75, 1)]
+    assert sorted((c.label, c.spec.sparsity, c.spec.seed) for c in part.cells) == [
+        ("gmp", 0.75, 0),
+        ("gmp", 0.75, 1),
+        ("smart", 0.75, 0),
+        ("smart", 0.75, 1),
+    ]
     assert {c.run_id for c in part.cells} <= {c.run_id for c in suite.cells} and part.name == suite.name
     assert len(select_cells(suite, ["seed=1"]).cells) == 3 * 2
     with pytest.raises(ConfigError, match="seed 7 is not in suite t; allowed: 0, 1"):
@@ -111,8 +146,14 @@ def test_first_wave_then_cells_grouped_by_dense_model(tmp_path):
     first, rest = suite_run.first_wave(load_and_expand(write_suite(tmp_path, spec)).cells)
     assert [(c.label, c.spec.seed) for c in first] == [("smart", 0), ("smart", 1), ("smart", 2)]
     # seed 2's dense model starts last: its cells come last, so no free worker waits on its lock
-    assert [(c.label, c.spec.seed) for c in rest] == [("magnitude", 0), ("gmp", 0), ("magnitude", 1), ("gmp", 1),
-                                                      ("magnitude", 2), ("gmp", 2)]
+    assert [(c.label, c.spec.seed) for c in rest] == [
+        ("magnitude", 0),
+        ("gmp", 0),
+        ("magnitude", 1),
+        ("gmp", 1),
+        ("magnitude", 2),
+        ("gmp", 2),
+    ]
 
 
 def test_overlapping_blocks_keep_a_run_once(tmp_path):
@@ -158,7 +199,9 @@ def test_shipped_suites_list_every_builtin_pruner(name):
 
 
 def test_plan_only_and_missing_tasks(tmp_path, runs_dir, capsys):
-    path = write_suite(tmp_path, {**TINY, "tasks": ["imagenet-resnet9000", "fmnist-tiny"], "requires_tasks_present": False})
+    path = write_suite(
+        tmp_path, {**TINY, "tasks": ["imagenet-resnet9000", "fmnist-tiny"], "requires_tasks_present": False}
+    )
     suite = load_and_expand(path)
     missing = [c for c in suite.cells if c.spec.task == "imagenet-resnet9000"]
     assert missing and all(not c.registered and c.run_id.startswith("spec-") for c in missing)
@@ -186,8 +229,12 @@ def test_status_states(tmp_path, runs_dir, capsys):
     write_marker(suite.name, interrupted.run_id, "running", {**running_info(), "pid": gone.pid})  # killed: pending
     write_marker(suite.name, failed.run_id, "failed", {**running_info(), "error": "boom"})
     states = {c.run_id: (state, rows) for c, state, rows in cell_states(suite)}
-    assert states == {done.run_id: ("done", 1), running.run_id: ("running", 0), interrupted.run_id: ("pending", 0),
-                      failed.run_id: ("failed", 0)}
+    assert states == {
+        done.run_id: ("done", 1),
+        running.run_id: ("running", 0),
+        interrupted.run_id: ("pending", 0),
+        failed.run_id: ("failed", 0),
+    }
     assert main(["suite", "status", path]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"{done.run_id}     done     rows 1")
@@ -242,8 +289,14 @@ print("after the cell", outcome["ok"], outcome["metric"])
 def test_worker_cell_output_goes_to_its_log(runs_dir):
     """A cell run without echo (a worker process) sends what the run prints -- Python prints,
     C-level writes to fd 1/2 -- to the cell's log, not to the suite's console; fds are restored."""
-    done = subprocess.run([sys.executable, "-c", WORKER_CHILD, str(runs_dir)], capture_output=True, text=True,
-                          cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_CHILD, str(runs_dir)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "after the cell True 1.5\n" and done.stderr == ""
     log = (runs_dir / "suites" / "quiet" / "logs" / "abc123.log").read_text()
@@ -252,15 +305,21 @@ def test_worker_cell_output_goes_to_its_log(runs_dir):
 
 # -- end to end -----------------------------------------------------------------------------------
 def child_env(runs: Path) -> dict[str, str]:
-    return {**os.environ, "SMARTBENCH_RUNS": str(runs), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(REPO_ROOT)}
+    return {
+        **os.environ,
+        "SMARTBENCH_RUNS": str(runs),
+        "WANDB_MODE": "disabled",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
 
 
 def run_until(cmd, env, trigger, timeout=120.0) -> bool:
     """Start ``cmd`` in its own process group and SIGKILL the group once ``trigger()`` holds.
     Returns True if it was killed, False if it finished first."""
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
         if trigger():
@@ -302,8 +361,9 @@ def test_sigkill_at_several_points_then_resume(tmp_path, runs_dir):
 
 @pytest.mark.slow
 def test_submitit_local_executor(tmp_path, runs_dir):
-    path = write_suite(tmp_path, {**TINY, "pruners": ["magnitude"], "budget": {"prune_epochs": 1, "finetune_epochs": 0}},
-                       "slurmish")
+    path = write_suite(
+        tmp_path, {**TINY, "pruners": ["magnitude"], "budget": {"prune_epochs": 1, "finetune_epochs": 0}}, "slurmish"
+    )
     suite = load_and_expand(path)
     jobs = {"timeout_min": 10, "cpus_per_task": 1}
     assert suite_run.run_suite(suite, launcher="slurm", cluster="local", progress=False, slurm=jobs) == 0
@@ -313,8 +373,9 @@ def test_submitit_local_executor(tmp_path, runs_dir):
 
 @pytest.mark.slow
 def test_torchrun_ddp_two_ranks_agree(tmp_path, runs_dir):
-    path = write_suite(tmp_path, {**TINY, "pruners": ["smart"], "budget": {"prune_epochs": 1, "finetune_epochs": 0}},
-                       "ddp")
+    path = write_suite(
+        tmp_path, {**TINY, "pruners": ["smart"], "budget": {"prune_epochs": 1, "finetune_epochs": 0}}, "ddp"
+    )
     suite = load_and_expand(path)
     assert suite_run.run_suite(suite, launcher="torchrun", nproc=2, progress=False) == 0
     cell = suite.cells[0]

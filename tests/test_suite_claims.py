@@ -17,8 +17,14 @@ from bench.record import REPO_ROOT, ResultStore
 from bench.run import RunSpec
 from bench.suite import Cell, cell_states, claim_cell, load_and_expand, store_counts
 
-TINY = {"tasks": ["fmnist-tiny"], "pruners": ["magnitude", "gmp"], "patterns": ["block:1x8"], "sparsities": [0.5],
-        "seeds": [0], "budget": {"prune_epochs": 1, "finetune_epochs": 1}}
+TINY = {
+    "tasks": ["fmnist-tiny"],
+    "pruners": ["magnitude", "gmp"],
+    "patterns": ["block:1x8"],
+    "sparsities": [0.5],
+    "seeds": [0],
+    "budget": {"prune_epochs": 1, "finetune_epochs": 1},
+}
 
 
 def write_suite(tmp_path: Path, spec: dict, name: str) -> str:
@@ -66,9 +72,17 @@ def test_two_runners_at_once_run_each_cell_once(tmp_path, runs_dir):
     suite = load_and_expand(path)
     assert len(suite.cells) == 4
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    procs = {name: subprocess.Popen([sys.executable, "-c", RUNNER_CHILD, path, str(tmp_path), name], env=env,
-                                    cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name in ("a", "b")}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", RUNNER_CHILD, path, str(tmp_path), name],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("a", "b")
+    }
     try:
         deadline = time.monotonic() + 120
         while not all((tmp_path / f"ready-{name}").exists() for name in procs):
@@ -121,8 +135,13 @@ with claim_cell("held", "abc123") as held:
 
 
 def test_claim_of_a_live_process_is_refused_and_freed_when_it_dies(runs_dir):
-    proc = subprocess.Popen([sys.executable, "-c", CLAIM_CHILD], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
-                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLAIM_CHILD],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     marker = runs_dir / "suites" / "held" / "state" / "abc123.running"
     payload = {"spec": {}, "run_id": "abc123", "suite": "held", "threads": None, "runs_dir": str(runs_dir)}
     try:
@@ -131,8 +150,11 @@ def test_claim_of_a_live_process_is_refused_and_freed_when_it_dies(runs_dir):
             assert held is False
         before = marker.read_text()
         outcome = cell.run_cell(payload)  # refused: nothing run, the holder's marker untouched
-        assert outcome == {"run_id": "abc123", "ok": True,
-                           "skipped": f"claimed by another runner (pid {proc.pid} on {socket.gethostname()})"}
+        assert outcome == {
+            "run_id": "abc123",
+            "ok": True,
+            "skipped": f"claimed by another runner (pid {proc.pid} on {socket.gethostname()})",
+        }
         assert marker.read_text() == before
         assert not (runs_dir / "suites" / "held" / "state" / "abc123.failed").exists()
     finally:
@@ -153,8 +175,9 @@ def test_claim_is_exclusive_within_a_process_and_released_after_the_block(runs_d
 
 
 def _cell() -> Cell:
-    return Cell(RunSpec(task="fmnist-tiny", pruner="magnitude", pattern="block:1x8", sparsity=0.5), "magnitude",
-                "abc123")
+    return Cell(
+        RunSpec(task="fmnist-tiny", pruner="magnitude", pattern="block:1x8", sparsity=0.5), "magnitude", "abc123"
+    )
 
 
 def test_console_lines_not_wrapped_when_stdout_is_not_a_terminal(capsys):

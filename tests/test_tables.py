@@ -54,12 +54,29 @@ def make_suite() -> Suite:
 def make_row(label, pruner, pattern, sparsity, seed, metric) -> dict:
     achieved = 0.4713 if (label, pattern, sparsity) == PAS_LIKE else sparsity
     return {  # the schema of bench.run.execute (+ suite)
-        "run_id": run_id(label, pattern, sparsity, seed), "task": TASK, "family": "classification", "model": "resnet10t",
-        "pruner": pruner, "pattern": pattern, "target_sparsity": sparsity, "metric_name": "top1", "seed": seed,
-        "wall_s": 12.5, "pruner_config": {"scope": "global"}, "budget": {"prune_epochs": 3}, "provenance": {"git_sha": "x"},
-        "metric": metric, "val_metric": metric - 1, "dense_metric": DENSE[seed], "dense_val_metric": DENSE[seed] - 1,
-        "achieved_sparsity": achieved, "weight_sparsity": achieved, "pattern_valid": True, "prune_wall_s": 9.0,
-        "audit": {"layers": [{"layer": "conv", "sparsity": achieved}]}, "suite": "synthetic",
+        "run_id": run_id(label, pattern, sparsity, seed),
+        "task": TASK,
+        "family": "classification",
+        "model": "resnet10t",
+        "pruner": pruner,
+        "pattern": pattern,
+        "target_sparsity": sparsity,
+        "metric_name": "top1",
+        "seed": seed,
+        "wall_s": 12.5,
+        "pruner_config": {"scope": "global"},
+        "budget": {"prune_epochs": 3},
+        "provenance": {"git_sha": "x"},
+        "metric": metric,
+        "val_metric": metric - 1,
+        "dense_metric": DENSE[seed],
+        "dense_val_metric": DENSE[seed] - 1,
+        "achieved_sparsity": achieved,
+        "weight_sparsity": achieved,
+        "pattern_valid": True,
+        "prune_wall_s": 9.0,
+        "audit": {"layers": [{"layer": "conv", "sparsity": achieved}]},
+        "suite": "synthetic",
     }
 
 
@@ -113,7 +130,9 @@ def test_bold_mark_and_seed_counts(store):
     high = stats_of(table, "smart", "block:1x8", 0.9)
     assert high["n"] == 2 and high["expected_n"] == 3 and high["best"]
     assert not high["separated"] and high["p_value"] > 0.05
-    assert stats_of(table, "smart", "channel", 0.5)["best"] and stats_of(table, "smart_adaptive", "channel", 0.5)["best"]
+    assert (
+        stats_of(table, "smart", "channel", 0.5)["best"] and stats_of(table, "smart_adaptive", "channel", 0.5)["best"]
+    )
     assert not stats_of(table, "magnitude", "channel", 0.5)["best"]
     dense = stats_of(table, "dense", "channel", 0.5)
     assert dense["mean"] == pytest.approx(91.0) and dense["n"] == 3 and not dense["best"]
@@ -126,7 +145,9 @@ def test_dagger_when_separated_beyond_seed_noise(store):
     frame.loc[first & (frame["label"] == "smart_adaptive"), "metric"] -= 10.0  # runner-up: magnitude, 71 +- 1
     table = build_table(frame, suite)
     best = stats_of(table, "smart", "block:1x8", 0.5)
-    assert best["separated"] and best["p_value"] == pytest.approx(welch_p(81, 1, 3, 71, 1, 3)) and best["p_value"] < 1e-3
+    assert (
+        best["separated"] and best["p_value"] == pytest.approx(welch_p(81, 1, 3, 71, 1, 3)) and best["p_value"] < 1e-3
+    )
     assert "**81.00 ± 1.00**†" in table.render("md")
     assert "\\textbf{81.00 $\\pm$ 1.00}$^\\dagger$" in table.render("latex")
     one_seed = frame[~first | (frame["seed"] == 0)]  # a single seed everywhere in that column: never a mark
@@ -160,7 +181,7 @@ def test_latex_structure(store, tmp_path):
     assert "smart\\_adaptive" in tex and "smart_adaptive" not in tex.replace("smart\\_adaptive", "")
     assert "\\multicolumn{3}{c}{fmnist-resnet}" in tex and "\\multicolumn{2}{c}{block:1x8}" in tex
     assert "\\textbf{81.00 $\\pm$ 1.00}" in tex and "$^\\ddagger$" in tex
-    body = tex[tex.index("\\toprule"):tex.index("\\bottomrule")]
+    body = tex[tex.index("\\toprule") : tex.index("\\bottomrule")]
     for line in body.splitlines():
         if line.endswith("\\\\"):
             assert line.count(" & ") == 3 or "\\multicolumn" in line  # label + 3 columns
@@ -216,8 +237,11 @@ def test_wandb_source_gives_the_store_frame(store):
     assert api.calls == [("me/smartbench", {"group": "synthetic"})]
     from_store = rows_from_store(suite, store)
     key = ["run_id"]
-    pd.testing.assert_frame_equal(from_wandb.sort_values(key).reset_index(drop=True),
-                                  from_store.sort_values(key).reset_index(drop=True), check_dtype=False)
+    pd.testing.assert_frame_equal(
+        from_wandb.sort_values(key).reset_index(drop=True),
+        from_store.sort_values(key).reset_index(drop=True),
+        check_dtype=False,
+    )
     assert build_table(from_wandb, suite).render("md") == build_table(from_store, suite).render("md")
     assert re.search(r"\*\*81\.00 ± 1\.00\*\*", build_table(from_wandb, suite).render("md"))
 
@@ -229,8 +253,13 @@ def test_table_command_writes_files(tmp_path, runs_dir, capsys):
     from bench.suite import load_and_expand
 
     gmp_fast = {"name": "gmp", "as": "gmp_fast", "options": {"update_every": 2}}
-    spec = {"tasks": ["fmnist-tiny"], "pruners": ["magnitude", gmp_fast],
-            "patterns": ["block:1x8"], "sparsities": [0.5, 0.75], "seeds": [0, 1]}
+    spec = {
+        "tasks": ["fmnist-tiny"],
+        "pruners": ["magnitude", gmp_fast],
+        "patterns": ["block:1x8"],
+        "sparsities": [0.5, 0.75],
+        "seeds": [0, 1],
+    }
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(spec))
     suite = load_and_expand(str(path))

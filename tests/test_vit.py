@@ -113,6 +113,7 @@ def test_nm_that_does_not_tile_a_covered_layer_is_rejected_before_training():
 
 # -- ImageNet by path ----------------------------------------------------------------------
 
+
 def fake_imagenet(root, classes=("n01440764", "n01443537"), per_class=3):
     from PIL import Image
 
@@ -154,6 +155,7 @@ def test_imagenet_task_reads_the_fake_tree(tmp_path, monkeypatch):
 
 
 # -- 2:4 kernels ---------------------------------------------------------------------------
+
 
 def test_magnitude_24_mask_keeps_the_two_largest_of_every_four():
     layer = torch.nn.Linear(8, 3)

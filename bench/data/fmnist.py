@@ -85,7 +85,7 @@ def find_fmnist_dir(data_root: str | Path | None = None) -> Path:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     prefix = _PREFIX[split]
     images = read_idx(_idx_file(directory, f"{prefix}-images-idx3-ubyte"))
@@ -106,7 +106,7 @@ def load_fmnist(split: str, data_root: str | Path | None = None) -> tuple[np.nda
     return _load(find_fmnist_dir(data_root), split)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hash(directory: Path) -> str:
     digest = hashlib.sha256()
     for name in FILES:

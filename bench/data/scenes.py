@@ -246,9 +246,7 @@ def _manifest_key(folder: Path) -> str | None:
         return None
 
 
-def build_scenes(
-    spec: ScenesSpec, root: str | Path | None = None, data_root: str | Path | None = None
-) -> Path:
+def build_scenes(spec: ScenesSpec, root: str | Path | None = None, data_root: str | Path | None = None) -> Path:
     """Write the dataset to `root/fmnist-scenes-<key[:12]>/` (atomically) and return that folder.
 
     A folder whose manifest already holds the same key is reused without rewriting anything.

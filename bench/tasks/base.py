@@ -8,12 +8,12 @@ their own loop (mmdet/mmseg through mmengine) override ``execute``.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-
 
 
 @dataclass(frozen=True)

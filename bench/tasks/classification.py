@@ -67,7 +67,10 @@ class FashionMNISTTask(Task):
         return {
             "train": (x_all[train_idx], y_all[train_idx]),
             "val": (x_all[val_idx], y_all[val_idx]),
-            "test": (to_tensor(test_images[: self.test_size]), torch.from_numpy(test_labels[: self.test_size].copy()).long()),
+            "test": (
+                to_tensor(test_images[: self.test_size]),
+                torch.from_numpy(test_labels[: self.test_size].copy()).long(),
+            ),
         }
 
     def steps_per_epoch(self) -> int:

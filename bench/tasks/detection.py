@@ -26,6 +26,7 @@ from bench.data.scenes import CLASS_NAMES, ScenesSpec, build_scenes
 from bench.tasks.base import Budget, register_task
 from bench.tasks.mm_common import MMTask, layout_fingerprint, require_path
 
+
 class DetectionTask(MMTask):
     family = "detection"
     metric_name = "bbox_mAP"
@@ -37,6 +38,7 @@ class DetectionTask(MMTask):
     def metric_of(self, results: dict[str, float]) -> float:
         # CocoMetric returns nothing (and logs "results ... empty") when no box passed score_thr: mAP 0
         return super().metric_of(results or {self.metric_key: 0.0})
+
     include = ["backbone.*", "neck.*"]
 
 
@@ -78,8 +80,9 @@ class ScenesDetTiny(ScenesDetection):
     spec = ScenesSpec(n_train=1000, n_val=200, n_test=300, size=64, seed=0)
     # lr as scenes-det and 10 dense epochs (the quick suite's critical path): val bbox_mAP, seed 0,
     # 10.4 with (5e-4, 10 epochs) against 10.6 with (2e-3, 12 epochs)
-    budget = Budget(dense_epochs=10, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.0005, prune_lr=0.005,
-                    weight_decay=1e-4)
+    budget = Budget(
+        dense_epochs=10, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.0005, prune_lr=0.005, weight_decay=1e-4
+    )
 
 
 @register_task
@@ -89,8 +92,9 @@ class ScenesDet(ScenesDetection):
     spec = ScenesSpec(n_train=2000, n_val=300, n_test=500, size=64, seed=0)
     # dense AdamW lr chosen on the val split (seed 0, 16 epochs): 2e-3 -> 0.5 bbox_mAP (the tiny task's
     # lr fails at 2000 scenes), 1e-3 -> 25.0, 5e-4 -> 26.4
-    budget = Budget(dense_epochs=16, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.0005, prune_lr=0.005,
-                    weight_decay=1e-4)
+    budget = Budget(
+        dense_epochs=16, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.0005, prune_lr=0.005, weight_decay=1e-4
+    )
 
 
 @register_task
@@ -100,8 +104,9 @@ class CocoDet(DetectionTask):
     config_name = "coco_det.py"
     image_size = (800, 1344)
     warmup_iters = 500
-    budget = Budget(dense_epochs=12, prune_epochs=4, finetune_epochs=4, batch_size=16, lr=0.02, prune_lr=0.005,
-                    weight_decay=1e-4)
+    budget = Budget(
+        dense_epochs=12, prune_epochs=4, finetune_epochs=4, batch_size=16, lr=0.02, prune_lr=0.005, weight_decay=1e-4
+    )
 
     def data_root(self) -> Path:
         root = require_path("SMARTBENCH_COCO", "SMARTBENCH_DATA", "coco", "COCO 2017", layouts.COCO_TREE)
@@ -111,6 +116,6 @@ class CocoDet(DetectionTask):
         return {"name": "coco2017", "files": self.dataset_hash()}
 
     def dataset_hash(self) -> str:
-        return layout_fingerprint(self.data_root(), ["annotations/instances_train2017.json",
-                                                     "annotations/instances_val2017.json"])
-
+        return layout_fingerprint(
+            self.data_root(), ["annotations/instances_train2017.json", "annotations/instances_val2017.json"]
+        )

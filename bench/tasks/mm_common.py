@@ -31,9 +31,10 @@ import numbers
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -116,7 +117,10 @@ class MMTask(Task):
     def __init__(self, model: str | None = None):
         super().__init__(model)
         if self.model_name != self.default_model:
-            raise ConfigError("model", f"task '{self.name}' has one model, '{self.default_model}' (bench/configs/mm/{self.config_name})")
+            raise ConfigError(
+                "model",
+                f"task '{self.name}' has one model, '{self.default_model}' (bench/configs/mm/{self.config_name})",
+            )
 
     # -- data (subclasses) -----------------------------------------------------------------
     def data_root(self) -> Path:
@@ -236,23 +240,44 @@ class MMTask(Task):
         return round(results[self.metric_key] * self.metric_scale, 4)
 
     # -- training ---------------------------------------------------------------------------------
-    def runner(self, model: nn.Module, work_dir: Path, epochs: int, optim_wrapper, param_scheduler: list[dict],
-               seed: int, hooks: list, resume: bool, checkpoints: bool, name: str):
+    def runner(
+        self,
+        model: nn.Module,
+        work_dir: Path,
+        epochs: int,
+        optim_wrapper,
+        param_scheduler: list[dict],
+        seed: int,
+        hooks: list,
+        resume: bool,
+        checkpoints: bool,
+        name: str,
+    ):
         from mmengine.runner import Runner
 
         # keep the process's multiprocessing start method (mmengine would force "fork", with a warning,
         # inside the suite's spawned workers); dist_cfg is mmengine's default
         start_method = multiprocessing.get_start_method(allow_none=True) or "fork"
         env_cfg = dict(mp_cfg=dict(mp_start_method=start_method), dist_cfg=dict(backend="nccl"))
-        default_hooks = dict(logger=dict(type="LoggerHook", interval=50),
-                             checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=1) if checkpoints else None)
+        default_hooks = dict(
+            logger=dict(type="LoggerHook", interval=50),
+            checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=1) if checkpoints else None,
+        )
         return Runner(
-            model=model, work_dir=str(work_dir), experiment_name=name,
+            model=model,
+            work_dir=str(work_dir),
+            experiment_name=name,
             train_dataloader=copy.deepcopy(self.data_config.train_dataloader),
             train_cfg=dict(by_epoch=True, max_epochs=epochs, val_interval=epochs + 1),
-            optim_wrapper=optim_wrapper, param_scheduler=param_scheduler,
-            default_hooks=default_hooks, custom_hooks=hooks, randomness=dict(seed=seed),
-            default_scope=self.scope, log_level="ERROR", resume=resume, env_cfg=env_cfg,
+            optim_wrapper=optim_wrapper,
+            param_scheduler=param_scheduler,
+            default_hooks=default_hooks,
+            custom_hooks=hooks,
+            randomness=dict(seed=seed),
+            default_scope=self.scope,
+            log_level="ERROR",
+            resume=resume,
+            env_cfg=env_cfg,
         )
 
     def dense_optimizer_cfg(self) -> dict:
@@ -274,18 +299,33 @@ class MMTask(Task):
         model = self.build_model()
         work_dir = path.with_suffix(".work")
         optim_wrapper = dict(type="OptimWrapper", clip_grad=self.clip_grad, optimizer=self.dense_optimizer_cfg())
-        schedule = [dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=self.warmup_iters),
-                    cosine_schedule(b.dense_epochs)]
+        schedule = [
+            dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=self.warmup_iters),
+            cosine_schedule(b.dense_epochs),
+        ]
         started = time.perf_counter()
         with quiet_stdout():
-            runner = self.runner(model, work_dir, b.dense_epochs, optim_wrapper, schedule, seed,
-                                 [EpochLogHook(log, "dense", b.dense_epochs)], resume=False, checkpoints=False,
-                                 name=f"{self.name}-dense-{seed}-{time.time_ns()}")
+            runner = self.runner(
+                model,
+                work_dir,
+                b.dense_epochs,
+                optim_wrapper,
+                schedule,
+                seed,
+                [EpochLogHook(log, "dense", b.dense_epochs)],
+                resume=False,
+                checkpoints=False,
+                name=f"{self.name}-dense-{seed}-{time.time_ns()}",
+            )
             runner.train()
         train_s = round(time.perf_counter() - started, 1)
         log(f"dense training of {self.name} (seed {seed}): {train_s} s")
-        dense = {"model": model.state_dict(), "val": self.evaluate_all(model, "val"),
-                 "test": self.evaluate_all(model, "test"), "train_s": train_s}
+        dense = {
+            "model": model.state_dict(),
+            "val": self.evaluate_all(model, "val"),
+            "test": self.evaluate_all(model, "test"),
+            "train_s": train_s,
+        }
         atomic_save(dense, path)
         shutil.rmtree(work_dir, ignore_errors=True)
         return DenseModel(dense["model"], {"val": dense["val"], "test": dense["test"]})
@@ -299,16 +339,33 @@ class MMTask(Task):
         optim_wrapper = hook.optim_wrapper(model, b.prune_lr, b.momentum, b.weight_decay)  # no clipping, as native
         discard_unreadable_checkpoint(work_dir, log)
         with quiet_stdout():
-            runner = self.runner(model, work_dir, driver.epochs, optim_wrapper, [cosine_schedule(driver.epochs)], seed,
-                                 [hook], resume=True, checkpoints=True, name=f"{work_dir.name}-{time.time_ns()}")
+            runner = self.runner(
+                model,
+                work_dir,
+                driver.epochs,
+                optim_wrapper,
+                [cosine_schedule(driver.epochs)],
+                seed,
+                [hook],
+                resume=True,
+                checkpoints=True,
+                name=f"{work_dir.name}-{time.time_ns()}",
+            )
             runner.train()
         return driver.finish()
 
 
 def cosine_schedule(epochs: int) -> dict:
     """Cosine from the optimizer's lr to 0 over ``epochs``, stepped every iteration."""
-    return dict(type="CosineAnnealingLR", by_epoch=True, begin=0, end=epochs, T_max=epochs, eta_min=0.0,
-                convert_to_iter_based=True)
+    return dict(
+        type="CosineAnnealingLR",
+        by_epoch=True,
+        begin=0,
+        end=epochs,
+        T_max=epochs,
+        eta_min=0.0,
+        convert_to_iter_based=True,
+    )
 
 
 def require_path(env_var: str, data_env: str, subdir: str, name: str, tree: str) -> Path:
@@ -319,8 +376,10 @@ def require_path(env_var: str, data_env: str, subdir: str, name: str, tree: str)
         return Path(os.environ[env_var])
     if os.environ.get(data_env) and (Path(os.environ[data_env]) / subdir).is_dir():
         return Path(os.environ[data_env]) / subdir
-    raise DataError(f"{name} not found: set {env_var}=/path/to/{subdir} (or {data_env} to a folder holding {subdir}/).\n"
-                    f"Expected layout:\n{tree}")
+    raise DataError(
+        f"{name} not found: set {env_var}=/path/to/{subdir} (or {data_env} to a folder holding {subdir}/).\n"
+        f"Expected layout:\n{tree}"
+    )
 
 
 def layout_fingerprint(root: Path, paths: list[str]) -> str:

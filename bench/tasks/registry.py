@@ -8,7 +8,7 @@ skipped; the det/seg modules import without mm* installed (their tasks then fail
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 from bench.errors import ConfigError
 from bench.tasks.base import TASKS, Task

@@ -41,8 +41,27 @@ warnings.filterwarnings("ignore", message=r"``build_loss`` would be deprecated",
 warnings.filterwarnings("ignore", message=r"Default ``avg_non_ignore`` is False", category=UserWarning)
 
 # Cityscapes label id -> train id (the 19 evaluated classes; every other id is ignored).
-CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
-                        25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+CITYSCAPES_TRAIN_IDS = {
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 
 
 class CityscapesTrainIds:
@@ -130,7 +149,9 @@ class Ade20kSeg(SegmentationTask):
     budget = Budget(dense_epochs=40, prune_epochs=8, finetune_epochs=8, batch_size=16, lr=0.01, prune_lr=0.005)
 
     def data_root(self) -> Path:
-        root = require_path("SMARTBENCH_ADE20K", "SMARTBENCH_DATA", "ADEChallengeData2016", "ADE20K", layouts.ADE20K_TREE)
+        root = require_path(
+            "SMARTBENCH_ADE20K", "SMARTBENCH_DATA", "ADEChallengeData2016", "ADE20K", layouts.ADE20K_TREE
+        )
         return layouts.check_ade20k_root(root)["root"]
 
     def data_identity(self) -> dict[str, Any]:
@@ -150,7 +171,9 @@ class CityscapesSeg(SegmentationTask):
     budget = Budget(dense_epochs=100, prune_epochs=20, finetune_epochs=20, batch_size=8, lr=0.01, prune_lr=0.005)
 
     def data_root(self) -> Path:
-        root = require_path("SMARTBENCH_CITYSCAPES", "SMARTBENCH_DATA", "cityscapes", "Cityscapes", layouts.CITYSCAPES_TREE)
+        root = require_path(
+            "SMARTBENCH_CITYSCAPES", "SMARTBENCH_DATA", "cityscapes", "Cityscapes", layouts.CITYSCAPES_TREE
+        )
         return layouts.check_cityscapes_root(root)["root"]
 
     def data_identity(self) -> dict[str, Any]:

@@ -61,8 +61,9 @@ class FmnistViT(FashionMNISTViT):
     arch = dict(embed_dim=96, depth=4, num_heads=3)
     # dense: AdamW lr 1e-3, wd 0.05 -- 84.86 val top-1 vs 82.82 with SGD lr 0.05 (seed 0, 15 epochs, val split)
     dense_optimizer = "AdamW"
-    budget = Budget(dense_epochs=15, prune_epochs=2, finetune_epochs=2, batch_size=64, lr=1e-3, prune_lr=0.01,
-                    weight_decay=1e-4)
+    budget = Budget(
+        dense_epochs=15, prune_epochs=2, finetune_epochs=2, batch_size=64, lr=1e-3, prune_lr=0.01, weight_decay=1e-4
+    )
 
 
 @register_task
@@ -74,8 +75,9 @@ class FmnistViTTiny(FashionMNISTViT):
     val_size = 1_000
     test_size = 1_000
     dense_optimizer = "AdamW"  # 68.4 val top-1 vs 65.2 with SGD lr 0.05 (seed 0, val split)
-    budget = Budget(dense_epochs=6, prune_epochs=2, finetune_epochs=1, batch_size=32, lr=1e-3, prune_lr=0.01,
-                    weight_decay=1e-4)
+    budget = Budget(
+        dense_epochs=6, prune_epochs=2, finetune_epochs=1, batch_size=32, lr=1e-3, prune_lr=0.01, weight_decay=1e-4
+    )
 
 
 # -- ImageNet (full size, by path) -------------------------------------------------------
@@ -90,8 +92,9 @@ def imagenet_root() -> dict:
 
     root = os.environ.get(IMAGENET_ENV)
     if not root:
-        raise DataError(f"imagenet-deit needs ${IMAGENET_ENV} pointing at an ImageNet copy "
-                        f"(train/ and val/ class folders)")
+        raise DataError(
+            f"imagenet-deit needs ${IMAGENET_ENV} pointing at an ImageNet copy (train/ and val/ class folders)"
+        )
     return check_imagenet_root(root, ("train", "val"))
 
 
@@ -114,14 +117,25 @@ class ImagenetDeiT(Task):
     workers = 8
     eval_batch = 256
     dense_optimizer = "AdamW"  # DeiT: AdamW, lr 5e-4 x batch / 512, weight decay 0.05
-    budget = Budget(dense_epochs=300, prune_epochs=30, finetune_epochs=20, batch_size=256, lr=2.5e-4, prune_lr=0.01,
-                    weight_decay=5e-5, calib_batches=8)
+    budget = Budget(
+        dense_epochs=300,
+        prune_epochs=30,
+        finetune_epochs=20,
+        batch_size=256,
+        lr=2.5e-4,
+        prune_lr=0.01,
+        weight_decay=5e-5,
+        calib_batches=8,
+    )
 
     def build_model(self) -> nn.Module:
         name = self.model_name.removeprefix("timm:")
         if not name.startswith(("deit_", "vit_")):
-            raise ConfigError("model", f"imagenet-deit takes a timm DeiT/ViT name (deit_tiny_patch16_224, "
-                                       f"deit_small_patch16_224, ...), got '{name}'")
+            raise ConfigError(
+                "model",
+                f"imagenet-deit takes a timm DeiT/ViT name (deit_tiny_patch16_224, "
+                f"deit_small_patch16_224, ...), got '{name}'",
+            )
         return timm.create_model(name, pretrained=False, num_classes=1000)
 
     def example_input(self) -> Tensor:
@@ -157,8 +171,8 @@ class ImagenetDeiT(Task):
         train_plain = ImageFolder(str(folders["train"]), transform=self._transform(False))
         order = torch.randperm(len(train_aug), generator=seeded(0)).tolist()
         return {
-            "train": Subset(train_aug, order[self.holdout:]),
-            "calib": Subset(train_plain, order[self.holdout:]),
+            "train": Subset(train_aug, order[self.holdout :]),
+            "calib": Subset(train_plain, order[self.holdout :]),
             "val": Subset(train_plain, order[: self.holdout]),
             "test": ImageFolder(str(folders["val"]), transform=self._transform(False)),
         }
@@ -167,8 +181,15 @@ class ImagenetDeiT(Task):
         from torch.utils.data import DataLoader
 
         shuffle = generator is not None
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=self.workers,
-                          drop_last=shuffle, pin_memory=torch.cuda.is_available())
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.workers,
+            drop_last=shuffle,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def steps_per_epoch(self) -> int:
         return len(self.splits["train"]) // self.budget.batch_size

@@ -38,8 +38,12 @@ from bench.tasks.base import Budget, Task, seeded
 from bench.train import PruneTrainer, seed_everything
 
 # The concrete patterns the kit runs for each declared pattern kind, and the targets.
-KIT_PATTERNS = {"unstructured": ("unstructured",), "block": ("block:1x8", "block:2x4"),
-                "channel": ("channel",), "nm": ("nm:2:4",)}
+KIT_PATTERNS = {
+    "unstructured": ("unstructured",),
+    "block": ("block:1x8", "block:2x4"),
+    "channel": ("channel",),
+    "nm": ("nm:2:4",),
+}
 KIT_SPARSITIES = (0.5, 0.75)  # N:M fixes its own (1 - N/M)
 KIT_SEED = 0
 EXTRA_FINETUNE_STEPS = 4
@@ -79,8 +83,17 @@ class KitTask(Task):
     name = "conformance-tiny"
     family = "classification"
     metric_name = "loss"
-    budget = Budget(dense_epochs=0, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.1, prune_lr=0.05,
-                    weight_decay=5e-4, momentum=0.9, calib_batches=2)
+    budget = Budget(
+        dense_epochs=0,
+        prune_epochs=2,
+        finetune_epochs=1,
+        batch_size=16,
+        lr=0.1,
+        prune_lr=0.05,
+        weight_decay=5e-4,
+        momentum=0.9,
+        calib_batches=2,
+    )
     images = 96
 
     def __init__(self, kill_at_epoch: int | None = None):
@@ -110,12 +123,14 @@ class KitTask(Task):
         order = torch.randperm(self.images, generator=seeded(seed * 100_003 + epoch))
         bs = self.budget.batch_size
         for i in range(self.steps_per_epoch()):
-            idx = order[i * bs:(i + 1) * bs]
+            idx = order[i * bs : (i + 1) * bs]
             yield self.x[idx], self.y[idx]
 
     def calibration_batches(self) -> list:
         bs = self.budget.batch_size
-        return [(self.x[i * bs:(i + 1) * bs], self.y[i * bs:(i + 1) * bs]) for i in range(self.budget.calib_batches)]
+        return [
+            (self.x[i * bs : (i + 1) * bs], self.y[i * bs : (i + 1) * bs]) for i in range(self.budget.calib_batches)
+        ]
 
     def forward(self, model: nn.Module, batch) -> Tensor:
         return model(batch[0])
@@ -238,20 +253,24 @@ def restore(run: KitRun) -> tuple[KitTask, nn.Module, Masker, Pruner]:
 def check_exact_sparsity(run: KitRun) -> None:
     """Kept units == bench.select.expected_kept exactly; audit sparsity == 1 - kept/total."""
     masker, case = run.masker, run.case
-    assert set(run.hard) == {layer.name for layer in masker.layers}, \
+    assert set(run.hard) == {layer.name for layer in masker.layers}, (
         f"{case.id}: finalize() returned masks for {sorted(run.hard)}, expected every prunable layer"
+    )
     for layer in masker.layers:
         mask = run.hard[layer.name]
-        assert tuple(mask.shape) == tuple(layer.unit_shape), \
+        assert tuple(mask.shape) == tuple(layer.unit_shape), (
             f"{case.id}: mask of {layer.name} has shape {tuple(mask.shape)}, expected unit shape {layer.unit_shape}"
+        )
     audit = masker.audit(run.hard)
     counts = {layer.name: layer.num_units for layer in masker.layers}
     kept = expected_kept(counts, masker.pattern, case.sparsity, run.pruner.config.scope)
     total = sum(counts.values())
-    assert audit["kept_units"] == kept, \
+    assert audit["kept_units"] == kept, (
         f"{case.id}: kept {audit['kept_units']} of {total} units, target {case.sparsity} needs exactly {kept}"
-    assert audit["achieved_sparsity"] == 1 - kept / total, \
+    )
+    assert audit["achieved_sparsity"] == 1 - kept / total, (
         f"{case.id}: achieved sparsity {audit['achieved_sparsity']} != {1 - kept / total}"
+    )
 
 
 def check_pattern_valid(run: KitRun) -> None:
@@ -269,16 +288,19 @@ def assert_masked_outputs_zero(case: KitCase, masker: Masker, hard: dict[str, Te
         unit_mask = hard[layer.name].bool()
         weight_mask = masker.pattern.expand(unit_mask.float(), layer.weight.shape)
         effective = layer.module.weight.detach()
-        assert bool((effective[weight_mask == 0] == 0).all()), \
+        assert bool((effective[weight_mask == 0] == 0).all()), (
             f"{case.id}: {where}: {layer.name} has non-zero effective weights under its mask"
+        )
         if isinstance(masker.pattern, OutputChannel):
-            owners = [(layer.module, "bias")] + ([(layer.batchnorm, "weight"), (layer.batchnorm, "bias")]
-                                                 if layer.batchnorm is not None else [])
+            owners = [(layer.module, "bias")] + (
+                [(layer.batchnorm, "weight"), (layer.batchnorm, "bias")] if layer.batchnorm is not None else []
+            )
             for owner, attr in owners:
                 value = getattr(owner, attr, None)
                 if value is not None:
-                    assert bool((value.detach()[~unit_mask] == 0).all()), \
+                    assert bool((value.detach()[~unit_mask] == 0).all()), (
                         f"{case.id}: {where}: {layer.name} pruned channels keep a non-zero {attr}"
+                    )
 
 
 def check_masks_survive_training(run: KitRun) -> None:
@@ -298,8 +320,9 @@ def check_masks_survive_training(run: KitRun) -> None:
 def _assert_same_masks(case: KitCase, got: dict[str, Tensor], want: dict[str, Tensor], what: str) -> None:
     assert set(got) == set(want), f"{case.id}: {what}: layers {sorted(got)} != {sorted(want)}"
     for name in want:
-        assert torch.equal(got[name].bool(), want[name].bool()), \
+        assert torch.equal(got[name].bool(), want[name].bool()), (
             f"{case.id}: {what}: masks of {name} differ in {int((got[name].bool() != want[name].bool()).sum())} units"
+        )
 
 
 def _assert_same_weights(case: KitCase, got: nn.Module, want: nn.Module, what: str) -> None:
@@ -336,17 +359,22 @@ def check_resume_identical(case: KitCase, reference: KitRun, workdir: Path) -> N
         raise AssertionError(f"{case.id}: the simulated kill did not happen")
     assert torch.load(checkpoint, weights_only=True)["epochs_done"] == 1, f"{case.id}: no checkpoint after epoch 1"
     resumed = run_case(case, checkpoint)
-    assert any("resumed after epoch 1" in line for line in resumed.log), f"{case.id}: trainer did not resume: {resumed.log}"
+    assert any("resumed after epoch 1" in line for line in resumed.log), (
+        f"{case.id}: trainer did not resume: {resumed.log}"
+    )
     done = reference.task.steps_per_epoch()
-    assert resumed.losses == reference.losses[done:], \
+    assert resumed.losses == reference.losses[done:], (
         f"{case.id}: losses after resume {resumed.losses} != uninterrupted {reference.losses[done:]}"
+    )
     _assert_same_masks(case, resumed.hard, reference.hard, "final masks after resume")
     _assert_same_weights(case, resumed.model, reference.model, "final weights after resume")
 
 
 def check_same_seed_identical(case: KitCase, reference: KitRun) -> None:
     again = run_case(case)
-    assert again.losses == reference.losses, f"{case.id}: same seed, different losses {again.losses} != {reference.losses}"
+    assert again.losses == reference.losses, (
+        f"{case.id}: same seed, different losses {again.losses} != {reference.losses}"
+    )
     _assert_same_masks(case, again.hard, reference.hard, "same seed")
     _assert_same_weights(case, again.model, reference.model, "same seed")
 
@@ -360,10 +388,13 @@ def _expect_config_error(cls: type[Pruner], values: dict, field_name: str) -> No
     try:
         cls.Config.from_dict(values, owner=cls.name)
     except ConfigError as err:
-        assert field_name in err.field and field_name in str(err), \
+        assert field_name in err.field and field_name in str(err), (
             f"{cls.name}: ConfigError for {values} does not name '{field_name}': {err}"
+        )
         return
-    raise AssertionError(f"{cls.name}: Config.from_dict({values}) was accepted; expected a ConfigError naming '{field_name}'")
+    raise AssertionError(
+        f"{cls.name}: Config.from_dict({values}) was accepted; expected a ConfigError naming '{field_name}'"
+    )
 
 
 def check_bad_config_rejected(cls: type[Pruner]) -> None:
@@ -376,11 +407,13 @@ def check_bad_config_rejected(cls: type[Pruner]) -> None:
 
 
 def check_declaration(cls: type[Pruner]) -> None:
-    assert cls.patterns and set(cls.patterns) <= set(ALL_PATTERNS), \
+    assert cls.patterns and set(cls.patterns) <= set(ALL_PATTERNS), (
         f"{cls.name}: patterns {cls.patterns} must be a non-empty subset of {ALL_PATTERNS}"
+    )
     assert issubclass(cls.Config, PrunerConfig), f"{cls.name}: Config must subclass bench.pruner.PrunerConfig"
-    assert dataclasses.is_dataclass(cls.Config) and cls.Config.__dataclass_params__.frozen, \
+    assert dataclasses.is_dataclass(cls.Config) and cls.Config.__dataclass_params__.frozen, (
         f"{cls.name}: Config must be a frozen dataclass"
+    )
 
 
 def check_unsupported_pattern_rejected(cls: type[Pruner], kind: str) -> None:

@@ -164,12 +164,20 @@ class FakeEntryPoint:
 def test_entry_point_pruner_is_picked_up_by_the_kit(monkeypatch):
     monkeypatch.setattr(bench.pruner, "PRUNERS", dict(bench.pruner.PRUNERS))
     monkeypatch.setattr(bench.registry, "_LOADED", False)
-    monkeypatch.setattr(bench.registry, "entry_points",
-                        lambda group: [FakeEntryPoint("toyplugin", ToyPruner)] if group == "smartbench.pruners" else [])
+    monkeypatch.setattr(
+        bench.registry,
+        "entry_points",
+        lambda group: [FakeEntryPoint("toyplugin", ToyPruner)] if group == "smartbench.pruners" else [],
+    )
     pruners = harness.registered_pruners()
     assert pruners["toyplugin"] is ToyPruner and "smart" in pruners
     ids = [case.id for case in harness.cases_for(pruners["toyplugin"])]
-    assert ids == ["toyplugin-unstructured-0.5", "toyplugin-unstructured-0.75", "toyplugin-channel-0.5", "toyplugin-channel-0.75"]
+    assert ids == [
+        "toyplugin-unstructured-0.5",
+        "toyplugin-unstructured-0.75",
+        "toyplugin-channel-0.5",
+        "toyplugin-channel-0.75",
+    ]
     run = harness.run_case(KitCase(ToyPruner, "channel", 0.75))
     harness.check_exact_sparsity(run)
 

@@ -41,13 +41,23 @@ def native_cases() -> list[dict]:
     for name in BUILTIN:
         for pattern, sparsity in PATTERNS:
             if pattern.split(":")[0] in pruners[name].patterns:
-                cases.append({"task": "fmnist-tiny", "pruner": name, "pattern": pattern, "sparsity": sparsity,
-                              "budget": NATIVE_BUDGET, "threads": 2})
+                cases.append(
+                    {
+                        "task": "fmnist-tiny",
+                        "pruner": name,
+                        "pattern": pattern,
+                        "sparsity": sparsity,
+                        "budget": NATIVE_BUDGET,
+                        "threads": 2,
+                    }
+                )
     return cases
 
 
-MM_CASES = [{"task": "micro-seg", "pruner": p, "pattern": "channel", "sparsity": 0.5, "budget": {}, "threads": 1}
-            for p in ("smart", "magnitude")]
+MM_CASES = [
+    {"task": "micro-seg", "pruner": p, "pattern": "channel", "sparsity": 0.5, "budget": {}, "threads": 1}
+    for p in ("smart", "magnitude")
+]
 
 
 def register_micro() -> None:
@@ -72,12 +82,23 @@ def run_case(case: dict, runs: Path) -> dict:
     from bench.run import RunSpec, execute, resolve
 
     torch.set_num_threads(case["threads"])
-    run = resolve(RunSpec(task=case["task"], pruner=case["pruner"], pattern=case["pattern"],
-                          sparsity=case["sparsity"], budget=dict(case["budget"])))
+    run = resolve(
+        RunSpec(
+            task=case["task"],
+            pruner=case["pruner"],
+            pattern=case["pattern"],
+            sparsity=case["sparsity"],
+            budget=dict(case["budget"]),
+        )
+    )
     row = execute(run, log=lambda _msg: None, store=ResultStore(runs / "results.jsonl"))
     saved = load_saved(row["run_id"])
-    return {"mask": mask_hash(saved["hard_masks"]), "metric": row["metric"], "val_metric": row["val_metric"],
-            "achieved_sparsity": row["achieved_sparsity"]}
+    return {
+        "mask": mask_hash(saved["hard_masks"]),
+        "metric": row["metric"],
+        "val_metric": row["val_metric"],
+        "achieved_sparsity": row["achieved_sparsity"],
+    }
 
 
 def main() -> int:
