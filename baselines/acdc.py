@@ -24,10 +24,16 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.errors import ConfigError
-from bench.pruner import Progress, PrunerConfig, check_choice, check_range, register_pruner
-from bench.pruning_blocks import HardMaskPruner
-from bench.schedules import COMPRESSED, DECOMPRESSED, DENSE, PhasePlan, phase_plan  # noqa: F401 (phase_plan: re-export)
+from bench.core.errors import ConfigError
+from bench.core.pruner import Progress, PrunerConfig, check_choice, check_range, register_pruner
+from bench.core.pruning_blocks import HardMaskPruner
+from bench.core.schedules import (  # noqa: F401 (phase_plan: re-export)
+    COMPRESSED,
+    DECOMPRESSED,
+    DENSE,
+    PhasePlan,
+    phase_plan,
+)
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from bench.masks import PrunableLayer
-from bench.pruner import Pruner, PrunerConfig, check_range, register_pruner
-from bench.pruning_blocks import straight_through
-from bench.select import keep_count
+from bench.core.masks import PrunableLayer
+from bench.core.pruner import Pruner, PrunerConfig, check_range, register_pruner
+from bench.core.pruning_blocks import straight_through
+from bench.core.select import keep_count
 
 
 @dataclass(frozen=True)

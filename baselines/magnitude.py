@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from bench.pruner import Progress, PrunerConfig, check_range, register_pruner
-from bench.pruning_blocks import HardMaskPruner
-from bench.schedules import OneShot, PolynomialRamp
+from bench.core.pruner import Progress, PrunerConfig, check_range, register_pruner
+from bench.core.pruning_blocks import HardMaskPruner
+from bench.core.schedules import OneShot, PolynomialRamp
 
 
 class MagnitudeOnSchedule(HardMaskPruner):

@@ -10,7 +10,7 @@ trained jointly with the weights (own optimiser group) under the resource penalt
     alpha * (R(b) / U - (1 - p) * R_dense / U)^2
 
 R = MACs (``resource=macs``, PaS): sum_l positions_l * sum_u b_u * size_u, with positions_l (output
-positions per sample) from ``bench.masks.calibrate``; or R = kept units (``resource=units``, the
+positions per sample) from ``bench.core.masks.calibrate``; or R = kept units (``resource=units``, the
 default: the benchmark's sparsity). U is ``mac_unit`` (0 = R_dense, so the penalty is
 alpha * (kept fraction - (1 - p))^2).
 N:M: per-weight gates, forward mask = top-N of g per row of M (STE), no penalty.
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from bench.masks import PrunableLayer
-from bench.pruner import Pruner, PrunerConfig, check_choice, check_range, register_pruner
-from bench.pruning_blocks import straight_through
+from bench.core.masks import PrunableLayer
+from bench.core.pruner import Pruner, PrunerConfig, check_choice, check_range, register_pruner
+from bench.core.pruning_blocks import straight_through
 
 
 @dataclass(frozen=True)

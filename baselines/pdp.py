@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bench.errors import ConfigError
-from bench.pruner import Progress, Pruner, PrunerConfig, check_choice, check_range, register_pruner
-from bench.schedules import LinearRamp
-from bench.select import global_topk
+from bench.core.errors import ConfigError
+from bench.core.pruner import Progress, Pruner, PrunerConfig, check_choice, check_range, register_pruner
+from bench.core.schedules import LinearRamp
+from bench.core.select import global_topk
 
 
 @dataclass(frozen=True)

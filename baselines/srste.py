@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from bench.pruner import Pruner, PrunerConfig, check_range, register_pruner
+from bench.core.pruner import Pruner, PrunerConfig, check_range, register_pruner
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from bench.errors import SmartbenchError
-from bench.sparse24 import PATTERN_24, compare, compare_linear, covered_linears, linear_shapes, make_pair, require_cuda
+from bench.core.errors import SmartbenchError
+from bench.deploy.sparse24 import (
+    PATTERN_24,
+    compare,
+    compare_linear,
+    covered_linears,
+    linear_shapes,
+    make_pair,
+    require_cuda,
+)
 
 DEFAULT_MODELS = ["fmnist-vit", "deit_small_patch16_224", "vit_base_patch16_224"]
 FP16_TOLERANCE = 1e-2  # max |sparse - dense| / max |dense|

@@ -20,7 +20,7 @@
   fork + exec from the parent); we report it and its difference to the dense subprocess.
   Synthetic batches keep the dataset out of it.
 * Latency: fmnist-resnet (resnet10t) at 50% channel sparsity, masked-dense vs physically shrunk
-  (bench.speed.latency protocol), with random global masks and with group-aligned random masks.
+  (bench.deploy.speed.latency protocol), with random global masks and with group-aligned random masks.
 """
 
 from __future__ import annotations
@@ -38,15 +38,15 @@ from pathlib import Path
 import torch
 import torch_pruning as tp
 
-from bench.masks import Masker, calibrate, find_prunable
-from bench.pruner import Progress
-from bench.registry import build_pruner, load_pruners
-from bench.select import hard_topk
-from bench.shrink import folded_copy, shrink_channels
-from bench.sparsity import parse_pattern, resolve_sparsity
-from bench.speed import cost_figures, device_fingerprint, latency
+from bench.core.masks import Masker, calibrate, find_prunable
+from bench.core.pruner import Progress
+from bench.core.select import hard_topk
+from bench.core.sparsity import parse_pattern, resolve_sparsity
+from bench.deploy.shrink import folded_copy, shrink_channels
+from bench.deploy.speed import cost_figures, device_fingerprint, latency
+from bench.runs.registry import build_pruner, load_pruners
 from bench.tasks.registry import get_task
-from bench.train import make_optimizer
+from bench.training.train import make_optimizer
 from smart.topk import soft_topk
 
 FULL = dict(
@@ -88,7 +88,7 @@ def synthetic_batches(n: int, seed: int = 0) -> list:
 
 
 class Entry:
-    """One model + (optional) masker/pruner + optimizer, stepping like bench.train.PruneTrainer."""
+    """One model + (optional) masker/pruner + optimizer, stepping like bench.training.train.PruneTrainer."""
 
     def __init__(self, task, kind: str, pattern: str, sparsity, batches: list, total_steps: int):
         torch.manual_seed(0)
@@ -434,7 +434,7 @@ def render(
         lines += [
             "## Latency: channel-pruned fmnist-resnet (resnet10t, 50% of output channels)",
             "",
-            "Protocol of `bench.speed.latency` (eval, inference_mode, warm-up 3, interleaved repeats, median and IQR).",
+            "Protocol of `bench.deploy.speed.latency` (eval, inference_mode, warm-up 3, interleaved repeats, median and IQR).",
             "`random`: global hard top-k of random scores (what an importance-based pruner gives: coupled",
             "residual channels rarely all dropped); `aligned`: every DepGraph group keeps the same random half.",
             "Target: shrunk / masked-dense <= 0.60.",

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from bench.masks import PrunableLayer, input_norm_like_weight
-from bench.pruner import Progress, Pruner, PrunerConfig, check_choice, check_range, register_pruner
-from bench.schedules import AdaptiveTau, ExponentialTau, StaircaseRamp
-from bench.sparsity import OutputChannel
+from bench.core.masks import PrunableLayer, input_norm_like_weight
+from bench.core.pruner import Progress, Pruner, PrunerConfig, check_choice, check_range, register_pruner
+from bench.core.schedules import AdaptiveTau, ExponentialTau, StaircaseRamp
+from bench.core.sparsity import OutputChannel
 from smart.topk import soft_select
 
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bench.select import keep_count
-from bench.sparsity import Pattern
+from bench.core.select import keep_count
+from bench.core.sparsity import Pattern
 
 _BRACKET_MARGIN = 30.0  # sigmoid(-30) ~ 1e-13: the bracket holds the root for sure
 _MAX_ITER = 100
@@ -186,7 +186,7 @@ def soft_select(
     detach_t: bool = False,
     thresholds: dict[str, Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
-    """Exact-k soft masks of per-layer unit scores, dispatched as ``bench.select.hard_topk`` does
+    """Exact-k soft masks of per-layer unit scores, dispatched as ``bench.core.select.hard_topk`` does
     the hard ones: N:M keeps N per row of M (the rows of all layers in one call), scope "global"
     one k = round((1 - sparsity) * G) over all layers, scope "layer" one k per layer.
 

@@ -3,12 +3,12 @@ import torch
 from torch import nn
 
 from baselines.acdc import COMPRESSED, DECOMPRESSED, DENSE, ACDCConfig, phase_plan
-from bench.errors import ConfigError
-from bench.masks import Masker, find_prunable
-from bench.pruner import Progress
-from bench.registry import build_pruner
-from bench.select import expected_kept
-from bench.sparsity import parse_pattern
+from bench.core.errors import ConfigError
+from bench.core.masks import Masker, find_prunable
+from bench.core.pruner import Progress
+from bench.core.select import expected_kept
+from bench.core.sparsity import parse_pattern
+from bench.runs.registry import build_pruner
 
 
 def test_plan_reproduces_the_reference_100_epoch_configuration():

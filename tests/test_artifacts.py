@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.artifacts import CorruptArtifact, atomic_save, load_artifact
-from bench.cli import main
-from bench.paths import RunPaths
-from bench.run import RunSpec, dense_checkpoint_path, execute, resolve
+from bench.cli.main import main
+from bench.core.artifacts import CorruptArtifact, atomic_save, load_artifact
+from bench.core.paths import RunPaths
+from bench.runs.run import RunSpec, dense_checkpoint_path, execute, resolve
 
 BUDGET = {"prune_epochs": 1, "finetune_epochs": 0}
 

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.awg import AWGConfig, AWGPruner
-from bench.errors import ConfigError
-from bench.masks import Masker
-from bench.select import keep_count
-from bench.sparsity import parse_pattern
+from bench.core.errors import ConfigError
+from bench.core.masks import Masker
+from bench.core.select import keep_count
+from bench.core.sparsity import parse_pattern
 
 
 class TinyConvNet(nn.Module):

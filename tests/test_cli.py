@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
-from bench.record import ResultStore
-from bench.run import RunSpec, execute, resolve
+from bench.cli.main import main
+from bench.runs.record import ResultStore
+from bench.runs.run import RunSpec, execute, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,7 +150,7 @@ def test_cli_json_row(shared_runs_dir):
     cmd = [
         sys.executable,
         "-m",
-        "bench.cli",
+        "bench.cli.main",
         "run",
         "--task",
         "fmnist-tiny",

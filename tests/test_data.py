@@ -16,9 +16,9 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from bench.core.errors import ConfigError, DataError
 from bench.data import fmnist, layouts
 from bench.data.scenes import CLASS_NAMES, ScenesSpec, build_scenes, files_hash
-from bench.errors import ConfigError, DataError
 
 TINY = ScenesSpec(n_train=8, n_val=4, n_test=4, seed=3)
 

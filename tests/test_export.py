@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from bench.cli import main
-from bench.export import EXPORT_FORMAT, export_run, load_exported, save_pruned, saved_model_path
-from bench.run import RunSpec, execute, resolve
+from bench.cli.main import main
+from bench.runs.export import EXPORT_FORMAT, export_run, load_exported, save_pruned, saved_model_path
+from bench.runs.run import RunSpec, execute, resolve
 from bench.tasks.registry import get_task
 
 
@@ -76,8 +76,8 @@ def test_cli_errors_are_clean(channel_run, capsys):
 def test_save_pruned_needs_a_folded_model(tmp_path):
     from torch import nn
 
-    from bench.masks import Masker
-    from bench.sparsity import Unstructured
+    from bench.core.masks import Masker
+    from bench.core.sparsity import Unstructured
 
     net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
     masker = Masker(net, ["1"], Unstructured())

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from bench.cli import main
-from bench.errors import ConfigError
-from bench.registry import build_pruner
-from bench.run import RunSpec, resolve
-from bench.sparsity import parse_pattern
-from bench.suite import expand, load_suite
+from bench.cli.main import main
+from bench.core.errors import ConfigError
+from bench.core.sparsity import parse_pattern
+from bench.runs.registry import build_pruner
+from bench.runs.run import RunSpec, resolve
+from bench.suites.suite import expand, load_suite
 
 
 def suite_ids(tmp_path, options) -> list[str]:

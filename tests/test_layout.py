@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -55,7 +56,7 @@ def imports(path: Path) -> set[str]:
 
 
 # deprecation shims: an old name kept importable from its old home for one release, loaded lazily
-DEPRECATED_SHIMS = {("bench.pruner", "bench.registry")}  # load_pruners & co. moved to bench.registry
+DEPRECATED_SHIMS = {("bench.core.pruner", "bench.runs.registry")}  # load_pruners & co. moved to bench.runs.registry
 
 
 def test_no_import_cycles():
@@ -135,7 +136,7 @@ def test_installed_package_plans_a_suite_from_another_directory(tmp_path):
     ).stdout
     assert where.startswith(str(target))
     plan = subprocess.run(
-        [sys.executable, "-m", "bench.cli", "suite", "plan", "quick"],
+        [sys.executable, "-m", "bench.cli.main", "suite", "plan", "quick"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -147,9 +148,9 @@ def test_installed_package_plans_a_suite_from_another_directory(tmp_path):
 
 
 def test_registry_functions_keep_their_old_home_for_one_release():
-    import bench.pruner
-    import bench.registry
+    import bench.pruner  # the documented plugin API module
+    import bench.runs.registry
 
-    with pytest.warns(DeprecationWarning, match="moved to bench.registry.load_pruners"):
-        assert bench.pruner.load_pruners is bench.registry.load_pruners
-    assert "smart" in bench.registry.load_pruners()
+    with pytest.warns(DeprecationWarning, match="moved to bench.runs.registry.load_pruners"):
+        assert bench.pruner.load_pruners is bench.runs.registry.load_pruners
+    assert "smart" in bench.runs.registry.load_pruners()

@@ -1,9 +1,9 @@
 import torch
 from torch import nn
 
-from bench.masks import Masker, calibrate, find_prunable, input_norm_like_weight
-from bench.select import hard_topk
-from bench.sparsity import Block, OutputChannel, parse_pattern
+from bench.core.masks import Masker, calibrate, find_prunable, input_norm_like_weight
+from bench.core.select import hard_topk
+from bench.core.sparsity import Block, OutputChannel, parse_pattern
 
 
 def small_net() -> nn.Sequential:

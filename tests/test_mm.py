@@ -1,5 +1,5 @@
 """mmdet / mmseg tasks and pruning inside mmengine's Runner (bench/tasks/{detection,segmentation,mm_common}.py,
-bench/mm_hook.py). End-to-end tests use micro budgets: 8..16 scenes, 1 epoch per stage."""
+bench/training/mm_hook.py). End-to-end tests use micro budgets: 8..16 scenes, 1 epoch per stage."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ pytest.importorskip("mmseg")
 
 from mm_micro import MICRO, MICRO_BUDGET, MICRO_SPEC, MicroDet, MicroSeg, no_flip  # noqa: E402,F401
 
-from bench.errors import ConfigError, DataError  # noqa: E402
-from bench.masks import Masker, find_prunable  # noqa: E402
-from bench.pruner import load_pruners  # noqa: E402
-from bench.record import ResultStore  # noqa: E402
-from bench.run import RunSpec, execute, resolve  # noqa: E402
-from bench.sparsity import parse_pattern  # noqa: E402
+from bench.core.errors import ConfigError, DataError  # noqa: E402
+from bench.core.masks import Masker, find_prunable  # noqa: E402
+from bench.core.pruner import load_pruners  # noqa: E402
+from bench.core.sparsity import parse_pattern  # noqa: E402
+from bench.runs.record import ResultStore  # noqa: E402
+from bench.runs.run import RunSpec, execute, resolve  # noqa: E402
 from bench.tasks import base as tasks_base  # noqa: E402
 from bench.tasks import registry as tasks_registry  # noqa: E402
 from bench.tasks.segmentation import CITYSCAPES_TRAIN_IDS  # noqa: E402
@@ -376,7 +376,7 @@ def test_hooks_called_in_order_and_scores_trained(shared_runs_dir, monkeypatch):
 
 def test_resume_from_mmengine_checkpoint_weights_only(shared_runs_dir, monkeypatch):
     """Kill after the first epoch's checkpoint; the rerun resumes (weights_only=True) and ends identical."""
-    from bench.mm_hook import PruningHook
+    from bench.training.mm_hook import PruningHook
 
     options = {"update_every": 1}
     clean, run = run_row("seg", "gmp", "channel", shared_runs_dir, monkeypatch, options=options)
@@ -443,9 +443,9 @@ def test_mm_rows_carry_costs_and_export_and_speed_work(family, shared_runs_dir, 
     """det/seg rows come from the one pipeline: cost figures, pruner stats, a saved model; `export`
     shrinks RetinaNet / FCN physically and the shrunk model gives the masked model's outputs;
     `speed` measures the masked and shrunk variants."""
-    from bench.cli import main
-    from bench.export import export_run, load_exported, load_saved, pruned_model
-    from bench.shrink import random_like_input
+    from bench.cli.main import main
+    from bench.deploy.shrink import random_like_input
+    from bench.runs.export import export_run, load_exported, load_saved, pruned_model
 
     row, run = run_row(family, "magnitude", "channel", shared_runs_dir, monkeypatch, budget={"finetune_epochs": 0})
     assert row["achieved_sparsity"] == 0.5 and isinstance(row["pruner_stats"], dict)

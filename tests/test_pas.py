@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.pas import PaSConfig, PaSPruner
-from bench.errors import ConfigError
-from bench.masks import Masker, calibrate
-from bench.pruning_blocks import straight_through as straight_through_gate
-from bench.select import keep_count
-from bench.sparsity import parse_pattern
+from bench.core.errors import ConfigError
+from bench.core.masks import Masker, calibrate
+from bench.core.pruning_blocks import straight_through as straight_through_gate
+from bench.core.select import keep_count
+from bench.core.sparsity import parse_pattern
 
 
 class TinyConvNet(nn.Module):

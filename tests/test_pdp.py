@@ -5,12 +5,12 @@ import torch
 from torch import nn
 
 from baselines.pdp import PDPConfig, PDPPruner
-from bench.errors import ConfigError
-from bench.masks import Masker, PrunableLayer, find_prunable
-from bench.pruner import Progress
-from bench.registry import build_pruner
-from bench.select import expected_kept
-from bench.sparsity import parse_pattern
+from bench.core.errors import ConfigError
+from bench.core.masks import Masker, PrunableLayer, find_prunable
+from bench.core.pruner import Progress
+from bench.core.select import expected_kept
+from bench.core.sparsity import parse_pattern
+from bench.runs.registry import build_pruner
 
 
 def sigmoid(x: float) -> float:

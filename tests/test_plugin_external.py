@@ -171,7 +171,7 @@ def plugin(tmp_path_factory):
 
 def test_plugin_is_listed(plugin):
     env, cwd = plugin
-    out = run([sys.executable, "-m", "bench.cli", "list"], env, cwd, timeout=300).stdout
+    out = run([sys.executable, "-m", "bench.cli.main", "list"], env, cwd, timeout=300).stdout
     assert re.search(rf"^\s+{NAME}\s+patterns: unstructured, block$", out, re.MULTILINE), out
     assert re.search(r"^\s+smart\s+patterns:", out, re.MULTILINE), out  # built-ins still load next to it
 
@@ -206,7 +206,7 @@ def test_plugin_runs_end_to_end_on_fmnist_tiny(plugin):
     cmd = [
         sys.executable,
         "-m",
-        "bench.cli",
+        "bench.cli.main",
         "run",
         "--task",
         "fmnist-tiny",

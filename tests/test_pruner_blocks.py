@@ -10,11 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from bench.masks import PrunableLayer
-from bench.pruner import Pruner, PrunerConfig
-from bench.pruning_blocks import HardMaskPruner, straight_through
-from bench.registry import load_pruners
-from bench.schedules import (
+from bench.core.masks import PrunableLayer
+from bench.core.pruner import Pruner, PrunerConfig
+from bench.core.pruning_blocks import HardMaskPruner, straight_through
+from bench.core.schedules import (
     COMPRESSED,
     DECOMPRESSED,
     DENSE,
@@ -27,8 +26,9 @@ from bench.schedules import (
     StaircaseRamp,
     phase_plan,
 )
-from bench.select import keep_count, nm_keep
-from bench.sparsity import parse_pattern
+from bench.core.select import keep_count, nm_keep
+from bench.core.sparsity import parse_pattern
+from bench.runs.registry import load_pruners
 from smart.topk import soft_select
 
 

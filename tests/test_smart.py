@@ -3,9 +3,9 @@
 import torch
 from torch import nn
 
-from bench.masks import PrunableLayer
-from bench.select import hard_topk
-from bench.sparsity import parse_pattern
+from bench.core.masks import PrunableLayer
+from bench.core.select import hard_topk
+from bench.core.sparsity import parse_pattern
 from smart.pruner import initial_scores, log_importance
 
 
@@ -44,7 +44,7 @@ def test_global_standardisation_keeps_the_cross_layer_order():
 
 
 def test_auto_standardisation_is_per_layer_for_channels_and_global_otherwise():
-    from bench.registry import build_pruner
+    from bench.runs.registry import build_pruner
 
     layers = _layers()
     for pattern_text, expected in (("channel", "layer"), ("block:1x8", "global"), ("unstructured", "global")):

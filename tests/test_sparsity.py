@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from bench.errors import ConfigError
-from bench.select import expected_kept, hard_topk
-from bench.sparsity import NM, Block, OutputChannel, Unstructured, parse_pattern, resolve_sparsity, weight_matrix
+from bench.core.errors import ConfigError
+from bench.core.select import expected_kept, hard_topk
+from bench.core.sparsity import NM, Block, OutputChannel, Unstructured, parse_pattern, resolve_sparsity, weight_matrix
 
 PATTERNS = ["unstructured", "block:1x8", "block:8x8", "block:2x4", "channel", "nm:2:4", "nm:1:4", "nm:4:8"]
 

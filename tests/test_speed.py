@@ -7,11 +7,11 @@ import timm
 import torch
 from torch import nn
 
-from bench.masks import Masker, find_prunable
-from bench.select import hard_topk
-from bench.shrink import ShrinkError, count_params, folded_copy, replay_shrink, shrink_channels
-from bench.sparsity import OutputChannel, Unstructured
-from bench.speed import cost_figures, latency, measure
+from bench.core.masks import Masker, find_prunable
+from bench.core.select import hard_topk
+from bench.core.sparsity import OutputChannel, Unstructured
+from bench.deploy.shrink import ShrinkError, count_params, folded_copy, replay_shrink, shrink_channels
+from bench.deploy.speed import cost_figures, latency, measure
 
 CHANNEL = OutputChannel()
 

@@ -3,12 +3,12 @@ import torch
 from torch import nn
 
 from baselines.srste import SRSTEConfig, SRSTEPruner
-from bench.errors import ConfigError
-from bench.masks import Masker, find_prunable
-from bench.pruner import Progress
-from bench.registry import build_pruner
-from bench.select import expected_kept
-from bench.sparsity import parse_pattern, weight_matrix
+from bench.core.errors import ConfigError
+from bench.core.masks import Masker, find_prunable
+from bench.core.pruner import Progress
+from bench.core.select import expected_kept
+from bench.core.sparsity import parse_pattern, weight_matrix
+from bench.runs.registry import build_pruner
 
 
 def net() -> nn.Sequential:

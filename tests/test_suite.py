@@ -15,15 +15,16 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from bench import cell as cell_module
-from bench import suite_run
-from bench.cli import main
-from bench.errors import ConfigError
-from bench.record import REPO_ROOT, ResultStore
-from bench.registry import load_pruners
-from bench.run import resolve
-from bench.sparsity import parse_pattern
-from bench.suite import (
+from bench.cli.main import main
+from bench.cli.suite_cli import plan_lines, select_cells
+from bench.core.errors import ConfigError
+from bench.core.sparsity import parse_pattern
+from bench.runs.record import REPO_ROOT, ResultStore
+from bench.runs.registry import load_pruners
+from bench.runs.run import resolve
+from bench.suites import cell as cell_module
+from bench.suites import suite_run
+from bench.suites.suite import (
     cell_states,
     expand,
     list_suites,
@@ -33,7 +34,6 @@ from bench.suite import (
     store_counts,
     write_marker,
 )
-from bench.suite_cli import plan_lines, select_cells
 
 TINY = {
     "tasks": ["fmnist-tiny"],
@@ -269,8 +269,7 @@ def test_dense_model_trained_once_by_parallel_workers(tmp_path, monkeypatch):
 WORKER_CHILD = """
 import os, sys
 from types import SimpleNamespace
-from bench import cell
-
+from bench.suites import cell
 def noisy_execute(run, **kwargs):
     print("pycocotools-style summary")
     os.write(2, b"C-level stderr line\\n")
@@ -336,7 +335,7 @@ def test_sigkill_at_several_points_then_resume(tmp_path, runs_dir):
     path = write_suite(tmp_path, TINY, "killme")
     suite = load_and_expand(path)
     env, store = child_env(runs_dir), ResultStore(runs_dir / "results.jsonl")
-    cmd = [sys.executable, "-m", "bench.cli", "suite", "run", path, "--no-progress"]
+    cmd = [sys.executable, "-m", "bench.cli.main", "suite", "run", path, "--no-progress"]
     state = runs_dir / "suites" / "killme" / "state"
     checkpoints = runs_dir / "checkpoints"
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import yaml
 
-from bench import cell, suite_run
-from bench.record import REPO_ROOT, ResultStore
-from bench.run import RunSpec
-from bench.suite import Cell, cell_states, claim_cell, load_and_expand, store_counts
+from bench.runs.record import REPO_ROOT, ResultStore
+from bench.runs.run import RunSpec
+from bench.suites import cell, suite_run
+from bench.suites.suite import Cell, cell_states, claim_cell, load_and_expand, store_counts
 
 TINY = {
     "tasks": ["fmnist-tiny"],
@@ -36,9 +36,10 @@ def write_suite(tmp_path: Path, spec: dict, name: str) -> str:
 RUNNER_CHILD = """
 import sys, time
 from pathlib import Path
-from bench import cell, suite_run
-from bench.record import ResultStore
-from bench.suite import load_and_expand
+from bench.suites import cell
+from bench.suites import suite_run
+from bench.runs.record import ResultStore
+from bench.suites.suite import load_and_expand
 
 path, tmp, name = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 dense = tmp / "dense" / "fmnist-tiny-x.pt"
@@ -125,7 +126,7 @@ def test_two_runners_at_once_run_each_cell_once(tmp_path, runs_dir):
 
 CLAIM_CHILD = """
 import time
-from bench.suite import claim_cell, running_info, write_marker
+from bench.suites.suite import claim_cell, running_info, write_marker
 
 with claim_cell("held", "abc123") as held:
     write_marker("held", "abc123", "running", running_info())

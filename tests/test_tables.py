@@ -1,4 +1,4 @@
-"""Tables and plots from a synthetic store (rows in the schema bench.run.execute writes)."""
+"""Tables and plots from a synthetic store (rows in the schema bench.runs.run.execute writes)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.record import ResultStore
-from bench.run import RunSpec
-from bench.suite import Cell, Suite
-from bench.tables import build_table, rows_from_store, rows_from_wandb, welch_p, write_plots
+from bench.reports.tables import build_table, rows_from_store, rows_from_wandb, welch_p, write_plots
+from bench.runs.record import ResultStore
+from bench.runs.run import RunSpec
+from bench.suites.suite import Cell, Suite
 
 TASK = "fmnist-resnet"
 COLUMNS = [("block:1x8", 0.5), ("block:1x8", 0.9), ("channel", 0.5)]
@@ -53,7 +53,7 @@ def make_suite() -> Suite:
 
 def make_row(label, pruner, pattern, sparsity, seed, metric) -> dict:
     achieved = 0.4713 if (label, pattern, sparsity) == PAS_LIKE else sparsity
-    return {  # the schema of bench.run.execute (+ suite)
+    return {  # the schema of bench.runs.run.execute (+ suite)
         "run_id": run_id(label, pattern, sparsity, seed),
         "task": TASK,
         "family": "classification",
@@ -249,8 +249,8 @@ def test_wandb_source_gives_the_store_frame(store):
 def test_table_command_writes_files(tmp_path, runs_dir, capsys):
     import yaml
 
-    from bench.cli import main
-    from bench.suite import load_and_expand
+    from bench.cli.main import main
+    from bench.suites.suite import load_and_expand
 
     gmp_fast = {"name": "gmp", "as": "gmp_fast", "options": {"update_every": 2}}
     spec = {

@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.errors import ConfigError, DataError, SmartbenchError
-from bench.masks import Masker, calibrate, find_prunable
-from bench.pruner import Progress
-from bench.registry import build_pruner
-from bench.run import RunSpec, resolve
-from bench.sparse24 import PATTERN_24, compare, covered_linears, make_pair, mask_24_
-from bench.sparsity import NM, parse_pattern
+from bench.core.errors import ConfigError, DataError, SmartbenchError
+from bench.core.masks import Masker, calibrate, find_prunable
+from bench.core.pruner import Progress
+from bench.core.sparsity import NM, parse_pattern
+from bench.deploy.sparse24 import PATTERN_24, compare, covered_linears, make_pair, mask_24_
+from bench.runs.registry import build_pruner
+from bench.runs.run import RunSpec, resolve
 from bench.tasks.registry import get_task
 from bench.tasks.vit import IMAGENET_ENV, imagenet_root
 
@@ -172,7 +172,7 @@ def test_bench_24_needs_cuda_and_records_nothing(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    from bench.sparse24 import require_cuda
+    from bench.deploy.sparse24 import require_cuda
 
     with pytest.raises(SmartbenchError, match="needs a CUDA GPU"):
         require_cuda()
@@ -199,7 +199,7 @@ def test_sparse_24_outputs_match_masked_dense_fp16():
 
 
 def test_dense_optimizer_is_adamw_and_part_of_the_identity():
-    from bench.train import make_dense_optimizer
+    from bench.training.train import make_dense_optimizer
 
     task = get_task("fmnist-vit-tiny")
     optimizer = make_dense_optimizer(task.build_model(), task)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.errors import ConfigError, DataError
+from bench.core.errors import ConfigError, DataError
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "SMARTBENCH_DATA"

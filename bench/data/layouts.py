@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.errors import ConfigError, DataError
+from bench.core.errors import ConfigError, DataError
 
 COCO_TREE = """\
 <root>/

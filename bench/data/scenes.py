@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from bench.core.errors import ConfigError, DataError
 from bench.data.fmnist import dataset_hash, load_fmnist
-from bench.errors import ConfigError, DataError
 
 GENERATOR_VERSION = "1"
 NAME = "fmnist-scenes"

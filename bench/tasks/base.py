@@ -1,7 +1,7 @@
 """Task interface and the task registry dict (filled by ``@register_task``; loaded by bench.tasks.registry).
 
 A task builds a model and its data, defines the loss and the metric, and names the training
-budget. Native tasks (classification, ViT) are trained by ``bench.train``; tasks that bring
+budget. Native tasks (classification, ViT) are trained by ``bench.training.train``; tasks that bring
 their own loop (mmdet/mmseg through mmengine) override ``execute``.
 """
 
@@ -54,7 +54,7 @@ class Task:
     # fine-tuning stages always use SGD, the same for every pruner.
     dense_optimizer: ClassVar[str] = "SGD"
     dense_weight_decay: ClassVar[float] = 0.05
-    # the training loop: "native" (bench.train) or "mmengine" (the task's train_dense / train_stages)
+    # the training loop: "native" (bench.training.train) or "mmengine" (the task's train_dense / train_stages)
     loop: ClassVar[str] = "native"
     reports_all_metrics: ClassVar[bool] = False  # rows keep every number of evaluate_all (det/seg)
 
@@ -99,7 +99,7 @@ class Task:
     def evaluate(self, model: nn.Module, split: str) -> float:
         raise NotImplementedError
 
-    # the run pipeline (bench.run); defaults fit the native tasks
+    # the run pipeline (bench.runs.run); defaults fit the native tasks
     def quiet(self) -> contextlib.AbstractContextManager:
         """Context in which the task's libraries keep stdout clean (mm* prints; see MMTask)."""
         return contextlib.nullcontext()
@@ -108,7 +108,7 @@ class Task:
         model.load_state_dict(state)
 
     def masker_example(self, model: nn.Module, calibration: list):
-        """Input of the tracing forward of ``bench.masks.Masker`` (which BatchNorm follows which conv)."""
+        """Input of the tracing forward of ``bench.core.masks.Masker`` (which BatchNorm follows which conv)."""
         return self.example_input()
 
     def evaluate_all(self, model: nn.Module, split: str) -> dict[str, float]:

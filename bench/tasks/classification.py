@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.core.errors import ConfigError
 from bench.data.fmnist import dataset_hash, load_fmnist
-from bench.errors import ConfigError
 from bench.tasks.base import Budget, Task, register_task, seeded
 
 MEAN, STD = 0.2860, 0.3530

@@ -8,11 +8,11 @@ the dataloaders and the evaluators are taken from the merged config; optimizer, 
 epochs come from the task's ``Budget`` (SGD with momentum, as in the native loop). Data roots are
 bound at run time (:meth:`MMTask.data_root`): relative ``ann_file`` of evaluators are joined to it.
 
-One run goes through the same pipeline as every task (``bench.run.prune_and_measure``); this
+One run goes through the same pipeline as every task (``bench.runs.run.prune_and_measure``); this
 task brings its loop (``loop = "mmengine"``): the dense model is trained once per (task, seed) by
 mmengine's Runner and cached with its val/test metrics (:meth:`MMTask.train_dense`); every
 pruner starts from that checkpoint and gets ``prune_epochs`` + ``finetune_epochs`` epochs of the
-same Runner with :class:`bench.mm_hook.PruningHook` around the shared stage driver
+same Runner with :class:`bench.training.mm_hook.PruningHook` around the shared stage driver
 (:meth:`MMTask.train_stages`), then is evaluated by the package's own metric.
 
 This module imports no mm* package at import time (``bench.tasks.registry.load_tasks`` imports the
@@ -39,8 +39,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bench.artifacts import atomic_save, load_or_discard
-from bench.errors import ConfigError, DataError
+from bench.core.artifacts import atomic_save, load_or_discard
+from bench.core.errors import ConfigError, DataError
 from bench.tasks.base import DenseModel, Task
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "mm"  # package data
@@ -66,7 +66,7 @@ def register_mm(scope: str) -> None:
     if not MMLogger.check_instance_created("smartbench"):  # current logger: INFO chatter (init_weights...) off
         with quiet_stdout():
             MMLogger.get_instance("smartbench", log_level="ERROR")
-    import bench.mm_hook  # noqa: F401  (registers PruningHook, EpochLogHook, PenaltyOptimWrapper)
+    import bench.training.mm_hook  # noqa: F401  (registers PruningHook, EpochLogHook, PenaltyOptimWrapper)
 
 
 def package_config(ref: str) -> Path:
@@ -288,8 +288,8 @@ class MMTask(Task):
 
     def train_dense(self, seed: int, path: Path, log: Callable[[str], None]) -> DenseModel:
         """Train (or load) the dense model of (task, seed); the cache holds ``{"model", "val", "test", "train_s"}``."""
-        from bench.mm_hook import EpochLogHook
-        from bench.train import seed_everything
+        from bench.training.mm_hook import EpochLogHook
+        from bench.training.train import seed_everything
 
         cached = load_or_discard(path, "dense checkpoint", log)
         if cached is not None:
@@ -332,7 +332,7 @@ class MMTask(Task):
 
     def train_stages(self, model: nn.Module, driver, seed: int, work_dir: Path, log: Callable[[str], None]) -> dict:
         """The pruning + fine-tuning stages in mmengine's Runner (resumable from ``work_dir``); returns the hard masks."""
-        from bench.mm_hook import PruningHook, discard_unreadable_checkpoint
+        from bench.training.mm_hook import PruningHook, discard_unreadable_checkpoint
 
         b = self.budget
         hook = PruningHook(driver)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from bench.errors import ConfigError
+from bench.core.errors import ConfigError
 from bench.tasks.base import TASKS, Task
 
 FAMILIES = ("bench.tasks.classification", "bench.tasks.vit", "bench.tasks.detection", "bench.tasks.segmentation")

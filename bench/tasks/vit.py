@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.errors import ConfigError, DataError
+from bench.core.errors import ConfigError, DataError
 from bench.tasks.base import Budget, Task, register_task, seeded
 from bench.tasks.classification import FashionMNISTTask
 

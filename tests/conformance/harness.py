@@ -1,5 +1,5 @@
 """Machinery of the conformance kit: a tiny real model, an in-memory task with a micro budget,
-runs through the real ``bench.train.PruneTrainer``, and one check function per invariant.
+runs through the real ``bench.training.train.PruneTrainer``, and one check function per invariant.
 
 Every check takes plain objects (a pruner class, a :class:`KitCase`, a :class:`KitRun`) and
 raises ``AssertionError`` with a precise message, so the kit can be pointed at any pruner class,
@@ -27,15 +27,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import bench.pruner
-import bench.registry
-from bench.errors import ConfigError
-from bench.masks import Masker, calibrate, find_prunable
+import bench.runs.registry
+from bench.core.errors import ConfigError
+from bench.core.masks import Masker, calibrate, find_prunable
+from bench.core.select import expected_kept
+from bench.core.sparsity import OutputChannel, parse_pattern, resolve_sparsity
 from bench.pruner import ALL_PATTERNS, Pruner, PrunerConfig
-from bench.select import expected_kept
-from bench.sparsity import OutputChannel, parse_pattern, resolve_sparsity
-from bench.stages import StageDriver
 from bench.tasks.base import Budget, Task, seeded
-from bench.train import PruneTrainer, seed_everything
+from bench.training.stages import StageDriver
+from bench.training.train import PruneTrainer, seed_everything
 
 # The concrete patterns the kit runs for each declared pattern kind, and the targets.
 KIT_PATTERNS = {
@@ -151,7 +151,7 @@ def dense_state() -> dict[str, Tensor]:
 # -- registry and cases -----------------------------------------------------------------
 def registered_pruners() -> dict[str, type[Pruner]]:
     """Every pruner the project knows: smart, baselines/*, and ``smartbench.pruners`` entry points."""
-    return dict(bench.registry.load_pruners())
+    return dict(bench.runs.registry.load_pruners())
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ class KitRun:
 
 
 def fresh_setup(case: KitCase, kill_at_epoch: int | None = None):
-    """Seeded fresh task, model (dense start), masker and pruner, as bench.run does it."""
+    """Seeded fresh task, model (dense start), masker and pruner, as bench.runs.run does it."""
     seed_everything(KIT_SEED)
     task = KitTask(kill_at_epoch)
     model = task.build_model()
@@ -251,7 +251,7 @@ def restore(run: KitRun) -> tuple[KitTask, nn.Module, Masker, Pruner]:
 
 # -- checks -----------------------------------------------------------------------------
 def check_exact_sparsity(run: KitRun) -> None:
-    """Kept units == bench.select.expected_kept exactly; audit sparsity == 1 - kept/total."""
+    """Kept units == bench.core.select.expected_kept exactly; audit sparsity == 1 - kept/total."""
     masker, case = run.masker, run.case
     assert set(run.hard) == {layer.name for layer in masker.layers}, (
         f"{case.id}: finalize() returned masks for {sorted(run.hard)}, expected every prunable layer"

@@ -1,6 +1,6 @@
 """The conformance kit: one parametrised suite every registered pruner must pass.
 
-Parametrised at collection time from ``bench.registry.load_pruners()`` (smart, every module in
+Parametrised at collection time from ``bench.runs.registry.load_pruners()`` (smart, every module in
 baselines/, every ``smartbench.pruners`` entry point), one case per (pruner, concrete pattern
 of each declared kind, target sparsity): see harness.KIT_PATTERNS / KIT_SPARSITIES. Case ids
 read ``<pruner>-<pattern>-<sparsity>``, so ``pytest tests/conformance -k mymethod`` runs one
@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import Tensor
 
-import bench.pruner
-import bench.registry
+import bench.core.pruner
+import bench.runs.registry
 from bench.pruner import ALL_PATTERNS, Pruner, PrunerConfig, check_range
 
 from . import harness
@@ -162,10 +162,10 @@ class FakeEntryPoint:
 
 
 def test_entry_point_pruner_is_picked_up_by_the_kit(monkeypatch):
-    monkeypatch.setattr(bench.pruner, "PRUNERS", dict(bench.pruner.PRUNERS))
-    monkeypatch.setattr(bench.registry, "_LOADED", False)
+    monkeypatch.setattr(bench.core.pruner, "PRUNERS", dict(bench.core.pruner.PRUNERS))
+    monkeypatch.setattr(bench.runs.registry, "_LOADED", False)
     monkeypatch.setattr(
-        bench.registry,
+        bench.runs.registry,
         "entry_points",
         lambda group: [FakeEntryPoint("toyplugin", ToyPruner)] if group == "smartbench.pruners" else [],
     )

@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-import bench.pruner
-from bench.cli import main
-from bench.errors import ConfigError
-from bench.scaffold import new_pruner, render
+import bench.core.pruner
+from bench.cli.main import main
+from bench.cli.scaffold import new_pruner, render
+from bench.core.errors import ConfigError
 
 from . import harness
 
@@ -20,8 +20,8 @@ from . import harness
 def registry(monkeypatch):
     """A private copy of the pruner registry, so generated pruners do not leak into other tests."""
     harness.registered_pruners()  # load the built-ins first
-    monkeypatch.setattr(bench.pruner, "PRUNERS", dict(bench.pruner.PRUNERS))
-    return bench.pruner.PRUNERS
+    monkeypatch.setattr(bench.core.pruner, "PRUNERS", dict(bench.core.pruner.PRUNERS))
+    return bench.core.pruner.PRUNERS
 
 
 def import_file(path, module_name, monkeypatch):

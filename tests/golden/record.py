@@ -34,7 +34,7 @@ def mask_hash(masks: dict[str, torch.Tensor]) -> str:
 
 
 def native_cases() -> list[dict]:
-    from bench.registry import load_pruners
+    from bench.runs.registry import load_pruners
 
     pruners = load_pruners()
     cases = []
@@ -77,9 +77,9 @@ def case_key(case: dict) -> str:
 
 def run_case(case: dict, runs: Path) -> dict:
     """Run one case in ``runs`` (dense model cached there); returns its golden numbers."""
-    from bench.export import load_saved
-    from bench.record import ResultStore
-    from bench.run import RunSpec, execute, resolve
+    from bench.runs.export import load_saved
+    from bench.runs.record import ResultStore
+    from bench.runs.run import RunSpec, execute, resolve
 
     torch.set_num_threads(case["threads"])
     run = resolve(

@@ -1,0 +1,115 @@
+"""``smartbench`` command line. Every command module adds its own sub-parser."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from bench.core.errors import ConfigError, SmartbenchError
+
+
+def parse_options(items: list[str], field: str = "--opt") -> dict[str, str]:
+    options = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(field, f"expected KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        options[key.strip()] = value.strip()
+    return options
+
+
+def cmd_list(args) -> int:
+    from bench.core.sparsity import PATTERN_HELP
+    from bench.runs.registry import load_pruners
+    from bench.tasks.registry import load_tasks
+
+    print("pruners:")
+    for name, cls in sorted(load_pruners().items()):
+        print(f"  {name:12s} patterns: {', '.join(cls.patterns)}")
+    print(f"patterns: {PATTERN_HELP}")
+    print("tasks:")
+    for name, cls in sorted(load_tasks().items()):
+        print(f"  {name:18s} [{cls.family}] {cls.description}")
+    try:
+        from bench.suites.suite import list_suites
+
+        print("suites: " + ", ".join(list_suites()))
+    except ImportError:
+        pass
+    return 0
+
+
+def cmd_run(args) -> int:
+    from bench.core.paths import RunPaths
+    from bench.runs.run import RunSpec, execute, resolve
+
+    budget = {
+        k: v
+        for k, v in (("prune_epochs", args.prune_epochs), ("finetune_epochs", args.finetune_epochs))
+        if v is not None
+    }
+    spec = RunSpec(
+        task=args.task,
+        pruner=args.pruner,
+        pattern=args.pattern,
+        sparsity=args.sparsity,
+        seed=args.seed,
+        model=args.model,
+        pruner_options=parse_options(args.opt),
+        budget=budget,
+    )
+    run = resolve(spec)
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    row = execute(run, log=log, wandb_project=args.wandb_project, paths=RunPaths.from_env())
+    if args.json:
+        print(json.dumps(row, sort_keys=True))
+    else:
+        print(
+            f"run {row['run_id']}: {row['task']} {row['pruner']} {row['pattern']} target {row['target_sparsity']:g} "
+            f"achieved {row['achieved_sparsity']:.4f} {row['metric_name']} {row['metric']:.2f} "
+            f"(dense {row['dense_metric']:.2f}) in {row['wall_s']:.1f}s"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smartbench", description="Benchmark suite for training-time pruning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="registered pruners, patterns, tasks, suites").set_defaults(func=cmd_list)
+
+    run = sub.add_parser("run", help="one pruning run; prints a result row")
+    run.add_argument("--task", required=True)
+    run.add_argument("--pruner", required=True)
+    run.add_argument("--pattern", required=True, help="unstructured | channel | block:RxC | nm:N:M")
+    run.add_argument("--sparsity", type=float, default=None, help="target in (0,1); implied by nm:N:M")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--model", default=None, help="timm:NAME to swap the architecture of a classification task")
+    run.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="pruner config override")
+    run.add_argument("--prune-epochs", type=int, default=None)
+    run.add_argument("--finetune-epochs", type=int, default=None)
+    run.add_argument("--wandb-project", default=None)
+    run.add_argument("--json", action="store_true", help="emit the row as one JSON object on stdout")
+    run.set_defaults(func=cmd_run)
+
+    for module in ("bench.cli.suite_cli", "bench.cli.speed_cli", "bench.cli.scaffold"):
+        try:
+            __import__(module, fromlist=["add_parser"]).add_parser(sub)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SmartbenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""``smartbench suite plan|status|run NAME`` and ``smartbench table NAME`` (imported by bench.cli.main)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv"}
+
+
+# -- cell selection ----------------------------------------------------------------------------
+SELECT_KEYS = ("task", "pruner", "pattern", "sparsity", "seed")
+
+
+def _cell_value(cell, key: str) -> str:
+    value = cell.label if key == "pruner" else getattr(cell.spec, key)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def select_cells(suite, only: list[str] | None):
+    """The suite restricted to the cells matching every ``KEY=V1,V2`` of ``only`` (a slice of a big
+    suite: same cells, same run ids, same suite name, so its rows count for the whole table)."""
+    from dataclasses import replace
+
+    from bench.core.errors import ConfigError
+
+    cells = suite.cells
+    for item in only or []:
+        key, _, values = item.partition("=")
+        if key not in SELECT_KEYS or not values:
+            raise ConfigError(
+                "--only", f"expected KEY=VALUE[,VALUE...] with KEY one of {', '.join(SELECT_KEYS)}, got {item!r}"
+            )
+        wanted = [v.strip() for v in values.split(",")]
+        present = sorted({_cell_value(c, key) for c in suite.cells})
+        unknown = [v for v in wanted if v not in present]
+        if unknown:
+            raise ConfigError(
+                "--only", f"{key} {', '.join(unknown)} is not in suite {suite.name}; allowed: {', '.join(present)}"
+            )
+        cells = [c for c in cells if _cell_value(c, key) in wanted]
+    return replace(suite, cells=cells) if only else suite
+
+
+# -- plan and status ---------------------------------------------------------------------------
+def plan_lines(suite) -> list[str]:
+    """The cells of an expanded suite with their run ids and budgets, skipped cells, total budget."""
+    cells = suite.cells
+    lines = [
+        f"suite {suite.name} ({suite.path}): {len(cells)} cells, {len(suite.skipped)} skipped"
+        + (" [plan only]" if suite.plan_only else "")
+    ]
+    if suite.description:
+        lines.append(f"  {suite.description.strip()}")
+    lines.append(
+        f"  {'run_id':16s} {'task':18s} {'pruner':18s} {'pattern':12s} {'sparsity':>8s} {'seed':>4s} "
+        f"{'epochs':>6s} {'steps':>7s}"
+    )
+    for c in cells:
+        lines.append(
+            f"  {c.run_id:16s} {c.spec.task:18s} {c.label:18s} {c.spec.pattern:12s} {c.spec.sparsity:8.4g} "
+            f"{c.spec.seed:4d} {_num(c.epochs):>6s} {_num(c.steps):>7s}"
+        )
+    for note in suite.skipped:
+        lines.append(f"  skipped: {note}")
+    missing = sorted({c.spec.task for c in cells if not c.registered})
+    if missing:
+        lines.append(
+            f"  note: task(s) {', '.join(missing)} not registered or not importable here: their ids are "
+            "computed from the spec alone (spec-...); the real run ids appear once the tasks exist"
+        )
+    lines.append("  budget: " + budget_summary(cells))
+    return lines
+
+
+def budget_summary(cells: list) -> str:
+    """Epochs and optimizer steps of the cells, plus the dense models they share (once per (task, seed))."""
+    known = [c for c in cells if c.registered]
+    dense = list({c.dense_key: c for c in known}.values())
+    steps = [c.steps for c in known] + [c.dense_steps for c in dense]
+    text = (
+        f"{sum(c.epochs for c in known)} prune+finetune epochs ({sum(s or 0 for s in steps[: len(known)])} steps) "
+        f"over {len(known)} runs, plus {sum(c.dense_epochs for c in dense)} dense epochs "
+        f"({sum(s or 0 for s in steps[len(known) :])} steps) for {len(dense)} dense model(s) shared per (task, seed)"
+    )
+    if None in steps:
+        text += "; steps not counted where the dataset is not on this machine"
+    if len(known) < len(cells):
+        text += f"; unknown for {len(cells) - len(known)} cell(s) whose task is not available here"
+    return text
+
+
+def _num(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def status_lines(suite, store=None, paths=None) -> list[str]:
+    """One line per cell (run id, state, rows in the store) and the totals."""
+    from bench.suites.suite import cell_states
+
+    states = cell_states(suite, store, paths)
+    lines = [
+        f"{c.run_id:16s} {state:8s} rows {rows}  {c.spec.task} {c.label} {c.spec.pattern} {c.spec.sparsity:g} "
+        f"seed {c.spec.seed}"
+        for c, state, rows in states
+    ]
+    totals = Counter(state for _, state, _ in states)
+    lines.append(
+        f"suite {suite.name}: " + ", ".join(f"{totals[s]} {s}" for s in ("done", "running", "pending", "failed"))
+    )
+    return lines
+
+
+def cmd_plan(args) -> int:
+    from bench.suites.suite import load_and_expand
+
+    print("\n".join(plan_lines(select_cells(load_and_expand(args.name), args.only))))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from bench.core.paths import RunPaths
+    from bench.suites.suite import load_and_expand
+
+    print("\n".join(status_lines(select_cells(load_and_expand(args.name), args.only), paths=RunPaths.from_env())))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from bench.core.paths import RunPaths
+    from bench.suites.suite import load_and_expand
+    from bench.suites.suite_run import run_suite
+
+    suite = select_cells(load_and_expand(args.name), args.only)  # every cell validated before any training
+    slurm = {
+        "timeout_min": args.timeout_min,
+        "slurm_partition": args.partition,
+        "slurm_account": args.account,
+        "gpus_per_node": args.gpus_per_node,
+        "cpus_per_task": args.cpus_per_task,
+    }
+    return run_suite(
+        suite,
+        workers=args.workers,
+        launcher=args.launcher,
+        nproc=args.nproc,
+        wandb_project=args.wandb_project,
+        progress=not args.no_progress,
+        cluster=args.cluster,
+        slurm=slurm,
+        paths=RunPaths.from_env(),
+    )
+
+
+def cmd_table(args) -> int:
+    from bench.reports.tables import build_table, rows_from_store, rows_from_wandb, write_plots
+    from bench.suites.suite import load_and_expand
+
+    suite = load_and_expand(args.name)
+    if args.source == "wandb":
+        frame = rows_from_wandb(suite, args.project or suite.wandb_project)
+        if frame.attrs.get("dropped"):
+            print(
+                f"note: {frame.attrs['dropped']} W&B run(s) of group {suite.name} match no cell of the suite "
+                "(another code version?); left out",
+                file=sys.stderr,
+            )
+    else:
+        frame = rows_from_store(suite)
+    if frame.empty:
+        print(f"suite {suite.name}: no finished cells yet (smartbench suite status {args.name})")
+        return 1
+    table = build_table(frame, suite)
+    text = table.render(args.format)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{suite.name}.{EXTENSIONS[args.format]}"
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    if args.plot:
+        from bench.core.paths import RunPaths
+
+        folder = Path(args.out) if args.out else RunPaths.from_env().root / "tables" / suite.name
+        for path in write_plots(frame, suite.name, folder):
+            print(f"wrote {path}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    suite = sub.add_parser("suite", help="leaderboard suites: plan, status, run")
+    actions = suite.add_subparsers(dest="suite_command", required=True)
+    name_help = "a suite in bench/configs/suites (e.g. smoke, quick) or a path to a .yaml file"
+    only_help = (
+        f"only the cells with KEY ({', '.join(SELECT_KEYS)}) in the listed values; repeatable, "
+        "e.g. --only task=fmnist-resnet --only seed=0,1"
+    )
+
+    plan = actions.add_parser("plan", help="list the cells, their run ids and the budget; runs nothing")
+    plan.add_argument("name", help=name_help)
+    plan.add_argument("--only", action="append", metavar="KEY=V1[,V2]", help=only_help)
+    plan.set_defaults(func=cmd_plan)
+
+    status = actions.add_parser("status", help="one line per cell: run id, state, rows in the store")
+    status.add_argument("name", help=name_help)
+    status.add_argument("--only", action="append", metavar="KEY=V1[,V2]", help=only_help)
+    status.set_defaults(func=cmd_status)
+
+    run = actions.add_parser("run", help="run every unfinished cell (resumable; finished cells are skipped)")
+    run.add_argument("name", help=name_help)
+    run.add_argument("--only", action="append", metavar="KEY=V1[,V2]", help=only_help)
+    run.add_argument(
+        "--workers", type=int, default=1, help="cells in parallel (local: processes sharing the CPU threads)"
+    )
+    run.add_argument("--launcher", choices=("local", "torchrun", "slurm"), default="local")
+    run.add_argument("--nproc", type=int, default=1, help="processes per run (DDP) with --launcher torchrun/slurm")
+    run.add_argument("--wandb-project", default=None, help="W&B project (one W&B run per cell, group = suite name)")
+    run.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    slurm = run.add_argument_group("slurm (submitit)")
+    slurm.add_argument("--cluster", default=None, help="submitit cluster: slurm (default when available) or local")
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--account", default=None)
+    slurm.add_argument("--timeout-min", type=int, default=24 * 60)
+    slurm.add_argument("--gpus-per-node", type=int, default=None)
+    slurm.add_argument("--cpus-per-task", type=int, default=None)
+    run.set_defaults(func=cmd_run)
+
+    table = sub.add_parser("table", help="paper-style result table (and plots) of a suite")
+    table.add_argument("name", help=name_help)
+    table.add_argument("--format", choices=("md", "latex", "csv"), default="md")
+    table.add_argument("--out", default=None, help="folder for the table file (and plots); default: print the table")
+    table.add_argument("--plot", action="store_true", help="also write PNG plots (metric vs sparsity, vs speed)")
+    table.add_argument(
+        "--from",
+        dest="source",
+        choices=("store", "wandb"),
+        default="store",
+        help="rows from the local result store (default) or from W&B (group = suite name)",
+    )
+    table.add_argument("--project", default=None, help="W&B project (ENTITY/PROJECT) with --from wandb")
+    table.set_defaults(func=cmd_table)

@@ -1,0 +1,306 @@
+"""Prunable-layer discovery, masks through ``torch.nn.utils.parametrize``, audit and folding.
+
+Discovery (:func:`find_prunable`): every ``nn.Conv2d`` (grouped and depthwise included) and
+``nn.Linear`` in module order. By default the *first* and *last* of them are excluded (the stem
+sees raw pixels and the classifier maps to the labels; both are tiny and every pruning paper
+keeps them dense). Override with ``include``/``exclude`` name patterns (``fnmatch``).
+
+Masks: each prunable weight gets a :class:`UnitMask` parametrization, so ``module.weight`` is
+``original * expand(unit_mask)`` in every forward while the optimiser updates the dense
+``original``.  For the ``channel`` pattern the same unit mask also gates the layer's bias and
+the affine terms of the BatchNorm that directly consumes the layer's output (found by tracing
+one forward pass), so a pruned channel outputs exactly zero and the masked model equals its
+physically shrunk twin. When such a BatchNorm exists, a soft channel gate acts on the BN affine
+terms only and the weights are multiplied by the gate's support (zeroed where it is exactly 0):
+BN would normalise a weight scale away, and its running statistics would no longer match the
+weights once the gate turns hard.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from bench.core.errors import ConfigError
+from bench.core.sparsity import OutputChannel, Pattern
+
+
+@dataclass
+class PrunableLayer:
+    name: str
+    module: nn.Module
+    batchnorm: nn.Module | None = None  # BN consuming this layer's output (channel pattern)
+    unit_shape: tuple[int, ...] = ()
+    input_sq_mean: Tensor | None = field(default=None, repr=False)  # per input channel, from calibration
+    positions: int = 1  # output positions per sample (H_out*W_out, tokens): MACs = kept weights * positions
+
+    @property
+    def weight(self) -> Tensor:
+        """The dense trainable weight (the parametrization's original when masked)."""
+        if parametrize.is_parametrized(self.module, "weight"):
+            return self.module.parametrizations.weight.original
+        return self.module.weight
+
+    @property
+    def num_units(self) -> int:
+        return int(torch.Size(self.unit_shape).numel())
+
+
+class UnitMask(nn.Module):
+    """Parametrization ``w -> w * expand(mask)``; the mask is set from outside each step.
+
+    ``straight_through=True`` keeps the masked forward but passes the gradient to every
+    weight unchanged (SR-STE style). ``support_only=True`` multiplies by the mask's support
+    (mask != 0) instead of its value: used for output channels feeding a BatchNorm, where the
+    (soft) gate acts on the BN affine terms — a scale on the weights would be normalised away
+    in training and would corrupt the BN running statistics when the mask turns hard.
+    """
+
+    def __init__(self, pattern: Pattern, shape: torch.Size):
+        super().__init__()
+        self.pattern = pattern
+        self.shape = torch.Size(shape)
+        self.mask: Tensor | None = None
+        self.straight_through = False
+        self.support_only = False
+
+    def set(self, unit_mask: Tensor | None) -> None:
+        self.mask = None if unit_mask is None else self.pattern.expand(unit_mask, self.shape)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        if self.mask is None:
+            return weight
+        mask = (self.mask != 0).to(weight.dtype) if self.support_only else self.mask.to(weight.dtype)
+        if self.straight_through:
+            return weight + (weight * mask - weight).detach()
+        return weight * mask
+
+
+class ChannelMask(nn.Module):
+    """Parametrization of a 1-D per-channel tensor (bias, BN weight/bias)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mask: Tensor | None = None
+
+    def forward(self, value: Tensor) -> Tensor:
+        return value if self.mask is None else value * self.mask.to(value.dtype)
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def find_prunable(
+    model: nn.Module, include: list[str] | None = None, exclude: list[str] | None = None, keep_first_last: bool = True
+) -> list[str]:
+    """Names of prunable Conv2d/Linear modules (see module docstring for the default)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if keep_first_last and len(names) > 2:
+        names = names[1:-1]
+    if include:
+        names = [n for n in names if _matches(n, include)]
+    if exclude:
+        names = [n for n in names if not _matches(n, exclude)]
+    if not names:
+        raise ConfigError("layers", "no prunable Conv2d/Linear layer left after include/exclude")
+    return names
+
+
+def find_following_batchnorms(model: nn.Module, names: list[str], example_input) -> dict[str, nn.Module]:
+    """Map layer name -> BatchNorm whose input *is* that layer's output tensor (one traced forward)."""
+    modules = dict(model.named_modules())
+    produced: dict[int, str] = {}
+    pairs: dict[str, nn.Module] = {}
+    handles = []
+
+    def record(name):
+        def hook(_module, _inputs, output):
+            produced[id(output)] = name
+
+        return hook
+
+    def match(bn):
+        def hook(_module, inputs):
+            owner = produced.get(id(inputs[0]))
+            if owner is not None and owner not in pairs:
+                pairs[owner] = bn
+
+        return hook
+
+    for name in names:
+        handles.append(modules[name].register_forward_hook(record(name)))
+    for module in modules.values():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            handles.append(module.register_forward_pre_hook(match(module)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input) if not isinstance(example_input, dict) else model(**example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return pairs
+
+
+class Masker:
+    """Owns the parametrizations of one model for one pattern."""
+
+    def __init__(self, model: nn.Module, layer_names: list[str], pattern: Pattern, example_input=None):
+        self.model = model
+        self.pattern = pattern
+        modules = dict(model.named_modules())
+        unknown = [n for n in layer_names if n not in modules]
+        if unknown:
+            raise ConfigError("layers", f"unknown module names {unknown}")
+        bns = {}
+        if isinstance(pattern, OutputChannel) and example_input is not None:
+            bns = find_following_batchnorms(model, layer_names, example_input)
+        self.layers: list[PrunableLayer] = []
+        for name in layer_names:
+            module = modules[name]
+            pattern.check(module.weight.shape, name)
+            self.layers.append(PrunableLayer(name, module, bns.get(name), pattern.unit_shape(module.weight.shape)))
+        for layer in self.layers:
+            weight_mask = UnitMask(pattern, layer.module.weight.shape)
+            weight_mask.support_only = layer.batchnorm is not None  # only set for the channel pattern
+            parametrize.register_parametrization(layer.module, "weight", weight_mask, unsafe=True)
+            for owner, attr in self._channel_tensors(layer):
+                parametrize.register_parametrization(owner, attr, ChannelMask(), unsafe=True)
+        self.hard: dict[str, Tensor] | None = None
+
+    def _channel_tensors(self, layer: PrunableLayer) -> list[tuple[nn.Module, str]]:
+        if not isinstance(self.pattern, OutputChannel):
+            return []
+        out = []
+        if getattr(layer.module, "bias", None) is not None:
+            out.append((layer.module, "bias"))
+        bn = layer.batchnorm
+        if bn is not None and bn.affine:
+            out += [(bn, "weight"), (bn, "bias")]
+        return out
+
+    def by_name(self) -> dict[str, PrunableLayer]:
+        return {layer.name: layer for layer in self.layers}
+
+    def set_masks(self, unit_masks: dict[str, Tensor] | None, straight_through: bool = False) -> None:
+        """Install unit masks (soft or hard) for the next forward passes; None = dense."""
+        for layer in self.layers:
+            unit_mask = None if unit_masks is None else unit_masks[layer.name]
+            param = layer.module.parametrizations.weight[0]
+            param.set(unit_mask)
+            param.straight_through = straight_through
+            for owner, attr in self._channel_tensors(layer):
+                getattr(owner.parametrizations, attr)[0].mask = unit_mask
+
+    def audit(self, unit_masks: dict[str, Tensor]) -> dict:
+        """Per-layer and global sparsity of hard unit masks, plus the pattern validity check."""
+        rows, kept_units, total_units, zero_w, total_w, valid = [], 0, 0, 0, 0, True
+        for layer in self.layers:
+            unit_mask = unit_masks[layer.name].bool()
+            weight_mask = self.pattern.expand(unit_mask.float(), layer.module.parametrizations.weight.original.shape)
+            layer_valid = self.pattern.is_valid(weight_mask)
+            valid &= layer_valid
+            kept, units = int(unit_mask.sum()), unit_mask.numel()
+            zeros, weights = int((weight_mask == 0).sum()), weight_mask.numel()
+            rows.append(
+                dict(
+                    layer=layer.name,
+                    units=units,
+                    kept_units=kept,
+                    sparsity=1 - kept / units,
+                    weights=weights,
+                    zero_weights=zeros,
+                    valid=layer_valid,
+                )
+            )
+            kept_units, total_units, zero_w, total_w = (
+                kept_units + kept,
+                total_units + units,
+                zero_w + zeros,
+                total_w + weights,
+            )
+        return dict(
+            layers=rows,
+            achieved_sparsity=1 - kept_units / total_units,
+            kept_units=kept_units,
+            total_units=total_units,
+            weight_sparsity=zero_w / total_w,
+            pattern_valid=valid,
+        )
+
+    def remove(self, fold: bool = True) -> None:
+        """Drop the parametrizations; with ``fold`` the current (hard) masks are baked into the tensors."""
+        for layer in self.layers:
+            parametrize.remove_parametrizations(layer.module, "weight", leave_parametrized=fold)
+            for owner, attr in self._channel_tensors(layer):
+                parametrize.remove_parametrizations(owner, attr, leave_parametrized=fold)
+
+
+def calibrate(model: nn.Module, layers: list[PrunableLayer], batches, forward) -> None:
+    """Store E[x^2] per input channel (``layer.input_sq_mean``) and output positions per sample.
+
+    ``forward(model, batch)`` runs one batch; no gradients, eval mode, masks as currently set.
+    """
+    sums: dict[str, Tensor] = {}
+    counts: dict[str, int] = {}
+    handles = []
+
+    positions: dict[str, int] = {}
+
+    def count_positions(name):
+        def post(_module, _inputs, output):
+            positions[name] = output[0].numel() // output.shape[-1 if output.dim() != 4 else 1]
+
+        return post
+
+    def hook(name, is_conv):
+        def pre(_module, inputs):
+            x = inputs[0].detach().to(torch.float64)
+            if is_conv:
+                sq = x.pow(2).sum(dim=(0, 2, 3))
+                n = x.shape[0] * x.shape[2] * x.shape[3]
+            else:
+                sq = x.reshape(-1, x.shape[-1]).pow(2).sum(0)
+                n = x.numel() // x.shape[-1]
+            sums[name] = sums.get(name, 0) + sq
+            counts[name] = counts.get(name, 0) + n
+
+        return pre
+
+    for layer in layers:
+        handles.append(layer.module.register_forward_pre_hook(hook(layer.name, isinstance(layer.module, nn.Conv2d))))
+        handles.append(layer.module.register_forward_hook(count_positions(layer.name)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                forward(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    for layer in layers:
+        layer.input_sq_mean = (sums[layer.name] / counts[layer.name]).to(torch.float32)
+        layer.positions = positions[layer.name]
+
+
+def input_norm_like_weight(layer: PrunableLayer) -> Tensor:
+    """sqrt(E[x_i^2]) of the input feeding each weight, broadcast to the weight's shape."""
+    weight = layer.weight
+    if layer.input_sq_mean is None:
+        return torch.ones_like(weight)
+    norms = layer.input_sq_mean.to(weight.device).sqrt()
+    if weight.dim() == 2:
+        return norms.reshape(1, -1).expand_as(weight)
+    groups = getattr(layer.module, "groups", 1)
+    per_group = norms.reshape(groups, -1)  # (groups, in/groups)
+    rows = per_group.repeat_interleave(weight.shape[0] // groups, dim=0)  # (out, in/groups)
+    return rows[:, :, None, None].expand_as(weight)

@@ -1,0 +1,421 @@
+"""Result store (or W&B) -> pandas -> paper-style tables (md, LaTeX, CSV) and plots.
+
+Table layout: one row per pruner label (the suite's ``as:`` names) under a ``dense`` reference
+row (the dense model's metric of the same (task, seed)s); one column per (task, pattern,
+sparsity). A cell is ``mean ± std`` over seeds (sample std, ddof=1; no std with one seed), with
+``(n=k)`` when fewer seeds than planned are finished. The best mean of each column is bold
+(ties: all of them; the dense row does not compete). A dagger marks a best that is separated
+from the runner-up beyond seed noise: Welch's unequal-variance t-test, two-sided p < 0.05,
+computed only when both have >= 2 seeds (never with one seed). A double dagger marks cells
+whose achieved sparsity differs from the target by more than 0.0005, listed in a footnote.
+Higher is better for every metric except those in ``LOWER_IS_BETTER``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.runs.record import ResultStore
+
+ROW_FIELDS = (
+    "run_id",
+    "task",
+    "family",
+    "pruner",
+    "pattern",
+    "target_sparsity",
+    "achieved_sparsity",
+    "weight_sparsity",
+    "seed",
+    "metric_name",
+    "metric",
+    "val_metric",
+    "dense_metric",
+    "dense_val_metric",
+    "wall_s",
+)
+SPEED_FIELDS = ("latency_ms", "flops_masked")  # optional, added by the speed measurements when present
+LOWER_IS_BETTER = {"error", "loss", "latency_ms"}
+ALPHA = 0.05
+SPARSITY_TOLERANCE = 5e-4
+KEYS = ["label", "task", "pattern", "sparsity"]
+
+
+# -- rows -> DataFrame -----------------------------------------------------------------------
+def frame_from_rows(rows: Iterable[dict[str, Any]], suite) -> pd.DataFrame:
+    """One DataFrame row per finished cell of ``suite`` (rows of other runs are dropped).
+
+    ``label``/``task``/``pattern``/``sparsity`` come from the suite's cell (the row's run_id),
+    the numbers from the row. ``frame.attrs['dropped']`` counts rows that matched no cell.
+    """
+    cells = {cell.run_id: cell for cell in suite.cells}
+    records, dropped = [], 0
+    for row in rows:
+        cell = cells.get(row.get("run_id"))
+        if cell is None:
+            dropped += 1
+            continue
+        record = {field: row.get(field) for field in ROW_FIELDS}
+        record.update({field: _speed_value(row, field) for field in SPEED_FIELDS})
+        record.update(
+            label=cell.label,
+            task=cell.spec.task,
+            pattern=cell.spec.pattern,
+            sparsity=cell.spec.sparsity,
+            seed=cell.spec.seed,
+        )
+        records.append(record)
+    columns = KEYS + [f for f in ROW_FIELDS + SPEED_FIELDS if f not in KEYS]
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    frame = frame.drop_duplicates("run_id")
+    for name in ("metric", "dense_metric", "achieved_sparsity", "target_sparsity", "sparsity") + SPEED_FIELDS:
+        frame[name] = pd.to_numeric(frame[name], errors="coerce")
+    frame.attrs["dropped"] = dropped
+    return frame
+
+
+def _speed_value(row: dict[str, Any], field: str) -> Any:
+    """A speed figure at the top level of a row, or one level down (e.g. row["speed"]["latency_ms"])."""
+    if row.get(field) is not None:
+        return row[field]
+    return next((v[field] for v in row.values() if isinstance(v, dict) and v.get(field) is not None), None)
+
+
+def rows_from_store(suite, store: ResultStore | None = None) -> pd.DataFrame:
+    return frame_from_rows((store or ResultStore()).rows(), suite)
+
+
+def wandb_rows(api, project: str, group: str) -> list[dict[str, Any]]:
+    """Summary fields of every W&B run of ``group`` (what bench.runs.record.log_wandb wrote)."""
+    rows = []
+    for run in api.runs(project, filters={"group": group}):
+        summary = getattr(run.summary, "_json_dict", None)
+        summary = dict(summary if isinstance(summary, dict) else run.summary)
+        summary.setdefault("run_id", getattr(run, "id", None))
+        rows.append(summary)
+    return rows
+
+
+def rows_from_wandb(suite, project: str | None, api=None) -> pd.DataFrame:
+    """The same DataFrame as :func:`rows_from_store`, from the W&B public API."""
+    from bench.core.errors import ConfigError
+
+    if not project:
+        raise ConfigError("--project", "W&B project (ENTITY/PROJECT) required with --from wandb")
+    if api is None:
+        import wandb
+
+        try:
+            api = wandb.Api()
+            rows = wandb_rows(api, project, suite.name)
+        except Exception as err:  # noqa: BLE001 — no API key, no network, unknown project...
+            raise ConfigError(
+                "--from wandb", f"cannot read W&B project '{project}': {type(err).__name__}: {err}"
+            ) from None
+        return frame_from_rows(rows, suite)
+    return frame_from_rows(wandb_rows(api, project, suite.name), suite)
+
+
+# -- statistics -------------------------------------------------------------------------------
+def welch_p(mean1: float, std1: float, n1: int, mean2: float, std2: float, n2: int) -> float | None:
+    """Two-sided p of Welch's t-test; None with fewer than 2 seeds on either side."""
+    if n1 < 2 or n2 < 2:
+        return None
+    se2 = std1**2 / n1 + std2**2 / n2
+    if se2 == 0:
+        return 0.0 if mean1 != mean2 else 1.0
+    from scipy.stats import ttest_ind_from_stats
+
+    return float(ttest_ind_from_stats(mean1, std1, n1, mean2, std2, n2, equal_var=False).pvalue)
+
+
+def summarize(frame: pd.DataFrame, suite=None) -> pd.DataFrame:
+    """Per (label, task, pattern, sparsity): mean, std, n, expected n, achieved sparsity, best,
+    separated (the dagger), p_value; plus the dense reference rows (label 'dense')."""
+    grouped = frame.groupby(KEYS, sort=False)
+    stats = grouped.agg(
+        metric_name=("metric_name", "first"),
+        mean=("metric", "mean"),
+        std=("metric", "std"),
+        n=("metric", "count"),
+        achieved_sparsity=("achieved_sparsity", "mean"),
+    ).reset_index()
+    planned = _planned_seeds(suite, frame)
+    stats["expected_n"] = [planned.get(tuple(k), n) for k, n in zip(stats[KEYS].itertuples(index=False), stats["n"])]
+    stats["best"], stats["separated"], stats["p_value"] = False, False, math.nan
+    for _, idx in stats.groupby(["task", "pattern", "sparsity"], sort=False).groups.items():
+        column = stats.loc[idx]
+        lower = column["metric_name"].iloc[0] in LOWER_IS_BETTER
+        ranked = column.sort_values("mean", ascending=lower)
+        top = ranked["mean"].iloc[0]
+        stats.loc[column.index[column["mean"] == top], "best"] = True
+        if len(ranked) >= 2 and ranked["mean"].iloc[1] != top:
+            a, b = ranked.iloc[0], ranked.iloc[1]
+            p = welch_p(a["mean"], _std(a), int(a["n"]), b["mean"], _std(b), int(b["n"]))
+            if p is not None:
+                stats.loc[ranked.index[0], "p_value"] = p
+                stats.loc[ranked.index[0], "separated"] = p < ALPHA
+    dense = _dense_rows(frame, stats)
+    return pd.concat([dense, stats], ignore_index=True)
+
+
+def _std(row) -> float:
+    return 0.0 if pd.isna(row["std"]) else float(row["std"])
+
+
+def _planned_seeds(suite, frame: pd.DataFrame) -> dict[tuple, int]:
+    if suite is None:
+        return {}
+    planned: dict[tuple, int] = {}
+    for cell in suite.cells:
+        key = (cell.label, cell.spec.task, cell.spec.pattern, cell.spec.sparsity)
+        planned[key] = planned.get(key, 0) + 1
+    return planned
+
+
+def _dense_rows(frame: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
+    """The dense model of each (task, seed) once, repeated under every column of the task; its
+    expected n is the most seeds planned for any cell of the task (so it too shows ``(n=k)``)."""
+    per_seed = frame.drop_duplicates(["task", "seed"]).groupby("task", sort=False)["dense_metric"]
+    dense = per_seed.agg(["mean", "std", "count"])
+    planned = stats.groupby("task", sort=False)["expected_n"].max()
+    columns = stats[["task", "pattern", "sparsity", "metric_name"]].drop_duplicates(["task", "pattern", "sparsity"])
+    rows = [
+        {
+            "label": "dense",
+            **col,
+            "mean": dense.loc[col["task"], "mean"],
+            "std": dense.loc[col["task"], "std"],
+            "n": int(dense.loc[col["task"], "count"]),
+            "expected_n": max(int(dense.loc[col["task"], "count"]), int(planned[col["task"]])),
+            "achieved_sparsity": 0.0,
+            "best": False,
+            "separated": False,
+            "p_value": math.nan,
+        }
+        for col in columns.to_dict("records")
+    ]
+    return pd.DataFrame(rows, columns=stats.columns)
+
+
+# -- rendering ------------------------------------------------------------------------------
+@dataclass
+class Table:
+    suite_name: str
+    stats: pd.DataFrame
+    columns: list[tuple[str, str, float]]
+    labels: list[str]
+    digits: int = 2
+
+    def cell(self, label: str, column: tuple) -> pd.Series | None:
+        s = self.stats
+        task, pattern, sparsity = column
+        match = s[(s["label"] == label) & (s["task"] == task) & (s["pattern"] == pattern) & (s["sparsity"] == sparsity)]
+        return None if match.empty else match.iloc[0]
+
+    def text(self, row: pd.Series | None, fmt: str) -> str:
+        if row is None or pd.isna(row["mean"]):
+            return "–" if fmt == "md" else "--"
+        pm = " $\\pm$ " if fmt == "latex" else " ± "
+        value = f"{row['mean']:.{self.digits}f}" + (f"{pm}{row['std']:.{self.digits}f}" if row["n"] >= 2 else "")
+        if row["best"]:
+            value = f"\\textbf{{{value}}}" if fmt == "latex" else f"**{value}**"
+        if row["separated"]:
+            value += "$^\\dagger$" if fmt == "latex" else "†"
+        if self.off_target(row):
+            value += "$^\\ddagger$" if fmt == "latex" else "‡"
+        if row["n"] < row["expected_n"]:
+            value += f" (n={int(row['n'])})"
+        return value
+
+    @staticmethod
+    def off_target(row: pd.Series) -> bool:
+        return row["label"] != "dense" and abs(row["achieved_sparsity"] - row["sparsity"]) > SPARSITY_TOLERANCE
+
+    def notes(self, fmt: str) -> list[str]:
+        metrics = ", ".join(f"{t}: {m}" for t, m in self.stats.drop_duplicates("task")[["task", "metric_name"]].values)
+        bold = "bold" if fmt == "latex" else "**bold**"
+        notes = [
+            f"Metric ({metrics}); mean ± std over seeds, (n=k) where fewer seeds than planned finished; {bold}: best "
+            f"per column; †: the best beats the runner-up by Welch's t-test, two-sided p < {ALPHA} "
+            "(>= 2 seeds each)."
+        ]
+        off = self.stats[self.stats.apply(self.off_target, axis=1)] if len(self.stats) else self.stats
+        for row in off.itertuples():
+            notes.append(
+                f"‡ {row.label} on {row.task} {row.pattern} {row.sparsity:g}: achieved sparsity "
+                f"{row.achieved_sparsity:.4f} (target {row.sparsity:g})."
+            )
+        return notes
+
+    def render(self, fmt: str) -> str:
+        return {"md": self.markdown, "latex": self.latex, "csv": self.csv}[fmt]()
+
+    def markdown(self) -> str:
+        header = ["pruner"] + [f"{t} · {p} · {s:g}" for t, p, s in self.columns]
+        body = [[label] + [self.text(self.cell(label, col), "md") for col in self.columns] for label in self.labels]
+        frame = pd.DataFrame(body, columns=header)
+        notes = "\n".join(f"- {n}" for n in self.notes("md"))
+        return f"### {self.suite_name}\n\n{frame.to_markdown(index=False)}\n\n{notes}\n"
+
+    def latex(self) -> str:
+        tasks = _runs([c[0] for c in self.columns])
+        patterns = _runs([(c[0], c[1]) for c in self.columns])
+        lines = [
+            "\\begin{table}[t]",
+            "\\centering",
+            f"\\caption{{{latex_escape(self.suite_name)}}}",
+            "\\begin{tabular}{l" + "c" * len(self.columns) + "}",
+            "\\toprule",
+        ]
+        for groups, name in ((tasks, lambda key: key), (patterns, lambda key: key[1])):
+            cells, rules, start = [], [], 2
+            for key, width in groups:
+                cells.append(f"\\multicolumn{{{width}}}{{c}}{{{latex_escape(name(key))}}}")
+                rules.append(f"\\cmidrule(lr){{{start}-{start + width - 1}}}")
+                start += width
+            lines += [" & " + " & ".join(cells) + " \\\\", " ".join(rules)]
+        lines.append("pruner & " + " & ".join(f"{c[2]:g}" for c in self.columns) + " \\\\")
+        lines.append("\\midrule")
+        for i, label in enumerate(self.labels):
+            cells = [self.text(self.cell(label, col), "latex") for col in self.columns]
+            lines.append(" & ".join([latex_escape(label)] + cells) + " \\\\")
+            if i == 0 and label == "dense":
+                lines.append("\\midrule")
+        lines += ["\\bottomrule", "\\end{tabular}"]
+        symbols = {"±": "$\\pm$", "†": "$^\\dagger$", "‡": "$^\\ddagger$", ">=": "$\\geq$", " < ": " $<$ "}
+        for note in self.notes("latex"):
+            text = latex_escape(note)
+            for symbol, tex in symbols.items():
+                text = text.replace(symbol, tex)
+            lines.append("\\par\\smallskip\\footnotesize " + text)
+        lines.append("\\end{table}")
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        columns = KEYS + [
+            "metric_name",
+            "mean",
+            "std",
+            "n",
+            "expected_n",
+            "best",
+            "separated",
+            "p_value",
+            "achieved_sparsity",
+        ]
+        return self.stats[columns].to_csv(index=False)
+
+
+def _runs(keys: list) -> list[tuple[Any, int]]:
+    """Consecutive equal keys -> (key, count)."""
+    out: list[list] = []
+    for key in keys:
+        if out and out[-1][0] == key:
+            out[-1][1] += 1
+        else:
+            out.append([key, 1])
+    return [(k, n) for k, n in out]
+
+
+def latex_escape(text: str) -> str:
+    specials = {
+        "\\": "\\textbackslash{}",
+        "_": "\\_",
+        "%": "\\%",
+        "&": "\\&",
+        "#": "\\#",
+        "$": "\\$",
+        "{": "\\{",
+        "}": "\\}",
+        "~": "\\textasciitilde{}",
+        "^": "\\textasciicircum{}",
+    }
+    return re.sub(r"[\\_%&#${}~^]", lambda m: specials[m.group()], str(text))
+
+
+def build_table(frame: pd.DataFrame, suite=None) -> Table:
+    """Statistics + ordering (columns and rows in the suite's order of first appearance)."""
+    stats = summarize(frame, suite)
+    order = [c.column for c in suite.cells] if suite is not None else []
+    order += [tuple(r) for r in frame[["task", "pattern", "sparsity"]].itertuples(index=False)]
+    task_rank = {t: i for i, t in enumerate(dict.fromkeys(c[0] for c in order))}
+    pattern_rank = {p: i for i, p in enumerate(dict.fromkeys(c[1] for c in order))}
+    present = set(map(tuple, stats[["task", "pattern", "sparsity"]].itertuples(index=False)))
+    columns = sorted(
+        dict.fromkeys(c for c in order if c in present), key=lambda c: (task_rank[c[0]], pattern_rank[c[1]], c[2])
+    )
+    labels = list(dict.fromkeys(([c.label for c in suite.cells] if suite is not None else []) + list(frame["label"])))
+    labels = ["dense"] + [label for label in labels if label in set(stats["label"])]
+    return Table(suite.name if suite is not None else "results", stats, columns, labels)
+
+
+# -- plots ------------------------------------------------------------------------------------
+def write_plots(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
+    """metric vs sparsity per (task, pattern); metric vs latency/FLOPs per task when present."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    agg = (
+        frame.groupby(KEYS, sort=False)
+        .agg(mean=("metric", "mean"), std=("metric", "std"), metric_name=("metric_name", "first"))
+        .reset_index()
+    )
+    for (task, pattern), part in agg.groupby(["task", "pattern"], sort=False):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for label, line in part.groupby("label", sort=False):
+            line = line.sort_values("sparsity")
+            ax.errorbar(line["sparsity"], line["mean"], yerr=line["std"].fillna(0), marker="o", capsize=3, label=label)
+        dense = frame[frame["task"] == task].drop_duplicates("seed")["dense_metric"].mean()
+        ax.axhline(dense, color="black", linestyle="--", linewidth=1, label="dense")
+        ax.set(xlabel="target sparsity", ylabel=part["metric_name"].iloc[0], title=f"{task} · {pattern}")
+        ax.legend(fontsize=7)
+        written.append(_save(fig, folder / _file_name(suite_name, task, pattern)))
+        plt.close(fig)
+    for speed in SPEED_FIELDS:
+        if speed not in frame or frame[speed].isna().all():
+            continue
+        for task, part in frame.dropna(subset=[speed]).groupby("task", sort=False):
+            points = (
+                part.groupby(KEYS, sort=False)
+                .agg(x=(speed, "mean"), y=("metric", "mean"), yerr=("metric", "std"))
+                .reset_index()
+            )
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            for label, group in points.groupby("label", sort=False):
+                ax.errorbar(
+                    group["x"],
+                    group["y"],
+                    yerr=group["yerr"].fillna(0),
+                    marker="o",
+                    linestyle="",
+                    capsize=3,
+                    label=label,
+                )
+            metric = part["metric_name"].iloc[0]
+            ax.set(xlabel=speed, ylabel=metric, title=f"{task}: {metric} vs {speed}")
+            ax.legend(fontsize=7)
+            written.append(_save(fig, folder / _file_name(suite_name, task, f"vs-{speed}")))
+            plt.close(fig)
+    return written
+
+
+def _file_name(*parts: str) -> str:
+    return "-".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", p) for p in parts) + ".png"
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path

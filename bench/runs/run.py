@@ -1,0 +1,241 @@
+"""One run, for every task family: spec -> validation -> dense (cached) -> prune + fine-tune ->
+audit -> cost figures -> saved pruned model -> row -> store -> W&B.
+
+Run identity (OpenLTH-style, :func:`run_identity`): ``run_id`` = sha256 of the canonical JSON of
+the *resolved* spec (task identity with its budget, pruner name and full config with defaults,
+pattern, sparsity, seed), first 12 hex digits. Changing any default therefore changes the id.
+
+The pipeline (:func:`execute`) is the same for every task; only two steps come from the task:
+the loop that trains its dense model and runs the pruning stages (``Task.loop``: ``"native"``,
+``bench.training.train``; or ``"mmengine"``, the task's ``train_dense`` / ``train_stages`` with mmengine's
+Runner and ``bench.training.mm_hook.PruningHook``). Both loops call the same :class:`bench.training.stages.StageDriver`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.core.errors import ConfigError
+from bench.runs.export import save_pruned
+from bench.core.masks import Masker, find_prunable
+from bench.core.paths import RunPaths, paths_or_env
+from bench.core.pruner import Pruner
+from bench.runs.record import ResultStore, log_wandb, provenance
+from bench.runs.registry import build_pruner
+from bench.core.sparsity import parse_pattern, resolve_sparsity
+from bench.deploy.speed import cost_figures
+from bench.training.stages import StageDriver
+from bench.tasks.base import Task
+from bench.tasks.registry import get_task
+from bench.training.train import PruneTrainer, seed_everything, train_dense
+
+SPEC_VERSION = 1
+BUDGET_FIELDS = ("prune_epochs", "finetune_epochs")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    task: str
+    pruner: str
+    pattern: str
+    sparsity: float | None = None
+    seed: int = 0
+    model: str | None = None
+    pruner_options: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, int] = field(default_factory=dict)  # overrides of prune/finetune epochs
+
+
+@dataclass
+class ResolvedRun:
+    spec: RunSpec
+    task: Task
+    pruner: Pruner
+    sparsity: float
+    canonical: dict[str, Any]
+    run_id: str
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def short_hash(obj: Any, length: int = 12) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+def run_identity(
+    task_identity: dict[str, Any], pruner_name: str, pruner: Pruner, seed: int
+) -> tuple[dict[str, Any], str]:
+    """The one place a run id is computed: (canonical spec, its 12-hex-digit hash).
+
+    ``pruner.config`` holds values already canonicalised by their declared type
+    (``PrunerConfig.from_dict``), so YAML and CLI spellings of one config give one id."""
+    canonical = {
+        "version": SPEC_VERSION,
+        "task": task_identity,
+        "pruner": pruner_name,
+        "pruner_config": pruner.config.to_dict(),
+        "pattern": str(pruner.pattern),
+        "sparsity": round(pruner.sparsity, 10),
+        "seed": seed,
+    }
+    return canonical, short_hash(canonical)
+
+
+def resolve(spec: RunSpec) -> ResolvedRun:
+    """Validate everything that can be validated before training; raises ConfigError."""
+    task = get_task(spec.task, spec.model)
+    unknown = set(spec.budget) - set(BUDGET_FIELDS)
+    if unknown:
+        raise ConfigError("budget", f"unknown field(s) {sorted(unknown)}; allowed: {', '.join(BUDGET_FIELDS)}")
+    for key, value in spec.budget.items():
+        if not isinstance(value, int) or value < 0:
+            raise ConfigError(f"budget.{key}", f"must be an integer >= 0, got {value!r}")
+    if spec.budget:
+        task.budget = dataclasses.replace(task.budget, **spec.budget)
+    if task.budget.prune_epochs < 1:
+        raise ConfigError("budget.prune_epochs", "must be >= 1")
+    pattern = parse_pattern(spec.pattern)
+    if isinstance(spec.sparsity, bool) or (spec.sparsity is not None and not isinstance(spec.sparsity, (int, float))):
+        raise ConfigError("sparsity", f"must be a number in (0, 1), got {spec.sparsity!r}")
+    sparsity = resolve_sparsity(pattern, spec.sparsity)
+    if not isinstance(spec.seed, int) or spec.seed < 0:
+        raise ConfigError("seed", f"must be an integer >= 0, got {spec.seed!r}")
+    pruner = build_pruner(spec.pruner, pattern, sparsity, spec.pruner_options)
+    model = task.build_model()  # also checks the pattern against every prunable layer
+    for name in find_prunable(model, task.include, task.exclude, task.keep_first_last):
+        pattern.check(dict(model.named_modules())[name].weight.shape, name)
+    canonical, run_id = run_identity(task.identity(), spec.pruner, pruner, spec.seed)
+    return ResolvedRun(spec, task, pruner, sparsity, canonical, run_id)
+
+
+def dense_key(task: Task, seed: int) -> str:
+    """Identity of the dense model of (task, seed): the task without its pruning-stage budget."""
+    identity = task.identity()
+    identity["budget"] = {
+        k: v for k, v in identity["budget"].items() if k not in ("prune_epochs", "finetune_epochs", "prune_lr")
+    }
+    return short_hash({"task": identity, "seed": seed})
+
+
+def dense_checkpoint_path(task: Task, seed: int, paths: RunPaths | None = None) -> Path:
+    return paths_or_env(paths).dense(task.name, dense_key(task, seed))
+
+
+def execute(
+    run: ResolvedRun,
+    log: Callable[[str], None] = print,
+    wandb_project: str | None = None,
+    group: str | None = None,
+    store: ResultStore | None = None,
+    paths: RunPaths | None = None,
+    wandb: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) one resolved run, append its row to the store, log to W&B (unless ``wandb``
+    is False: DDP ranks > 0). ``paths``: the runs folder (default: ``SMARTBENCH_RUNS``)."""
+    paths = paths_or_env(paths)
+    store = store or ResultStore(paths.store)
+    existing = store.get(run.run_id)
+    if existing is not None:
+        log(f"run {run.run_id} already in the store")
+        return existing
+    task, spec = run.task, run.spec
+    started = time.perf_counter()
+    result = prune_and_measure(run, paths, log)
+    row = {
+        "run_id": run.run_id,
+        "task": task.name,
+        "family": task.family,
+        "model": task.model_name,
+        "pruner": spec.pruner,
+        "pattern": run.canonical["pattern"],
+        "target_sparsity": run.sparsity,
+        "metric_name": task.metric_name,
+        "seed": spec.seed,
+        "wall_s": round(time.perf_counter() - started, 2),
+        "pruner_config": run.pruner.config.to_dict(),
+        "budget": dataclasses.asdict(task.budget),
+        "provenance": provenance(task.dataset_hash()),
+        **result,
+    }
+    if group:
+        row["suite"] = group
+    store.append(row)
+    if wandb:
+        log_wandb(row, run.canonical, project=wandb_project, group=group, directory=paths.root)
+    return row
+
+
+def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], None]) -> dict[str, Any]:
+    """Dense (cached) -> prune + fine-tune -> audit -> metrics -> cost figures -> saved model."""
+    task, spec, pruner = run.task, run.spec, run.pruner
+    b = task.budget
+    with task.quiet():
+        dense_path = dense_checkpoint_path(task, spec.seed, paths)
+        dense = (
+            task.train_dense(spec.seed, dense_path, log)
+            if task.loop == "mmengine"
+            else train_dense(task, spec.seed, dense_path, log)
+        )
+        seed_everything(spec.seed)
+        model = task.build_model()
+        task.load_dense(model, dense.state)
+        dense_test = dense.metrics["test"] if dense.metrics else task.evaluate_all(model, "test")
+        dense_val = dense.metrics["val"] if dense.metrics else task.evaluate_all(model, "val")
+        names = find_prunable(model, task.include, task.exclude, task.keep_first_last)
+        calibration = task.calibration_batches()
+        masker = Masker(model, names, pruner.pattern, task.masker_example(model, calibration))
+        driver = StageDriver(pruner, masker, b.prune_epochs, b.finetune_epochs, log)
+        started = time.perf_counter()
+        driver.setup(calibration, task.forward)
+        if task.loop == "mmengine":
+            work_dir = paths.mm_work(run.run_id)
+            hard = task.train_stages(model, driver, spec.seed, work_dir, log)
+        else:
+            work_dir = paths.checkpoint(run.run_id)
+            hard = PruneTrainer(task, model, driver, spec.seed, work_dir, log).run()
+        prune_wall = time.perf_counter() - started
+        audit = masker.audit(hard)
+        val, test = task.evaluate_all(model, "val"), task.evaluate_all(model, "test")
+        masker.remove(fold=True)
+        costs = cost_figures(model, None, hard, task.example_input(), pruner.pattern)
+        save_pruned(
+            paths.model(run.run_id),
+            model,
+            hard,
+            {
+                "run_id": run.run_id,
+                "task": task.name,
+                "model": task.model_name,
+                "pattern": run.canonical["pattern"],
+                "sparsity": run.sparsity,
+            },
+        )
+    if work_dir.is_dir():
+        shutil.rmtree(work_dir, ignore_errors=True)
+    else:
+        work_dir.unlink(missing_ok=True)
+    result = {
+        "metric": task.metric_of(test),
+        "val_metric": task.metric_of(val),
+        "dense_metric": task.metric_of(dense_test),
+        "dense_val_metric": task.metric_of(dense_val),
+        "achieved_sparsity": audit["achieved_sparsity"],
+        "weight_sparsity": audit["weight_sparsity"],
+        "pattern_valid": audit["pattern_valid"],
+        "prune_wall_s": round(prune_wall, 2),
+        "audit": audit,
+        "pruner_stats": pruner.log_values(),
+        **costs,
+    }
+    if task.reports_all_metrics:
+        result["mm_metrics"] = {"test": test, "val": val, "dense_test": dense_test, "dense_val": dense_val}
+    return result

@@ -1,0 +1,397 @@
+"""Launchers for one suite cell: torchrun (DDP) and Slurm/submitit, and the DDP-aware entry.
+
+``python -m bench.suites.launch --payload JSON`` runs one cell. Without a torchrun environment
+(``WORLD_SIZE`` unset or 1) it is :func:`bench.suites.cell.run_cell`. Under
+``torchrun --standalone --nproc_per_node N -m bench.suites.launch ...`` every rank runs the native
+trainer on its shard of every batch (DDP, gloo: the native trainer keeps models on the CPU):
+
+* the task is wrapped (:class:`DistributedTask`): ``train_batches`` yields rank r's slice
+  ``batch[r::N]`` of every global batch (same global batch size, same number of steps), and
+  ``loss`` runs the model through ``DistributedDataParallel`` (gradients all-reduced,
+  BatchNorm buffers broadcast from rank 0 at every forward);
+* the pruner is wrapped (:class:`DistributedPruner`): gradients of its own learnables (scores,
+  gates) are averaged over ranks by a hook, its learnables are broadcast from rank 0 after
+  every optimizer step, every non-differentiable mask it returns during training is rank 0's,
+  and ``finalize`` broadcasts rank 0's hard masks. Ranks therefore take identical pruning
+  decisions even for pruners that use rank-local statistics; each rank's *own* final masks are digested and gathered first,
+  and rank 0 writes them to ``runs/suites/<suite>/ddp/<run_id>.json`` (the test checks they
+  already agree without the broadcast);
+* the dense model of (task, seed), if missing, is trained with DDP too; afterwards every rank
+  loads rank 0's copy, and a resumed run loads rank 0's checkpoint on every rank;
+* ranks > 0 use a private runs folder (``runs/ddp/<run_id>/rank<r>``, deleted at the end) and
+  W&B disabled: only rank 0 writes the result row, the checkpoints and the W&B run.
+
+The suite's claim on a cell (``bench.suites.suite.claim_cell``) is held by the process that starts
+torchrun (:func:`torchrun_cell`), for as long as torchrun runs; the ranks do not take it.
+
+The run id does not include the number of processes: a DDP run computes BatchNorm statistics
+per shard, so its numbers can differ slightly from a single-process run of the same cell.
+Tasks with their own training loop (mmengine) are not supported here yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from bench.core.errors import ConfigError
+from bench.core.paths import RunPaths, paths_or_env
+from bench.runs.record import REPO_ROOT, ResultStore
+from bench.runs.run import RunSpec, dense_checkpoint_path, execute, resolve
+from bench.suites.cell import cell_log_path, claimed, payload_paths, run_cell
+from bench.suites.suite import clear_marker, running_info, write_marker
+from bench.training.train import train_dense
+
+
+def shard(batch: Any, rank: int, world: int) -> Any:
+    """Rank's slice ``[rank::world]`` of every tensor in a batch (tuple, list, dict or tensor)."""
+    if isinstance(batch, Tensor):
+        return batch[rank::world]
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(shard(item, rank, world) for item in batch)
+    if isinstance(batch, dict):
+        return {key: shard(value, rank, world) for key, value in batch.items()}
+    return batch
+
+
+class DistributedTask:
+    """A task seen by one DDP rank (see module docstring); everything else is delegated."""
+
+    def __init__(self, task, rank: int, world: int):
+        object.__setattr__(self, "_task", task)
+        object.__setattr__(self, "_rank", rank)
+        object.__setattr__(self, "_world", world)
+        object.__setattr__(self, "_wrapped", {})
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._task, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._task, name, value)
+
+    def train_batches(self, epoch: int, seed: int):
+        for batch in self._task.train_batches(epoch, seed):
+            yield shard(batch, self._rank, self._world)
+
+    def ddp(self, model: nn.Module) -> nn.Module:
+        """The DDP wrapper of ``model`` (created at its first training step: after the masks'
+        parametrizations exist and after a resume has loaded the weights)."""
+        wrapped = self._wrapped.get(id(model))
+        if wrapped is None or wrapped.module is not model:
+            wrapped = nn.parallel.DistributedDataParallel(model)
+            self._wrapped[id(model)] = wrapped
+        return wrapped
+
+    def loss(self, model: nn.Module, batch) -> Tensor:
+        return self._task.loss(self.ddp(model), batch)
+
+
+def digest(tensors: dict[str, Tensor]) -> str:
+    sha = hashlib.sha256()
+    for name in sorted(tensors):
+        sha.update(name.encode())
+        sha.update(tensors[name].detach().to(torch.float32).contiguous().numpy().tobytes())
+    return sha.hexdigest()[:16]
+
+
+class DistributedPruner:
+    """A pruner whose decisions are identical on every rank (see module docstring)."""
+
+    def __init__(self, pruner, group):
+        object.__setattr__(self, "_pruner", pruner)
+        object.__setattr__(self, "_group", group)
+        object.__setattr__(self, "digests", None)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pruner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._pruner, name, value)
+
+    def attach(self, layers) -> None:
+        self._pruner.attach(layers)
+        world = dist.get_world_size(self._group)
+        for param in self._pruner.parameters():
+
+            def average(grad: Tensor) -> Tensor:
+                grad = grad.clone()
+                dist.all_reduce(grad, group=self._group)
+                return grad / world
+
+            param.register_hook(average)
+
+    def masks(self) -> dict[str, Tensor] | None:
+        """Differentiable masks are functions of the (synchronised) learnables and stay as they are;
+        any other mask (hard masks from weights, statistics, schedules) is rank 0's."""
+        masks = self._pruner.masks()
+        if masks is None:
+            return None
+        agreed = {}
+        for name in sorted(masks):
+            mask = masks[name]
+            if not mask.requires_grad:
+                mask = mask.detach().clone().contiguous()
+                dist.broadcast(mask, 0, group=self._group)
+            agreed[name] = mask
+        return agreed
+
+    def after_optimizer_step(self, optimizer) -> None:
+        self._pruner.after_optimizer_step(optimizer)
+        with torch.no_grad():
+            for param in self._pruner.parameters():
+                dist.broadcast(param.data, 0, group=self._group)
+
+    def finalize(self) -> dict[str, Tensor]:
+        local = self._pruner.finalize()
+        weights = {layer.name: layer.weight for layer in self._pruner.layers}
+        gathered: list[Any] = [None] * dist.get_world_size(self._group)
+        dist.all_gather_object(gathered, {"masks": digest(local), "weights": digest(weights)}, group=self._group)
+        object.__setattr__(self, "digests", gathered)
+        agreed = {}
+        for name in sorted(local):
+            mask = local[name].to(torch.uint8).contiguous()
+            dist.broadcast(mask, 0, group=self._group)
+            agreed[name] = mask.bool()
+        return agreed
+
+
+def _decide(value: Any) -> Any:
+    """Rank 0's value on every rank."""
+    box = [value]
+    dist.broadcast_object_list(box, 0)
+    return box[0]
+
+
+def ddp_cell(payload: dict[str, Any]) -> int:
+    """One cell under torchrun; returns the process exit code."""
+    real = payload_paths(payload)
+    if payload.get("threads"):
+        torch.set_num_threads(int(payload["threads"]))
+    dist.init_process_group("gloo")  # the native trainer keeps models on the CPU
+    rank, world = dist.get_rank(), dist.get_world_size()
+    group = dist.new_group(backend="gloo")  # pruner collectives, apart from DDP's buckets
+    suite, run_id = payload["suite"], payload["run_id"]
+    private = real.root / "ddp" / run_id / f"rank{rank}"
+    paths = real if rank == 0 else RunPaths(private)  # ranks > 0: a private runs folder, no W&B
+    log_file = open(cell_log_path(suite, run_id, real), "a", encoding="utf-8") if rank == 0 else None
+    dense_lock = None
+
+    def log(message: str) -> None:
+        if log_file is not None:
+            log_file.write(f"[ddp x{world}] {message}\n")
+            log_file.flush()
+
+    try:
+        if rank == 0:
+            write_marker(suite, run_id, "running", running_info(), real)
+            clear_marker(suite, run_id, "failed", real)
+        run = resolve(RunSpec(**payload["spec"]))
+        if run.run_id != run_id:
+            raise ConfigError("run_id", f"cell resolves to {run.run_id}, the suite planned {run_id}")
+        if run.task.loop != "native":
+            raise ConfigError(
+                "--launcher",
+                f"task '{run.task.name}' has its own training loop; torchrun supports native-loop tasks only",
+            )
+        if _decide(ResultStore(real.store).get(run_id) is not None):
+            log("already in the store")
+            return 0
+        seed = run.spec.seed
+        dense_real = dense_checkpoint_path(run.task, seed, real)
+        ckpt_real = real.checkpoint(run_id)
+        if rank == 0:  # one dense model per (task, seed), also against concurrent cells (see suite_run)
+            dense_lock = open(_mkparent(dense_real).with_name(dense_real.name + ".lock"), "a")
+            fcntl.flock(dense_lock, fcntl.LOCK_EX)
+        have_dense, have_ckpt = _decide(dense_real.exists()), _decide(ckpt_real.exists())
+        if rank > 0:
+            shutil.rmtree(private, ignore_errors=True)
+        task = DistributedTask(run.task, rank, world)
+        if not have_dense:  # every rank trains the dense model together
+            train_dense(task, seed, dense_checkpoint_path(task, seed, paths), log)
+        dist.barrier()
+        if dense_lock is not None:
+            dense_lock.close()  # releases the flock
+            dense_lock = None
+        if rank > 0:  # rank 0's dense model (BatchNorm buffers included) and checkpoint everywhere
+            shutil.copyfile(dense_real, _mkparent(dense_checkpoint_path(task, seed, paths)))
+            if have_ckpt:
+                shutil.copyfile(ckpt_real, _mkparent(paths.checkpoint(run_id)))
+        dist.barrier()
+        run.task, run.pruner = task, DistributedPruner(run.pruner, group)
+        row = execute(
+            run, log=log, wandb_project=payload.get("wandb_project"), group=suite, paths=paths, wandb=rank == 0
+        )
+        if rank == 0:
+            report = {"run_id": run_id, "world_size": world, "ranks": run.pruner.digests, "metric": row["metric"]}
+            path = _mkparent(real.root / "suites" / suite / "ddp" / f"{run_id}.json")
+            path.write_text(json.dumps(report, indent=1), encoding="utf-8")
+            log(f"ranks agree on the final masks: {len({d['masks'] for d in report['ranks']}) == 1}")
+            clear_marker(suite, run_id, "running", real)
+        dist.barrier()
+        if rank == 0:
+            shutil.rmtree(real.root / "ddp" / run_id, ignore_errors=True)
+        return 0
+    except Exception as err:
+        if rank == 0:
+            log(f"failed: {type(err).__name__}: {err}")
+            write_marker(suite, run_id, "failed", {**running_info(), "error": f"{type(err).__name__}: {err}"}, real)
+            clear_marker(suite, run_id, "running", real)
+        raise
+    finally:
+        if rank > 0:
+            shutil.rmtree(private, ignore_errors=True)
+        for handle in (log_file, dense_lock):
+            if handle is not None:
+                handle.close()
+        dist.destroy_process_group()
+
+
+def _mkparent(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# -- launchers used by bench.suites.suite_run ----------------------------------------------------------
+def child_env(threads: int | None = None) -> dict[str, str]:
+    """Environment for child interpreters: this checkout importable, threads pinned (the runs
+    folder travels in the payload)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def torchrun_cell(payload: dict[str, Any], nproc: int) -> dict[str, Any]:
+    """Run one cell as ``torchrun --standalone --nproc_per_node N -m bench.suites.launch`` if this process
+    can claim it (``bench.suites.cell.claimed``; it holds the claim while torchrun runs), else
+    return the skipped outcome."""
+    with claimed(payload) as skipped:
+        return skipped or _torchrun_claimed_cell(payload, nproc)
+
+
+def _torchrun_claimed_cell(payload: dict[str, Any], nproc: int) -> dict[str, Any]:
+    import subprocess
+
+    run_id, suite = payload["run_id"], payload["suite"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "bench.suites.launch",
+        "--payload",
+        json.dumps(payload, sort_keys=True),
+    ]
+    started = time.perf_counter()
+    paths = payload_paths(payload)
+    log_path = cell_log_path(suite, run_id, paths).with_suffix(".torchrun.log")
+    with open(log_path, "a", encoding="utf-8") as out:
+        code = subprocess.run(
+            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT), env=child_env(payload.get("threads"))
+        ).returncode
+    row = ResultStore(paths.store).get(run_id)
+    wall = round(time.perf_counter() - started, 1)
+    if code == 0 and row is not None:
+        return {
+            "run_id": run_id,
+            "ok": True,
+            "metric": row["metric"],
+            "dense_metric": row["dense_metric"],
+            "metric_name": row["metric_name"],
+            "wall_s": wall,
+        }
+    error = f"torchrun exited with {code} (log: {log_path})"
+    write_marker(suite, run_id, "failed", {**running_info(), "error": error}, paths)
+    clear_marker(suite, run_id, "running", paths)
+    return {"run_id": run_id, "ok": False, "error": error, "wall_s": wall}
+
+
+def slurm_job(payload: dict[str, Any], nproc: int) -> dict[str, Any]:
+    """What one submitit job runs: the cell in-process, or under torchrun for nproc > 1."""
+    return torchrun_cell(payload, nproc) if nproc > 1 else run_cell(payload)
+
+
+@contextlib.contextmanager
+def _importable_checkout():
+    """Jobs start fresh interpreters: make this checkout importable while submitting."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), old or "") if p)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def submit_cells(
+    suite,
+    first,
+    rest,
+    payloads: dict[str, dict],
+    reporter,
+    nproc: int,
+    cluster: str | None,
+    params: dict[str, Any],
+    paths: RunPaths | None = None,
+) -> None:
+    """One submitit job per cell, in two waves (first cell of every dense (task, seed), then the rest)."""
+    import submitit
+
+    folder = paths_or_env(paths).root / "suites" / suite.name / "submitit"
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    except (ValueError, RuntimeError) as err:
+        raise ConfigError("--cluster", f"{err}; use --cluster local to run the jobs on this machine") from None
+    settings = {"name": f"smartbench-{suite.name}", "timeout_min": params.get("timeout_min", 24 * 60)}
+    for key in ("slurm_partition", "slurm_account", "gpus_per_node", "cpus_per_task", "mem_gb"):
+        if params.get(key) is not None:
+            settings[key] = params[key]
+    executor.update_parameters(**settings)
+    for wave in (first, rest):
+        with _importable_checkout():
+            jobs = [(cell, executor.submit(slurm_job, payloads[cell.run_id], nproc)) for cell in wave]
+        for cell, job in jobs:
+            reporter.log(f"submitted {cell.run_id} as job {job.job_id}")
+        while jobs:
+            time.sleep(1.0)
+            for cell, job in [j for j in jobs if j[1].done()]:
+                jobs.remove((cell, job))
+                try:
+                    outcome = job.result()
+                except Exception as err:  # noqa: BLE001 — job crashed outside run_cell
+                    outcome = {"run_id": cell.run_id, "ok": False, "error": f"job {job.job_id}: {err}"}
+                reporter.done(cell, outcome)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.suites.launch", description="run one suite cell (torchrun-aware)"
+    )
+    parser.add_argument("--payload", required=True, help="JSON from bench.suites.cell.payload_for")
+    payload = json.loads(parser.parse_args(argv).payload)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return ddp_cell(payload)
+    outcome = run_cell(payload)
+    print(json.dumps(outcome))
+    return 0 if outcome["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

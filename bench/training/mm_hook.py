@@ -1,0 +1,179 @@
+"""Pruning inside mmengine's Runner: a thin hook around the shared stage driver.
+
+The Runner is the loop; :class:`bench.training.stages.StageDriver` (the same object the native loop
+``bench.training.train.PruneTrainer`` calls) owns the stages, the masks and their checkpoint state.
+
+- :class:`PruningHook` (registered in mmengine's ``HOOKS``) forwards the Runner's call points to
+  the driver: ``before_train_epoch`` -> ``start_epoch`` (the first fine-tune epoch finalizes the
+  hard masks), ``before_train_iter`` -> ``before_forward`` (``pruner.on_step`` and the masks),
+  ``after_train_epoch`` -> the epoch's log line, and the driver's state travels in mmengine
+  checkpoints (``before_save_checkpoint`` / ``after_load_checkpoint``).
+- :class:`PenaltyOptimWrapper` (registered in ``OPTIM_WRAPPERS``) is the optimizer wrapper the
+  Runner steps: it adds ``driver.penalty()`` to the model loss before the backward pass and calls
+  ``driver.after_optimizer_step(optimizer)`` right after every ``optimizer.step()``.
+- :meth:`PruningHook.optim_wrapper` builds the SGD optimizer with the pruner's
+  ``param_groups()`` as their own groups *before* the Runner is built, because mmengine builds
+  its LR schedulers from the optimizer's groups before any hook runs; this way the pruner's
+  groups follow the same cosine schedule as the weights, as in the native loop.
+
+Resuming uses torch's ``weights_only=True`` loader: :func:`allow_mmengine_checkpoints` allow-lists
+the few non-tensor classes mmengine writes into its checkpoints (``HistoryBuffer`` and numpy
+scalars/arrays of its message hub).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmengine.hooks import Hook
+from mmengine.logging import HistoryBuffer
+from mmengine.optim import OptimWrapper
+from mmengine.registry import HOOKS, OPTIM_WRAPPERS
+from torch import Tensor, nn
+
+from bench.core.artifacts import CorruptArtifact, load_artifact
+from bench.training.stages import StageDriver
+
+CHECKPOINT_KEY = "smartbench"
+
+
+PLAIN_HISTORY = "smartbench_history_buffer"
+
+
+def allow_mmengine_checkpoints() -> None:
+    """Allow-list what mmengine stores besides tensors, for ``torch.load(weights_only=True)``.
+
+    That is numpy arrays and scalars (message-hub values) and ``HistoryBuffer``. A pickled
+    ``HistoryBuffer`` also holds bound methods, which unpickle through ``builtins.getattr``: that one is
+    never allow-listed; :class:`PruningHook` stores message-hub histories as plain tensors instead.
+    """
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    numpy_types = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
+    numpy_types += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    torch.serialization.add_safe_globals([HistoryBuffer, *numpy_types])
+
+
+def plain_history(buffer: HistoryBuffer) -> dict:
+    """A HistoryBuffer as tensors (its pickle would need ``builtins.getattr``)."""
+    logs, counts = buffer.data
+    return {
+        PLAIN_HISTORY: True,
+        "max_length": int(buffer.max_length),
+        "log_history": torch.from_numpy(np.asarray(logs, dtype=np.float64)),
+        "count_history": torch.from_numpy(np.asarray(counts, dtype=np.float64)),
+    }
+
+
+@OPTIM_WRAPPERS.register_module()
+class PenaltyOptimWrapper(OptimWrapper):
+    """OptimWrapper that adds ``extra_loss()`` to the loss and calls ``after_step(optimizer)``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.extra_loss: Callable[[], Tensor | float] | None = None
+        self.after_step: Callable[[torch.optim.Optimizer], None] | None = None
+
+    def update_params(self, loss: Tensor, step_kwargs=None, zero_kwargs=None) -> None:
+        if self.extra_loss is not None:
+            loss = loss + self.extra_loss()
+        super().update_params(loss, step_kwargs, zero_kwargs)
+
+    def step(self, **kwargs) -> None:
+        super().step(**kwargs)
+        if self.after_step is not None:
+            self.after_step(self.optimizer)
+
+
+@HOOKS.register_module()
+class PruningHook(Hook):
+    """Calls the stage driver at the Runner's call points (pruning, then fine-tuning with hard masks)."""
+
+    priority = "VERY_HIGH"  # masks must be in place before anything else looks at the model
+
+    def __init__(self, driver: StageDriver):
+        self.driver = driver
+        self._last_loss: float = float("nan")
+        allow_mmengine_checkpoints()
+
+    def optim_wrapper(
+        self, model: nn.Module, lr: float, momentum: float, weight_decay: float, clip_grad: dict | None = None
+    ) -> PenaltyOptimWrapper:
+        """SGD over the model's trainable parameters plus the pruner's own groups."""
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}] + self.driver.param_groups()
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        wrapper = PenaltyOptimWrapper(optimizer, clip_grad=clip_grad)
+        wrapper.extra_loss = self.driver.penalty
+        wrapper.after_step = self.driver.after_optimizer_step
+        return wrapper
+
+    # -- mmengine hooks ---------------------------------------------------------------------
+    def before_train(self, runner) -> None:
+        self.driver.begin(len(runner.train_dataloader))
+
+    def before_train_epoch(self, runner) -> None:
+        self.driver.start_epoch(runner.epoch)
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        self.driver.before_forward(runner.iter, runner.epoch)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if outputs and "loss" in outputs:
+            self._last_loss = float(outputs["loss"].detach())
+
+    def after_train_epoch(self, runner) -> None:
+        self.driver.log(self.driver.epoch_line(runner.epoch, self._last_loss))
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.driver.state_dict()
+        scalars = checkpoint.get("message_hub", {}).get("log_scalars", {})
+        for key, buffer in scalars.items():
+            if isinstance(buffer, HistoryBuffer):
+                scalars[key] = plain_history(buffer)
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        scalars = checkpoint.get("message_hub", {}).get("log_scalars", {})
+        for key, value in scalars.items():
+            if isinstance(value, dict) and PLAIN_HISTORY in value:
+                scalars[key] = HistoryBuffer(
+                    value["log_history"].numpy(), value["count_history"].numpy(), value["max_length"]
+                )
+        state = checkpoint.get(CHECKPOINT_KEY)
+        if state is None:
+            return
+        self.driver.load_state_dict(state)
+        self.driver.log(f"resumed after epoch {checkpoint['meta']['epoch']}")
+
+
+def discard_unreadable_checkpoint(work_dir: Path, log: Callable[[str], None]) -> None:
+    """Before a resuming Runner starts: an unreadable last checkpoint is deleted with its work dir
+    (the run restarts from the dense model) instead of ending the run in a loader traceback."""
+    pointer = work_dir / "last_checkpoint"
+    if not pointer.exists():
+        return
+    path = Path(pointer.read_text().strip())
+    allow_mmengine_checkpoints()
+    try:
+        load_artifact(path, "resume checkpoint")
+    except (CorruptArtifact, FileNotFoundError) as err:
+        log(f"warning: {err}; deleted {work_dir}, restarting the pruning stages")
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+@HOOKS.register_module()
+class EpochLogHook(Hook):
+    """One log line per epoch (mmengine's own logger runs at ERROR level in our Runners)."""
+
+    def __init__(self, log: Callable[[str], None], stage: str, epochs: int):
+        self.log, self.stage, self.epochs = log, stage, epochs
+        self.loss = float("nan")
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if outputs and "loss" in outputs:
+            self.loss = float(outputs["loss"].detach())
+
+    def after_train_epoch(self, runner) -> None:
+        self.log(f"{self.stage} epoch {runner.epoch + 1}/{self.epochs} loss {self.loss:.4f}")

@@ -1,0 +1,115 @@
+"""The one stage driver: prune -> finalize -> fine-tune, for every training loop.
+
+A loop (the native one in ``bench.training.train``, mmengine's Runner through ``bench.training.mm_hook``) owns
+the data, the forward/backward and the optimizer; it calls the driver at fixed points and the
+driver owns everything about pruning (the mmengine pattern: the loop calls the feature, the
+feature owns no loop)::
+
+    driver.setup(calibration_batches, forward)   # calibration statistics, pruner.attach
+    groups = driver.param_groups()               # the pruner's learnables, own optimizer groups
+    driver.begin(steps_per_epoch)
+    for epoch in ...:
+        driver.start_epoch(epoch)                # the first fine-tune epoch finalizes the masks
+        for step in ...:
+            driver.before_forward(step, epoch)   # pruning: on_step, then soft/hard masks installed
+            loss = task_loss + driver.penalty()  # 0 outside the pruning stage
+            backward; optimizer.step()
+            driver.after_optimizer_step(optimizer)
+        log(driver.epoch_line(epoch, loss))
+        checkpoint["smartbench"] = driver.state_dict()
+    hard = driver.finish()                       # finalizes if there were no fine-tune epochs
+
+Checkpoint state (``state_dict`` / ``load_state_dict``): the pruner's state and the hard masks
+once they exist; restoring hard masks reinstalls them and ends the pruning stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bench.core.masks import Masker, calibrate
+from bench.core.pruner import Progress, Pruner
+
+
+class StageDriver:
+    """Drives one pruner through ``prune_epochs`` of pruning and ``finetune_epochs`` of fine-tuning."""
+
+    def __init__(
+        self,
+        pruner: Pruner,
+        masker: Masker,
+        prune_epochs: int,
+        finetune_epochs: int,
+        log: Callable[[str], None] = print,
+    ):
+        self.pruner, self.masker, self.log = pruner, masker, log
+        self.prune_epochs, self.finetune_epochs = prune_epochs, finetune_epochs
+        self.prune_steps = 0  # set by begin()
+        self.hard: dict[str, Tensor] | None = None
+        self.pruning = True
+
+    @property
+    def epochs(self) -> int:
+        return self.prune_epochs + self.finetune_epochs
+
+    # -- before training ----------------------------------------------------------------------
+    def setup(self, calibration_batches, forward: Callable[[nn.Module, Any], Any]) -> None:
+        """Calibration statistics on the (dense) model, then ``pruner.attach``."""
+        calibrate(self.masker.model, self.masker.layers, calibration_batches, forward)
+        self.pruner.attach(self.masker.layers)
+
+    def param_groups(self) -> list[dict]:
+        return self.pruner.param_groups()
+
+    def begin(self, steps_per_epoch: int) -> None:
+        """Called by the loop once it knows its epoch length (before the first step)."""
+        self.prune_steps = self.prune_epochs * steps_per_epoch
+
+    # -- the loop's call points -------------------------------------------------------------------
+    def start_epoch(self, epoch: int) -> None:
+        self.pruning = epoch < self.prune_epochs
+        if not self.pruning and self.hard is None:
+            self._finalize()
+
+    def before_forward(self, step: int, epoch: int) -> None:
+        """``step``: optimizer steps done since the pruning stage began."""
+        if self.pruning:
+            self.pruner.on_step(Progress("prune", step, self.prune_steps, epoch))
+            self.masker.set_masks(self.pruner.masks(), straight_through=self.pruner.straight_through)
+
+    def penalty(self) -> Tensor | float:
+        return self.pruner.penalty() if self.pruning else 0.0
+
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.pruning:
+            self.pruner.after_optimizer_step(optimizer)
+
+    def epoch_line(self, epoch: int, loss: float) -> str:
+        extras = " ".join(f"{k} {v:.4g}" for k, v in self.pruner.log_values().items()) if self.pruning else "hard mask"
+        return f"{'prune' if self.pruning else 'finetune'} epoch {epoch + 1}/{self.epochs} loss {loss:.4f} {extras}"
+
+    def finish(self) -> dict[str, Tensor]:
+        """The final hard unit masks (installed in the masker)."""
+        if self.hard is None:  # no fine-tune epochs
+            self._finalize()
+        return self.hard
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"pruner": self.pruner.state_dict(), "hard": self.hard}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pruner.load_state_dict(state["pruner"])
+        self.hard = state["hard"]
+        if self.hard is not None:
+            self.pruning = False
+            self.masker.set_masks({n: m.float() for n, m in self.hard.items()})
+
+    def _finalize(self) -> None:
+        self.hard = {name: mask.bool() for name, mask in self.pruner.finalize().items()}
+        self.masker.set_masks({n: m.float() for n, m in self.hard.items()})
+        self.pruning = False

@@ -1,0 +1,151 @@
+"""Native training loop: dense training (cached) and the prune -> finetune stages.
+
+The loop owns data, optimizer and schedule; everything about pruning is the stage driver's
+(bench.training.stages.StageDriver), which the mmengine path calls the same way. Checkpoints are written
+atomically at every epoch end, so a killed run resumes exactly (data order depends only on
+(seed, epoch)); an unreadable dense or resume checkpoint is deleted and rebuilt.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from bench.core.artifacts import atomic_save, load_or_discard
+from bench.core.errors import ConfigError
+from bench.tasks.base import DenseModel, Task
+from bench.training.stages import StageDriver
+
+__all__ = ["PruneTrainer", "atomic_save", "seed_everything", "train_dense"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cosine_lr(base: float, step: int, total: int) -> float:
+    return 0.5 * base * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+
+
+def make_optimizer(model: nn.Module, task: Task, lr: float, extra_groups: list[dict]) -> torch.optim.Optimizer:
+    b = task.budget
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}] + extra_groups
+    for g in groups:
+        g["base_lr"] = g.get("lr", lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=b.momentum, weight_decay=b.weight_decay)
+
+
+def make_dense_optimizer(model: nn.Module, task: Task) -> torch.optim.Optimizer:
+    """The task's dense-training optimizer (Task.dense_optimizer), peak lr Budget.lr."""
+    if task.dense_optimizer == "SGD":
+        return make_optimizer(model, task, task.budget.lr, [])
+    if task.dense_optimizer != "AdamW":
+        raise ConfigError("dense_optimizer", f"{task.name}: unknown {task.dense_optimizer!r}; allowed: SGD, AdamW")
+    group = {"params": [p for p in model.parameters() if p.requires_grad], "base_lr": task.budget.lr}
+    return torch.optim.AdamW([group], lr=task.budget.lr, weight_decay=task.dense_weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, step: int, total: int) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = cosine_lr(g["base_lr"], step, total)
+
+
+def train_dense(task: Task, seed: int, path: Path, log: Callable[[str], None] = print) -> DenseModel:
+    """Train (or load the cached) dense model for (task, seed); the cache holds its state_dict."""
+    cached = load_or_discard(path, "dense checkpoint", log)
+    if cached is not None:
+        return DenseModel(cached)
+    seed_everything(seed)
+    model = task.build_model()
+    b = task.budget
+    total = b.dense_epochs * task.steps_per_epoch()
+    optimizer = make_dense_optimizer(model, task)
+    step = 0
+    model.train()
+    for epoch in range(b.dense_epochs):
+        for batch in task.train_batches(epoch, seed):
+            set_lr(optimizer, step, total)
+            loss = task.loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+        log(f"dense epoch {epoch + 1}/{b.dense_epochs} loss {loss.item():.4f}")
+    state = model.state_dict()
+    atomic_save(state, path)
+    return DenseModel(state)
+
+
+class PruneTrainer:
+    """The native loop of the pruning and fine-tuning stages, resumable from ``checkpoint``."""
+
+    def __init__(
+        self,
+        task: Task,
+        model: nn.Module,
+        driver: StageDriver,
+        seed: int,
+        checkpoint: Path | None = None,
+        log: Callable[[str], None] = print,
+    ):
+        self.task, self.model, self.driver = task, model, driver
+        self.seed, self.checkpoint, self.log = seed, checkpoint, log
+        self.steps_per_epoch = task.steps_per_epoch()
+        self.total_steps = driver.epochs * self.steps_per_epoch
+
+    def run(self) -> dict[str, Tensor]:
+        """Returns the final hard unit masks (already installed in the masker)."""
+        task, model, driver = self.task, self.model, self.driver
+        optimizer = make_optimizer(model, task, task.budget.prune_lr, driver.param_groups())
+        driver.begin(self.steps_per_epoch)
+        start_epoch = self._resume(optimizer)
+        model.train()
+        for epoch in range(start_epoch, driver.epochs):
+            driver.start_epoch(epoch)
+            for i, batch in enumerate(task.train_batches(epoch, self.seed)):
+                step = epoch * self.steps_per_epoch + i
+                set_lr(optimizer, step, self.total_steps)
+                driver.before_forward(step, epoch)
+                loss = task.loss(model, batch)
+                total = loss + driver.penalty() if driver.pruning else loss
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                driver.after_optimizer_step(optimizer)
+            self.log(driver.epoch_line(epoch, loss.item()))
+            self._save(optimizer, epoch + 1)
+        return driver.finish()
+
+    def _save(self, optimizer, epochs_done: int) -> None:
+        if self.checkpoint is None:
+            return
+        atomic_save(
+            {
+                "epochs_done": epochs_done,
+                "model": self.model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                **self.driver.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            self.checkpoint,
+        )
+
+    def _resume(self, optimizer) -> int:
+        """Epochs already done (0 without a readable checkpoint)."""
+        state = None if self.checkpoint is None else load_or_discard(self.checkpoint, "resume checkpoint", self.log)
+        if state is None:
+            return 0
+        self.model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        self.driver.load_state_dict(state)
+        torch.set_rng_state(state["torch_rng"])
+        self.log(f"resumed after epoch {state['epochs_done']}")
+        return state["epochs_done"]
