@@ -104,25 +104,11 @@ def test_every_third_party_import_is_declared():
 def test_installed_package_plans_a_suite_from_another_directory(tmp_path):
     """`pip install .` (configs and templates as package data), then `smartbench suite plan quick`
     run from an unrelated folder, importing the installed copy, not the checkout."""
-    target = tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            "--target",
-            str(target),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-        cwd=tmp_path,
-    )
+    target, source = tmp_path / "site", tmp_path / "src"  # build from a copy: setuptools writes build/ in place
+    ignore = shutil.ignore_patterns(".venv", ".git", "runs", "build", "*.egg-info", "__pycache__", "results", "docs")
+    shutil.copytree(ROOT, source, ignore=ignore)
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    subprocess.run([*pip, "--target", str(target), str(source)], check=True, capture_output=True, cwd=tmp_path)
     assert (target / "bench" / "configs" / "suites" / "quick.yaml").is_file()
     assert (target / "bench" / "configs" / "mm" / "scenes_seg.py").is_file()
     env = {**os.environ, "PYTHONPATH": str(target), "SMARTBENCH_RUNS": str(tmp_path / "runs"), "WANDB_MODE": "disabled"}
