@@ -58,6 +58,8 @@ def cmd_run(args) -> int:
         model=args.model,
         pruner_options=parse_options(args.opt),
         budget=budget,
+        data=args.data,
+        dense_checkpoint=args.dense_checkpoint,
     )
     run = resolve(spec)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
@@ -86,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--model", default=None, help="timm:NAME to swap the architecture of a classification task")
     run.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="pruner config override")
+    run.add_argument("--data", default=None, metavar="PATH", help="dataset folder, for tasks that read one by path")
+    run.add_argument(
+        "--dense-checkpoint",
+        default=None,
+        metavar="PATH",
+        help="start from this dense state_dict (or timm checkpoint) instead of training one; its hash enters the run id",
+    )
     run.add_argument("--prune-epochs", type=int, default=None)
     run.add_argument("--finetune-epochs", type=int, default=None)
     run.add_argument("--wandb-project", default=None)

@@ -23,18 +23,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from bench.core.artifacts import load_artifact
 from bench.core.errors import ConfigError
-from bench.runs.export import save_pruned
 from bench.core.masks import Masker, find_prunable
 from bench.core.paths import RunPaths, paths_or_env
 from bench.core.pruner import Pruner
-from bench.runs.record import ResultStore, log_wandb, provenance
-from bench.runs.registry import build_pruner
 from bench.core.sparsity import parse_pattern, resolve_sparsity
 from bench.deploy.speed import cost_figures
-from bench.training.stages import StageDriver
-from bench.tasks.base import Task
+from bench.runs.export import save_pruned
+from bench.runs.record import ResultStore, log_wandb, provenance
+from bench.runs.registry import build_pruner
+from bench.tasks.base import DenseModel, Task
 from bench.tasks.registry import get_task
+from bench.training.stages import StageDriver
 from bench.training.train import PruneTrainer, seed_everything, train_dense
 
 SPEC_VERSION = 1
@@ -51,6 +54,8 @@ class RunSpec:
     model: str | None = None
     pruner_options: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, int] = field(default_factory=dict)  # overrides of prune/finetune epochs
+    data: str | None = None  # dataset folder of tasks that read one by path (imagefolder...)
+    dense_checkpoint: str | None = None  # the user's dense model, instead of training one
 
 
 @dataclass
@@ -61,6 +66,7 @@ class ResolvedRun:
     sparsity: float
     canonical: dict[str, Any]
     run_id: str
+    dense_state: dict[str, Any] | None = None  # loaded from spec.dense_checkpoint
 
 
 def canonical_json(obj: Any) -> str:
@@ -92,7 +98,7 @@ def run_identity(
 
 def resolve(spec: RunSpec) -> ResolvedRun:
     """Validate everything that can be validated before training; raises ConfigError."""
-    task = get_task(spec.task, spec.model)
+    task = get_task(spec.task, spec.model, spec.data)
     unknown = set(spec.budget) - set(BUDGET_FIELDS)
     if unknown:
         raise ConfigError("budget", f"unknown field(s) {sorted(unknown)}; allowed: {', '.join(BUDGET_FIELDS)}")
@@ -113,8 +119,52 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     model = task.build_model()  # also checks the pattern against every prunable layer
     for name in find_prunable(model, task.include, task.exclude, task.keep_first_last):
         pattern.check(dict(model.named_modules())[name].weight.shape, name)
-    canonical, run_id = run_identity(task.identity(), spec.pruner, pruner, spec.seed)
-    return ResolvedRun(spec, task, pruner, sparsity, canonical, run_id)
+    identity, dense_state = task.identity(), None
+    if spec.dense_checkpoint is not None:
+        dense_state, digest = load_dense_checkpoint(spec.dense_checkpoint, model)
+        identity["dense_checkpoint"] = {"sha256": digest}  # absent otherwise: v1 ids unchanged
+    canonical, run_id = run_identity(identity, spec.pruner, pruner, spec.seed)
+    return ResolvedRun(spec, task, pruner, sparsity, canonical, run_id, dense_state)
+
+
+def load_dense_checkpoint(path: str, model) -> tuple[dict[str, Any], str]:
+    """(state_dict, sha256 prefix) of a user's dense checkpoint, checked against ``model``'s keys and shapes.
+
+    Accepted: a plain state_dict, or a dict holding one under ``state_dict`` (timm training
+    checkpoints) or ``model`` (our mm dense cache). Loaded with ``weights_only=True``."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError("dense_checkpoint", f"no such file: {file}")
+    payload = load_artifact(file, "dense checkpoint")
+    state = payload
+    if isinstance(payload, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(payload.get(key), dict):
+                state = payload[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError("dense_checkpoint", f"{file} holds no state_dict (tensors by parameter name)")
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # DDP-saved
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+    problems = [
+        f"{label} {len(keys)}: {some(keys)}"
+        for label, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        )
+        if keys
+    ]
+    if problems:
+        raise ConfigError("dense_checkpoint", f"{file} does not fit the task's model; " + "; ".join(problems))
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+    return state, digest
 
 
 def dense_key(task: Task, seed: int) -> str:
@@ -180,11 +230,12 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
     b = task.budget
     with task.quiet():
         dense_path = dense_checkpoint_path(task, spec.seed, paths)
-        dense = (
-            task.train_dense(spec.seed, dense_path, log)
-            if task.loop == "mmengine"
-            else train_dense(task, spec.seed, dense_path, log)
-        )
+        if run.dense_state is not None:  # the user's checkpoint replaces dense training
+            dense = DenseModel(run.dense_state)
+        elif task.loop == "mmengine":
+            dense = task.train_dense(spec.seed, dense_path, log)
+        else:
+            dense = train_dense(task, spec.seed, dense_path, log)
         seed_everything(spec.seed)
         model = task.build_model()
         task.load_dense(model, dense.state)

@@ -353,8 +353,10 @@ def expand(suite: Suite) -> Suite:
 
 
 def spec_only_id(spec: RunSpec) -> str:
-    """Identity of a cell whose task is not registered (plan-only): the spec's own fields."""
-    return "spec-" + short_hash({"spec_only": 1, **spec.__dict__}, 7)
+    """Identity of a cell whose task is not registered (plan-only): the spec's own fields (fields
+    added later count only when set, so older plan ids stay)."""
+    fields = {k: v for k, v in spec.__dict__.items() if not (k in ("data", "dense_checkpoint") and v is None)}
+    return "spec-" + short_hash({"spec_only": 1, **fields}, 7)
 
 
 def _resolved_cell(spec: RunSpec, label: str, where: str, cache: dict, steps_cache: dict) -> Cell:

@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from bench.core.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -58,8 +60,15 @@ class Task:
     loop: ClassVar[str] = "native"
     reports_all_metrics: ClassVar[bool] = False  # rows keep every number of evaluate_all (det/seg)
 
-    def __init__(self, model: str | None = None):
+    takes_data: ClassVar[bool] = False  # True: the dataset comes by path (``--data``; e.g. imagefolder)
+
+    def __init__(self, model: str | None = None, data: str | None = None):
         self.model_name = model or self.default_model
+        if data is not None and not self.takes_data:
+            raise ConfigError(
+                "data", f"task '{self.name}' brings its own dataset; --data is for tasks that read one by path"
+            )
+        self.data = data
 
     def identity(self) -> dict[str, Any]:
         """What defines the task's data, model and budget (part of the run identity).

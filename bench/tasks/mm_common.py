@@ -114,8 +114,8 @@ class MMTask(Task):
     loop: ClassVar[str] = "mmengine"
     reports_all_metrics: ClassVar[bool] = True
 
-    def __init__(self, model: str | None = None):
-        super().__init__(model)
+    def __init__(self, model: str | None = None, data: str | None = None):
+        super().__init__(model, data)
         if self.model_name != self.default_model:
             raise ConfigError(
                 "model",

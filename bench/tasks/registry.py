@@ -27,8 +27,8 @@ def load_tasks() -> dict[str, Callable[..., Task]]:
     return TASKS
 
 
-def get_task(name: str, model: str | None = None) -> Task:
+def get_task(name: str, model: str | None = None, data: str | None = None) -> Task:
     tasks = load_tasks()
     if name not in tasks:
         raise ConfigError("task", f"unknown task '{name}'; allowed: {', '.join(sorted(tasks))}")
-    return tasks[name](model=model)
+    return tasks[name](model=model, data=data) if data is not None else tasks[name](model=model)
