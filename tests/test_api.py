@@ -109,3 +109,33 @@ def test_bad_arguments_are_one_clear_error(kwargs, field):
     with pytest.raises(ConfigError) as err:
         bench.prune(small_net(), example_input=torch.randn(2, 1, 8, 8), **{"steps": 5, **kwargs})
     assert err.value.field.startswith(field)
+
+
+def nm_cases() -> list[tuple[str, str]]:
+    from bench.runs.registry import load_pruners
+
+    return [
+        (name, pattern)
+        for name, cls in sorted(load_pruners().items())
+        if "nm" in cls.patterns
+        for pattern in ("nm:1:8", "nm:2:8")
+    ]
+
+
+@pytest.mark.parametrize("pruner,pattern", nm_cases())
+def test_every_pruner_covers_the_sweep_nm_patterns(pruner, pattern):
+    """1:8 and 2:8 (the N:M sweep beyond 2:4 and 1:4): exact N per row of M for every N:M pruner."""
+    model = small_net()
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 4, (16,))
+    pruning = bench.prune(model, pruner=pruner, pattern=pattern, steps=6, example_input=x[:4], calibration=[(x, y)])
+    optimizer = torch.optim.SGD([{"params": model.parameters()}, *pruning.param_groups()], lr=0.05)
+    for _ in range(8):
+        pruning.step()
+        loss = nn.functional.cross_entropy(model(x), y) + pruning.penalty()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        pruning.after_optimizer_step(optimizer)
+    audit = pruning.audit()
+    n, m = map(int, pattern.split(":")[1:])
+    assert audit["pattern_valid"] and audit["achieved_sparsity"] == 1 - n / m
