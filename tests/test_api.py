@@ -50,6 +50,18 @@ def small_net() -> nn.Module:
     )
 
 
+def train(model: nn.Module, pruning, x, y, steps: int) -> None:
+    """The user's loop of the API docs: SGD with the pruner's groups, ``steps`` steps on one batch."""
+    optimizer = torch.optim.SGD([{"params": model.parameters()}, *pruning.param_groups()], lr=0.05)
+    for _ in range(steps):
+        pruning.step()
+        loss = nn.functional.cross_entropy(model(x), y) + pruning.penalty()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        pruning.after_optimizer_step(optimizer)
+
+
 @pytest.mark.parametrize("pruner,pattern", [("magnitude", "channel"), ("gmp", "unstructured"), ("pdp", "nm:2:4")])
 def test_loop_finalizes_after_steps_and_export_matches_the_masked_model(pruner, pattern, tmp_path):
     model = small_net()
@@ -63,14 +75,7 @@ def test_loop_finalizes_after_steps_and_export_matches_the_masked_model(pruner, 
         example_input=x[:4],
         calibration=[(x, y)],
     )
-    optimizer = torch.optim.SGD([{"params": model.parameters()}, *pruning.param_groups()], lr=0.05)
-    for _ in range(9):
-        pruning.step()
-        loss = nn.functional.cross_entropy(model(x), y) + pruning.penalty()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        pruning.after_optimizer_step(optimizer)
+    train(model, pruning, x, y, 9)
     assert not pruning.pruning and pruning.steps_done == 6  # finalized at the 7th step, then fine-tuning
     audit = pruning.audit()
     assert audit["achieved_sparsity"] == 0.5 and audit["pattern_valid"]
@@ -128,14 +133,7 @@ def test_every_pruner_covers_the_sweep_nm_patterns(pruner, pattern):
     model = small_net()
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 4, (16,))
     pruning = bench.prune(model, pruner=pruner, pattern=pattern, steps=6, example_input=x[:4], calibration=[(x, y)])
-    optimizer = torch.optim.SGD([{"params": model.parameters()}, *pruning.param_groups()], lr=0.05)
-    for _ in range(8):
-        pruning.step()
-        loss = nn.functional.cross_entropy(model(x), y) + pruning.penalty()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        pruning.after_optimizer_step(optimizer)
+    train(model, pruning, x, y, 8)
     audit = pruning.audit()
     n, m = map(int, pattern.split(":")[1:])
     assert audit["pattern_valid"] and audit["achieved_sparsity"] == 1 - n / m
