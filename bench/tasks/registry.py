@@ -13,7 +13,13 @@ from collections.abc import Callable
 from bench.core.errors import ConfigError
 from bench.tasks.base import TASKS, Task
 
-FAMILIES = ("bench.tasks.classification", "bench.tasks.vit", "bench.tasks.detection", "bench.tasks.segmentation")
+FAMILIES = (
+    "bench.tasks.classification",
+    "bench.tasks.vit",
+    "bench.tasks.imagefolder",
+    "bench.tasks.detection",
+    "bench.tasks.segmentation",
+)
 
 
 def load_tasks() -> dict[str, Callable[..., Task]]:
