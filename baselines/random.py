@@ -19,6 +19,7 @@ from bench.core.pruning_blocks import HardMaskPruner
 
 @register_pruner("random")
 class RandomPruner(HardMaskPruner):
+    control = True
     state_attrs = ("scores",)
 
     def attach(self, layers) -> None:

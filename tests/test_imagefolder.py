@@ -13,6 +13,7 @@ from bench.cli.main import main
 from bench.core.errors import ConfigError, DataError
 from bench.core.paths import RunPaths
 from bench.data.fmnist import load_fmnist
+from bench.runs.export import load_exported
 from bench.runs.run import RunSpec, execute, resolve
 from bench.tasks import base
 from bench.tasks.base import Budget
@@ -164,6 +165,11 @@ def test_cli_run_on_an_image_folder(tree, runs_dir, capsys):
     assert 0 <= row["metric"] <= 100 and 0 <= row["val_metric"] <= 100 and 0 <= row["dense_metric"] <= 100
     assert row["provenance"]["dataset_hash"] == task_on(tree).dataset_hash()
     assert (runs_dir / "models" / f"{row['run_id']}.pt").is_file()
+    assert row["data"] == str(tree)  # export and speed rebuild the model (its class count) from it
+    assert main(["export", row["run_id"], "--out", str(runs_dir / "exported.pt")]) == 0
+    model, meta = load_exported(runs_dir / "exported.pt")
+    assert meta["data"] == str(tree) and model.num_classes == 3  # the tree's three class folders
+    assert main(["speed", row["run_id"], "--repeats", "2", "--warmup", "0", "--batch-sizes", "1,2"]) == 0
 
 
 # -- imagenet-resnet50 -------------------------------------------------------------------------

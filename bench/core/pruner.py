@@ -140,6 +140,7 @@ class Pruner:
     Config: ClassVar[type[PrunerConfig]] = PrunerConfig
     patterns: ClassVar[tuple[str, ...]] = ALL_PATTERNS
     straight_through: ClassVar[bool] = False  # gradients reach pruned weights (SR-STE)
+    control: ClassVar[bool] = False  # a control (random...), not a method: tables may set it apart
     # Attributes that state_dict() saves and load_state_dict() restores, besides parameters().
     # Each class names its own; they add up along the class hierarchy. Values: tensors, numbers,
     # strings, None, lists/tuples/dicts of those, or objects with state_dict/load_state_dict.

@@ -54,6 +54,7 @@ ROW_FIELDS = (
     "weight_sparsity",
     "pruner_config",
     "budget",
+    "data",
 )
 
 
@@ -110,7 +111,7 @@ def find_row(run_id: str, store: ResultStore | None = None) -> dict[str, Any]:
 
 def pruned_model(row: dict[str, Any], saved: dict[str, Any]) -> tuple[Task, nn.Module]:
     """The task and its dense architecture with the run's folded weights loaded (eval mode)."""
-    task = get_task(row["task"], row["model"])
+    task = get_task(row["task"], row["model"], row.get("data"))
     model = task.build_model()
     model.load_state_dict(saved["state_dict"])
     return task, model.eval()
@@ -152,7 +153,7 @@ def load_exported(path) -> tuple[nn.Module, dict[str, Any]]:
     payload = load_artifact(Path(path), "exported model")
     if payload.get("format") != EXPORT_FORMAT:
         raise DataError(f"{path} is not a smartbench export (format {payload.get('format')!r})")
-    task = get_task(payload["task"], payload["model"])
+    task = get_task(payload["task"], payload["model"], payload["meta"].get("data"))
     model = task.build_model()
     replay_shrink(model, payload["shrink_history"], task.example_input())
     model.load_state_dict(payload["state_dict"], strict=True)

@@ -216,6 +216,10 @@ def execute(
         "provenance": provenance(task.dataset_hash()),
         **result,
     }
+    if spec.data is not None:
+        row["data"] = spec.data  # tasks reading a dataset by path: export/speed rebuild the model from it
+    if spec.dense_checkpoint is not None:
+        row["dense_checkpoint"] = spec.dense_checkpoint
     if group:
         row["suite"] = group
     store.append(row)
