@@ -94,7 +94,11 @@ class Pruning:
         return self.masker.audit(self.finalize())
 
     def export(self, path, meta: dict[str, Any] | None = None) -> Path:
-        """Save folded weights and hard masks (the model is left as it is); see bench.runs.export."""
+        """Save folded weights and hard masks to ``path`` (``*.pt``; the model is left as it is).
+
+        The file is the saved-run format of bench.runs.export: ``load_saved(path)`` reads it."""
+        if Path(path).suffix != ".pt":
+            raise ConfigError("path", f"the export file name must end in .pt, got {str(path)!r}")
         hard = self.finalize()
         plain = folded_copy(self.model, self.masker, hard)
         info = {"pruner": self.pruner.name, "pattern": str(self.pruner.pattern), "sparsity": self.pruner.sparsity}

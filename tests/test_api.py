@@ -137,3 +137,17 @@ def test_every_pruner_covers_the_sweep_nm_patterns(pruner, pattern):
     audit = pruning.audit()
     n, m = map(int, pattern.split(":")[1:])
     assert audit["pattern_valid"] and audit["achieved_sparsity"] == 1 - n / m
+
+
+def test_export_needs_a_pt_file_name(tmp_path):
+    pruning = bench.prune(
+        small_net(),
+        pruner="magnitude",
+        pattern="unstructured",
+        sparsity=0.5,
+        steps=2,
+        example_input=torch.randn(2, 1, 8, 8),
+    )
+    with pytest.raises(ConfigError, match="must end in .pt"):
+        pruning.export(tmp_path / "pruned.pth")
+    assert not (tmp_path / "pruned.pth").exists()
