@@ -7,7 +7,9 @@ sparsity). A cell is ``mean ± std`` over seeds (sample std, ddof=1; no std with
 (ties: all of them; the dense row does not compete). A dagger marks a best that is separated
 from the runner-up beyond seed noise: Welch's unequal-variance t-test, two-sided p < 0.05,
 computed only when both have >= 2 seeds (never with one seed). A double dagger marks cells
-whose achieved sparsity differs from the target by more than 0.0005, listed in a footnote.
+whose achieved sparsity differs from the target by more than 0.0005, listed in a footnote. A
+section sign marks cells in which some seed *collapsed* (row flag ``collapsed``: test metric
+within 1 point of the task's trivial predictor), with the count per cell in a footnote.
 Higher is better for every metric except those in ``LOWER_IS_BETTER``.
 """
 
@@ -40,6 +42,7 @@ ROW_FIELDS = (
     "dense_metric",
     "dense_val_metric",
     "wall_s",
+    "collapsed",
 )
 SPEED_FIELDS = ("latency_ms", "flops_masked")  # optional, added by the speed measurements when present
 LOWER_IS_BETTER = {"error", "loss", "latency_ms"}
@@ -146,6 +149,7 @@ def summarize(frame: pd.DataFrame, suite=None) -> pd.DataFrame:
         std=("metric", "std"),
         n=("metric", "count"),
         achieved_sparsity=("achieved_sparsity", "mean"),
+        collapsed=("collapsed", lambda flags: int(sum(bool(f) for f in flags if f is not None and f == f))),
     ).reset_index()
     planned = _planned_seeds(suite, frame)
     stats["expected_n"] = [planned.get(tuple(k), n) for k, n in zip(stats[KEYS].itertuples(index=False), stats["n"])]
@@ -196,6 +200,7 @@ def _dense_rows(frame: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
             "n": int(dense.loc[col["task"], "count"]),
             "expected_n": max(int(dense.loc[col["task"], "count"]), int(planned[col["task"]])),
             "achieved_sparsity": 0.0,
+            "collapsed": 0,
             "best": False,
             "separated": False,
             "p_value": math.nan,
@@ -231,6 +236,8 @@ class Table:
             value += "$^\\dagger$" if fmt == "latex" else "†"
         if self.off_target(row):
             value += "$^\\ddagger$" if fmt == "latex" else "‡"
+        if row.get("collapsed", 0):
+            value += "$^\\S$" if fmt == "latex" else "§"
         if row["n"] < row["expected_n"]:
             value += f" (n={int(row['n'])})"
         return value
@@ -247,6 +254,17 @@ class Table:
             f"per column; †: the best beats the runner-up by Welch's t-test, two-sided p < {ALPHA} "
             "(>= 2 seeds each)."
         ]
+        if len(self.stats) and self.stats["collapsed"].fillna(0).astype(int).any():
+            notes.append(
+                "§: collapsed on k of n seeds -- the test metric is within 1 point of the task's trivial "
+                "predictor (majority class, all background, no detections): "
+                + "; ".join(
+                    f"{r.label} on {r.task} {r.pattern} {r.sparsity:g}: {int(r.collapsed)} of {int(r.n)}"
+                    for r in self.stats.itertuples()
+                    if r.collapsed
+                )
+                + "."
+            )
         off = self.stats[self.stats.apply(self.off_target, axis=1)] if len(self.stats) else self.stats
         for row in off.itertuples():
             notes.append(
@@ -290,7 +308,14 @@ class Table:
             if i == 0 and label == "dense":
                 lines.append("\\midrule")
         lines += ["\\bottomrule", "\\end{tabular}"]
-        symbols = {"±": "$\\pm$", "†": "$^\\dagger$", "‡": "$^\\ddagger$", ">=": "$\\geq$", " < ": " $<$ "}
+        symbols = {
+            "±": "$\\pm$",
+            "†": "$^\\dagger$",
+            "‡": "$^\\ddagger$",
+            ">=": "$\\geq$",
+            " < ": " $<$ ",
+            "§": "\\S{}",
+        }
         for note in self.notes("latex"):
             text = latex_escape(note)
             for symbol, tex in symbols.items():
@@ -310,6 +335,7 @@ class Table:
             "separated",
             "p_value",
             "achieved_sparsity",
+            "collapsed",
         ]
         return self.stats[columns].to_csv(index=False)
 

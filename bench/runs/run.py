@@ -41,6 +41,9 @@ from bench.training.stages import StageDriver
 from bench.training.train import PruneTrainer, seed_everything, train_dense
 
 SPEC_VERSION = 1
+# a run whose test metric is within this many metric points of the task's trivial predictor
+# (majority class, all background, no detections) learned nothing usable: the row says "collapsed"
+COLLAPSE_MARGIN = 1.0
 BUDGET_FIELDS = ("prune_epochs", "finetune_epochs")
 
 
@@ -291,6 +294,10 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
         "pruner_stats": pruner.log_values(),
         **costs,
     }
+    trivial = task.trivial_metric()
+    if trivial is not None:  # higher is better for every task metric here
+        result["trivial_metric"] = round(float(trivial), 4)
+        result["collapsed"] = bool(result["metric"] <= trivial + COLLAPSE_MARGIN)
     if task.reports_all_metrics:
         result["mm_metrics"] = {"test": test, "val": val, "dense_test": dense_test, "dense_val": dense_val}
     return result

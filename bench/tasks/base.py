@@ -127,6 +127,12 @@ class Task:
     def metric_of(self, results: dict[str, float]) -> float:
         return results[self.metric_name]
 
+    def trivial_metric(self) -> float | None:
+        """The test metric of the task's trivial predictor (a model that learned nothing about the
+        input: majority class, all background, no detections), or None where it is not known.
+        Rows within ``COLLAPSE_MARGIN`` of it are flagged ``collapsed`` (bench.runs.run)."""
+        return None
+
 
 TASKS: dict[str, Callable[..., Task]] = {}
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from functools import cached_property
 from pathlib import Path
 
@@ -286,6 +287,11 @@ class ImageFolderTask(Task):
     def loss(self, model: nn.Module, batch) -> Tensor:
         target = batch[1].to(_device_of(model))
         return F.cross_entropy(self.forward(model, batch), target, label_smoothing=self.label_smoothing)
+
+    def trivial_metric(self) -> float:
+        """Top-1 of always predicting the test split's most frequent class."""
+        labels = Counter(label for _, label in self.samples["test"])
+        return 100.0 * max(labels.values()) / sum(labels.values())
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str = "test") -> float:
