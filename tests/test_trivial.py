@@ -86,3 +86,35 @@ def test_segmentation_trivial_equals_the_evaluator_on_a_constant_predictor(monke
             return samples
 
     assert task.evaluate(Constant(), "test") == pytest.approx(task.trivial_metric(), abs=0.01)
+
+
+@pytest.mark.slow
+def test_metric_before_finetune_is_recorded_and_survives_a_resume(tmp_path, monkeypatch):
+    """The test metric right after the hard switch; a run killed during fine-tuning resumes with it."""
+    from bench.training.train import PruneTrainer
+
+    budget = {"prune_epochs": 1, "finetune_epochs": 2}
+    spec = RunSpec("fmnist-tiny", "gmp", "channel", 0.5, 0, budget=budget)
+    clean = execute(resolve(spec), log=lambda _m: None, paths=RunPaths(tmp_path / "a"))
+    assert isinstance(clean["metric_before_finetune"], float) and clean["metric_before_finetune"] != clean["metric"]
+
+    original = PruneTrainer._save
+
+    def killed_after_first_finetune_epoch(self, optimizer, epochs_done):
+        original(self, optimizer, epochs_done)
+        if epochs_done == 2:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(PruneTrainer, "_save", killed_after_first_finetune_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        execute(resolve(spec), log=lambda _m: None, paths=RunPaths(tmp_path / "b"))
+    monkeypatch.setattr(PruneTrainer, "_save", original)
+    lines: list[str] = []
+    resumed = execute(resolve(spec), log=lines.append, paths=RunPaths(tmp_path / "b"))
+    assert "resumed after epoch 2" in lines
+    for key in ("metric_before_finetune", "metric", "val_metric"):
+        assert resumed[key] == clean[key]
+
+    no_finetune = RunSpec("fmnist-tiny", "gmp", "channel", 0.5, 0, budget={"prune_epochs": 1, "finetune_epochs": 0})
+    row = execute(resolve(no_finetune), log=lambda _m: None, paths=RunPaths(tmp_path / "a"))
+    assert row["metric_before_finetune"] == row["metric"]

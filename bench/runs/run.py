@@ -251,7 +251,9 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
         names = find_prunable(model, task.include, task.exclude, task.keep_first_last)
         calibration = task.calibration_batches()
         masker = Masker(model, names, pruner.pattern, task.masker_example(model, calibration))
-        driver = StageDriver(pruner, masker, b.prune_epochs, b.finetune_epochs, log)
+        driver = StageDriver(
+            pruner, masker, b.prune_epochs, b.finetune_epochs, log, evaluate=lambda: task.evaluate_all(model, "test")
+        )
         started = time.perf_counter()
         driver.setup(calibration, task.forward)
         if task.loop == "mmengine":
@@ -294,6 +296,10 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
         "pruner_stats": pruner.log_values(),
         **costs,
     }
+    if driver.before_finetune is not None:  # test metric right after the hard switch
+        result["metric_before_finetune"] = task.metric_of(driver.before_finetune)
+    elif b.finetune_epochs == 0:  # the hard switch ends training: the final metric is that metric
+        result["metric_before_finetune"] = result["metric"]
     trivial = task.trivial_metric()
     if trivial is not None:  # higher is better for every task metric here
         result["trivial_metric"] = round(float(trivial), 4)

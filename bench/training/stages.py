@@ -25,9 +25,12 @@ once they exist; restoring hard masks reinstalls them and ends the pruning stage
 
 from __future__ import annotations
 
+import contextlib
+import random
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -45,12 +48,15 @@ class StageDriver:
         prune_epochs: int,
         finetune_epochs: int,
         log: Callable[[str], None] = print,
+        evaluate: Callable[[], Any] | None = None,
     ):
         self.pruner, self.masker, self.log = pruner, masker, log
         self.prune_epochs, self.finetune_epochs = prune_epochs, finetune_epochs
         self.prune_steps = 0  # set by begin()
         self.hard: dict[str, Tensor] | None = None
         self.pruning = True
+        self.evaluate = evaluate  # called once, right after the hard switch (before fine-tuning)
+        self.before_finetune: Any = None  # what it returned
 
     @property
     def epochs(self) -> int:
@@ -100,11 +106,12 @@ class StageDriver:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"pruner": self.pruner.state_dict(), "hard": self.hard}
+        return {"pruner": self.pruner.state_dict(), "hard": self.hard, "before_finetune": self.before_finetune}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pruner.load_state_dict(state["pruner"])
         self.hard = state["hard"]
+        self.before_finetune = state.get("before_finetune")  # absent from older checkpoints
         if self.hard is not None:
             self.pruning = False
             self.masker.set_masks({n: m.float() for n, m in self.hard.items()})
@@ -113,3 +120,22 @@ class StageDriver:
         self.hard = {name: mask.bool() for name, mask in self.pruner.finalize().items()}
         self.masker.set_masks({n: m.float() for n, m in self.hard.items()})
         self.pruning = False
+        if self.evaluate is not None and self.finetune_epochs > 0:  # without fine-tuning: the final metric
+            with preserved_rng():  # an evaluation must not change what training draws next
+                self.before_finetune = self.evaluate()
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Restore Python's, numpy's and torch's global random states on exit (data loaders built for
+    an evaluation may draw from them, e.g. mmengine's sampler seed)."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
