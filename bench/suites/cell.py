@@ -164,11 +164,16 @@ def _run_claimed_cell(payload: dict[str, Any], echo: Callable[[str], None] | Non
                 "wall_s": round(time.perf_counter() - started, 1),
             }
     clear_marker(suite, run_id, "running", paths)
+    return done_outcome(run_id, row, round(time.perf_counter() - started, 1))
+
+
+def done_outcome(run_id: str, row: dict[str, Any], wall_s: float) -> dict[str, Any]:
+    """The outcome of a finished cell, from its result row (what the suite console prints)."""
     return {
         "run_id": run_id,
         "ok": True,
         "metric": row["metric"],
         "dense_metric": row["dense_metric"],
         "metric_name": row["metric_name"],
-        "wall_s": round(time.perf_counter() - started, 1),
+        "wall_s": wall_s,
     }

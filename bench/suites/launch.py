@@ -50,7 +50,7 @@ from bench.core.errors import ConfigError
 from bench.core.paths import RunPaths, paths_or_env
 from bench.runs.record import REPO_ROOT, ResultStore
 from bench.runs.run import RunSpec, dense_checkpoint_path, execute, resolve
-from bench.suites.cell import cell_log_path, claimed, payload_paths, run_cell
+from bench.suites.cell import cell_log_path, claimed, done_outcome, payload_paths, run_cell
 from bench.suites.suite import clear_marker, running_info, write_marker
 from bench.training.train import train_dense
 
@@ -307,14 +307,7 @@ def _torchrun_claimed_cell(payload: dict[str, Any], nproc: int) -> dict[str, Any
     row = ResultStore(paths.store).get(run_id)
     wall = round(time.perf_counter() - started, 1)
     if code == 0 and row is not None:
-        return {
-            "run_id": run_id,
-            "ok": True,
-            "metric": row["metric"],
-            "dense_metric": row["dense_metric"],
-            "metric_name": row["metric_name"],
-            "wall_s": wall,
-        }
+        return done_outcome(run_id, row, wall)
     error = f"torchrun exited with {code} (log: {log_path})"
     write_marker(suite, run_id, "failed", {**running_info(), "error": error}, paths)
     clear_marker(suite, run_id, "running", paths)
