@@ -85,7 +85,7 @@ class AWGPruner(Pruner):
         for layer in layers:
             with torch.no_grad():
                 feats = unit_features(self.pattern.units(layer.weight.float())).reshape(-1, 2)
-                std = feats.std(dim=0) if feats.shape[0] > 1 else torch.ones(2)
+                std = feats.std(dim=0) if feats.shape[0] > 1 else torch.ones_like(feats[0])
                 self.stats[layer.name] = torch.stack([feats.mean(dim=0), std.clamp_min(1e-12)])
             with torch.random.fork_rng(devices=[]):  # MLP init independent of the run seed, global RNG untouched
                 torch.manual_seed(len(self.gate_fns))

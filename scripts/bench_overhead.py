@@ -90,14 +90,14 @@ def synthetic_batches(n: int, seed: int = 0) -> list:
 class Entry:
     """One model + (optional) masker/pruner + optimizer, stepping like bench.training.train.PruneTrainer."""
 
-    def __init__(self, task, kind: str, pattern: str, sparsity, batches: list, total_steps: int):
+    def __init__(self, task, kind: str, pattern: str, sparsity, batches: list, total_steps: int, device="cpu"):
         torch.manual_seed(0)
         self.task, self.kind, self.batches, self.i = task, kind, batches, 0
         # the timed steps sit in the middle of the task's real pruning stage (tau half-way down its
         # schedule), stepping one at a time as in training -- not a whole schedule squeezed into a few steps
         self.schedule_steps = max(total_steps, task.budget.prune_epochs * task.steps_per_epoch())
         self.first_step = self.schedule_steps // 2
-        self.model = task.build_model().train()
+        self.model = task.build_model().train().to(device)  # before the pruner: its tensors follow
         self.masker = self.pruner = None
         groups = []
         if kind != "dense":
@@ -141,14 +141,29 @@ def entry_kinds(pattern: str, only: list[str] | None = None) -> list[str]:
     return ["dense", "masked"] + pruners
 
 
-def step_times(task_name: str, pattern: str, sparsity, cfg: dict) -> list[dict]:
+def _clock(device: torch.device):
+    """Wall clock that waits for the device's queued work (CUDA kernels run asynchronously)."""
+    if device.type == "cuda":
+
+        def clock() -> float:
+            torch.cuda.synchronize(device)
+            return time.perf_counter()
+
+        return clock
+    return time.perf_counter
+
+
+def step_times(task_name: str, pattern: str, sparsity, cfg: dict, device: str = "cpu") -> list[dict]:
+    """Interleaved step times of every entry on ``device`` (see module docstring)."""
+    device = torch.device(device)
     task = get_task(task_name)
-    batches = synthetic_batches(4)
+    batches = [(x.to(device), y.to(device)) for x, y in synthetic_batches(4)]
+    clock = _clock(device)
     total = (cfg["rounds"] + 1) * cfg["steps"]
     entries, rows = {}, []
     for kind in entry_kinds(pattern, cfg.get("only")):
         try:
-            entries[kind] = Entry(task, kind, pattern, sparsity, batches, total)
+            entries[kind] = Entry(task, kind, pattern, sparsity, batches, total, device)
             for _ in range(cfg["steps"]):  # warm-up round (untimed)
                 entries[kind].step()
         except Exception as err:  # a pruner under construction must not stop the benchmark
@@ -158,7 +173,7 @@ def step_times(task_name: str, pattern: str, sparsity, cfg: dict) -> list[dict]:
     names = list(entries)
     for r in range(cfg["rounds"]):
         for kind in names[r % len(names) :] + names[: r % len(names)]:
-            begin = time.perf_counter()
+            begin = clock()
             try:
                 for _ in range(cfg["steps"]):
                     entries[kind].step()
@@ -166,7 +181,7 @@ def step_times(task_name: str, pattern: str, sparsity, cfg: dict) -> list[dict]:
                 rows.append({"entry": kind, "error": f"{type(err).__name__}: {err}"[:120]})
                 names.remove(kind)
                 continue
-            times[kind].append((time.perf_counter() - begin) / cfg["steps"] * 1e3)
+            times[kind].append((clock() - begin) / cfg["steps"] * 1e3)
         log(f"  {task_name} {pattern} round {r + 1}/{cfg['rounds']}")
     dense = times["dense"]
     for kind in names:

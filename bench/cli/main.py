@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from bench.cli.args import add_device_arguments
 from bench.core.errors import ConfigError, SmartbenchError
 
 
@@ -60,6 +61,8 @@ def cmd_run(args) -> int:
         budget=budget,
         data=args.data,
         dense_checkpoint=args.dense_checkpoint,
+        device=args.device,
+        amp=args.amp,
     )
     run = resolve(spec)
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
@@ -95,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="start from this dense state_dict (or timm checkpoint) instead of training one; its hash enters the run id",
     )
+    add_device_arguments(run)
     run.add_argument("--prune-epochs", type=int, default=None)
     run.add_argument("--finetune-epochs", type=int, default=None)
     run.add_argument("--wandb-project", default=None)

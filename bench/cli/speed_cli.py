@@ -19,6 +19,7 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def cmd_speed(args) -> int:
+    from bench.core.device import resolve_device
     from bench.core.paths import RunPaths
     from bench.deploy.speed import cost_figures, measure
     from bench.runs.export import find_row, load_saved, pruned_model
@@ -26,6 +27,7 @@ def cmd_speed(args) -> int:
 
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
         raise ConfigError("--threads/--repeats/--warmup", "need threads >= 1, repeats >= 1, warmup >= 0")
+    device = str(resolve_device(args.device))
     paths = RunPaths.from_env()
     row = find_row(args.run_id, ResultStore(paths.store))
     saved = load_saved(args.run_id, paths)
@@ -40,7 +42,7 @@ def cmd_speed(args) -> int:
         threads=args.threads,
         warmup=args.warmup,
         repeats=args.repeats,
-        device=args.device,
+        device=device,
     )
     result["costs"] = cost_figures(model, None, saved["hard_masks"], example, row["pattern"])
     out = Path(args.out) if args.out else paths.speed(args.run_id)
@@ -92,7 +94,7 @@ def add_parser(subparsers) -> None:
     speed.add_argument("--threads", type=int, default=1)
     speed.add_argument("--warmup", type=int, default=5)
     speed.add_argument("--repeats", type=int, default=30)
-    speed.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    speed.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     speed.add_argument("--out", default=None, help="JSON file (default runs/speed/RUN_ID.json)")
     speed.add_argument("--json", action="store_true", help="print the result as one JSON object")
     speed.set_defaults(func=cmd_speed)

@@ -7,6 +7,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from bench.cli.args import add_device_arguments
+
 EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv"}
 
 
@@ -133,7 +135,7 @@ def cmd_run(args) -> int:
     from bench.suites.suite import load_and_expand
     from bench.suites.suite_run import run_suite
 
-    suite = select_cells(load_and_expand(args.name), args.only)  # every cell validated before any training
+    suite = select_cells(load_and_expand(args.name, args.device, args.amp), args.only)  # all validated first
     slurm = {
         "timeout_min": args.timeout_min,
         "slurm_partition": args.partition,
@@ -217,6 +219,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--workers", type=int, default=1, help="cells in parallel (local: processes sharing the CPU threads)"
     )
     run.add_argument("--launcher", choices=("local", "torchrun", "slurm"), default="local")
+    add_device_arguments(run)
     run.add_argument("--nproc", type=int, default=1, help="processes per run (DDP) with --launcher torchrun/slurm")
     run.add_argument("--wandb-project", default=None, help="W&B project (one W&B run per cell, group = suite name)")
     run.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from bench.core.device import device_of, to_device
 from bench.core.errors import ConfigError
 from bench.core.sparsity import OutputChannel, Pattern
 
@@ -139,6 +140,7 @@ def find_following_batchnorms(model: nn.Module, names: list[str], example_input)
             handles.append(module.register_forward_pre_hook(match(module)))
     was_training = model.training
     model.eval()
+    example_input = to_device(example_input, device_of(model))
     try:
         with torch.no_grad():
             model(example_input) if not isinstance(example_input, dict) else model(**example_input)
@@ -192,7 +194,7 @@ class Masker:
     def set_masks(self, unit_masks: dict[str, Tensor] | None, straight_through: bool = False) -> None:
         """Install unit masks (soft or hard) for the next forward passes; None = dense."""
         for layer in self.layers:
-            unit_mask = None if unit_masks is None else unit_masks[layer.name]
+            unit_mask = None if unit_masks is None else unit_masks[layer.name].to(layer.weight.device)
             param = layer.module.parametrizations.weight[0]
             param.set(unit_mask)
             param.straight_through = straight_through

@@ -200,14 +200,16 @@ class Pruner:
         with torch.no_grad():
             for p, saved in zip(self.parameters(), state.get("parameters", [])):
                 p.copy_(saved)
+        layers = getattr(self, "layers", None)
+        device = layers[0].weight.device if layers else torch.device("cpu")
         for name in self._state_names():
             if name not in state:
                 continue
             current = getattr(self, name, None)
             if hasattr(current, "load_state_dict"):  # a schedule or module with state of its own
                 current.load_state_dict(_snapshot(state[name]))
-            else:
-                setattr(self, name, _snapshot(state[name]))
+            else:  # checkpoints hold CPU tensors: each goes back where its current value lives
+                setattr(self, name, _placed(_snapshot(state[name]), current, device))
 
     @classmethod
     def _state_names(cls) -> list[str]:
@@ -249,6 +251,20 @@ class Pruner:
             score = self.pattern.units(layer.weight.detach()).pow(2).mean(dim=-1).sqrt()
             scores[layer.name] = score if masks is None else score * masks[layer.name].to(score.dtype)
         return scores
+
+
+def _placed(saved: Any, current: Any, device: torch.device) -> Any:
+    """``saved`` with every tensor on the device of the tensor it replaces in ``current`` (or on
+    ``device``, the layers' device, where ``current`` has none: e.g. a mask not yet decided)."""
+    if isinstance(saved, Tensor):
+        return saved.to(current.device if isinstance(current, Tensor) else device)
+    if isinstance(saved, dict):
+        current = current if isinstance(current, dict) else {}
+        return {key: _placed(item, current.get(key), device) for key, item in saved.items()}
+    if isinstance(saved, (list, tuple)):
+        current = current if isinstance(current, (list, tuple)) and len(current) == len(saved) else [None] * len(saved)
+        return type(saved)(_placed(item, cur, device) for item, cur in zip(saved, current))
+    return saved
 
 
 def _snapshot(value: Any) -> Any:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from bench.core.artifacts import load_artifact
+from bench.core.device import describe, resolve_device
 from bench.core.errors import ConfigError
 from bench.core.masks import Masker, find_prunable
 from bench.core.paths import RunPaths, paths_or_env
@@ -59,6 +60,8 @@ class RunSpec:
     budget: dict[str, int] = field(default_factory=dict)  # overrides of prune/finetune epochs
     data: str | None = None  # dataset folder of tasks that read one by path (imagefolder...)
     dense_checkpoint: str | None = None  # the user's dense model, instead of training one
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (bench.core.device); not part of the identity
+    amp: bool = False  # bf16 autocast of training; part of the identity when on
 
 
 @dataclass
@@ -102,6 +105,10 @@ def run_identity(
 def resolve(spec: RunSpec) -> ResolvedRun:
     """Validate everything that can be validated before training; raises ConfigError."""
     task = get_task(spec.task, spec.model, spec.data)
+    task.device = resolve_device(spec.device)
+    if not isinstance(spec.amp, bool):
+        raise ConfigError("amp", f"must be true or false, got {spec.amp!r}")
+    task.amp = spec.amp
     unknown = set(spec.budget) - set(BUDGET_FIELDS)
     if unknown:
         raise ConfigError("budget", f"unknown field(s) {sorted(unknown)}; allowed: {', '.join(BUDGET_FIELDS)}")
@@ -217,6 +224,7 @@ def execute(
         "pruner_config": run.pruner.config.to_dict(),
         "budget": dataclasses.asdict(task.budget),
         "provenance": provenance(task.dataset_hash()),
+        "device": describe(task.device),
         **result,
     }
     if spec.data is not None:
@@ -246,6 +254,7 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
         seed_everything(spec.seed)
         model = task.build_model()
         task.load_dense(model, dense.state)
+        model.to(task.device)  # before the masker and the pruner exist: their tensors follow the layers
         dense_test = dense.metrics["test"] if dense.metrics else task.evaluate_all(model, "test")
         dense_val = dense.metrics["val"] if dense.metrics else task.evaluate_all(model, "val")
         names = find_prunable(model, task.include, task.exclude, task.keep_first_last)
@@ -266,6 +275,8 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
         audit = masker.audit(hard)
         val, test = task.evaluate_all(model, "val"), task.evaluate_all(model, "test")
         masker.remove(fold=True)
+        model.cpu()  # cost figures and the saved model: on the CPU, wherever training ran
+        hard = {name: mask.cpu() for name, mask in hard.items()}
         costs = cost_figures(model, None, hard, task.example_input(), pruner.pattern)
         save_pruned(
             paths.model(run.run_id),

@@ -3,7 +3,8 @@
 ``python -m bench.suites.launch --payload JSON`` runs one cell. Without a torchrun environment
 (``WORLD_SIZE`` unset or 1) it is :func:`bench.suites.cell.run_cell`. Under
 ``torchrun --standalone --nproc_per_node N -m bench.suites.launch ...`` every rank runs the native
-trainer on its shard of every batch (DDP, gloo: the native trainer keeps models on the CPU):
+trainer on its shard of every batch (DDP: nccl with rank r on ``cuda:LOCAL_RANK`` when the cell's
+device resolves to CUDA, whatever GPU index the spec names; gloo on the CPU):
 
 * the task is wrapped (:class:`DistributedTask`): ``train_batches`` yields rank r's slice
   ``batch[r::N]`` of every global batch (same global batch size, same number of steps), and
@@ -46,6 +47,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from bench.core.device import resolve_device
 from bench.core.errors import ConfigError
 from bench.core.paths import RunPaths, paths_or_env
 from bench.runs.record import REPO_ROOT, ResultStore
@@ -90,7 +92,9 @@ class DistributedTask:
         parametrizations exist and after a resume has loaded the weights)."""
         wrapped = self._wrapped.get(id(model))
         if wrapped is None or wrapped.module is not model:
-            wrapped = nn.parallel.DistributedDataParallel(model)
+            device = self._task.device
+            ids = [device.index] if device.type == "cuda" else None
+            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
             self._wrapped[id(model)] = wrapped
         return wrapped
 
@@ -102,7 +106,7 @@ def digest(tensors: dict[str, Tensor]) -> str:
     sha = hashlib.sha256()
     for name in sorted(tensors):
         sha.update(name.encode())
-        sha.update(tensors[name].detach().to(torch.float32).contiguous().numpy().tobytes())
+        sha.update(tensors[name].detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
     return sha.hexdigest()[:16]
 
 
@@ -179,9 +183,14 @@ def ddp_cell(payload: dict[str, Any]) -> int:
     real = payload_paths(payload)
     if payload.get("threads"):
         torch.set_num_threads(int(payload["threads"]))
-    dist.init_process_group("gloo")  # the native trainer keeps models on the CPU
+    device = resolve_device(payload["spec"].get("device", "auto"))
+    if device.type == "cuda":  # one GPU per rank
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend)
     rank, world = dist.get_rank(), dist.get_world_size()
-    group = dist.new_group(backend="gloo")  # pruner collectives, apart from DDP's buckets
+    group = dist.new_group(backend=backend)  # pruner collectives, apart from DDP's buckets
     suite, run_id = payload["suite"], payload["run_id"]
     private = real.root / "ddp" / run_id / f"rank{rank}"
     paths = real if rank == 0 else RunPaths(private)  # ranks > 0: a private runs folder, no W&B
@@ -198,6 +207,7 @@ def ddp_cell(payload: dict[str, Any]) -> int:
             write_marker(suite, run_id, "running", running_info(), real)
             clear_marker(suite, run_id, "failed", real)
         run = resolve(RunSpec(**payload["spec"]))
+        run.task.device = device
         if run.run_id != run_id:
             raise ConfigError("run_id", f"cell resolves to {run.run_id}, the suite planned {run_id}")
         if run.task.loop != "native":

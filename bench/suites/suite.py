@@ -280,8 +280,11 @@ def load_suite(name: str) -> Suite:
 
 
 # -- expansion into cells ----------------------------------------------------------------------
-def expand(suite: Suite) -> Suite:
-    """Fill ``suite.cells`` (resolved run ids, budgets) and ``suite.skipped``; raises ConfigError."""
+def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
+    """Fill ``suite.cells`` (resolved run ids, budgets) and ``suite.skipped``; raises ConfigError.
+
+    ``device`` (where the cells train; not part of their ids) and ``amp`` (bf16 autocast; part of
+    their ids) are the command line's ``--device`` / ``--amp``, the same for every cell."""
     from bench.runs.registry import get_pruner_class
     from bench.tasks.registry import load_tasks
 
@@ -320,6 +323,8 @@ def expand(suite: Suite) -> Suite:
                                 model=block.model,
                                 pruner_options=dict(entry.options),
                                 budget=dict(block.budget),
+                                device=device,
+                                amp=amp,
                             )
                             if task in tasks and task not in unavailable:
                                 try:
@@ -355,7 +360,11 @@ def expand(suite: Suite) -> Suite:
 def spec_only_id(spec: RunSpec) -> str:
     """Identity of a cell whose task is not registered (plan-only): the spec's own fields (fields
     added later count only when set, so older plan ids stay)."""
-    fields = {k: v for k, v in spec.__dict__.items() if not (k in ("data", "dense_checkpoint") and v is None)}
+    fields = {
+        k: v
+        for k, v in spec.__dict__.items()
+        if k != "device" and not (k in ("data", "dense_checkpoint") and v is None) and not (k == "amp" and not v)
+    }
     return "spec-" + short_hash({"spec_only": 1, **fields}, 7)
 
 
@@ -401,8 +410,8 @@ def _resolved_cell(spec: RunSpec, label: str, where: str, cache: dict, steps_cac
     )
 
 
-def load_and_expand(name: str) -> Suite:
-    return expand(load_suite(name))
+def load_and_expand(name: str, device: str = "auto", amp: bool = False) -> Suite:
+    return expand(load_suite(name), device, amp)
 
 
 # -- state: markers + store ---------------------------------------------------------------------

@@ -61,6 +61,11 @@ class Task:
     reports_all_metrics: ClassVar[bool] = False  # rows keep every number of evaluate_all (det/seg)
 
     takes_data: ClassVar[bool] = False  # True: the dataset comes by path (``--data``; e.g. imagefolder)
+    # where the run trains (bench.core.device; set by bench.runs.run.resolve, not part of the identity)
+    # and whether training autocasts to bf16 (part of the identity when on). Tasks move each batch
+    # to ``device_of(model)``; the loops move the model.
+    device: torch.device = torch.device("cpu")
+    amp: bool = False
 
     def __init__(self, model: str | None = None, data: str | None = None):
         self.model_name = model or self.default_model
@@ -73,11 +78,13 @@ class Task:
     def identity(self) -> dict[str, Any]:
         """What defines the task's data, model and budget (part of the run identity).
 
-        The dense optimizer enters only when it is not the default SGD, so the ids of SGD tasks
-        are those from before the field existed."""
+        The dense optimizer enters only when it is not the default SGD, and ``amp`` only when on,
+        so the ids of SGD fp32 tasks are those from before the fields existed."""
         identity = {"task": self.name, "model": self.model_name, "budget": self.budget.__dict__}
         if self.dense_optimizer != "SGD":
             identity["dense_optimizer"] = {"type": self.dense_optimizer, "weight_decay": self.dense_weight_decay}
+        if self.amp:  # absent when off: ids from before the field existed are unchanged
+            identity["amp"] = "bf16"
         return identity
 
     def build_model(self) -> nn.Module:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.core.device import device_of
 from bench.core.errors import ConfigError
 from bench.data.fmnist import dataset_hash, load_fmnist
 from bench.tasks.base import Budget, Task, register_task, seeded
@@ -90,10 +91,10 @@ class FashionMNISTTask(Task):
         return [(x[i * bs : (i + 1) * bs], y[i * bs : (i + 1) * bs]) for i in range(self.budget.calib_batches)]
 
     def forward(self, model: nn.Module, batch) -> Tensor:
-        return model(batch[0])
+        return model(batch[0].to(device_of(model), non_blocking=True))
 
     def loss(self, model: nn.Module, batch) -> Tensor:
-        return F.cross_entropy(model(batch[0]), batch[1])
+        return F.cross_entropy(self.forward(model, batch), batch[1].to(device_of(model)))
 
     def trivial_metric(self) -> float:
         """Top-1 of always predicting the test split's most frequent class."""
@@ -107,7 +108,8 @@ class FashionMNISTTask(Task):
         model.eval()
         correct = 0
         for i in range(0, len(y), self.eval_batch):
-            correct += int((model(x[i : i + self.eval_batch]).argmax(1) == y[i : i + self.eval_batch]).sum())
+            logits = self.forward(model, (x[i : i + self.eval_batch],))
+            correct += int((logits.argmax(1).cpu() == y[i : i + self.eval_batch]).sum())
         model.train(was_training)
         return 100.0 * correct / len(y)
 

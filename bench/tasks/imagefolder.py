@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.core.device import device_of
 from bench.core.errors import ConfigError, DataError
 from bench.data.layouts import IMAGENET_TREE
 from bench.tasks.base import Budget, Task, register_task, seeded
@@ -106,10 +107,6 @@ class ImageSamples(torch.utils.data.Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.transform(image), label
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 class ImageFolderTask(Task):
@@ -282,10 +279,10 @@ class ImageFolderTask(Task):
         return list(self._loader(self.dataset("train"), batches))
 
     def forward(self, model: nn.Module, batch) -> Tensor:
-        return model(batch[0].to(_device_of(model), non_blocking=True))
+        return model(batch[0].to(device_of(model), non_blocking=True))
 
     def loss(self, model: nn.Module, batch) -> Tensor:
-        target = batch[1].to(_device_of(model))
+        target = batch[1].to(device_of(model))
         return F.cross_entropy(self.forward(model, batch), target, label_smoothing=self.label_smoothing)
 
     def trivial_metric(self) -> float:

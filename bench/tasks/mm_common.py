@@ -263,7 +263,7 @@ class MMTask(Task):
             logger=dict(type="LoggerHook", interval=50),
             checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=1) if checkpoints else None,
         )
-        return Runner(
+        runner = Runner(
             model=model,
             work_dir=str(work_dir),
             experiment_name=name,
@@ -279,6 +279,8 @@ class MMTask(Task):
             resume=resume,
             env_cfg=env_cfg,
         )
+        runner.model.to(self.device)  # mmengine moves it to its own default (CUDA when present)
+        return runner
 
     def dense_optimizer_cfg(self) -> dict:
         b = self.budget
@@ -289,7 +291,7 @@ class MMTask(Task):
     def train_dense(self, seed: int, path: Path, log: Callable[[str], None]) -> DenseModel:
         """Train (or load) the dense model of (task, seed); the cache holds ``{"model", "val", "test", "train_s"}``."""
         from bench.training.mm_hook import EpochLogHook
-        from bench.training.train import seed_everything
+        from bench.training.train import cpu_state, seed_everything
 
         cached = load_or_discard(path, "dense checkpoint", log)
         if cached is not None:
@@ -298,7 +300,12 @@ class MMTask(Task):
         seed_everything(seed)
         model = self.build_model()
         work_dir = path.with_suffix(".work")
-        optim_wrapper = dict(type="OptimWrapper", clip_grad=self.clip_grad, optimizer=self.dense_optimizer_cfg())
+        optim_wrapper = dict(
+            type="PenaltyOptimWrapper",  # no penalty in dense training: the bf16 autocast of --amp
+            clip_grad=self.clip_grad,
+            optimizer=self.dense_optimizer_cfg(),
+            autocast_device=str(self.device) if self.amp else None,
+        )
         schedule = [
             dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=self.warmup_iters),
             cosine_schedule(b.dense_epochs),
@@ -321,7 +328,7 @@ class MMTask(Task):
         train_s = round(time.perf_counter() - started, 1)
         log(f"dense training of {self.name} (seed {seed}): {train_s} s")
         dense = {
-            "model": model.state_dict(),
+            "model": cpu_state(model),
             "val": self.evaluate_all(model, "val"),
             "test": self.evaluate_all(model, "test"),
             "train_s": train_s,
@@ -336,7 +343,10 @@ class MMTask(Task):
 
         b = self.budget
         hook = PruningHook(driver)
-        optim_wrapper = hook.optim_wrapper(model, b.prune_lr, b.momentum, b.weight_decay)  # no clipping, as native
+        autocast_device = str(self.device) if self.amp else None
+        optim_wrapper = hook.optim_wrapper(  # no clipping, as native
+            model, b.prune_lr, b.momentum, b.weight_decay, autocast_device=autocast_device
+        )
         discard_unreadable_checkpoint(work_dir, log)
         with quiet_stdout():
             runner = self.runner(

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.core.device import device_of
 from bench.core.errors import ConfigError, DataError
 from bench.tasks.base import Budget, Task, register_task, seeded
 from bench.tasks.classification import FashionMNISTTask
@@ -96,10 +97,6 @@ def imagenet_root() -> dict:
             f"imagenet-deit needs ${IMAGENET_ENV} pointing at an ImageNet copy (train/ and val/ class folders)"
         )
     return check_imagenet_root(root, ("train", "val"))
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 @register_task
@@ -206,10 +203,10 @@ class ImagenetDeiT(Task):
         return batches
 
     def forward(self, model: nn.Module, batch) -> Tensor:
-        return model(batch[0].to(_device_of(model), non_blocking=True))
+        return model(batch[0].to(device_of(model), non_blocking=True))
 
     def loss(self, model: nn.Module, batch) -> Tensor:
-        return F.cross_entropy(self.forward(model, batch), batch[1].to(_device_of(model)), label_smoothing=0.1)
+        return F.cross_entropy(self.forward(model, batch), batch[1].to(device_of(model)), label_smoothing=0.1)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str = "test") -> float:

@@ -23,6 +23,7 @@ scalars/arrays of its message hub).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,7 @@ from mmengine.registry import HOOKS, OPTIM_WRAPPERS
 from torch import Tensor, nn
 
 from bench.core.artifacts import CorruptArtifact, load_artifact
+from bench.core.device import autocast
 from bench.training.stages import StageDriver
 
 CHECKPOINT_KEY = "smartbench"
@@ -70,12 +72,21 @@ def plain_history(buffer: HistoryBuffer) -> dict:
 
 @OPTIM_WRAPPERS.register_module()
 class PenaltyOptimWrapper(OptimWrapper):
-    """OptimWrapper that adds ``extra_loss()`` to the loss and calls ``after_step(optimizer)``."""
+    """OptimWrapper that adds ``extra_loss()`` to the loss and calls ``after_step(optimizer)``;
+    with ``autocast_device`` ("cuda:0", "cpu") the forward pass autocasts to bf16 (``--amp``: no
+    loss scaling needed in bf16, so it works on the CPU too, unlike mmengine's AmpOptimWrapper)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, autocast_device: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.extra_loss: Callable[[], Tensor | float] | None = None
         self.after_step: Callable[[torch.optim.Optimizer], None] | None = None
+        self.autocast_device = autocast_device
+
+    @contextlib.contextmanager
+    def optim_context(self, model: nn.Module):
+        amp = self.autocast_device is not None
+        with super().optim_context(model), autocast(torch.device(self.autocast_device or "cpu"), amp):
+            yield
 
     def update_params(self, loss: Tensor, step_kwargs=None, zero_kwargs=None) -> None:
         if self.extra_loss is not None:
@@ -100,12 +111,18 @@ class PruningHook(Hook):
         allow_mmengine_checkpoints()
 
     def optim_wrapper(
-        self, model: nn.Module, lr: float, momentum: float, weight_decay: float, clip_grad: dict | None = None
+        self,
+        model: nn.Module,
+        lr: float,
+        momentum: float,
+        weight_decay: float,
+        clip_grad: dict | None = None,
+        autocast_device: str | None = None,
     ) -> PenaltyOptimWrapper:
         """SGD over the model's trainable parameters plus the pruner's own groups."""
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]}] + self.driver.param_groups()
         optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        wrapper = PenaltyOptimWrapper(optimizer, clip_grad=clip_grad)
+        wrapper = PenaltyOptimWrapper(optimizer, clip_grad=clip_grad, autocast_device=autocast_device)
         wrapper.extra_loss = self.driver.penalty
         wrapper.after_step = self.driver.after_optimizer_step
         return wrapper

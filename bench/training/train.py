@@ -1,6 +1,7 @@
 """Native training loop: dense training (cached) and the prune -> finetune stages.
 
-The loop owns data, optimizer and schedule; everything about pruning is the stage driver's
+The loop trains on ``task.device`` (the model is moved there; tasks move each batch to the
+model's device) with bf16 autocast of the loss when ``task.amp``. The loop owns data, optimizer and schedule; everything about pruning is the stage driver's
 (bench.training.stages.StageDriver), which the mmengine path calls the same way. Checkpoints are written
 atomically at every epoch end, so a killed run resumes exactly (data order depends only on
 (seed, epoch)); an unreadable dense or resume checkpoint is deleted and rebuilt.
@@ -18,17 +19,24 @@ import torch
 from torch import Tensor, nn
 
 from bench.core.artifacts import atomic_save, load_or_discard
+from bench.core.device import autocast
 from bench.core.errors import ConfigError
 from bench.tasks.base import DenseModel, Task
 from bench.training.stages import StageDriver
 
-__all__ = ["PruneTrainer", "atomic_save", "seed_everything", "train_dense"]
+__all__ = ["PruneTrainer", "atomic_save", "cpu_state", "seed_everything", "train_dense"]
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    """The model's state_dict with every tensor on the CPU (what caches and rows hold, so a
+    checkpoint written on a GPU loads on a CPU-only machine)."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:
@@ -64,7 +72,7 @@ def train_dense(task: Task, seed: int, path: Path, log: Callable[[str], None] = 
     if cached is not None:
         return DenseModel(cached)
     seed_everything(seed)
-    model = task.build_model()
+    model = task.build_model().to(task.device)
     b = task.budget
     total = b.dense_epochs * task.steps_per_epoch()
     optimizer = make_dense_optimizer(model, task)
@@ -73,19 +81,22 @@ def train_dense(task: Task, seed: int, path: Path, log: Callable[[str], None] = 
     for epoch in range(b.dense_epochs):
         for batch in task.train_batches(epoch, seed):
             set_lr(optimizer, step, total)
-            loss = task.loss(model, batch)
+            with autocast(task.device, task.amp):
+                loss = task.loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
         log(f"dense epoch {epoch + 1}/{b.dense_epochs} loss {loss.item():.4f}")
-    state = model.state_dict()
+    state = cpu_state(model)
     atomic_save(state, path)
     return DenseModel(state)
 
 
 class PruneTrainer:
-    """The native loop of the pruning and fine-tuning stages, resumable from ``checkpoint``."""
+    """The native loop of the pruning and fine-tuning stages, resumable from ``checkpoint``.
+
+    ``model`` is already on ``task.device`` (moved before the pruner attached)."""
 
     def __init__(
         self,
@@ -114,7 +125,8 @@ class PruneTrainer:
                 step = epoch * self.steps_per_epoch + i
                 set_lr(optimizer, step, self.total_steps)
                 driver.before_forward(step, epoch)
-                loss = task.loss(model, batch)
+                with autocast(task.device, task.amp):
+                    loss = task.loss(model, batch)
                 total = loss + driver.penalty() if driver.pruning else loss
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
@@ -134,6 +146,7 @@ class PruneTrainer:
                 "optimizer": optimizer.state_dict(),
                 **self.driver.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.task.device.type == "cuda" else None,
             },
             self.checkpoint,
         )
@@ -147,5 +160,7 @@ class PruneTrainer:
         optimizer.load_state_dict(state["optimizer"])
         self.driver.load_state_dict(state)
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.task.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.log(f"resumed after epoch {state['epochs_done']}")
         return state["epochs_done"]

@@ -426,6 +426,50 @@ def check_unsupported_pattern_rejected(cls: type[Pruner], kind: str) -> None:
     raise AssertionError(f"{cls.name}: accepted {pattern} although it declares patterns {cls.patterns}")
 
 
+def _tensors(value, where: str):
+    """(path, tensor) of every tensor in nested dicts/lists/tuples and modules."""
+    if isinstance(value, Tensor):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _tensors(item, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _tensors(item, f"{where}[{i}]")
+    elif isinstance(value, nn.Module):
+        for name, tensor in value.state_dict().items():
+            yield f"{where}.{name}", tensor
+
+
+def check_tensors_follow_device(case: KitCase) -> None:
+    """Every tensor the pruner creates at ``attach`` lives on its layers' device: the model, its
+    calibration batches and the tracing input are put on the ``meta`` device (shapes without data),
+    so a tensor made on the CPU by default shows up as a ``cpu`` tensor -- the bug that breaks
+    a CUDA run -- without a GPU. Construction only: selecting masks needs real values."""
+    task = KitTask()
+    with torch.device("meta"):
+        model = task.build_model()
+    meta = torch.device("meta")
+    names = find_prunable(model, task.include, task.exclude, task.keep_first_last)
+    masker = Masker(model, names, parse_pattern(case.pattern), task.example_input().to(meta))
+    batches = [(x.to(meta), y.to(meta)) for x, y in task.calibration_batches()]
+    calibrate(model, masker.layers, batches, task.forward)
+    pruner = build(case)
+    pruner.attach(masker.layers)
+    found = list(_tensors(pruner.state_dict(), "state_dict()"))
+    found += [(f"parameters()[{i}]", p) for i, p in enumerate(pruner.parameters())]
+    found += [
+        (f"param_groups()[{g}]['params'][{i}]", p)
+        for g, group in enumerate(pruner.param_groups())
+        for i, p in enumerate(group["params"])
+    ]
+    for attr, value in vars(pruner).items():
+        if attr != "layers":
+            found += list(_tensors(value, attr))
+    stray = sorted({where for where, tensor in found if tensor.device != meta})
+    assert not stray, f"{case.id}: tensors not created on the layers' device (meta here): {', '.join(stray[:8])}"
+
+
 def check_all(cls: type[Pruner], workdir: Path, sparsities: tuple[float, ...] = KIT_SPARSITIES) -> None:
     """Every check on one pruner class (used for generated and external pruners)."""
     check_declaration(cls)
@@ -435,6 +479,7 @@ def check_all(cls: type[Pruner], workdir: Path, sparsities: tuple[float, ...] = 
     for case in cases_for(cls):
         if case.sparsity not in sparsities and not parse_pattern(case.pattern).per_row_budget:
             continue
+        check_tensors_follow_device(case)
         run = run_case(case)
         check_exact_sparsity(run)
         check_pattern_valid(run)

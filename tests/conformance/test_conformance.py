@@ -62,6 +62,11 @@ def test_undeclared_pattern_rejected(cls, kind):
 
 # -- per (pruner, pattern, sparsity) ------------------------------------------------------
 @by_case(CASES)
+def test_pruner_tensors_follow_the_layers_device(case):
+    harness.check_tensors_follow_device(case)
+
+
+@by_case(CASES)
 def test_exact_sparsity_after_finalize(case):
     harness.check_exact_sparsity(harness.reference_run(case))
 

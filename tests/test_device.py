@@ -1,0 +1,116 @@
+"""--device / --amp: validation, identity, placement of restored pruner state, bf16 autocast in
+the native loop. (Pruners creating their tensors on their layers' device: the conformance kit's
+meta-device check. CUDA itself: scripts/gpu_check.py on a machine that has one.)"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from bench.cli.main import main
+from bench.core.device import autocast, resolve_device, to_device
+from bench.core.errors import ConfigError
+from bench.runs.run import RunSpec, resolve
+from bench.suites.suite import spec_only_id
+from bench.training.stages import StageDriver
+from bench.training.train import PruneTrainer
+from tests.conformance import harness
+
+needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+
+
+def test_auto_and_cpu():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device(None) == resolve_device("auto")
+    assert resolve_device(" CPU ") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cuda:x", "cuda0", "tpu", ""])
+def test_unknown_device_names_the_field_and_the_choices(bad):
+    with pytest.raises(ConfigError, match=r"^device: unknown device .*allowed: auto, cpu, cuda, cuda:N"):
+        resolve_device(bad)
+
+
+@needs_no_gpu
+@pytest.mark.parametrize("name", ["cuda", "cuda:0", "cuda:3"])
+def test_cuda_without_a_gpu_is_refused(name):
+    with pytest.raises(ConfigError, match="sees no CUDA device here"):
+        resolve_device(name)
+
+
+@needs_no_gpu
+def test_cli_refuses_cuda_before_any_training(capsys, runs_dir):
+    code = main(
+        ["run", "--task", "fmnist-tiny", "--pruner", "magnitude", "--pattern", "block:1x8"]
+        + ["--sparsity", "0.5", "--device", "cuda"]
+    )
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: device: 'cuda' asked for, but torch sees no CUDA device here; allowed: auto, cpu"
+    ]
+    assert not any(runs_dir.rglob("*.pt")) and not any(runs_dir.rglob("*.jsonl"))
+
+
+def test_device_is_not_identity_amp_is():
+    spec = RunSpec(task="fmnist-tiny", pruner="magnitude", pattern="block:1x8", sparsity=0.5)
+    base = resolve(spec)
+    assert resolve(dataclasses.replace(spec, device="cpu")).run_id == base.run_id
+    with_amp = resolve(dataclasses.replace(spec, amp=True))
+    assert with_amp.run_id != base.run_id and with_amp.canonical["task"]["amp"] == "bf16"
+    assert "amp" not in base.canonical["task"]  # ids of fp32 runs are those from before the field
+    assert spec_only_id(dataclasses.replace(spec, device="cpu")) == spec_only_id(spec)
+    assert spec_only_id(dataclasses.replace(spec, amp=True)) != spec_only_id(spec)
+    with pytest.raises(ConfigError, match="^amp: must be true or false"):
+        resolve(dataclasses.replace(spec, amp="yes"))
+
+
+def test_to_device_moves_nested_tensors_only():
+    meta = torch.device("meta")
+    moved = to_device({"x": torch.zeros(2), "rest": [torch.ones(1), "tag", 3]}, meta)
+    assert moved["x"].device == meta and moved["rest"][0].device == meta
+    assert moved["rest"][1:] == ["tag", 3]
+
+
+def test_restored_pruner_state_goes_to_the_layers_device():
+    """Checkpoints hold CPU tensors; a pruner attached to layers elsewhere gets them there (meta here)."""
+    case = harness.KitCase(harness.registered_pruners()["random"], "block:1x8", 0.5)
+    cpu_pruner = harness.build(case)
+    _, _, masker, _ = harness.fresh_setup(case)
+    cpu_pruner.attach(masker.layers)
+    state = cpu_pruner.state_dict()
+    with torch.device("meta"):
+        model = harness.TinyNet()
+    names = [layer.name for layer in masker.layers]
+    meta_masker = harness.Masker(model, names, cpu_pruner.pattern)
+    meta_pruner = harness.build(case)
+    meta_pruner.attach(meta_masker.layers)
+    meta_pruner.load_state_dict(state)
+    assert {t.device.type for t in meta_pruner.scores.values()} == {"meta"}
+
+
+class AutocastRecordingTask(harness.KitTask):
+    def loss(self, model, batch):
+        self.autocast_seen = getattr(self, "autocast_seen", []) + [torch.is_autocast_enabled("cpu")]
+        return super().loss(model, batch)
+
+
+def test_amp_autocasts_the_training_forward_in_bf16():
+    assert torch.is_autocast_enabled("cpu") is False
+    with autocast(torch.device("cpu"), True):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert (torch.ones(4, 4) @ torch.ones(4, 4)).dtype == torch.bfloat16
+    case = harness.KitCase(harness.registered_pruners()["magnitude"], "block:1x8", 0.5)
+    task, model, masker, pruner = harness.fresh_setup(case)
+    task = AutocastRecordingTask()
+    task.amp = True
+    b = task.budget
+    driver = StageDriver(pruner, masker, b.prune_epochs, b.finetune_epochs, lambda _: None)
+    driver.setup(task.calibration_batches(), task.forward)
+    hard = PruneTrainer(task, model, driver, 0).run()
+    assert task.autocast_seen and all(task.autocast_seen)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
+    kept = sum(int(m.sum()) for m in hard.values())
+    assert kept == sum(m.numel() for m in hard.values()) // 2
