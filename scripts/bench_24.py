@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--no-linear", action="store_true", help="skip the per-Linear-shape table")
     parser.add_argument("--out", type=Path, default=None, help="write all rows as JSON here")
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "cusparselt", "cutlass"),
+        default="auto",
+        help="torch's 2:4 kernels: auto (cuSPARSELt when present, else CUTLASS) or one of them",
+    )
     args = parser.parse_args(argv)
     try:
         device = require_cuda()
@@ -83,7 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     torch.manual_seed(0)
-    backend = "cuSPARSELt" if torch.backends.cusparselt.is_available() else "CUTLASS"
+    from torch.sparse import SparseSemiStructuredTensor
+
+    if args.backend == "cusparselt" and not torch.backends.cusparselt.is_available():
+        print("error: --backend cusparselt: this torch build has no cuSPARSELt", file=sys.stderr)
+        return 2
+    SparseSemiStructuredTensor._FORCE_CUTLASS = args.backend == "cutlass"
+    cusparselt = args.backend == "cusparselt" or (args.backend == "auto" and torch.backends.cusparselt.is_available())
+    backend = "cuSPARSELt" if cusparselt else "CUTLASS"
     header = (
         f"device {torch.cuda.get_device_name(device)}, torch {torch.__version__}, {backend}, fp16, "
         f"pattern {PATTERN_24}, median of {args.repeats} after {args.warmup} warm-up"

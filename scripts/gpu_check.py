@@ -182,14 +182,20 @@ def step_ratios(rounds: int, steps: int, device: str, pruners: list[str] | None)
 
 # -- 4. 2:4 latency ---------------------------------------------------------------------------
 def sparse24(runs: Path) -> dict:
+    """bench_24.py once per backend of torch's 2:4 kernels (cuSPARSELt and CUTLASS)."""
     runs.mkdir(parents=True, exist_ok=True)
-    target = runs / "sparse24.json"
-    cmd = [sys.executable, str(HERE / "bench_24.py"), "--out", str(target), "--repeats", "50"]
-    cmd += ["--batch-sizes", "1", "16", "64", "256"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        return {"error": (done.stderr or done.stdout)[-1500:]}
-    return {"rows": json.loads(target.read_text()), "printed": done.stdout}
+    out = {"rows": {}, "printed": ""}
+    for backend in ("cusparselt", "cutlass"):
+        target = runs / f"sparse24-{backend}.json"
+        cmd = [sys.executable, str(HERE / "bench_24.py"), "--out", str(target), "--repeats", "50"]
+        cmd += ["--batch-sizes", "1", "16", "64", "256", "--backend", backend]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            out["printed"] += f"--backend {backend} failed:\n{(done.stderr or done.stdout)[-1500:]}\n"
+            continue
+        out["rows"][backend] = json.loads(target.read_text())
+        out["printed"] += done.stdout + "\n"
+    return out
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -209,11 +215,14 @@ def render(report: dict) -> str:
     lines = [
         "# GPU check",
         "",
-        f"Written by `scripts/gpu_check.sh` ({report['finished_at']}, commit {report['commit']}).",
+        f"Written by `scripts/gpu_check.sh` ({report['finished_at']}).",
         f"{env['gpu']} ({env['gpu_memory_gib']} GiB), torch {env['torch']} (CUDA {env['cuda']}, cuDNN "
         f"{env['cudnn']}), timm {env['timm']}, Python {env['python']}, {env['cpu_count']} CPU cores. "
         f"Total wall time {report['wall_s']:.0f} s. Sections: "
-        + ", ".join(f"{name} {section['wall_s']:.0f} s" for name, section in report["sections"].items())
+        + ", ".join(
+            f"{name} {section['wall_s']:.0f} s (commit {section.get('commit', report['commit'])})"
+            for name, section in report["sections"].items()
+        )
         + ".",
         "",
     ]
@@ -315,6 +324,7 @@ def timed(report: dict, name: str, fn, *args) -> None:
     except Exception:  # noqa: BLE001 -- one failing section must not hide the others
         section = {"error": traceback.format_exc()[-3000:]}
     section["wall_s"] = round(time.perf_counter() - started, 1)
+    section["commit"] = report["commit"]
     report["sections"][name] = section
     log(f"section {name}: {section['wall_s']} s{' (failed)' if 'error' in section else ''}")
 

@@ -275,6 +275,7 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
         audit = masker.audit(hard)
         val, test = task.evaluate_all(model, "val"), task.evaluate_all(model, "test")
         masker.remove(fold=True)
+        pruner_stats = pruner.log_values()  # while the pruner's tensors and the layers share a device
         model.cpu()  # cost figures and the saved model: on the CPU, wherever training ran
         hard = {name: mask.cpu() for name, mask in hard.items()}
         costs = cost_figures(model, None, hard, task.example_input(), pruner.pattern)
@@ -304,7 +305,7 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
         "pattern_valid": audit["pattern_valid"],
         "prune_wall_s": round(prune_wall, 2),
         "audit": audit,
-        "pruner_stats": pruner.log_values(),
+        "pruner_stats": pruner_stats,
         **costs,
     }
     if driver.before_finetune is not None:  # test metric right after the hard switch
