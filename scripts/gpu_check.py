@@ -181,6 +181,12 @@ def step_ratios(rounds: int, steps: int, device: str, pruners: list[str] | None)
 
 
 # -- 4. 2:4 latency ---------------------------------------------------------------------------
+def last_error_line(text: str) -> str:
+    """The exception line of a traceback (the last non-empty line)."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
 def sparse24(runs: Path) -> dict:
     """bench_24.py once per backend of torch's 2:4 kernels (cuSPARSELt and CUTLASS)."""
     runs.mkdir(parents=True, exist_ok=True)
@@ -191,7 +197,7 @@ def sparse24(runs: Path) -> dict:
         cmd += ["--batch-sizes", "1", "16", "64", "256", "--backend", backend]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
-            out["printed"] += f"--backend {backend} failed:\n{(done.stderr or done.stdout)[-1500:]}\n"
+            out["printed"] += f"--backend {backend} failed: {last_error_line(done.stderr or done.stdout)}\n"
             continue
         out["rows"][backend] = json.loads(target.read_text())
         out["printed"] += done.stdout + "\n"
@@ -327,6 +333,12 @@ def timed(report: dict, name: str, fn, *args) -> None:
     section["commit"] = report["commit"]
     report["sections"][name] = section
     log(f"section {name}: {section['wall_s']} s{' (failed)' if 'error' in section else ''}")
+
+
+def rerender(out_dir: Path) -> None:
+    """Write gpu-check.md again from gpu-check.json (after a change of this file's report layout)."""
+    report = json.loads((out_dir / "gpu-check.json").read_text())
+    (out_dir / "gpu-check.md").write_text(render(report))
 
 
 def main(argv: list[str] | None = None) -> int:
