@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+from conformance import harness
 
 from bench.cli.main import main
 from bench.core.device import autocast, resolve_device, to_device
@@ -16,7 +17,6 @@ from bench.runs.run import RunSpec, resolve
 from bench.suites.suite import spec_only_id
 from bench.training.stages import StageDriver
 from bench.training.train import PruneTrainer
-from tests.conformance import harness
 
 needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 
