@@ -72,6 +72,7 @@ class GateFunction(nn.Module):
 
 @register_pruner("awg")
 class AWGPruner(Pruner):
+    comparable_scores = True  # learned under one global budget (or random): ranked as they are
     Config = AWGConfig
     state_attrs = ("stats",)
 
@@ -123,7 +124,7 @@ class AWGPruner(Pruner):
             return 0.0
         masks = self.masks()
         target = 1.0 - self.sparsity
-        if self.config.scope == "layer":
+        if self.scope == "layer":
             gaps = torch.stack([(m.mean() - target) ** 2 for m in masks.values()])
             return self.config.budget_weight * gaps.mean()
         kept = sum(m.sum() for m in masks.values())

@@ -57,6 +57,7 @@ class PaSConfig(PrunerConfig):
 
 @register_pruner("pas")
 class PaSPruner(Pruner):
+    comparable_scores = True  # learned under one global budget (or random): ranked as they are
     Config = PaSConfig
     state_attrs = ("unit_cost",)
 

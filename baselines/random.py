@@ -19,6 +19,7 @@ from bench.core.pruning_blocks import HardMaskPruner
 
 @register_pruner("random")
 class RandomPruner(HardMaskPruner):
+    comparable_scores = True  # learned under one global budget (or random): ranked as they are
     control = True
     state_attrs = ("scores",)
 

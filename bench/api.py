@@ -22,6 +22,7 @@ pattern against every layer, sparsity) before the first step, with the errors of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 
 from bench.core.errors import ConfigError
 from bench.core.masks import Masker, find_prunable
+from bench.core.select import Allocation
 from bench.core.sparsity import parse_pattern, resolve_sparsity
 from bench.deploy.shrink import folded_copy
 from bench.runs.export import save_pruned
@@ -91,7 +93,7 @@ class Pruning:
 
     def audit(self) -> dict[str, Any]:
         """Per-layer and global sparsity of the final masks, and the pattern check."""
-        return self.masker.audit(self.finalize())
+        return self.masker.audit(self.finalize(), self.pruner.allocation)
 
     def export(self, path, meta: dict[str, Any] | None = None) -> Path:
         """Save folded weights and hard masks to ``path`` (``*.pt``; the model is left as it is).
@@ -132,6 +134,7 @@ def prune(
     include: list[str] | None = None,
     exclude: list[str] | None = None,
     keep_first_last: bool = True,
+    allocation: str | dict | None = None,
     log: Callable[[str], None] = lambda _message: None,
 ) -> Pruning:
     """Attach ``pruner`` to ``model`` for a pruning stage of ``steps`` optimizer steps.
@@ -141,6 +144,8 @@ def prune(
     input statistics some pruners use (default: ``[example_input]``), run through
     ``forward(model, batch)``. ``include``/``exclude``/``keep_first_last`` choose the layers as in
     a task (bench.core.masks.find_prunable). ``options``: the pruner's config overrides.
+    ``allocation``: ``"uniform"``, ``"global"`` or ``{"policy": ..., "floor": ...}``, the
+    benchmark's allocation rule (bench.core.select.Allocation; default: the pruner's own scope).
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ConfigError("steps", f"must be an integer >= 1, got {steps!r}")
@@ -148,13 +153,16 @@ def prune(
         raise ConfigError("example_input", "one input batch of the model is needed (masks trace the model once)")
     parsed = parse_pattern(pattern)
     target = resolve_sparsity(parsed, sparsity)
-    instance = build_pruner(pruner, parsed, target, options)
+    rule = Allocation.from_value(allocation)
+    instance = build_pruner(pruner, parsed, target, options, rule)
     names = find_prunable(model, include, exclude, keep_first_last)
     if not names:
         raise ConfigError("include", "no prunable Conv2d/Linear layer selected")
     modules = dict(model.named_modules())
     for name in names:
         parsed.check(modules[name].weight.shape, name)
+    if rule is not None:
+        rule.check({n: math.prod(parsed.unit_shape(modules[n].weight.shape)) for n in names}, parsed, target)
     masker = Masker(model, names, parsed, example_input)
     driver = StageDriver(instance, masker, prune_epochs=1, finetune_epochs=0, log=log)
     driver.setup(list(calibration) if calibration is not None else [example_input], forward)

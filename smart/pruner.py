@@ -79,6 +79,7 @@ def initial_scores(layers: list[PrunableLayer], pattern, use_activations: bool, 
 
 @register_pruner("smart")
 class SmartPruner(Pruner):
+    comparable_scores = True  # learned under one global budget (or random): ranked as they are
     Config = SmartConfig
     state_attrs = ("tau", "current_sparsity", "nonbinary", "thresholds", "temperature")
 
@@ -124,7 +125,7 @@ class SmartPruner(Pruner):
             self.scores,
             self.pattern,
             self.current_sparsity,
-            self.config.scope,
+            self.scope,
             self.tau,
             self.config.detach_t,
             self.thresholds,

@@ -45,6 +45,8 @@ def cmd_run(args) -> int:
     from bench.core.paths import RunPaths
     from bench.runs.run import RunSpec, execute, resolve
 
+    if args.allocation is None and args.keep_floor:
+        raise ConfigError("--keep-floor", "needs --allocation uniform|global")
     budget = {
         k: v
         for k, v in (("prune_epochs", args.prune_epochs), ("finetune_epochs", args.finetune_epochs))
@@ -61,6 +63,7 @@ def cmd_run(args) -> int:
         budget=budget,
         data=args.data,
         dense_checkpoint=args.dense_checkpoint,
+        allocation=None if args.allocation is None else {"policy": args.allocation, "floor": args.keep_floor},
         device=args.device,
         amp=args.amp,
     )
@@ -99,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from this dense state_dict (or timm checkpoint) instead of training one; its hash enters the run id",
     )
     add_device_arguments(run)
+    run.add_argument(
+        "--allocation",
+        choices=("uniform", "global"),
+        default=None,
+        help="the protocol's allocation rule: uniform per layer, or one global ranking of per-layer "
+        "standardised scores (default: none, each pruner's own scope as in v1); part of the run id",
+    )
+    run.add_argument(
+        "--keep-floor", type=float, default=0.0, help="with --allocation: every layer keeps >= this fraction"
+    )
     run.add_argument("--prune-epochs", type=int, default=None)
     run.add_argument("--finetune-epochs", type=int, default=None)
     run.add_argument("--wandb-project", default=None)

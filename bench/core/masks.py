@@ -201,9 +201,13 @@ class Masker:
             for owner, attr in self._channel_tensors(layer):
                 getattr(owner.parametrizations, attr)[0].mask = unit_mask
 
-    def audit(self, unit_masks: dict[str, Tensor]) -> dict:
-        """Per-layer and global sparsity of hard unit masks, plus the pattern validity check."""
+    def audit(self, unit_masks: dict[str, Tensor], allocation=None) -> dict:
+        """Per-layer and global sparsity of hard unit masks, plus the pattern validity check.
+
+        With the protocol's ``allocation`` (bench.core.select.Allocation; not for N:M), each layer
+        says whether it was cut down to its floor (``at_floor``) and the audit counts them."""
         rows, kept_units, total_units, zero_w, total_w, valid = [], 0, 0, 0, 0, True
+        floors = allocation is not None and not self.pattern.per_row_budget
         for layer in self.layers:
             unit_mask = unit_masks[layer.name].bool()
             weight_mask = self.pattern.expand(unit_mask.float(), layer.module.parametrizations.weight.original.shape)
@@ -222,6 +226,8 @@ class Masker:
                     valid=layer_valid,
                 )
             )
+            if floors:
+                rows[-1]["at_floor"] = kept <= allocation.minimum(units)
             kept_units, total_units, zero_w, total_w = (
                 kept_units + kept,
                 total_units + units,
@@ -235,7 +241,7 @@ class Masker:
             total_units=total_units,
             weight_sparsity=zero_w / total_w,
             pattern_valid=valid,
-        )
+        ) | ({"layers_at_floor": sum(row["at_floor"] for row in rows)} if floors else {})
 
     def remove(self, fold: bool = True) -> None:
         """Drop the parametrizations; with ``fold`` the current (hard) masks are baked into the tensors."""

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from bench.core.errors import ConfigError
 from bench.core.masks import PrunableLayer
-from bench.core.select import hard_topk, keep_above
+from bench.core.select import Allocation, hard_topk, keep_above
 from bench.core.sparsity import Pattern
 
 ENTRY_POINT_GROUP = "smartbench.pruners"
@@ -141,6 +141,10 @@ class Pruner:
     patterns: ClassVar[tuple[str, ...]] = ALL_PATTERNS
     straight_through: ClassVar[bool] = False  # gradients reach pruned weights (SR-STE)
     control: ClassVar[bool] = False  # a control (random...), not a method: tables may set it apart
+    # True when the unit scores given to ``select`` are comparable across layers as they are (learned
+    # under one global budget, or random); False (scores from weight norms): the protocol's
+    # ``global`` allocation standardises them per layer first (bench.core.select).
+    comparable_scores: ClassVar[bool] = False
     # Attributes that state_dict() saves and load_state_dict() restores, besides parameters().
     # Each class names its own; they add up along the class hierarchy. Values: tensors, numbers,
     # strings, None, lists/tuples/dicts of those, or objects with state_dict/load_state_dict.
@@ -155,6 +159,9 @@ class Pruner:
         self.pattern = pattern
         self.sparsity = sparsity
         self.layers: list[PrunableLayer] = []
+        # the protocol's allocation rule (bench.core.select.Allocation), set by bench.runs.registry.build_pruner;
+        # None (v1): the pruner's own ``config.scope`` on raw scores, one unit per layer at least
+        self.allocation: Allocation | None = None
 
     # -- hooks ------------------------------------------------------------------------
     def attach(self, layers: list[PrunableLayer]) -> None:
@@ -226,12 +233,27 @@ class Pruner:
         ``sparsity`` on a ramp towards it. N:M keeps N per row of M at the target (on a ramp, the
         per-row count falls from M to N), so a pruner never handles N:M itself."""
         level = self.sparsity if sparsity is None else sparsity
-        return hard_topk(scores, self.pattern, level, self.config.scope, target=self.sparsity)
+        return hard_topk(
+            scores,
+            self.pattern,
+            level,
+            self.config.scope,
+            target=self.sparsity,
+            allocation=self.allocation,
+            comparable=self.comparable_scores,
+        )
 
     def keep_above(self, scores: dict[str, Tensor], threshold: float) -> dict[str, Tensor]:
         """Bool unit masks ``score > threshold`` (gates deciding alone, no budget); N:M: the top N
-        of every row of M instead (bench.core.select.keep_above)."""
-        return keep_above(scores, self.pattern, threshold)
+        of every row of M instead; every layer keeps at least the allocation's floor
+        (bench.core.select.keep_above)."""
+        return keep_above(scores, self.pattern, threshold, self.allocation)
+
+    @property
+    def scope(self) -> str:
+        """``global`` or ``layer``: the allocation's when the protocol sets one, else ``config.scope``
+        (for what a pruner does with its budget during training: soft top-k, budget penalties)."""
+        return self.allocation.scope if self.allocation is not None else self.config.scope
 
     @property
     def budget_fixed(self) -> bool:

@@ -12,14 +12,102 @@ invariant "achieved sparsity == target at unit granularity" holds by constructio
 
 Pruners reach these through ``Pruner.select`` and ``Pruner.keep_above``, so the N:M dispatch
 lives here and nowhere else.
+
+**Allocation protocol** (:class:`Allocation`, a run-level setting, the same for every pruner of a
+benchmark column; v1 runs have none and use each pruner's own ``scope`` on raw scores):
+
+* ``uniform``: every layer keeps round((1 - r) * G_l) units (= ``scope="layer"``);
+* ``global``: one ranking over all layers, of scores made comparable first: scores computed from
+  weights (norms; a BatchNorm after a layer makes their scale arbitrary per layer) are
+  standardised per layer, (s - mean_l) / std_l; learned scores that a pruner trains under one
+  global budget (SMART's scores, AWG's logits, PaS's gates, random draws: ``comparable=True``)
+  are ranked as they are;
+* ``floor``: every layer keeps at least max(1, ceil(floor * G_l)) units, whatever the policy
+  (N:M exempt: it keeps N per row anyway), also in ``keep_above``'s training-time masks.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+from bench.core.errors import ConfigError
 from bench.core.sparsity import Pattern
+
+POLICIES = ("uniform", "global")
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """How a unit budget is spread over layers (module docstring); part of the run identity."""
+
+    policy: str = "global"
+    floor: float = 0.0  # minimum kept fraction of every layer's units
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ConfigError("allocation.policy", f"{self.policy!r} is not one of {', '.join(POLICIES)}")
+        if isinstance(self.floor, bool) or not isinstance(self.floor, (int, float)) or not 0.0 <= self.floor < 1.0:
+            raise ConfigError("allocation.floor", f"must be a number in [0, 1), got {self.floor!r}")
+
+    @classmethod
+    def from_value(cls, value) -> Allocation | None:
+        """None, a policy name, or a mapping {policy, floor} (suite YAML, RunSpec)."""
+        if value is None or isinstance(value, Allocation):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, dict):
+            unknown = set(value) - {"policy", "floor"}
+            if unknown:
+                raise ConfigError("allocation", f"unknown field(s) {sorted(unknown)}; allowed: policy, floor")
+            floor = value.get("floor", 0.0)
+            return cls(value.get("policy", "global"), float(floor) if isinstance(floor, int) else floor)
+        raise ConfigError("allocation", f"expected a policy name or {{policy, floor}}, got {value!r}")
+
+    def to_dict(self) -> dict:
+        return {"policy": self.policy, "floor": self.floor}
+
+    @property
+    def scope(self) -> str:
+        return "layer" if self.policy == "uniform" else "global"
+
+    def minimum(self, units: int) -> int:
+        """Units a layer of ``units`` always keeps."""
+        return max(1, min(units, math.ceil(self.floor * units - 1e-9)))
+
+    def check(self, unit_counts: dict[str, int], pattern: Pattern, sparsity: float) -> None:
+        """ConfigError before training when the floors cannot be met at the target."""
+        if pattern.per_row_budget:
+            return
+        total = sum(unit_counts.values())
+        floors = sum(self.minimum(c) for c in unit_counts.values())
+        keep = sum(keep_count(c, sparsity) for c in unit_counts.values()) if self.policy == "uniform" else None
+        if self.policy == "global" and floors > keep_count(total, sparsity):
+            raise ConfigError(
+                "allocation.floor",
+                f"floor {self.floor:g} keeps {floors} of {total} units, more than the "
+                f"{keep_count(total, sparsity)} a sparsity of {sparsity:g} leaves; lower the floor",
+            )
+        if self.policy == "uniform" and any(self.minimum(c) > keep_count(c, sparsity) for c in unit_counts.values()):
+            raise ConfigError(
+                "allocation.floor",
+                f"floor {self.floor:g} is above the {keep or 0} units per layer that uniform allocation at "
+                f"sparsity {sparsity:g} keeps; lower the floor",
+            )
+
+
+def standardise_per_layer(scores: dict[str, Tensor]) -> dict[str, Tensor]:
+    """(s - mean_l) / std_l per layer, in float64 (a layer of one unit, or of equal scores, gets 0)."""
+    out = {}
+    for name, score in scores.items():
+        s = score.detach().to(torch.float64)
+        std = s.std() if s.numel() > 1 else s.new_tensor(0.0)
+        out[name] = (s - s.mean()) / std if float(std) > 0 else torch.zeros_like(s)
+    return out
 
 
 def keep_count(total_units: int, sparsity: float) -> int:
@@ -34,20 +122,25 @@ def nm_topk(scores: Tensor, n: int) -> Tensor:
     return mask
 
 
-def global_topk(scores: dict[str, Tensor], keep: int) -> dict[str, Tensor]:
-    """Keep the ``keep`` highest scores across all layers, at least one per layer."""
+def global_topk(scores: dict[str, Tensor], keep: int, minimum: dict[str, int] | None = None) -> dict[str, Tensor]:
+    """Keep the ``keep`` highest scores across all layers, at least ``minimum[name]`` (default 1)
+    in every layer: each layer's own best ``minimum`` first, then the rest by one global ranking."""
     names = list(scores)
     flat = [scores[name].detach().reshape(-1).to(torch.float64).cpu() for name in names]
-    if keep < len(names):
-        raise ValueError(f"cannot keep {keep} units over {len(names)} layers (need >= 1 per layer)")
+    floors = [1 if minimum is None else minimum[name] for name in names]
+    if keep < sum(floors):
+        raise ValueError(f"cannot keep {keep} units over {len(names)} layers (need >= {sum(floors)} for the floors)")
     offsets = torch.tensor([0] + [f.numel() for f in flat]).cumsum(0)
     everything = torch.cat(flat)
     chosen = torch.zeros(everything.numel(), dtype=torch.bool)
-    for i, f in enumerate(flat):  # guarantee one unit per layer
-        chosen[offsets[i] + int(torch.argmax(f))] = True
+    for i, f in enumerate(flat):  # guarantee each layer's floor (one unit without an allocation)
+        if floors[i] == 1:
+            chosen[offsets[i] + int(torch.argmax(f))] = True
+        else:
+            chosen[offsets[i] + torch.argsort(f, descending=True, stable=True)[: floors[i]]] = True
     rest = everything.masked_fill(chosen, float("-inf"))
     order = torch.argsort(rest, descending=True, stable=True)
-    chosen[order[: keep - len(names)]] = True
+    chosen[order[: keep - sum(floors)]] = True
     return {
         name: chosen[offsets[i] : offsets[i + 1]].reshape(scores[name].shape).to(scores[name].device)
         for i, name in enumerate(names)
@@ -63,15 +156,33 @@ def nm_keep(pattern: Pattern, sparsity: float, target: float) -> int:
 
 
 def hard_topk(
-    scores: dict[str, Tensor], pattern: Pattern, sparsity: float, scope: str = "global", target: float | None = None
+    scores: dict[str, Tensor],
+    pattern: Pattern,
+    sparsity: float,
+    scope: str = "global",
+    target: float | None = None,
+    allocation: Allocation | None = None,
+    comparable: bool = False,
 ) -> dict[str, Tensor]:
     """Exact boolean unit masks for the target sparsity (see module docstring).
 
     ``target``: the run's final sparsity when ``sparsity`` is a level on the way there; only N:M
-    reads it (``nm_keep``), everything else keeps round((1 - sparsity) * G)."""
+    reads it (``nm_keep``), everything else keeps round((1 - sparsity) * G). ``allocation``
+    replaces ``scope`` (and adds the floor); ``comparable``: the scores need no standardising."""
     if pattern.per_row_budget:
         keep = pattern.n if target is None else nm_keep(pattern, sparsity, target)
         return {name: nm_topk(s, keep) for name, s in scores.items()}
+    if allocation is not None:
+        minimum = {name: allocation.minimum(s.numel()) for name, s in scores.items()}
+        if allocation.policy == "uniform":
+            return {
+                name: global_topk({name: s}, max(minimum[name], keep_count(s.numel(), sparsity)), minimum)[name]
+                for name, s in scores.items()
+            }
+        ranked = scores if comparable else standardise_per_layer(scores)
+        keep = max(sum(minimum.values()), keep_count(sum(s.numel() for s in scores.values()), sparsity))
+        masks = global_topk(ranked, keep, minimum)
+        return {name: mask.to(scores[name].device) for name, mask in masks.items()}
     if scope == "global":
         total = sum(s.numel() for s in scores.values())
         return global_topk(scores, keep_count(total, sparsity))
@@ -80,19 +191,39 @@ def hard_topk(
     raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
 
 
-def keep_above(scores: dict[str, Tensor], pattern: Pattern, threshold: float) -> dict[str, Tensor]:
+def keep_above(
+    scores: dict[str, Tensor], pattern: Pattern, threshold: float, allocation: Allocation | None = None
+) -> dict[str, Tensor]:
     """Bool unit masks ``score > threshold``: every unit decides alone (learned gates), no budget.
 
-    N:M: the top N of every row of M instead (a threshold cannot keep exactly N per row)."""
+    N:M: the top N of every row of M instead (a threshold cannot keep exactly N per row). With an
+    ``allocation``, a layer left with fewer than its floor keeps its floor's best units instead."""
     if pattern.per_row_budget:
         return {name: nm_topk(s, pattern.n) for name, s in scores.items()}
-    return {name: s.detach() > threshold for name, s in scores.items()}
+    masks = {name: s.detach() > threshold for name, s in scores.items()}
+    if allocation is not None:
+        for name, s in scores.items():
+            need = allocation.minimum(s.numel())
+            if int(masks[name].sum()) < need:
+                masks[name] = global_topk({name: s}, need)[name]
+    return masks
 
 
-def expected_kept(unit_counts: dict[str, int], pattern: Pattern, sparsity: float, scope: str = "global") -> int:
+def expected_kept(
+    unit_counts: dict[str, int],
+    pattern: Pattern,
+    sparsity: float,
+    scope: str = "global",
+    allocation: Allocation | None = None,
+) -> int:
     """Number of units hard_topk keeps, for audits and tests."""
     if pattern.per_row_budget:
         return sum(c // pattern.m * pattern.n for c in unit_counts.values())
+    if allocation is not None:
+        minimum = {name: allocation.minimum(c) for name, c in unit_counts.items()}
+        if allocation.policy == "uniform":
+            return sum(max(minimum[n], keep_count(c, sparsity)) for n, c in unit_counts.items())
+        return max(sum(minimum.values()), keep_count(sum(unit_counts.values()), sparsity))
     if scope == "global":
         return keep_count(sum(unit_counts.values()), sparsity)
     return sum(keep_count(c, sparsity) for c in unit_counts.values())

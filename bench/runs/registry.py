@@ -18,6 +18,7 @@ import smart.pruner  # noqa: F401  (registers "smart")
 from bench.core import pruner as core
 from bench.core.errors import ConfigError
 from bench.core.pruner import ENTRY_POINT_GROUP, Pruner, register_pruner
+from bench.core.select import Allocation
 from bench.core.sparsity import Pattern
 
 _LOADED = False
@@ -44,7 +45,16 @@ def get_pruner_class(name: str) -> type[Pruner]:
     return pruners[name]
 
 
-def build_pruner(name: str, pattern: Pattern, sparsity: float, options: dict[str, Any] | None = None) -> Pruner:
+def build_pruner(
+    name: str,
+    pattern: Pattern,
+    sparsity: float,
+    options: dict[str, Any] | None = None,
+    allocation: Allocation | None = None,
+) -> Pruner:
+    """The configured pruner; ``allocation``: the protocol's allocation rule (None: v1, the pruner's scope)."""
     cls = get_pruner_class(name)
     config = cls.Config.from_dict(options or {}, owner=name)
-    return cls(config, pattern, sparsity)
+    pruner = cls(config, pattern, sparsity)
+    pruner.allocation = allocation
+    return pruner

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from bench.core.errors import ConfigError
 from bench.core.masks import Masker, find_prunable
 from bench.core.paths import RunPaths, paths_or_env
 from bench.core.pruner import Pruner
+from bench.core.select import Allocation
 from bench.core.sparsity import parse_pattern, resolve_sparsity
 from bench.deploy.speed import cost_figures
 from bench.runs.export import save_pruned
@@ -60,6 +62,9 @@ class RunSpec:
     budget: dict[str, int] = field(default_factory=dict)  # overrides of prune/finetune epochs
     data: str | None = None  # dataset folder of tasks that read one by path (imagefolder...)
     dense_checkpoint: str | None = None  # the user's dense model, instead of training one
+    # the protocol's allocation rule (bench.core.select.Allocation): "uniform" | "global" or
+    # {policy, floor}; None = v1 (each pruner's own scope, raw scores)
+    allocation: str | dict | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N (bench.core.device); not part of the identity
     amp: bool = False  # bf16 autocast of training; part of the identity when on
 
@@ -73,6 +78,7 @@ class ResolvedRun:
     canonical: dict[str, Any]
     run_id: str
     dense_state: dict[str, Any] | None = None  # loaded from spec.dense_checkpoint
+    unit_counts: dict[str, int] = field(default_factory=dict)  # units of every prunable layer
 
 
 def canonical_json(obj: Any) -> str:
@@ -99,6 +105,8 @@ def run_identity(
         "sparsity": round(pruner.sparsity, 10),
         "seed": seed,
     }
+    if pruner.allocation is not None:  # absent for v1 runs: their ids are unchanged
+        canonical["allocation"] = pruner.allocation.to_dict()
     return canonical, short_hash(canonical)
 
 
@@ -125,16 +133,22 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     sparsity = resolve_sparsity(pattern, spec.sparsity)
     if not isinstance(spec.seed, int) or spec.seed < 0:
         raise ConfigError("seed", f"must be an integer >= 0, got {spec.seed!r}")
-    pruner = build_pruner(spec.pruner, pattern, sparsity, spec.pruner_options)
+    allocation = Allocation.from_value(spec.allocation)
+    pruner = build_pruner(spec.pruner, pattern, sparsity, spec.pruner_options, allocation)
     model = task.build_model()  # also checks the pattern against every prunable layer
+    modules = dict(model.named_modules())
+    unit_counts = {}
     for name in find_prunable(model, task.include, task.exclude, task.keep_first_last):
-        pattern.check(dict(model.named_modules())[name].weight.shape, name)
+        pattern.check(modules[name].weight.shape, name)
+        unit_counts[name] = math.prod(pattern.unit_shape(modules[name].weight.shape))
+    if allocation is not None:
+        allocation.check(unit_counts, pattern, sparsity)
     identity, dense_state = task.identity(), None
     if spec.dense_checkpoint is not None:
         dense_state, digest = load_dense_checkpoint(spec.dense_checkpoint, model)
         identity["dense_checkpoint"] = {"sha256": digest}  # absent otherwise: v1 ids unchanged
     canonical, run_id = run_identity(identity, spec.pruner, pruner, spec.seed)
-    return ResolvedRun(spec, task, pruner, sparsity, canonical, run_id, dense_state)
+    return ResolvedRun(spec, task, pruner, sparsity, canonical, run_id, dense_state, unit_counts)
 
 
 def load_dense_checkpoint(path: str, model) -> tuple[dict[str, Any], str]:
@@ -272,7 +286,7 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
             work_dir = paths.checkpoint(run.run_id)
             hard = PruneTrainer(task, model, driver, spec.seed, work_dir, log).run()
         prune_wall = time.perf_counter() - started
-        audit = masker.audit(hard)
+        audit = masker.audit(hard, pruner.allocation)
         val, test = task.evaluate_all(model, "val"), task.evaluate_all(model, "test")
         masker.remove(fold=True)
         pruner_stats = pruner.log_values()  # while the pruner's tensors and the layers share a device

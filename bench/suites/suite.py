@@ -10,6 +10,8 @@ A suite file (``bench/configs/suites/NAME.yaml``, read with ``yaml.safe_load``):
     sparsities: [0.5, 0.9]           # used by the non-N:M patterns
     seeds: [0, 1, 2]
     budget: {prune_epochs: 1, finetune_epochs: 1}   # optional override of the task budget
+    allocation: {policy: global, floor: 0.1}          # optional: the protocol's allocation rule
+                                                      # (bench.core.select.Allocation); none = v1
     cells:                           # optional blocks; each overrides any of the keys above
       - {tasks: [fmnist-resnet], patterns: [channel], sparsities: [0.5]}
     requires_tasks_present: true     # false: `suite plan` also works for unregistered tasks
@@ -50,6 +52,7 @@ import yaml
 
 from bench.core.errors import ConfigError, DataError, SmartbenchError
 from bench.core.paths import RunPaths, paths_or_env
+from bench.core.select import Allocation
 from bench.core.sparsity import parse_pattern, resolve_sparsity
 from bench.runs.record import ResultStore
 from bench.runs.run import BUDGET_FIELDS, RunSpec, dense_key, resolve, run_identity, short_hash
@@ -65,12 +68,13 @@ TOP_FIELDS = (
     "seeds",
     "budget",
     "model",
+    "allocation",
     "cells",
     "requires_tasks_present",
     "plan_only",
     "wandb_project",
 )
-BLOCK_FIELDS = ("tasks", "pruners", "patterns", "sparsities", "seeds", "budget", "model")
+BLOCK_FIELDS = ("tasks", "pruners", "patterns", "sparsities", "seeds", "budget", "model", "allocation")
 PRUNER_FIELDS = ("name", "as", "options")
 KIND_NAMES = {
     str: "a string",
@@ -98,6 +102,7 @@ class Block:
     budget: dict[str, int]
     model: str | None
     where: str  # "suite" or "suite.cells[i]", for error messages
+    allocation: dict | None = None  # Allocation.to_dict(), or None (v1)
 
 
 @dataclass
@@ -220,8 +225,20 @@ def _block(raw: dict, defaults: dict, where: str, known: dict[str, type]) -> Blo
     model = values.get("model")
     if model is not None and not isinstance(model, str):
         raise ConfigError(f"{where}.model", f"must be a string such as timm:resnet18, got {model!r}")
+    try:
+        allocation = Allocation.from_value(values.get("allocation"))
+    except ConfigError as err:
+        raise ConfigError(f"{where}.{err.field}", str(err)[len(err.field) + 2 :]) from None
     return Block(
-        list(tasks), pruners, list(patterns), [float(s) for s in sparsities], list(seeds), dict(budget), model, where
+        list(tasks),
+        pruners,
+        list(patterns),
+        [float(s) for s in sparsities],
+        list(seeds),
+        dict(budget),
+        model,
+        where,
+        None if allocation is None else allocation.to_dict(),
     )
 
 
@@ -323,6 +340,7 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
                                 model=block.model,
                                 pruner_options=dict(entry.options),
                                 budget=dict(block.budget),
+                                allocation=block.allocation,
                                 device=device,
                                 amp=amp,
                             )
@@ -363,7 +381,9 @@ def spec_only_id(spec: RunSpec) -> str:
     fields = {
         k: v
         for k, v in spec.__dict__.items()
-        if k != "device" and not (k in ("data", "dense_checkpoint") and v is None) and not (k == "amp" and not v)
+        if k != "device"
+        and not (k in ("data", "dense_checkpoint", "allocation") and v is None)
+        and not (k == "amp" and not v)
     }
     return "spec-" + short_hash({"spec_only": 1, **fields}, 7)
 
@@ -375,12 +395,15 @@ def _resolved_cell(spec: RunSpec, label: str, where: str, cache: dict, steps_cac
     equality, and every cell is resolved again, and its id checked, when it runs)."""
     from bench.runs.registry import build_pruner
 
-    layout = json.dumps([spec.task, spec.model, spec.budget, spec.pattern], sort_keys=True)
+    layout = json.dumps([spec.task, spec.model, spec.budget, spec.pattern, spec.allocation], sort_keys=True)
     try:
         if layout not in cache:
             cache[layout] = resolve(spec)
         base = cache[layout]
-        pruner = build_pruner(spec.pruner, base.pruner.pattern, spec.sparsity, spec.pruner_options)
+        allocation = Allocation.from_value(spec.allocation)
+        if allocation is not None:  # the floors must fit every sparsity of the layout
+            allocation.check(base.unit_counts, base.pruner.pattern, spec.sparsity)
+        pruner = build_pruner(spec.pruner, base.pruner.pattern, spec.sparsity, spec.pruner_options, allocation)
     except ConfigError as err:
         raise ConfigError(
             f"{where} ({spec.task} {label} {spec.pattern} {spec.sparsity:g}): {err.field}",

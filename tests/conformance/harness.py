@@ -30,7 +30,7 @@ import bench.pruner
 import bench.runs.registry
 from bench.core.errors import ConfigError
 from bench.core.masks import Masker, calibrate, find_prunable
-from bench.core.select import expected_kept
+from bench.core.select import Allocation, expected_kept
 from bench.core.sparsity import OutputChannel, parse_pattern, resolve_sparsity
 from bench.pruner import ALL_PATTERNS, Pruner, PrunerConfig
 from bench.tasks.base import Budget, Task, seeded
@@ -181,9 +181,11 @@ def kit_options(cls: type[Pruner]) -> dict:
     return {"projection": True} if "projection" in names else {}
 
 
-def build(case: KitCase) -> Pruner:
+def build(case: KitCase, allocation: Allocation | None = None) -> Pruner:
     config = case.pruner.Config.from_dict(kit_options(case.pruner), owner=case.pruner.name)
-    return case.pruner(config, parse_pattern(case.pattern), case.sparsity)
+    pruner = case.pruner(config, parse_pattern(case.pattern), case.sparsity)
+    pruner.allocation = allocation
+    return pruner
 
 
 # -- runs -------------------------------------------------------------------------------
@@ -202,7 +204,7 @@ class KitRun:
         return self.task.losses
 
 
-def fresh_setup(case: KitCase, kill_at_epoch: int | None = None):
+def fresh_setup(case: KitCase, kill_at_epoch: int | None = None, allocation: Allocation | None = None):
     """Seeded fresh task, model (dense start), masker and pruner, as bench.runs.run does it."""
     seed_everything(KIT_SEED)
     task = KitTask(kill_at_epoch)
@@ -210,12 +212,17 @@ def fresh_setup(case: KitCase, kill_at_epoch: int | None = None):
     model.load_state_dict(dense_state())
     names = find_prunable(model, task.include, task.exclude, task.keep_first_last)
     masker = Masker(model, names, parse_pattern(case.pattern), task.example_input())
-    return task, model, masker, build(case)
+    return task, model, masker, build(case, allocation)
 
 
-def run_case(case: KitCase, checkpoint: Path | None = None, kill_at_epoch: int | None = None) -> KitRun:
+def run_case(
+    case: KitCase,
+    checkpoint: Path | None = None,
+    kill_at_epoch: int | None = None,
+    allocation: Allocation | None = None,
+) -> KitRun:
     """One full run through the real stage driver and native loop (raises SimulatedKill when asked to)."""
-    task, model, masker, pruner = fresh_setup(case, kill_at_epoch)
+    task, model, masker, pruner = fresh_setup(case, kill_at_epoch, allocation)
     log: list[str] = []
     b = task.budget
     driver = StageDriver(pruner, masker, b.prune_epochs, b.finetune_epochs, log.append)
@@ -470,6 +477,27 @@ def check_tensors_follow_device(case: KitCase) -> None:
     assert not stray, f"{case.id}: tensors not created on the layers' device (meta here): {', '.join(stray[:8])}"
 
 
+KIT_ALLOCATION = Allocation("global", 0.3)
+
+
+def check_allocation_floor(case: KitCase, allocation: Allocation = KIT_ALLOCATION) -> None:
+    """Under the protocol's allocation rule the final masks keep exactly the expected count and
+    every layer at least its floor; the audit flags the layers held at their floor."""
+    run = run_case(case, allocation=allocation)
+    counts = {layer.name: layer.num_units for layer in run.masker.layers}
+    kept = {name: int(run.hard[name].sum()) for name in counts}
+    want = expected_kept(counts, run.pruner.pattern, case.sparsity, allocation=allocation)
+    assert sum(kept.values()) == want, f"{case.id}: kept {sum(kept.values())} units under {allocation}, expected {want}"
+    if parse_pattern(case.pattern).per_row_budget:
+        return
+    low = {n: (k, allocation.minimum(counts[n])) for n, k in kept.items() if k < allocation.minimum(counts[n])}
+    assert not low, f"{case.id}: layers below the floor {allocation.floor} (kept, floor): {low}"
+    audit = run.masker.audit(run.hard, allocation)
+    flagged = {row["layer"] for row in audit["layers"] if row["at_floor"]}
+    assert flagged == {n for n, k in kept.items() if k <= allocation.minimum(counts[n])}
+    assert audit["layers_at_floor"] == len(flagged)
+
+
 def check_all(cls: type[Pruner], workdir: Path, sparsities: tuple[float, ...] = KIT_SPARSITIES) -> None:
     """Every check on one pruner class (used for generated and external pruners)."""
     check_declaration(cls)
@@ -480,6 +508,7 @@ def check_all(cls: type[Pruner], workdir: Path, sparsities: tuple[float, ...] = 
         if case.sparsity not in sparsities and not parse_pattern(case.pattern).per_row_budget:
             continue
         check_tensors_follow_device(case)
+        check_allocation_floor(case)
         run = run_case(case)
         check_exact_sparsity(run)
         check_pattern_valid(run)

@@ -61,6 +61,11 @@ def test_undeclared_pattern_rejected(cls, kind):
 
 
 # -- per (pruner, pattern, sparsity) ------------------------------------------------------
+@by_case([case for case in CASES if case.sparsity == 0.5])
+def test_allocation_floor_and_exact_count(case):
+    harness.check_allocation_floor(case)
+
+
 @by_case(CASES)
 def test_pruner_tensors_follow_the_layers_device(case):
     harness.check_tensors_follow_device(case)

@@ -1,0 +1,115 @@
+"""The protocol's allocation rule (bench.core.select.Allocation): uniform / global on per-layer
+standardised scores, the per-layer keep floor, validation before training, run identity, audit."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from bench.core.errors import ConfigError
+from bench.core.select import Allocation, expected_kept, hard_topk, keep_above
+from bench.core.sparsity import parse_pattern
+from bench.runs.run import RunSpec, resolve
+
+CHANNEL = parse_pattern("channel")
+
+
+def scales_apart() -> dict[str, torch.Tensor]:
+    """Two layers whose score scales differ by 1000x (Kaiming init under a BatchNorm does this)."""
+    gen = torch.Generator().manual_seed(0)
+    return {"wide": torch.rand(64, generator=gen) * 1e-3, "narrow": torch.rand(16, generator=gen)}
+
+
+def kept(masks: dict[str, torch.Tensor]) -> dict[str, int]:
+    return {name: int(m.sum()) for name, m in masks.items()}
+
+
+def test_raw_global_ranking_empties_the_small_scale_layer():
+    """v1 (no allocation): the small-scale layer keeps only what the other cannot take -- the audit's finding."""
+    assert kept(hard_topk(scales_apart(), CHANNEL, 0.75)) == {"wide": 4, "narrow": 16}
+
+
+def test_global_allocation_ranks_standardised_scores():
+    masks = hard_topk(scales_apart(), CHANNEL, 0.75, allocation=Allocation("global"))
+    counts = kept(masks)
+    assert sum(counts.values()) == 20  # round(0.25 * 80)
+    assert 10 <= counts["wide"] <= 20 and 1 <= counts["narrow"] <= 8  # about a quarter of each
+    scores = scales_apart()  # within a layer the highest scores are the ones kept
+    for name, mask in masks.items():
+        assert scores[name][mask].min() >= scores[name][~mask].max()
+
+
+def test_comparable_scores_are_ranked_as_they_are():
+    raw = hard_topk(scales_apart(), CHANNEL, 0.75)
+    same = hard_topk(scales_apart(), CHANNEL, 0.75, allocation=Allocation("global"), comparable=True)
+    assert kept(same) == kept(raw)
+
+
+def test_uniform_allocation_is_per_layer():
+    counts = kept(hard_topk(scales_apart(), CHANNEL, 0.75, allocation=Allocation("uniform")))
+    assert counts == {"wide": 16, "narrow": 4}
+
+
+def test_floor_holds_every_layer_and_the_total_is_exact():
+    allocation = Allocation("global", 0.2)
+    scores = scales_apart()
+    scores["narrow"] = scores["narrow"] - 10  # standardised, it still competes; raw ranking would cut it
+    masks = hard_topk(scores, CHANNEL, 0.75, allocation=allocation, comparable=True)
+    counts = kept(masks)
+    assert counts["narrow"] == math.ceil(0.2 * 16) == 4  # held at its floor
+    assert sum(counts.values()) == 20 == expected_kept({"wide": 64, "narrow": 16}, CHANNEL, 0.75, allocation=allocation)
+
+
+def test_keep_above_respects_the_floor():
+    gates = {"a": torch.tensor([0.9, 0.8, 0.1, 0.2, 0.3]), "b": torch.tensor([0.1, 0.4, 0.2, 0.3, 0.0])}
+    plain = keep_above(gates, CHANNEL, 0.5)
+    assert kept(plain) == {"a": 2, "b": 0}
+    floored = keep_above(gates, CHANNEL, 0.5, Allocation("global", 0.4))
+    assert kept(floored) == {"a": 2, "b": 2}
+    assert floored["b"].tolist() == [False, True, False, True, False]  # its best two
+
+
+def test_nm_is_exempt():
+    nm = parse_pattern("nm:2:4")
+    scores = {"x": torch.rand(8, 4)}
+    floored = hard_topk(scores, nm, 0.5, allocation=Allocation("global", 0.9))
+    assert torch.equal(floored["x"], hard_topk(scores, nm, 0.5)["x"])
+    assert floored["x"].sum(dim=1).tolist() == [2] * 8
+
+
+@pytest.mark.parametrize(
+    "value,field",
+    [
+        ("layerwise", "allocation.policy"),
+        ({"policy": "global", "floor": 1.5}, "allocation.floor"),
+        ({"policy": "global", "floor": "a"}, "allocation.floor"),
+        ({"policy": "global", "minimum": 0.1}, "allocation"),
+        (3, "allocation"),
+    ],
+)
+def test_bad_allocations_name_the_field(value, field):
+    with pytest.raises(ConfigError) as err:
+        Allocation.from_value(value)
+    assert err.value.field == field
+
+
+SPEC = RunSpec(task="fmnist-tiny", pruner="magnitude", pattern="channel", sparsity=0.5)
+
+
+def test_identity_v1_unchanged_and_allocation_part_of_it():
+    v1 = resolve(SPEC)
+    assert "allocation" not in v1.canonical
+    glob = resolve(dataclasses.replace(SPEC, allocation={"policy": "global", "floor": 0.1}))
+    assert glob.canonical["allocation"] == {"policy": "global", "floor": 0.1}
+    assert glob.run_id != v1.run_id
+    assert resolve(dataclasses.replace(SPEC, allocation="uniform")).run_id not in (v1.run_id, glob.run_id)
+
+
+def test_floor_above_what_the_sparsity_leaves_is_refused_before_training():
+    with pytest.raises(ConfigError, match=r"^allocation.floor: floor 0.6 keeps"):
+        resolve(dataclasses.replace(SPEC, allocation={"policy": "global", "floor": 0.6}))
+    with pytest.raises(ConfigError, match=r"^allocation.floor: floor 0.6 is above"):
+        resolve(dataclasses.replace(SPEC, allocation={"policy": "uniform", "floor": 0.6}))
