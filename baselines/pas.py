@@ -5,9 +5,9 @@ straight-through estimator (forward b_u = 1[g_u > 0.5], backward identity):
 
     b = 1[g > 0.5] + (g - g.detach())
 
-trained jointly with the weights (own optimiser group) under the resource penalty
+trained jointly with the weights (own optimiser group, lr ``gate_lr``) under the resource penalty
 
-    alpha * (R(b) / U - (1 - p) * R_dense / U)^2
+    G * alpha * (R(b) / U - (1 - p) * R_dense / U)^2        (G = number of gates; 1 without penalty_per_gate)
 
 R = MACs (``resource=macs``, PaS): sum_l positions_l * sum_u b_u * size_u, with positions_l (output
 positions per sample) from ``bench.core.masks.calibrate``; or R = kept units (``resource=units``, the
@@ -35,8 +35,10 @@ class PaSConfig(PrunerConfig):
     alpha: float = 5.0  # weight of the resource penalty (official: 5 for ResNet-50/MobileNet)
     gate_init: float = 0.6  # initial gate value (official 0.6); N:M: mean of the |w|-proportional init
     init_noise: float = 0.02  # gates start uniform in gate_init +- init_noise (breaks lockstep flips; not in PaS)
-    gate_lr: float = 1e-3  # gate SGD lr, multiplied by the number of gates when lr_per_gate
-    lr_per_gate: bool = True  # lr = gate_lr * G: per-gate gradients of a MAC *fraction* are O(1/G)
+    gate_lr: float = 1e-3  # gate SGD lr (task loss and penalty alike)
+    # penalty x G (G = number of gates): the per-gate gradient of a resource *fraction* is O(1/G);
+    # only the penalty's gradient is scaled (it reaches nothing but the gates), not the task loss's
+    penalty_per_gate: bool = True
     gate_momentum: float = 0.0
     gate_weight_decay: float = 0.0  # official code: 1e-4 (one SGD for weights and gates)
     resource: str = "units"  # units: kept unit count (the benchmark's sparsity); macs: positions * kept weights (PaS)
@@ -86,12 +88,10 @@ class PaSPruner(Pruner):
 
     def param_groups(self) -> list[dict]:
         cfg = self.config
-        num_gates = sum(p.numel() for p in self.parameters())
-        lr = cfg.gate_lr * num_gates if cfg.lr_per_gate else cfg.gate_lr
         return [
             {
                 "params": self.parameters(),
-                "lr": lr,
+                "lr": cfg.gate_lr,
                 "momentum": cfg.gate_momentum,
                 "weight_decay": cfg.gate_weight_decay,
             }
@@ -117,7 +117,8 @@ class PaSPruner(Pruner):
             return 0.0
         unit = self.config.mac_unit or self.dense_resource()
         target = (1.0 - self.sparsity) * self.dense_resource() / unit
-        return self.config.alpha * (self.resource(self.masks()) / unit - target) ** 2
+        scale = sum(g.numel() for g in self.gates.values()) if self.config.penalty_per_gate else 1.0
+        return scale * self.config.alpha * (self.resource(self.masks()) / unit - target) ** 2
 
     # -- end of search ----------------------------------------------------------------
     def finalize(self) -> dict[str, Tensor]:

@@ -85,7 +85,7 @@ def test_gate_gradient_equals_hand_computed_weight_saliency(pattern, units_per_r
 
 
 def test_calibrated_positions_and_mac_penalty_match_direct_computation():
-    model, masker, pruner, _ = setup("channel", 0.5, resource="macs", mac_unit=100.0, alpha=2.0)
+    model, masker, pruner, _ = setup("channel", 0.5, resource="macs", mac_unit=100.0, alpha=2.0, penalty_per_gate=False)
     assert [layer.positions for layer in masker.layers] == [64, 16, 1]  # 8x8, 4x4 (stride 2), one vector
     set_gates(
         pruner,
@@ -110,7 +110,7 @@ def test_calibrated_positions_and_mac_penalty_match_direct_computation():
 
 
 def test_units_penalty_and_dense_normaliser():
-    _, _, pruner, _ = setup("block:1x4", 0.75, alpha=3.0)  # resource=units, mac_unit=0 (dense count)
+    _, _, pruner, _ = setup("block:1x4", 0.75, alpha=3.0, penalty_per_gate=False)  # units, mac_unit=0 (dense)
     total = 8 * 9 + 8 * 18 + 3 * 2  # units of conv1 (8 x 36/4), conv2 (8 x 72/4), fc (3 x 8/4)
     with torch.no_grad():
         pruner.gates["conv2"][:] = torch.arange(144).float() / 143  # 71 of 144 at or below 0.5
@@ -120,15 +120,27 @@ def test_units_penalty_and_dense_normaliser():
     assert pruner.log_values()["gate_sparsity"] == pytest.approx(1 - kept / total)
 
 
-def test_initial_gates_all_on_and_lr_scaled_by_gate_count():
+def test_initial_gates_all_on_and_own_group():
     _, _, pruner, _ = setup("block:1x4", 0.5, gate_lr=1e-3, init_noise=0.02)
     gates = torch.cat([g.detach().reshape(-1) for g in pruner.parameters()])
     assert gates.numel() == 222 and gates.min() >= 0.58 and gates.max() <= 0.62 and gates.std() > 0.01
     assert all(bool(m.eq(1).all()) for m in pruner.masks().values())
-    (group,) = pruner.param_groups()
-    assert group["lr"] == pytest.approx(1e-3 * 222) and group["momentum"] == 0.0
-    _, _, fixed, _ = setup("block:1x4", 0.5, gate_lr=1e-3, lr_per_gate=False, gate_weight_decay=1e-4)
-    assert fixed.param_groups()[0]["lr"] == 1e-3 and fixed.param_groups()[0]["weight_decay"] == 1e-4
+    _, _, decayed, _ = setup("block:1x4", 0.5, gate_lr=1e-3, gate_weight_decay=1e-4)
+    (group,) = decayed.param_groups()
+    assert group["lr"] == 1e-3 and group["momentum"] == 0.0 and group["weight_decay"] == 1e-4
+
+
+def test_gate_count_scales_the_penalty_only():
+    """The gates' lr is gate_lr (the task loss's gradient is not multiplied by G); the penalty's
+    gradient on every gate is G times the plain penalty's (audit: lr x G made gates random-walk)."""
+    _, _, scaled, _ = setup("block:1x4", 0.5, gate_lr=1e-3)
+    _, _, plain, _ = setup("block:1x4", 0.5, gate_lr=1e-3, penalty_per_gate=False)
+    assert scaled.param_groups()[0]["lr"] == 1e-3
+    scaled.penalty().backward()
+    plain.penalty().backward()
+    for a, b in zip(scaled.parameters(), plain.parameters()):
+        assert b.grad.abs().max() > 0
+        assert torch.allclose(a.grad, 222 * b.grad, rtol=1e-5)
 
 
 def test_projection_gives_exact_target_and_ranks_by_gate():
