@@ -30,7 +30,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from bench.core.errors import ConfigError
-from bench.core.masks import Masker, find_prunable
+from bench.core.masks import Masker, covered_layers, find_prunable
 from bench.core.select import Allocation
 from bench.core.sparsity import parse_pattern, resolve_sparsity
 from bench.deploy.shrink import folded_copy
@@ -51,6 +51,7 @@ class Pruning:
 
     def __init__(self, model: nn.Module, driver: StageDriver, steps: int):
         self.model, self.driver, self.steps = model, driver, steps
+        self.dense_layers: dict[str, str] = {}  # left dense: the pattern cannot cover them (reason)
         self.steps_done = 0
 
     @property
@@ -93,7 +94,10 @@ class Pruning:
 
     def audit(self) -> dict[str, Any]:
         """Per-layer and global sparsity of the final masks, and the pattern check."""
-        return self.masker.audit(self.finalize(), self.pruner.allocation)
+        audit = self.masker.audit(self.finalize(), self.pruner.allocation)
+        if self.dense_layers:  # prunable layers the pattern cannot cover (bench.core.masks.covered_layers)
+            audit["dense_layers"] = [{"layer": name, "reason": why} for name, why in self.dense_layers.items()]
+        return audit
 
     def export(self, path, meta: dict[str, Any] | None = None) -> Path:
         """Save folded weights and hard masks to ``path`` (``*.pt``; the model is left as it is).
@@ -159,8 +163,7 @@ def prune(
     if not names:
         raise ConfigError("include", "no prunable Conv2d/Linear layer selected")
     modules = dict(model.named_modules())
-    for name in names:
-        parsed.check(modules[name].weight.shape, name)
+    names, dense_layers = covered_layers(model, names, parsed)  # the rest stays dense (listed in the audit)
     if rule is not None:
         rule.check({n: math.prod(parsed.unit_shape(modules[n].weight.shape)) for n in names}, parsed, target)
     masker = Masker(model, names, parsed, example_input)
@@ -168,4 +171,6 @@ def prune(
     driver.setup(list(calibration) if calibration is not None else [example_input], forward)
     driver.begin(steps)
     driver.start_epoch(0)
-    return Pruning(model, driver, steps)
+    pruning = Pruning(model, driver, steps)
+    pruning.dense_layers = dense_layers
+    return pruning

@@ -112,6 +112,33 @@ def find_prunable(
     return names
 
 
+def covered_layers(model: nn.Module, names: list[str], pattern: Pattern) -> tuple[list[str], dict[str, str]]:
+    """(layers the pattern tiles, {layer: reason} of those it cannot) -- the rule for layers a
+    pattern cannot cover: they stay dense, the target sparsity is exact over the covered layers,
+    and the audit lists the others with their reason (``dense_layers``). Depthwise convs (one
+    input channel per group) cannot take a block or N:M pattern. ConfigError when no layer is left."""
+    modules = dict(model.named_modules())
+    covered, dense = [], {}
+    for name in names:
+        module = modules[name]
+        depthwise = isinstance(module, nn.Conv2d) and module.groups > 1 and module.weight.shape[1] == 1
+        if depthwise and pattern.kind in ("block", "nm"):
+            dense[name] = f"depthwise conv (one input channel per group): {pattern} cannot tile it"
+            continue
+        try:
+            pattern.check(module.weight.shape, name)
+        except ConfigError as err:
+            dense[name] = str(err).removeprefix(f"{err.field}: ")
+            continue
+        covered.append(name)
+    if not covered:
+        first = next(iter(dense.items()))
+        raise ConfigError(
+            "pattern", f"{pattern} fits none of the {len(names)} prunable layers (e.g. {first[0]}: {first[1]})"
+        )
+    return covered, dense
+
+
 def find_following_batchnorms(model: nn.Module, names: list[str], example_input) -> dict[str, nn.Module]:
     """Map layer name -> BatchNorm whose input *is* that layer's output tensor (one traced forward)."""
     modules = dict(model.named_modules())

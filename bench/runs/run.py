@@ -29,7 +29,7 @@ import torch
 from bench.core.artifacts import load_artifact
 from bench.core.device import describe, resolve_device
 from bench.core.errors import ConfigError
-from bench.core.masks import Masker, find_prunable
+from bench.core.masks import Masker, covered_layers, find_prunable
 from bench.core.paths import RunPaths, paths_or_env
 from bench.core.pruner import Pruner
 from bench.core.select import Allocation
@@ -78,7 +78,8 @@ class ResolvedRun:
     canonical: dict[str, Any]
     run_id: str
     dense_state: dict[str, Any] | None = None  # loaded from spec.dense_checkpoint
-    unit_counts: dict[str, int] = field(default_factory=dict)  # units of every prunable layer
+    unit_counts: dict[str, int] = field(default_factory=dict)  # units of every covered prunable layer
+    dense_layers: dict[str, str] = field(default_factory=dict)  # prunable layers the pattern cannot cover: reason
 
 
 def canonical_json(obj: Any) -> str:
@@ -137,10 +138,10 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     pruner = build_pruner(spec.pruner, pattern, sparsity, spec.pruner_options, allocation)
     model = task.build_model()  # also checks the pattern against every prunable layer
     modules = dict(model.named_modules())
-    unit_counts = {}
-    for name in find_prunable(model, task.include, task.exclude, task.keep_first_last):
-        pattern.check(modules[name].weight.shape, name)
-        unit_counts[name] = math.prod(pattern.unit_shape(modules[name].weight.shape))
+    covered, dense_layers = covered_layers(
+        model, find_prunable(model, task.include, task.exclude, task.keep_first_last), pattern
+    )
+    unit_counts = {name: math.prod(pattern.unit_shape(modules[name].weight.shape)) for name in covered}
     if allocation is not None:
         allocation.check(unit_counts, pattern, sparsity)
     identity, dense_state = task.identity(), None
@@ -148,7 +149,7 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         dense_state, digest = load_dense_checkpoint(spec.dense_checkpoint, model)
         identity["dense_checkpoint"] = {"sha256": digest}  # absent otherwise: v1 ids unchanged
     canonical, run_id = run_identity(identity, spec.pruner, pruner, spec.seed)
-    return ResolvedRun(spec, task, pruner, sparsity, canonical, run_id, dense_state, unit_counts)
+    return ResolvedRun(spec, task, pruner, sparsity, canonical, run_id, dense_state, unit_counts, dense_layers)
 
 
 def load_dense_checkpoint(path: str, model) -> tuple[dict[str, Any], str]:
@@ -271,7 +272,9 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
         model.to(task.device)  # before the masker and the pruner exist: their tensors follow the layers
         dense_test = dense.metrics["test"] if dense.metrics else task.evaluate_all(model, "test")
         dense_val = dense.metrics["val"] if dense.metrics else task.evaluate_all(model, "val")
-        names = find_prunable(model, task.include, task.exclude, task.keep_first_last)
+        names, dense_layers = covered_layers(
+            model, find_prunable(model, task.include, task.exclude, task.keep_first_last), pruner.pattern
+        )
         calibration = task.calibration_batches()
         masker = Masker(model, names, pruner.pattern, task.masker_example(model, calibration))
         driver = StageDriver(
@@ -287,6 +290,8 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
             hard = PruneTrainer(task, model, driver, spec.seed, work_dir, log).run()
         prune_wall = time.perf_counter() - started
         audit = masker.audit(hard, pruner.allocation)
+        if dense_layers:  # left dense by the coverage rule (bench.core.masks.covered_layers)
+            audit["dense_layers"] = [{"layer": name, "reason": why} for name, why in dense_layers.items()]
         val, test = task.evaluate_all(model, "val"), task.evaluate_all(model, "test")
         masker.remove(fold=True)
         pruner_stats = pruner.log_values()  # while the pruner's tensors and the layers share a device
