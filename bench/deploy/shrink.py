@@ -18,7 +18,9 @@ only if its value is provably zero everywhere in its group, i.e. for every membe
 * consumers (input channels of convs/linears) simply lose an all-zero input.
 
 Any other member (LayerNorm, GroupNorm, free nn.Parameter, the model output, ...) keeps the
-whole group unshrunk. So in a ResNet stage, channel c of the residual stream is removed only if
+whole group unshrunk; so does a grouped conv that is not depthwise (ResNeXt, RegNet: removing
+masked channels unevenly across its groups would leave a group without channels), so those
+channels stay in the shrunk model, zero. So in a ResNet stage, channel c of the residual stream is removed only if
 the stem/downsample conv *and* every block's last conv on that stream dropped c; otherwise it
 stays, with its masked filters still zero (the model stays exact, it is just less shrunk).
 Activations are assumed to map 0 to 0 (ReLU, GELU, SiLU...); :func:`shrink_channels` checks the
@@ -113,6 +115,8 @@ def _blocked_roots(item, names: dict, hard_masks: dict[str, Tensor]) -> set[int]
     """Root indices this group member forbids removing; None = it forbids the whole group."""
     kind, module = item.dep.target.type, item.dep.target.module
     pairs = list(zip(item.idxs, item.root_idxs))
+    if isinstance(module, nn.Conv2d) and 1 < module.groups < module.in_channels:
+        return None  # a grouped (not depthwise) conv: uneven removal would break its groups
     if kind in PRODUCERS:
         producing = item.dep.handler in (
             tp.prune_conv_out_channels,

@@ -137,6 +137,7 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     allocation = Allocation.from_value(spec.allocation)
     pruner = build_pruner(spec.pruner, pattern, sparsity, spec.pruner_options, allocation)
     model = task.build_model()  # also checks the pattern against every prunable layer
+    check_input(task, model)
     modules = dict(model.named_modules())
     covered, dense_layers = covered_layers(
         model, find_prunable(model, task.include, task.exclude, task.keep_first_last), pattern
@@ -150,6 +151,26 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         identity["dense_checkpoint"] = {"sha256": digest}  # absent otherwise: v1 ids unchanged
     canonical, run_id = run_identity(identity, spec.pruner, pruner, spec.seed)
     return ResolvedRun(spec, task, pruner, sparsity, canonical, run_id, dense_state, unit_counts, dense_layers)
+
+
+def check_input(task: Task, model) -> None:
+    """One forward pass of the task's example input: a model that cannot take the task's input
+    (e.g. a 32x downsampling ConvNeXt at 28x28, a 224-only ViT) is one ConfigError naming the
+    model, before any training, instead of a traceback in the middle of the pipeline."""
+    example = task.example_input()
+    shape = tuple((example["inputs"] if isinstance(example, dict) else example).shape[1:])
+    was_training = model.training
+    try:
+        with torch.no_grad(), task.quiet():
+            model.eval()
+            model(**example) if isinstance(example, dict) else model(example)
+    except (RuntimeError, ValueError, IndexError, AssertionError, TypeError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(
+            "model", f"'{task.model_name}' cannot take the input of task '{task.name}' {shape}: {reason}"
+        ) from None
+    finally:
+        model.train(was_training)
 
 
 def load_dense_checkpoint(path: str, model) -> tuple[dict[str, Any], str]:
