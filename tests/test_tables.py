@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from scipy.stats import ttest_rel
 
-from bench.reports.tables import build_table, rows_from_store, rows_from_wandb, welch_p, write_plots
+from bench.reports.tables import build_table, paired_p, rows_from_store, rows_from_wandb, welch_p, write_plots
 from bench.runs.record import ResultStore
 from bench.runs.run import RunSpec
 from bench.suites.suite import Cell, Suite
@@ -24,7 +25,7 @@ SEEDS = [0, 1, 2]
 # metric per (label, pattern, sparsity) and seed; None = that seed has not finished
 METRICS = {
     ("smart", "block:1x8", 0.5): [80.0, 81.0, 82.0],  # mean 81, std 1
-    ("smart_adaptive", "block:1x8", 0.5): [79.0, 80.0, 81.0],  # mean 80: runner-up, t = 1.22
+    ("smart_adaptive", "block:1x8", 0.5): [79.0, 81.5, 79.5],  # mean 80: runner-up; paired diffs 1, -0.5, 2.5
     ("magnitude", "block:1x8", 0.5): [70.0, 71.0, 72.0],
     ("smart", "block:1x8", 0.9): [60.0, 70.0, None],  # mean 65, n=2
     ("smart_adaptive", "block:1x8", 0.9): [50.0, 52.0, 54.0],
@@ -99,6 +100,15 @@ def store(tmp_path) -> ResultStore:
     return store
 
 
+def test_paired_p_pairs_by_seed():
+    """The audit's point: a constant per-seed gap is separated even when seeds vary a lot (Welch is not)."""
+    smart, pas = {0: 30.0, 1: 25.0, 2: 35.0}, {0: 28.0, 1: 23.5, 2: 33.0}  # seed spread ~5, gap ~2
+    assert paired_p(smart, pas) == pytest.approx(ttest_rel([30, 25, 35], [28, 23.5, 33]).pvalue)
+    assert paired_p(smart, pas) < 0.05 < welch_p(30, 5, 3, 28.17, 4.75, 3)
+    assert paired_p({0: 1.0, 5: 2.0}, {0: 0.0, 1: 0.0}) is None  # one shared seed
+    assert paired_p({0: 2.0, 1: 3.0}, {0: 1.0, 1: 2.0}) == 0.0 and paired_p({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0}) == 1.0
+
+
 def test_welch_p_matches_closed_form():
     # t = 1 with df = 2: two-sided p = 1 - 1/sqrt(3) (Student t with 2 df has a closed-form cdf)
     assert welch_p(81.0, 1.0, 2, 80.0, 1.0, 2) == pytest.approx(1 - 1 / math.sqrt(3), rel=1e-9)
@@ -125,8 +135,8 @@ def test_bold_mark_and_seed_counts(store):
     assert table.columns == [(TASK, "block:1x8", 0.5), (TASK, "block:1x8", 0.9), (TASK, "channel", 0.5)]
     best = stats_of(table, "smart", "block:1x8", 0.5)
     assert best["mean"] == pytest.approx(81.0) and best["std"] == pytest.approx(1.0) and best["n"] == 3
-    assert best["best"] and not best["separated"]  # 81 vs 80 (std 1, n 3): t = 1.22, p = 0.29
-    assert best["p_value"] == pytest.approx(welch_p(81, 1, 3, 80, 1, 3))
+    assert best["best"] and not best["separated"]  # paired diffs 1, -0.5, 2.5: t = 1.15, p = 0.37
+    assert best["p_value"] == pytest.approx(ttest_rel([80.0, 81.0, 82.0], [79.0, 81.5, 79.5]).pvalue)
     high = stats_of(table, "smart", "block:1x8", 0.9)
     assert high["n"] == 2 and high["expected_n"] == 3 and high["best"]
     assert not high["separated"] and high["p_value"] > 0.05
@@ -145,9 +155,7 @@ def test_dagger_when_separated_beyond_seed_noise(store):
     frame.loc[first & (frame["label"] == "smart_adaptive"), "metric"] -= 10.0  # runner-up: magnitude, 71 +- 1
     table = build_table(frame, suite)
     best = stats_of(table, "smart", "block:1x8", 0.5)
-    assert (
-        best["separated"] and best["p_value"] == pytest.approx(welch_p(81, 1, 3, 71, 1, 3)) and best["p_value"] < 1e-3
-    )
+    assert best["separated"] and best["p_value"] == 0.0  # 10 points better on every seed (Welch: p < 1e-3 too)
     assert "**81.00 ± 1.00**†" in table.render("md")
     assert "\\textbf{81.00 $\\pm$ 1.00}$^\\dagger$" in table.render("latex")
     one_seed = frame[~first | (frame["seed"] == 0)]  # a single seed everywhere in that column: never a mark
@@ -167,7 +175,7 @@ def test_markdown_cells(store):
     magnitude = next(r for r in rows if r.startswith("| magnitude"))
     assert "61.00 ± 1.00‡" in magnitude
     assert "‡ magnitude on fmnist-resnet channel 0.5: achieved sparsity 0.4713 (target 0.5)." in md
-    assert "Welch's t-test" in md
+    assert "paired t-test over their shared seeds" in md
     seed0 = [r for r in rows_from_store(suite, store).to_dict("records") if r["seed"] == 0]
     lines = build_table(pd.DataFrame(seed0), suite).render("md").splitlines()
     assert any(line.startswith("| dense") and "90.00 (n=1)" in line for line in lines)  # 3 seeds planned

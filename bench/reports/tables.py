@@ -5,8 +5,10 @@ row (the dense model's metric of the same (task, seed)s); one column per (task, 
 sparsity). A cell is ``mean ± std`` over seeds (sample std, ddof=1; no std with one seed), with
 ``(n=k)`` when fewer seeds than planned are finished. The best mean of each column is bold
 (ties: all of them; the dense row does not compete). A dagger marks a best that is separated
-from the runner-up beyond seed noise: Welch's unequal-variance t-test, two-sided p < 0.05,
-computed only when both have >= 2 seeds (never with one seed). A double dagger marks cells
+from the runner-up beyond seed noise: a *paired* t-test over the seeds both finished (every
+pruner of a seed starts from that seed's dense checkpoint, so seed-to-seed variation of the
+dense model cancels in the per-seed differences), two-sided p < 0.05, computed only with >= 2
+shared seeds (never with one seed). A double dagger marks cells
 whose achieved sparsity differs from the target by more than 0.0005, listed in a footnote. A
 section sign marks cells in which some seed *collapsed* (row flag ``collapsed``: test metric
 within 1 point of the task's trivial predictor), with the count per cell in a footnote.
@@ -139,6 +141,30 @@ def welch_p(mean1: float, std1: float, n1: int, mean2: float, std2: float, n2: i
     return float(ttest_ind_from_stats(mean1, std1, n1, mean2, std2, n2, equal_var=False).pvalue)
 
 
+def paired_p(first: dict[int, float], second: dict[int, float]) -> float | None:
+    """Two-sided p of the paired t-test over the seeds both have (``{seed: metric}``); None with
+    fewer than 2 shared seeds. Identical differences on every seed: 0 if they are not 0, else 1."""
+    seeds = sorted(set(first) & set(second))
+    if len(seeds) < 2:
+        return None
+    diffs = [first[s] - second[s] for s in seeds]
+    if max(diffs) == min(diffs):
+        return 0.0 if diffs[0] != 0 else 1.0
+    from scipy.stats import ttest_rel
+
+    return float(ttest_rel([first[s] for s in seeds], [second[s] for s in seeds]).pvalue)
+
+
+def _by_seed(frame: pd.DataFrame, label: str, task: str, pattern: str, sparsity: float) -> dict[int, float]:
+    rows = frame[
+        (frame["label"] == label)
+        & (frame["task"] == task)
+        & (frame["pattern"] == pattern)
+        & (frame["sparsity"] == sparsity)
+    ]
+    return {int(seed): float(metric) for seed, metric in zip(rows["seed"], rows["metric"]) if metric == metric}
+
+
 def summarize(frame: pd.DataFrame, suite=None) -> pd.DataFrame:
     """Per (label, task, pattern, sparsity): mean, std, n, expected n, achieved sparsity, best,
     separated (the dagger), p_value; plus the dense reference rows (label 'dense')."""
@@ -162,7 +188,8 @@ def summarize(frame: pd.DataFrame, suite=None) -> pd.DataFrame:
         stats.loc[column.index[column["mean"] == top], "best"] = True
         if len(ranked) >= 2 and ranked["mean"].iloc[1] != top:
             a, b = ranked.iloc[0], ranked.iloc[1]
-            p = welch_p(a["mean"], _std(a), int(a["n"]), b["mean"], _std(b), int(b["n"]))
+            where = (a["task"], a["pattern"], a["sparsity"])
+            p = paired_p(_by_seed(frame, a["label"], *where), _by_seed(frame, b["label"], *where))
             if p is not None:
                 stats.loc[ranked.index[0], "p_value"] = p
                 stats.loc[ranked.index[0], "separated"] = p < ALPHA
@@ -251,8 +278,8 @@ class Table:
         bold = "bold" if fmt == "latex" else "**bold**"
         notes = [
             f"Metric ({metrics}); mean ± std over seeds, (n=k) where fewer seeds than planned finished; {bold}: best "
-            f"per column; †: the best beats the runner-up by Welch's t-test, two-sided p < {ALPHA} "
-            "(>= 2 seeds each)."
+            f"per column; †: the best beats the runner-up by a paired t-test over their shared seeds (same "
+            f"dense checkpoint per seed), two-sided p < {ALPHA} (>= 2 shared seeds)."
         ]
         if len(self.stats) and self.stats["collapsed"].fillna(0).astype(int).any():
             notes.append(
