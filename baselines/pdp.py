@@ -7,7 +7,9 @@ the paper: docs/pruners/pdp.md):
     t  = midpoint of the smallest kept and the largest pruned score at the layer's current
          target (N:M: per row of M, the N-th and (N+1)-th largest |w|); recomputed from the
          current weights at every step and detached (no gradient through t)
-    m  = sigmoid((s^2 - t^2) / tau_l),   tau_l = tau * t^2   (relative, scale-free temperature)
+    m  = sigmoid((s^2 - t^2) / tau_l),   tau_l = tau(now) * std_l(s^2)   (scale-aware; v1: tau * t^2)
+    tau(now) = tau * (tau_end / tau)^a, a = 0 at the end of warm-up -> 1 at the end of the stage
+           (annealed, so the soft mask is binary when the hard mask takes over)
 
 Schedule inside the trainer's pruning stage: dense for ``warmup_fraction`` (masks() is None);
 then the per-layer budgets r_l are fixed once by one global threshold over the unit scores
@@ -34,7 +36,12 @@ from bench.core.select import global_topk
 
 @dataclass(frozen=True)
 class PDPConfig(PrunerConfig):
-    tau: float = 0.1  # relative temperature: tau_l = tau * t_l^2 (the paper's tau is absolute)
+    tau: float = 0.1  # temperature at the end of warm-up, relative to the layer's scale (tau_scale)
+    tau_end: float = 1e-3  # temperature at the end of the pruning stage (geometric anneal from tau)
+    # scale of tau: "spread" = std of the layer's squared unit scores (channel/block norms
+    # concentrate near the threshold, so t^2 made them 1e4-1e6x softer than |w| scores);
+    # "threshold" = t^2 (v1)
+    tau_scale: str = "spread"
     warmup_fraction: float = 0.1  # share of the pruning stage trained dense before any mask
     ramp_fraction: float = 0.6  # share of the pruning stage over which r_l(e) climbs to r_l
     final_mask: str = "budgets"  # budgets: per-layer top-k at the PDP layer budgets | global: self.select
@@ -42,6 +49,8 @@ class PDPConfig(PrunerConfig):
     def __post_init__(self):
         super().__post_init__()
         check_range(self, "tau", 0.0, float("inf"), low_open=True)
+        check_range(self, "tau_end", 0.0, self.tau, low_open=True)
+        check_choice(self, "tau_scale", ("spread", "threshold"))
         check_range(self, "warmup_fraction", 0.0, 1.0, high_open=True)
         check_range(self, "ramp_fraction", 0.0, 1.0, low_open=True)
         check_choice(self, "final_mask", ("budgets", "global"))
@@ -52,10 +61,12 @@ class PDPConfig(PrunerConfig):
             )
 
 
-def soft_mask(squared_scores: Tensor, threshold: Tensor, tau: float) -> Tensor:
-    """m = sigmoid((s^2 - t^2) / (tau * t^2)); ``threshold`` is detached and broadcast."""
+def soft_mask(squared_scores: Tensor, threshold: Tensor, tau: float, spread: Tensor | None = None) -> Tensor:
+    """m = sigmoid((s^2 - t^2) / (tau * scale)), scale = ``spread`` (detached) or t^2 when None;
+    ``threshold`` is detached and broadcast."""
     t2 = threshold.detach().pow(2)
-    scale = (tau * t2).clamp_min(torch.finfo(squared_scores.dtype).tiny)
+    unit = t2 if spread is None else spread.detach()
+    scale = (tau * unit).clamp_min(torch.finfo(squared_scores.dtype).tiny)
     return torch.sigmoid((squared_scores - t2) / scale)
 
 
@@ -76,7 +87,7 @@ def row_thresholds(scores: Tensor, n: int) -> Tensor:
 @register_pruner("pdp")
 class PDPPruner(Pruner):
     Config = PDPConfig
-    state_attrs = ("kept_budget", "ramp_start", "ramp")
+    state_attrs = ("kept_budget", "ramp_start", "ramp", "tau_now")
 
     def __init__(self, config: PDPConfig, pattern, sparsity):
         super().__init__(config, pattern, sparsity)
@@ -84,6 +95,8 @@ class PDPPruner(Pruner):
         self.ramp_start = 0  # step at which warm-up ended
         self.ramp = 0.0  # min(1, eps * (e + 1)); 0 during warm-up
         self.schedule = LinearRamp(config.ramp_fraction)
+        self.tau_now = config.tau
+        self._soft_fraction = 0.0  # share of the last soft mask's values in (0.1, 0.9)
 
     # -- schedule ---------------------------------------------------------------------
     def layer_budgets(self) -> dict[str, int]:
@@ -91,8 +104,13 @@ class PDPPruner(Pruner):
         return {name: int(mask.sum()) for name, mask in self.select(self.unit_rms()).items()}
 
     def on_step(self, progress: Progress) -> None:
-        if progress.fraction < self.config.warmup_fraction:
+        cfg = self.config
+        if progress.fraction < cfg.warmup_fraction:
             return
+        last = (progress.steps - 1) / max(1, progress.steps)  # fraction at the stage's last step: tau_end
+        span = last - cfg.warmup_fraction
+        anneal = 1.0 if span <= 0 else min(1.0, (progress.fraction - cfg.warmup_fraction) / span)
+        self.tau_now = cfg.tau * (cfg.tau_end / cfg.tau) ** anneal
         if self.budget_fixed:  # N:M: N per row of M right after warm-up; no layer budgets, no ramp
             self.ramp = 1.0
             return
@@ -115,11 +133,17 @@ class PDPPruner(Pruner):
     def masks(self) -> dict[str, Tensor] | None:
         if self.ramp == 0.0:
             return None
-        out = {}
+        out, soft, total = {}, 0, 0
         for layer in self.layers:
             squared = self.pattern.units(layer.weight).pow(2).sum(dim=-1)  # differentiable in w
             t = self.threshold(layer.name, squared.detach().sqrt())
-            out[layer.name] = torch.ones_like(squared) if t is None else soft_mask(squared, t, self.config.tau)
+            spread = squared.detach().std() if self.config.tau_scale == "spread" and squared.numel() > 1 else None
+            mask = torch.ones_like(squared) if t is None else soft_mask(squared, t, self.tau_now, spread)
+            with torch.no_grad():
+                soft += int(((mask > 0.1) & (mask < 0.9)).sum())
+                total += mask.numel()
+            out[layer.name] = mask
+        self._soft_fraction = soft / max(1, total)
         return out
 
     def finalize(self) -> dict[str, Tensor]:
@@ -129,4 +153,4 @@ class PDPPruner(Pruner):
         return {name: global_topk({name: s}, self.kept_budget[name])[name] for name, s in scores.items()}
 
     def log_values(self) -> dict[str, float]:
-        return {"ramp": self.ramp}
+        return {"ramp": self.ramp, "tau": self.tau_now, "mask_soft_fraction": self._soft_fraction}
