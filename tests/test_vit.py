@@ -106,9 +106,18 @@ def test_resolve_rejects_a_sparsity_that_conflicts_with_nm():
     assert err.value.field == "sparsity" and "nm:2:4 fixes the sparsity to 0.5" in str(err.value)
 
 
-def test_nm_that_does_not_tile_a_covered_layer_is_rejected_before_training():
-    with pytest.raises(ConfigError, match="blocks.0.attn.qkv"):
-        resolve(RunSpec(task="fmnist-vit-tiny", pruner="smart", pattern="nm:2:128"))
+def test_nm_that_does_not_tile_a_layer_leaves_it_dense_and_says_why():
+    """nm:2:128 tiles only the 256-wide fc2 inputs of the width-64 ViT: the rest stays dense
+    (bench.core.masks.covered_layers); a pattern that tiles nothing is refused before training."""
+    run = resolve(RunSpec(task="fmnist-vit-tiny", pruner="smart", pattern="nm:2:128"))
+    assert sorted(run.unit_counts) == ["blocks.0.mlp.fc2", "blocks.1.mlp.fc2"]
+    assert (
+        "M=128 to divide the input size of layer 'blocks.0.attn.qkv' (in=64)" in run.dense_layers["blocks.0.attn.qkv"]
+    )
+    with pytest.raises(
+        ConfigError, match=r"^pattern: nm:2:512 fits none of the 8 prunable layers \(e.g. blocks.0.attn.qkv"
+    ):
+        resolve(RunSpec(task="fmnist-vit-tiny", pruner="smart", pattern="nm:2:512"))
 
 
 # -- ImageNet by path ----------------------------------------------------------------------

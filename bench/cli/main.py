@@ -68,6 +68,13 @@ def cmd_run(args) -> int:
         amp=args.amp,
     )
     run = resolve(spec)
+    if run.dense_layers:  # the coverage rule: say which layers stay dense before training
+        print(
+            f"note: {len(run.dense_layers)} prunable layer(s) left dense ({spec.pattern} cannot cover them; "
+            f"audit.dense_layers has the reasons): {', '.join(list(run.dense_layers)[:6])}"
+            + (" ..." if len(run.dense_layers) > 6 else ""),
+            file=sys.stderr,
+        )
     log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     row = execute(run, log=log, wandb_project=args.wandb_project, paths=RunPaths.from_env())
     if args.json:

@@ -127,9 +127,14 @@ def cost_figures(
         "flops_masked": round((flops_dense - dropped_flops) / batch),
     }
     if pattern.kind == "channel":
-        shrink_channels(plain, hard_masks, example_input)
-        figures["params_shrunk"] = count_params(plain)
-        figures["flops_shrunk"] = round(module_flops(plain, example_input)[0] / batch)
+        try:
+            shrink_channels(plain, hard_masks, example_input)
+        except Exception as err:  # noqa: BLE001 -- physical removal is a figure, not the run: never lose the run
+            reason = (str(err).strip().splitlines() or [""])[0][:200]
+            figures["shrink_error"] = f"{type(err).__name__}: {reason}"
+        else:
+            figures["params_shrunk"] = count_params(plain)
+            figures["flops_shrunk"] = round(module_flops(plain, example_input)[0] / batch)
     return figures
 
 

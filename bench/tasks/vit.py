@@ -34,7 +34,7 @@ from bench.core.errors import ConfigError, DataError
 from bench.tasks.base import Budget, Task, register_task, seeded
 from bench.tasks.classification import FashionMNISTTask
 
-BLOCK_LINEARS = ["blocks.*"]
+BLOCK_LINEARS = ["blocks.*", "*.blocks.*"]  # ViT/DeiT blocks; Swin-style stages (layers.N.blocks.M)
 
 
 class FashionMNISTViT(FashionMNISTTask):
