@@ -282,3 +282,20 @@ def test_table_command_writes_files(tmp_path, runs_dir, capsys):
     assert (out / "mini-fmnist-tiny-block_1x8.png").exists()
     assert main(["table", str(path), "--format", "md"]) == 0
     assert "| gmp_fast " in capsys.readouterr().out
+
+
+def test_nomask_control_is_a_reference_row(store):
+    """The no-mask control (dense trained on for the same epochs) keeps everything: it is shown,
+    but it neither takes the bold best nor gets the achieved-sparsity mark."""
+    suite = make_suite()
+    frame = rows_from_store(suite, store)
+    control = frame[frame["label"] == "smart"].copy()
+    control["label"], control["pruner"] = "nomask", "nomask"
+    control["metric"], control["achieved_sparsity"] = 99.0, 0.0
+    control["run_id"] = control["run_id"] + "-nomask"
+    table = build_table(pd.concat([frame, control], ignore_index=True), suite)
+    cell = stats_of(table, "nomask", "block:1x8", 0.5)
+    assert cell["mean"] == 99.0 and not cell["best"] and cell["reference"]
+    assert stats_of(table, "smart", "block:1x8", 0.5)["best"]
+    md = table.render("md")
+    assert "| nomask" in md and "99.00" in md and "‡ nomask" not in md

@@ -141,6 +141,9 @@ class Pruner:
     patterns: ClassVar[tuple[str, ...]] = ALL_PATTERNS
     straight_through: ClassVar[bool] = False  # gradients reach pruned weights (SR-STE)
     control: ClassVar[bool] = False  # a control (random...), not a method: tables may set it apart
+    # a control that keeps every unit (``nomask``: dense, trained on with the same recipe): its rows
+    # are references -- tables give them no best/sparsity marks, the kit checks "everything kept"
+    keeps_all: ClassVar[bool] = False
     # True when the unit scores given to ``select`` are comparable across layers as they are (learned
     # under one global budget, or random); False (scores from weight norms): the protocol's
     # ``global`` allocation standardises them per layer first (bench.core.select).

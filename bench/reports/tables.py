@@ -4,7 +4,7 @@ Table layout: one row per pruner label (the suite's ``as:`` names) under a ``den
 row (the dense model's metric of the same (task, seed)s); one column per (task, pattern,
 sparsity). A cell is ``mean ± std`` over seeds (sample std, ddof=1; no std with one seed), with
 ``(n=k)`` when fewer seeds than planned are finished. The best mean of each column is bold
-(ties: all of them; the dense row does not compete). A dagger marks a best that is separated
+(ties: all of them; the dense row and reference controls such as ``nomask`` do not compete). A dagger marks a best that is separated
 from the runner-up beyond seed noise: a *paired* t-test over the seeds both finished (every
 pruner of a seed starts from that seed's dense checkpoint, so seed-to-seed variation of the
 dense model cancels in the per-seed differences), two-sided p < 0.05, computed only with >= 2
@@ -177,11 +177,16 @@ def summarize(frame: pd.DataFrame, suite=None) -> pd.DataFrame:
         achieved_sparsity=("achieved_sparsity", "mean"),
         collapsed=("collapsed", lambda flags: int(sum(bool(f) for f in flags if f is not None and f == f))),
     ).reset_index()
+    references = {label for label, pruner in frame[["label", "pruner"]].drop_duplicates().values if _keeps_all(pruner)}
+    stats["reference"] = stats["label"].isin(references)  # nomask: a reference row like dense
     planned = _planned_seeds(suite, frame)
     stats["expected_n"] = [planned.get(tuple(k), n) for k, n in zip(stats[KEYS].itertuples(index=False), stats["n"])]
     stats["best"], stats["separated"], stats["p_value"] = False, False, math.nan
     for _, idx in stats.groupby(["task", "pattern", "sparsity"], sort=False).groups.items():
         column = stats.loc[idx]
+        column = column[~column["reference"]]
+        if column.empty:
+            continue
         lower = column["metric_name"].iloc[0] in LOWER_IS_BETTER
         ranked = column.sort_values("mean", ascending=lower)
         top = ranked["mean"].iloc[0]
@@ -195,6 +200,17 @@ def summarize(frame: pd.DataFrame, suite=None) -> pd.DataFrame:
                 stats.loc[ranked.index[0], "separated"] = p < ALPHA
     dense = _dense_rows(frame, stats)
     return pd.concat([dense, stats], ignore_index=True)
+
+
+def _keeps_all(pruner: str) -> bool:
+    """True for a reference control that keeps every unit (``nomask``); unknown names: False."""
+    from bench.core.errors import ConfigError
+    from bench.runs.registry import get_pruner_class
+
+    try:
+        return bool(get_pruner_class(str(pruner)).keeps_all)
+    except ConfigError:
+        return False
 
 
 def _std(row) -> float:
@@ -231,6 +247,7 @@ def _dense_rows(frame: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
             "best": False,
             "separated": False,
             "p_value": math.nan,
+            "reference": True,
         }
         for col in columns.to_dict("records")
     ]
@@ -271,7 +288,9 @@ class Table:
 
     @staticmethod
     def off_target(row: pd.Series) -> bool:
-        return row["label"] != "dense" and abs(row["achieved_sparsity"] - row["sparsity"]) > SPARSITY_TOLERANCE
+        if row["label"] == "dense" or bool(row.get("reference", False)):  # references prune nothing by design
+            return False
+        return abs(row["achieved_sparsity"] - row["sparsity"]) > SPARSITY_TOLERANCE
 
     def notes(self, fmt: str) -> list[str]:
         metrics = ", ".join(f"{t}: {m}" for t, m in self.stats.drop_duplicates("task")[["task", "metric_name"]].values)

@@ -270,8 +270,11 @@ def check_exact_sparsity(run: KitRun) -> None:
         )
     audit = masker.audit(run.hard)
     counts = {layer.name: layer.num_units for layer in masker.layers}
-    kept = expected_kept(counts, masker.pattern, case.sparsity, run.pruner.config.scope)
     total = sum(counts.values())
+    if run.pruner.keeps_all:  # a reference control (nomask): everything kept
+        kept = total
+    else:
+        kept = expected_kept(counts, masker.pattern, case.sparsity, run.pruner.config.scope)
     assert audit["kept_units"] == kept, (
         f"{case.id}: kept {audit['kept_units']} of {total} units, target {case.sparsity} needs exactly {kept}"
     )
@@ -281,6 +284,9 @@ def check_exact_sparsity(run: KitRun) -> None:
 
 
 def check_pattern_valid(run: KitRun) -> None:
+    if run.pruner.keeps_all:  # nothing is pruned, so there is no pattern to obey
+        assert all(bool(m.all()) for m in run.hard.values()), f"{run.case.id}: a keeps_all control pruned units"
+        return
     audit = run.masker.audit(run.hard)
     pattern = run.masker.pattern
     for layer in run.masker.layers:
@@ -486,6 +492,9 @@ def check_allocation_floor(case: KitCase, allocation: Allocation = KIT_ALLOCATIO
     run = run_case(case, allocation=allocation)
     counts = {layer.name: layer.num_units for layer in run.masker.layers}
     kept = {name: int(run.hard[name].sum()) for name in counts}
+    if run.pruner.keeps_all:  # a reference control keeps everything whatever the rule
+        assert kept == counts, f"{case.id}: a keeps_all control dropped units under {allocation}"
+        return
     want = expected_kept(counts, run.pruner.pattern, case.sparsity, allocation=allocation)
     assert sum(kept.values()) == want, f"{case.id}: kept {sum(kept.values())} units under {allocation}, expected {want}"
     if parse_pattern(case.pattern).per_row_budget:
