@@ -14,7 +14,14 @@ C phase continues into fine-tuning.
   decay and momentum cannot move them;
 * start of every D phase: masks() is None, pruned weights re-enter at zero, and the momentum
   buffers are zeroed before the first D step (``momentum_reset``: all parameters as in the
-  reference optimizer, only the pruned layers' weights, or none).
+  reference optimizer, only the pruned layers' weights, or none);
+* ``channel`` pattern (``regrow="silent"``): a whole output channel re-entering at zero under a
+  BatchNorm has zero batch variance, so its normalised output is 0/sqrt(eps) and the gradient on
+  its filter is amplified by gamma/sqrt(eps); instead it re-enters with a fresh filter (normal,
+  ``regrow_scale`` x the std of the layer's kept filters, a generator seeded by the run seed and
+  the step) and a silent
+  BatchNorm (gamma = beta = 0, running mean 0 / var 1, conv bias 0): its output starts at exactly
+  0 and grows as gamma learns. ``regrow="zero"``: v1 (zero filter, stale BN).
 See docs/pruners/acdc.md for the mapping and the deviations.
 """
 
@@ -34,6 +41,7 @@ from bench.core.schedules import (  # noqa: F401 (phase_plan: re-export)
     PhasePlan,
     phase_plan,
 )
+from bench.core.sparsity import OutputChannel
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class ACDCConfig(PrunerConfig):
     long_decompressed_fraction: float = 0.10  # last D phase (reference: epochs 75-84)
     final_compressed_fraction: float = 0.15  # final C phase (reference: epochs 85-99)
     momentum_reset: str = "all"  # at each D start: all | pruned_layers | none
+    regrow: str = "silent"  # channel pattern, D start: silent (fresh filter, BN gamma=beta=0) | zero (v1)
+    regrow_scale: float = 0.1  # silent: std of the fresh filter, in units of the kept filters' std
 
     def __post_init__(self):
         super().__post_init__()
@@ -51,6 +61,8 @@ class ACDCConfig(PrunerConfig):
         check_range(self, "long_decompressed_fraction", 0.0, 1.0, high_open=True)
         check_range(self, "final_compressed_fraction", 0.0, 1.0, low_open=True)
         check_choice(self, "momentum_reset", ("all", "pruned_layers", "none"))
+        check_choice(self, "regrow", ("silent", "zero"))
+        check_range(self, "regrow_scale", 0.0, 10.0, low_open=True)
         used = self.warmup_fraction + self.long_decompressed_fraction + self.final_compressed_fraction
         if used > 1.0 + 1e-9:
             raise ConfigError(
@@ -94,6 +106,33 @@ class ACDCPruner(HardMaskPruner):
                 weight.mul_(self.pattern.expand(self.mask[layer.name].to(weight.dtype), weight.shape))
         if self.phase == COMPRESSED and self.phases.kind_at(self.step + 1, self.steps) == DECOMPRESSED:
             self.reset_momentum(optimizer)  # before the first D step, like the reference
+            if self.config.regrow == "silent" and isinstance(self.pattern, OutputChannel):
+                self.regrow_channels()
+
+    @torch.no_grad()
+    def regrow_channels(self) -> None:
+        """Channels of the ending C phase's mask re-enter with a fresh filter and a silent BatchNorm."""
+        generator = torch.Generator().manual_seed(torch.initial_seed() + self.step)
+        for layer in self.layers:
+            pruned = ~self.mask[layer.name].to(layer.weight.device)
+            if not bool(pruned.any()):
+                continue
+            weight = layer.weight
+            kept = weight[~pruned]
+            std = float(kept.std()) if kept.numel() > 1 else float(weight.std())
+            fresh = torch.randn(weight[pruned].shape, generator=generator) * std * self.config.regrow_scale
+            weight[pruned] = fresh.to(weight)
+            owners = [(layer.module, "bias")] + (
+                [(layer.batchnorm, "weight"), (layer.batchnorm, "bias")] if layer.batchnorm is not None else []
+            )
+            for owner, attr in owners:
+                value = _underlying(owner, attr)
+                if value is not None:
+                    value[pruned] = 0.0
+            bn = layer.batchnorm
+            if bn is not None and bn.running_mean is not None:
+                bn.running_mean[pruned] = 0.0
+                bn.running_var[pruned] = 1.0
 
     @torch.no_grad()
     def reset_momentum(self, optimizer: torch.optim.Optimizer) -> None:
@@ -110,3 +149,11 @@ class ACDCPruner(HardMaskPruner):
 
     def log_values(self) -> dict[str, float]:
         return {"compressed": float(self.phase == COMPRESSED)}
+
+
+def _underlying(module, attr: str):
+    """The trainable tensor behind ``module.attr`` (the parametrization's original when masked)."""
+    parametrizations = getattr(module, "parametrizations", None)
+    if parametrizations is not None and attr in parametrizations:
+        return getattr(parametrizations, attr).original
+    return getattr(module, attr, None)

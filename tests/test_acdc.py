@@ -180,3 +180,33 @@ def test_config_errors_name_the_field():
         ACDCConfig(momentum_reset="some")
     with pytest.raises(ConfigError, match="phase_fraction"):
         ACDCConfig(phase_fraction=0.0)
+
+
+@pytest.mark.parametrize("regrow", ["silent", "zero"])
+def test_regrown_channels_reenter_silently_under_batchnorm(regrow):
+    """Audit (protocol v2): a channel re-entering at zero under BN has zero batch variance, so its
+    normalised output is 0/sqrt(eps) and its filter's gradient is scaled by gamma/sqrt(eps).
+    ``regrow=silent``: fresh filter, gamma = beta = 0, running stats reset -- bounded gradient."""
+    model = conv_net()
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 8, (8,))
+    pattern = parse_pattern("channel")
+    masker = Masker(model, find_prunable(model), pattern, x)
+    pruner = build_pruner("acdc", pattern, 0.5, {"regrow": regrow})
+    pruner.attach(masker.layers)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    total = 20  # dense 0-1, C 2, D 3, ...
+    log = run_steps(model, masker, pruner, opt, range(4), total, (x, y))
+    c_mask, ratios = log[2]["mask"], []
+    for layer in masker.layers:
+        pruned = ~c_mask[layer.name]
+        if not bool(pruned.any()):
+            continue
+        grads = log[3]["grads"][layer.name]
+        ratios.append(float(grads[pruned].abs().max()) / float(grads[~pruned].abs().max()))
+        if regrow == "silent":
+            assert (layer.batchnorm.running_var[pruned] > 0.05).all()  # reset to 1, then one batch update
+    assert ratios
+    if regrow == "silent":
+        assert max(ratios) <= 10  # no gamma/sqrt(eps) amplification of the re-grown filters
+    else:  # v1, kept as an option for comparison: the defect (here ~550x on the 2nd conv)
+        assert max(ratios) > 100
