@@ -250,3 +250,25 @@ def test_suite_plan_lists_the_real_imagenet_resnet50_cells(runs_dir, monkeypatch
     out = capsys.readouterr().out
     assert "not registered" not in out and all(c.run_id in out for c in suite.cells)
     assert not runs_dir.exists()
+
+
+def test_a_suite_block_carries_the_data_path(tree, tmp_path):
+    """Suites can name the image folder (`data:`); the planned ids are those of resolve()."""
+    import yaml
+
+    from bench.suites.suite import expand, load_suite
+
+    spec = {
+        "tasks": ["imagefolder"],
+        "model": "timm:resnet10t",
+        "data": str(tree),
+        "pruners": ["magnitude"],
+        "patterns": ["channel"],
+        "sparsities": [0.5],
+        "seeds": [0],
+    }
+    path = tmp_path / "images.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    (cell,) = expand(load_suite(str(path))).cells
+    assert cell.spec.data == str(tree)
+    assert cell.run_id == resolve(cell.spec).run_id

@@ -391,3 +391,39 @@ def test_torchrun_ddp_two_ranks_agree(tmp_path, runs_dir):
     row = ResultStore().get(cell.run_id)
     assert row["achieved_sparsity"] == pytest.approx(0.5) and row["pattern_valid"]
     assert not (runs_dir / "ddp" / cell.run_id).exists()  # rank-private folders removed
+
+
+def test_suite_cells_carry_a_dense_checkpoint_and_an_allocation(tmp_path):
+    """A block's dense_checkpoint and allocation reach every cell; the planned ids are resolve()'s."""
+    import torch
+
+    from bench.tasks.registry import get_task
+
+    checkpoint = tmp_path / "dense.pt"
+    torch.save(get_task("fmnist-tiny").build_model().state_dict(), checkpoint)
+    allocation = {"policy": "global", "floor": 0.1}
+    suite = expand(
+        load_suite(write_suite(tmp_path, {**TINY, "dense_checkpoint": str(checkpoint), "allocation": allocation}))
+    )
+    assert len(suite.cells) == 2
+    for cell in suite.cells:
+        assert cell.spec.dense_checkpoint == str(checkpoint) and cell.spec.allocation == allocation
+        run = resolve(cell.spec)
+        assert cell.run_id == run.run_id
+        assert "dense_checkpoint" in run.canonical["task"] and run.canonical["allocation"] == allocation
+    plain = expand(load_suite(write_suite(tmp_path, TINY, name="plain")))
+    assert {c.run_id for c in plain.cells}.isdisjoint(c.run_id for c in suite.cells)
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"data": 3}, "suite.data"),
+        ({"dense_checkpoint": ""}, "suite.dense_checkpoint"),
+        ({"allocation": "x"}, "suite.allocation.policy"),
+    ],
+)
+def test_bad_paths_and_allocation_name_the_field(tmp_path, change, field):
+    with pytest.raises(ConfigError) as err:
+        load_suite(write_suite(tmp_path, {**TINY, **change}))
+    assert err.value.field == field

@@ -12,6 +12,8 @@ A suite file (``bench/configs/suites/NAME.yaml``, read with ``yaml.safe_load``):
     budget: {prune_epochs: 1, finetune_epochs: 1}   # optional override of the task budget
     allocation: {policy: global, floor: 0.1}          # optional: the protocol's allocation rule
                                                       # (bench.core.select.Allocation); none = v1
+    data: /path/to/images                             # optional: dataset folder (imagefolder tasks)
+    dense_checkpoint: /path/to/dense.pt               # optional: start every cell from this model
     cells:                           # optional blocks; each overrides any of the keys above
       - {tasks: [fmnist-resnet], patterns: [channel], sparsities: [0.5]}
     requires_tasks_present: true     # false: `suite plan` also works for unregistered tasks
@@ -69,12 +71,25 @@ TOP_FIELDS = (
     "budget",
     "model",
     "allocation",
+    "data",
+    "dense_checkpoint",
     "cells",
     "requires_tasks_present",
     "plan_only",
     "wandb_project",
 )
-BLOCK_FIELDS = ("tasks", "pruners", "patterns", "sparsities", "seeds", "budget", "model", "allocation")
+BLOCK_FIELDS = (
+    "tasks",
+    "pruners",
+    "patterns",
+    "sparsities",
+    "seeds",
+    "budget",
+    "model",
+    "allocation",
+    "data",
+    "dense_checkpoint",
+)
 PRUNER_FIELDS = ("name", "as", "options")
 KIND_NAMES = {
     str: "a string",
@@ -103,6 +118,8 @@ class Block:
     model: str | None
     where: str  # "suite" or "suite.cells[i]", for error messages
     allocation: dict | None = None  # Allocation.to_dict(), or None (v1)
+    data: str | None = None  # dataset folder of tasks that read one by path (imagefolder...)
+    dense_checkpoint: str | None = None  # the user's dense model for every cell of the block
 
 
 @dataclass
@@ -229,6 +246,12 @@ def _block(raw: dict, defaults: dict, where: str, known: dict[str, type]) -> Blo
         allocation = Allocation.from_value(values.get("allocation"))
     except ConfigError as err:
         raise ConfigError(f"{where}.{err.field}", str(err)[len(err.field) + 2 :]) from None
+    paths = {}
+    for key in ("data", "dense_checkpoint"):
+        value = values.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{where}.{key}", f"must be a path (relative: to the current directory), got {value!r}")
+        paths[key] = None if value is None else str(Path(value).expanduser())
     return Block(
         list(tasks),
         pruners,
@@ -239,6 +262,8 @@ def _block(raw: dict, defaults: dict, where: str, known: dict[str, type]) -> Blo
         model,
         where,
         None if allocation is None else allocation.to_dict(),
+        paths["data"],
+        paths["dense_checkpoint"],
     )
 
 
@@ -341,6 +366,8 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
                                 pruner_options=dict(entry.options),
                                 budget=dict(block.budget),
                                 allocation=block.allocation,
+                                data=block.data,
+                                dense_checkpoint=block.dense_checkpoint,
                                 device=device,
                                 amp=amp,
                             )
@@ -395,7 +422,10 @@ def _resolved_cell(spec: RunSpec, label: str, where: str, cache: dict, steps_cac
     equality, and every cell is resolved again, and its id checked, when it runs)."""
     from bench.runs.registry import build_pruner
 
-    layout = json.dumps([spec.task, spec.model, spec.budget, spec.pattern, spec.allocation], sort_keys=True)
+    layout = json.dumps(
+        [spec.task, spec.model, spec.budget, spec.pattern, spec.allocation, spec.data, spec.dense_checkpoint],
+        sort_keys=True,
+    )
     try:
         if layout not in cache:
             cache[layout] = resolve(spec)
@@ -409,7 +439,7 @@ def _resolved_cell(spec: RunSpec, label: str, where: str, cache: dict, steps_cac
             f"{where} ({spec.task} {label} {spec.pattern} {spec.sparsity:g}): {err.field}",
             str(err)[len(err.field) + 2 :],
         ) from None
-    _, run_id = run_identity(base.task.identity(), spec.pruner, pruner, spec.seed)
+    _, run_id = run_identity(base.canonical["task"], spec.pruner, pruner, spec.seed)  # with the checkpoint hash
     task, b = base.task, base.task.budget
     identity = json.dumps(
         {k: v for k, v in task.identity().items() if k != "budget"} | {"bs": b.batch_size}, sort_keys=True, default=str
