@@ -47,7 +47,29 @@ SPEC_VERSION = 1
 # a run whose test metric is within this many metric points of the task's trivial predictor
 # (majority class, all background, no detections) learned nothing usable: the row says "collapsed"
 COLLAPSE_MARGIN = 1.0
-BUDGET_FIELDS = ("prune_epochs", "finetune_epochs")
+BUDGET_FIELDS = ("prune_epochs", "finetune_epochs", "finetune_schedule", "finetune_lr")
+FINETUNE_SCHEDULES = ("shared", "restart")
+
+
+def check_budget_overrides(budget: Any, where: str = "budget") -> None:
+    """ConfigError naming the field for anything but the overridable budget fields and their types."""
+    if not isinstance(budget, dict):
+        raise ConfigError(where, f"must be a mapping with {', '.join(BUDGET_FIELDS)}")
+    for key, value in budget.items():
+        if key not in BUDGET_FIELDS:
+            raise ConfigError(f"{where}.{key}", f"unknown field; allowed: {', '.join(BUDGET_FIELDS)}")
+        if key == "finetune_schedule":
+            if value not in FINETUNE_SCHEDULES:
+                raise ConfigError(f"{where}.{key}", f"{value!r} is not one of {', '.join(FINETUNE_SCHEDULES)}")
+        elif key == "finetune_lr":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"{where}.{key}", f"must be a number > 0, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{where}.{key}", f"must be an integer >= 0, got {value!r}")
+    if budget.get("prune_epochs", 1) < 1:
+        raise ConfigError(f"{where}.prune_epochs", "must be >= 1")
+    if "finetune_lr" in budget and budget.get("finetune_schedule") != "restart":
+        raise ConfigError(f"{where}.finetune_lr", "only with finetune_schedule: restart")
 
 
 @dataclass(frozen=True)
@@ -118,16 +140,20 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     if not isinstance(spec.amp, bool):
         raise ConfigError("amp", f"must be true or false, got {spec.amp!r}")
     task.amp = spec.amp
-    unknown = set(spec.budget) - set(BUDGET_FIELDS)
-    if unknown:
-        raise ConfigError("budget", f"unknown field(s) {sorted(unknown)}; allowed: {', '.join(BUDGET_FIELDS)}")
-    for key, value in spec.budget.items():
-        if not isinstance(value, int) or value < 0:
-            raise ConfigError(f"budget.{key}", f"must be an integer >= 0, got {value!r}")
-    if spec.budget:
-        task.budget = dataclasses.replace(task.budget, **spec.budget)
+    check_budget_overrides(spec.budget)
+    budget = dict(spec.budget)
+    if "finetune_lr" in budget:
+        budget["finetune_lr"] = float(budget["finetune_lr"])
+    if budget:
+        task.budget = dataclasses.replace(task.budget, **budget)
     if task.budget.prune_epochs < 1:
         raise ConfigError("budget.prune_epochs", "must be >= 1")
+    if task.budget.finetune_schedule != "shared" and task.loop != "native":
+        raise ConfigError(
+            "budget.finetune_schedule",
+            f"'{task.budget.finetune_schedule}' is implemented for the native loop; task '{task.name}' "
+            "trains with mmengine (shared only)",
+        )
     pattern = parse_pattern(spec.pattern)
     if isinstance(spec.sparsity, bool) or (spec.sparsity is not None and not isinstance(spec.sparsity, (int, float))):
         raise ConfigError("sparsity", f"must be a number in (0, 1), got {spec.sparsity!r}")
@@ -216,9 +242,8 @@ def load_dense_checkpoint(path: str, model) -> tuple[dict[str, Any], str]:
 def dense_key(task: Task, seed: int) -> str:
     """Identity of the dense model of (task, seed): the task without its pruning-stage budget."""
     identity = task.identity()
-    identity["budget"] = {
-        k: v for k, v in identity["budget"].items() if k not in ("prune_epochs", "finetune_epochs", "prune_lr")
-    }
+    stage_fields = ("prune_epochs", "finetune_epochs", "prune_lr", "finetune_schedule", "finetune_lr")
+    identity["budget"] = {k: v for k, v in identity["budget"].items() if k not in stage_fields}
     return short_hash({"task": identity, "seed": seed})
 
 

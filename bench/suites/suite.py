@@ -57,7 +57,7 @@ from bench.core.paths import RunPaths, paths_or_env
 from bench.core.select import Allocation
 from bench.core.sparsity import parse_pattern, resolve_sparsity
 from bench.runs.record import ResultStore
-from bench.runs.run import BUDGET_FIELDS, RunSpec, dense_key, resolve, run_identity, short_hash
+from bench.runs.run import RunSpec, check_budget_overrides, dense_key, resolve, run_identity, short_hash
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "configs" / "suites"  # package data
 TOP_FIELDS = (
@@ -230,15 +230,7 @@ def _block(raw: dict, defaults: dict, where: str, known: dict[str, type]) -> Blo
         if seed < 0:
             raise ConfigError(f"{where}.seeds[{i}]", f"must be an integer >= 0, got {seed}")
     budget = values.get("budget") or {}
-    if not isinstance(budget, dict):
-        raise ConfigError(f"{where}.budget", f"must be a mapping with {', '.join(BUDGET_FIELDS)}")
-    for key, value in budget.items():
-        if key not in BUDGET_FIELDS:
-            raise ConfigError(f"{where}.budget.{key}", f"unknown field; allowed: {', '.join(BUDGET_FIELDS)}")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"{where}.budget.{key}", f"must be an integer >= 0, got {value!r}")
-    if budget.get("prune_epochs", 1) < 1:
-        raise ConfigError(f"{where}.budget.prune_epochs", "must be >= 1")
+    check_budget_overrides(budget, f"{where}.budget")
     model = values.get("model")
     if model is not None and not isinstance(model, str):
         raise ConfigError(f"{where}.model", f"must be a string such as timm:resnet18, got {model!r}")

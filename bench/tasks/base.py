@@ -31,6 +31,19 @@ class Budget:
     weight_decay: float = 5e-4
     momentum: float = 0.9
     calib_batches: int = 4
+    # lr schedule of the pruning + fine-tuning stages, the same for every pruner of a cell:
+    # "shared" (v1): one cosine from prune_lr over both stages; "restart": a cosine from prune_lr
+    # over the pruning stage, then a fresh cosine from finetune_lr (default prune_lr) over fine-tuning
+    finetune_schedule: str = "shared"
+    finetune_lr: float | None = None
+
+    def identity(self) -> dict:
+        """The fields that define the budget; the schedule fields only when not at their v1 defaults
+        (so the ids of v1 runs are unchanged)."""
+        fields = dict(self.__dict__)
+        if fields["finetune_schedule"] == "shared" and fields["finetune_lr"] is None:
+            del fields["finetune_schedule"], fields["finetune_lr"]
+        return fields
 
 
 @dataclass
@@ -80,7 +93,7 @@ class Task:
 
         The dense optimizer enters only when it is not the default SGD, and ``amp`` only when on,
         so the ids of SGD fp32 tasks are those from before the fields existed."""
-        identity = {"task": self.name, "model": self.model_name, "budget": self.budget.__dict__}
+        identity = {"task": self.name, "model": self.model_name, "budget": self.budget.identity()}
         if self.dense_optimizer != "SGD":
             identity["dense_optimizer"] = {"type": self.dense_optimizer, "weight_decay": self.dense_weight_decay}
         if self.amp:  # absent when off: ids from before the field existed are unchanged

@@ -66,6 +66,20 @@ def set_lr(optimizer: torch.optim.Optimizer, step: int, total: int) -> None:
         g["lr"] = cosine_lr(g["base_lr"], step, total)
 
 
+def set_stage_lr(optimizer: torch.optim.Optimizer, step: int, prune_steps: int, total: int, budget) -> None:
+    """The lr of the pruning + fine-tuning stages at ``step`` (Budget.finetune_schedule):
+    ``shared``: one cosine over both stages; ``restart``: a cosine over the pruning stage, then a
+    fresh cosine over fine-tuning from ``finetune_lr`` (every group scaled by finetune_lr / prune_lr)."""
+    if budget.finetune_schedule != "restart":
+        set_lr(optimizer, step, total)
+    elif step < prune_steps:
+        set_lr(optimizer, step, prune_steps)
+    else:
+        scale = (budget.finetune_lr or budget.prune_lr) / budget.prune_lr
+        for g in optimizer.param_groups:
+            g["lr"] = cosine_lr(g["base_lr"] * scale, step - prune_steps, total - prune_steps)
+
+
 def train_dense(task: Task, seed: int, path: Path, log: Callable[[str], None] = print) -> DenseModel:
     """Train (or load the cached) dense model for (task, seed); the cache holds its state_dict."""
     cached = load_or_discard(path, "dense checkpoint", log)
@@ -123,7 +137,7 @@ class PruneTrainer:
             driver.start_epoch(epoch)
             for i, batch in enumerate(task.train_batches(epoch, self.seed)):
                 step = epoch * self.steps_per_epoch + i
-                set_lr(optimizer, step, self.total_steps)
+                set_stage_lr(optimizer, step, driver.prune_steps, self.total_steps, task.budget)
                 driver.before_forward(step, epoch)
                 with autocast(task.device, task.amp):
                     loss = task.loss(model, batch)

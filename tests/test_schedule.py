@@ -1,0 +1,77 @@
+"""The pruning + fine-tuning lr schedule (Budget.finetune_schedule): shared (v1) or restart."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from bench.core.errors import ConfigError
+from bench.runs.run import RunSpec, resolve
+from bench.tasks.base import Budget
+from bench.tasks.registry import get_task
+from bench.training.train import make_optimizer, set_stage_lr
+
+BUDGET = Budget(dense_epochs=1, prune_epochs=2, finetune_epochs=2, batch_size=8, lr=0.1, prune_lr=0.02)
+
+
+def lrs(budget: Budget, prune_steps=10, total=20) -> list[float]:
+    model = torch.nn.Linear(2, 2)
+    task = get_task("fmnist-tiny")
+    task.budget = budget
+    optimizer = make_optimizer(model, task, budget.prune_lr, [])
+    out = []
+    for step in range(total):
+        set_stage_lr(optimizer, step, prune_steps, total, budget)
+        out.append(optimizer.param_groups[0]["lr"])
+    return out
+
+
+def test_shared_is_one_cosine_over_both_stages():
+    got = lrs(BUDGET)
+    assert got[0] == pytest.approx(0.02) and got[10] == pytest.approx(0.01)
+    assert got == pytest.approx([0.01 * (1 + math.cos(math.pi * s / 20)) for s in range(20)])
+
+
+def test_restart_gives_fine_tuning_its_own_cosine():
+    got = lrs(dataclasses.replace(BUDGET, finetune_schedule="restart", finetune_lr=0.05))
+    assert got[0] == pytest.approx(0.02) and got[9] == pytest.approx(0.01 * (1 + math.cos(math.pi * 9 / 10)))
+    assert got[10] == pytest.approx(0.05)  # the fine-tuning stage starts at finetune_lr
+    assert got[15] == pytest.approx(0.025)
+    default = lrs(dataclasses.replace(BUDGET, finetune_schedule="restart"))
+    assert default[10] == pytest.approx(0.02)  # finetune_lr defaults to prune_lr
+
+
+SPEC = RunSpec(task="fmnist-tiny", pruner="magnitude", pattern="block:1x8", sparsity=0.5)
+
+
+def test_identity_v1_unchanged_and_schedule_part_of_it():
+    v1 = resolve(SPEC)
+    assert "finetune_schedule" not in v1.canonical["task"]["budget"]
+    restart = resolve(dataclasses.replace(SPEC, budget={"finetune_schedule": "restart", "finetune_lr": 0.05}))
+    assert restart.canonical["task"]["budget"]["finetune_schedule"] == "restart"
+    assert restart.run_id != v1.run_id
+
+
+@pytest.mark.parametrize(
+    "budget,field",
+    [
+        ({"finetune_schedule": "cyclic"}, "budget.finetune_schedule"),
+        ({"finetune_lr": 0.1}, "budget.finetune_lr"),  # without restart
+        ({"finetune_schedule": "restart", "finetune_lr": -1}, "budget.finetune_lr"),
+        ({"prune_epochs": 0}, "budget.prune_epochs"),
+    ],
+)
+def test_bad_budgets_name_the_field(budget, field):
+    with pytest.raises(ConfigError) as err:
+        resolve(dataclasses.replace(SPEC, budget=budget))
+    assert err.value.field == field
+
+
+def test_restart_is_refused_for_mmengine_tasks():
+    pytest.importorskip("mmseg")
+    spec = RunSpec(task="scenes-seg-tiny", pruner="magnitude", pattern="channel", sparsity=0.5)
+    with pytest.raises(ConfigError, match="^budget.finetune_schedule: 'restart' is implemented for the native loop"):
+        resolve(dataclasses.replace(spec, budget={"finetune_schedule": "restart"}))
