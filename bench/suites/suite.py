@@ -60,24 +60,6 @@ from bench.runs.record import ResultStore
 from bench.runs.run import RunSpec, check_budget_overrides, dense_key, resolve, run_identity, short_hash
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "configs" / "suites"  # package data
-TOP_FIELDS = (
-    "name",
-    "description",
-    "tasks",
-    "pruners",
-    "patterns",
-    "sparsities",
-    "seeds",
-    "budget",
-    "model",
-    "allocation",
-    "data",
-    "dense_checkpoint",
-    "cells",
-    "requires_tasks_present",
-    "plan_only",
-    "wandb_project",
-)
 BLOCK_FIELDS = (
     "tasks",
     "pruners",
@@ -90,6 +72,7 @@ BLOCK_FIELDS = (
     "data",
     "dense_checkpoint",
 )
+TOP_FIELDS = ("name", "description", *BLOCK_FIELDS, "cells", "requires_tasks_present", "plan_only", "wandb_project")
 PRUNER_FIELDS = ("name", "as", "options")
 KIND_NAMES = {
     str: "a string",
