@@ -419,7 +419,8 @@ def test_every_pruner_runs_on_both_families(shared_runs_dir, monkeypatch):
     """Each registered pruner on detection and segmentation, channel and block:1x8 (one pattern per family,
     alternating), with no fine-tune epoch (finalize at the end of training)."""
     done = 0
-    for i, (name, cls) in enumerate(sorted(load_pruners().items())):
+    pruners = [(name, cls) for name, cls in sorted(load_pruners().items()) if not cls.keeps_all]  # nomask: kit
+    for i, (name, cls) in enumerate(pruners):
         for j, family in enumerate(("det", "seg")):
             pattern = ("channel", "block:1x8")[(i + j) % 2]
             if parse_pattern(pattern).kind not in cls.patterns:
