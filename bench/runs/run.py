@@ -81,7 +81,7 @@ class RunSpec:
     seed: int = 0
     model: str | None = None
     pruner_options: dict[str, Any] = field(default_factory=dict)
-    budget: dict[str, int] = field(default_factory=dict)  # overrides of prune/finetune epochs
+    budget: dict[str, Any] = field(default_factory=dict)  # overrides: epochs, finetune schedule (BUDGET_FIELDS)
     data: str | None = None  # dataset folder of tasks that read one by path (imagefolder...)
     dense_checkpoint: str | None = None  # the user's dense model, instead of training one
     # the protocol's allocation rule (bench.core.select.Allocation): "uniform" | "global" or
