@@ -85,19 +85,20 @@ class Allocation:
             return
         total = sum(unit_counts.values())
         floors = sum(self.minimum(c) for c in unit_counts.values())
-        keep = sum(keep_count(c, sparsity) for c in unit_counts.values()) if self.policy == "uniform" else None
         if self.policy == "global" and floors > keep_count(total, sparsity):
             raise ConfigError(
                 "allocation.floor",
                 f"floor {self.floor:g} keeps {floors} of {total} units, more than the "
                 f"{keep_count(total, sparsity)} a sparsity of {sparsity:g} leaves; lower the floor",
             )
-        if self.policy == "uniform" and any(self.minimum(c) > keep_count(c, sparsity) for c in unit_counts.values()):
-            raise ConfigError(
-                "allocation.floor",
-                f"floor {self.floor:g} is above the {keep or 0} units per layer that uniform allocation at "
-                f"sparsity {sparsity:g} keeps; lower the floor",
-            )
+        if self.policy == "uniform":
+            for name, count in unit_counts.items():
+                if self.minimum(count) > keep_count(count, sparsity):
+                    raise ConfigError(
+                        "allocation.floor",
+                        f"floor {self.floor:g} is above what uniform allocation at sparsity {sparsity:g} keeps "
+                        f"(layer {name}: {self.minimum(count)} > {keep_count(count, sparsity)} of {count}); lower the floor",
+                    )
 
 
 def standardise_per_layer(scores: dict[str, Tensor]) -> dict[str, Tensor]:
