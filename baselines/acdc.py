@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.core.errors import ConfigError
+from bench.core.masks import channel_tensors
 from bench.core.pruner import Progress, PrunerConfig, check_choice, check_range, register_pruner
 from bench.core.pruning_blocks import HardMaskPruner
 from bench.core.schedules import (  # noqa: F401 (phase_plan: re-export)
@@ -122,13 +123,8 @@ class ACDCPruner(HardMaskPruner):
             std = float(kept.std()) if kept.numel() > 1 else float(weight.std())
             fresh = torch.randn(weight[pruned].shape, generator=generator) * std * self.config.regrow_scale
             weight[pruned] = fresh.to(weight)
-            owners = [(layer.module, "bias")] + (
-                [(layer.batchnorm, "weight"), (layer.batchnorm, "bias")] if layer.batchnorm is not None else []
-            )
-            for owner, attr in owners:
-                value = _underlying(owner, attr)
-                if value is not None:
-                    value[pruned] = 0.0
+            for owner, attr in channel_tensors(layer):  # conv bias, BN affine
+                _underlying(owner, attr)[pruned] = 0.0
             bn = layer.batchnorm
             if bn is not None and bn.running_mean is not None:
                 bn.running_mean[pruned] = 0.0
@@ -151,9 +147,9 @@ class ACDCPruner(HardMaskPruner):
         return {"compressed": float(self.phase == COMPRESSED)}
 
 
-def _underlying(module, attr: str):
+def _underlying(module, attr: str) -> torch.Tensor:
     """The trainable tensor behind ``module.attr`` (the parametrization's original when masked)."""
     parametrizations = getattr(module, "parametrizations", None)
     if parametrizations is not None and attr in parametrizations:
         return getattr(parametrizations, attr).original
-    return getattr(module, attr, None)
+    return getattr(module, attr)

@@ -96,7 +96,7 @@ class PDPPruner(Pruner):
         self.ramp = 0.0  # min(1, eps * (e + 1)); 0 during warm-up
         self.schedule = LinearRamp(config.ramp_fraction)
         self.tau_now = config.tau
-        self._soft_fraction = 0.0  # share of the last soft mask's values in (0.1, 0.9)
+        self._last: list[Tensor] = []  # the last soft masks (detached), for ``mask_soft_fraction``
 
     # -- schedule ---------------------------------------------------------------------
     def layer_budgets(self) -> dict[str, int]:
@@ -133,18 +133,21 @@ class PDPPruner(Pruner):
     def masks(self) -> dict[str, Tensor] | None:
         if self.ramp == 0.0:
             return None
-        out, soft, total = {}, 0, 0
+        out = {}
         for layer in self.layers:
             squared = self.pattern.units(layer.weight).pow(2).sum(dim=-1)  # differentiable in w
             t = self.threshold(layer.name, squared.detach().sqrt())
             spread = squared.detach().std() if self.config.tau_scale == "spread" and squared.numel() > 1 else None
-            mask = torch.ones_like(squared) if t is None else soft_mask(squared, t, self.tau_now, spread)
-            with torch.no_grad():
-                soft += int(((mask > 0.1) & (mask < 0.9)).sum())
-                total += mask.numel()
-            out[layer.name] = mask
-        self._soft_fraction = soft / max(1, total)
+            out[layer.name] = torch.ones_like(squared) if t is None else soft_mask(squared, t, self.tau_now, spread)
+        self._last = [mask.detach() for mask in out.values()]
         return out
+
+    @property
+    def soft_fraction(self) -> float:
+        """Share of the last soft masks' values in (0.1, 0.9), computed when logged (no host sync per step)."""
+        total = sum(mask.numel() for mask in self._last)
+        soft = sum(int(((mask > 0.1) & (mask < 0.9)).sum()) for mask in self._last)
+        return soft / max(1, total)
 
     def finalize(self) -> dict[str, Tensor]:
         scores = self.unit_rms()
@@ -153,4 +156,4 @@ class PDPPruner(Pruner):
         return {name: global_topk({name: s}, self.kept_budget[name])[name] for name, s in scores.items()}
 
     def log_values(self) -> dict[str, float]:
-        return {"ramp": self.ramp, "tau": self.tau_now, "mask_soft_fraction": self._soft_fraction}
+        return {"ramp": self.ramp, "tau": self.tau_now, "mask_soft_fraction": self.soft_fraction}

@@ -22,7 +22,6 @@ pattern against every layer, sparsity) before the first step, with the errors of
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -162,11 +161,10 @@ def prune(
     names = find_prunable(model, include, exclude, keep_first_last)
     if not names:
         raise ConfigError("include", "no prunable Conv2d/Linear layer selected")
-    modules = dict(model.named_modules())
-    names, dense_layers = covered_layers(model, names, parsed)  # the rest stays dense (listed in the audit)
+    unit_counts, dense_layers = covered_layers(model, names, parsed)  # the rest stays dense (listed in the audit)
     if rule is not None:
-        rule.check({n: math.prod(parsed.unit_shape(modules[n].weight.shape)) for n in names}, parsed, target)
-    masker = Masker(model, names, parsed, example_input)
+        rule.check(unit_counts, parsed, target)
+    masker = Masker(model, list(unit_counts), parsed, example_input)
     driver = StageDriver(instance, masker, prune_epochs=1, finetune_epochs=0, log=log)
     driver.setup(list(calibration) if calibration is not None else [example_input], forward)
     driver.begin(steps)

@@ -19,6 +19,7 @@ weights once the gate turns hard.
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -112,13 +113,25 @@ def find_prunable(
     return names
 
 
-def covered_layers(model: nn.Module, names: list[str], pattern: Pattern) -> tuple[list[str], dict[str, str]]:
-    """(layers the pattern tiles, {layer: reason} of those it cannot) -- the rule for layers a
+def channel_tensors(layer: PrunableLayer) -> list[tuple[nn.Module, str]]:
+    """(owner, attribute) of the per-channel tensors an output-channel mask also zeroes: the layer's
+    bias and the affine terms of the BatchNorm right after it."""
+    out = []
+    if getattr(layer.module, "bias", None) is not None:
+        out.append((layer.module, "bias"))
+    bn = layer.batchnorm
+    if bn is not None and bn.affine:
+        out += [(bn, "weight"), (bn, "bias")]
+    return out
+
+
+def covered_layers(model: nn.Module, names: list[str], pattern: Pattern) -> tuple[dict[str, int], dict[str, str]]:
+    """({layer: units} the pattern tiles, {layer: reason} of those it cannot) -- the rule for layers a
     pattern cannot cover: they stay dense, the target sparsity is exact over the covered layers,
     and the audit lists the others with their reason (``dense_layers``). Depthwise convs (one
     input channel per group) cannot take a block or N:M pattern. ConfigError when no layer is left."""
     modules = dict(model.named_modules())
-    covered, dense = [], {}
+    covered, dense = {}, {}
     for name in names:
         module = modules[name]
         depthwise = isinstance(module, nn.Conv2d) and module.groups > 1 and module.weight.shape[1] == 1
@@ -130,7 +143,7 @@ def covered_layers(model: nn.Module, names: list[str], pattern: Pattern) -> tupl
         except ConfigError as err:
             dense[name] = str(err).removeprefix(f"{err.field}: ")
             continue
-        covered.append(name)
+        covered[name] = math.prod(pattern.unit_shape(module.weight.shape))
     if not covered:
         first = next(iter(dense.items()))
         raise ConfigError(
@@ -205,15 +218,7 @@ class Masker:
         self.hard: dict[str, Tensor] | None = None
 
     def _channel_tensors(self, layer: PrunableLayer) -> list[tuple[nn.Module, str]]:
-        if not isinstance(self.pattern, OutputChannel):
-            return []
-        out = []
-        if getattr(layer.module, "bias", None) is not None:
-            out.append((layer.module, "bias"))
-        bn = layer.batchnorm
-        if bn is not None and bn.affine:
-            out += [(bn, "weight"), (bn, "bias")]
-        return out
+        return channel_tensors(layer) if isinstance(self.pattern, OutputChannel) else []
 
     def by_name(self) -> dict[str, PrunableLayer]:
         return {layer.name: layer for layer in self.layers}

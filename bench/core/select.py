@@ -79,6 +79,15 @@ class Allocation:
         """Units a layer of ``units`` always keeps."""
         return max(1, min(units, math.ceil(self.floor * units - 1e-9)))
 
+    def layer_keep(self, units: int, sparsity: float) -> int:
+        """``uniform``: units a layer of ``units`` keeps at ``sparsity``."""
+        return max(self.minimum(units), keep_count(units, sparsity))
+
+    def global_keep(self, unit_counts: dict[str, int], sparsity: float) -> int:
+        """``global``: units kept over all layers at ``sparsity`` (never fewer than the floors)."""
+        floors = sum(self.minimum(c) for c in unit_counts.values())
+        return max(floors, keep_count(sum(unit_counts.values()), sparsity))
+
     def check(self, unit_counts: dict[str, int], pattern: Pattern, sparsity: float) -> None:
         """ConfigError before training when the floors cannot be met at the target."""
         if pattern.per_row_budget:
@@ -174,16 +183,15 @@ def hard_topk(
         keep = pattern.n if target is None else nm_keep(pattern, sparsity, target)
         return {name: nm_topk(s, keep) for name, s in scores.items()}
     if allocation is not None:
-        minimum = {name: allocation.minimum(s.numel()) for name, s in scores.items()}
+        counts = {name: s.numel() for name, s in scores.items()}
+        minimum = {name: allocation.minimum(c) for name, c in counts.items()}
         if allocation.policy == "uniform":
             return {
-                name: global_topk({name: s}, max(minimum[name], keep_count(s.numel(), sparsity)), minimum)[name]
+                name: global_topk({name: s}, allocation.layer_keep(counts[name], sparsity), minimum)[name]
                 for name, s in scores.items()
             }
-        ranked = scores if comparable else standardise_per_layer(scores)
-        keep = max(sum(minimum.values()), keep_count(sum(s.numel() for s in scores.values()), sparsity))
-        masks = global_topk(ranked, keep, minimum)
-        return {name: mask.to(scores[name].device) for name, mask in masks.items()}
+        ranked = scores if comparable else standardise_per_layer(scores)  # same devices as scores
+        return global_topk(ranked, allocation.global_keep(counts, sparsity), minimum)
     if scope == "global":
         total = sum(s.numel() for s in scores.values())
         return global_topk(scores, keep_count(total, sparsity))
@@ -221,10 +229,9 @@ def expected_kept(
     if pattern.per_row_budget:
         return sum(c // pattern.m * pattern.n for c in unit_counts.values())
     if allocation is not None:
-        minimum = {name: allocation.minimum(c) for name, c in unit_counts.items()}
         if allocation.policy == "uniform":
-            return sum(max(minimum[n], keep_count(c, sparsity)) for n, c in unit_counts.items())
-        return max(sum(minimum.values()), keep_count(sum(unit_counts.values()), sparsity))
+            return sum(allocation.layer_keep(c, sparsity) for c in unit_counts.values())
+        return allocation.global_keep(unit_counts, sparsity)
     if scope == "global":
         return keep_count(sum(unit_counts.values()), sparsity)
     return sum(keep_count(c, sparsity) for c in unit_counts.values())

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -164,11 +163,9 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     pruner = build_pruner(spec.pruner, pattern, sparsity, spec.pruner_options, allocation)
     model = task.build_model()  # also checks the pattern against every prunable layer
     check_input(task, model)
-    modules = dict(model.named_modules())
-    covered, dense_layers = covered_layers(
+    unit_counts, dense_layers = covered_layers(
         model, find_prunable(model, task.include, task.exclude, task.keep_first_last), pattern
     )
-    unit_counts = {name: math.prod(pattern.unit_shape(modules[name].weight.shape)) for name in covered}
     if allocation is not None:
         allocation.check(unit_counts, pattern, sparsity)
     identity, dense_state = task.identity(), None
@@ -318,9 +315,7 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
         model.to(task.device)  # before the masker and the pruner exist: their tensors follow the layers
         dense_test = dense.metrics["test"] if dense.metrics else task.evaluate_all(model, "test")
         dense_val = dense.metrics["val"] if dense.metrics else task.evaluate_all(model, "val")
-        names, dense_layers = covered_layers(
-            model, find_prunable(model, task.include, task.exclude, task.keep_first_last), pruner.pattern
-        )
+        names, dense_layers = list(run.unit_counts), run.dense_layers  # the covered layers, from resolve
         calibration = task.calibration_batches()
         masker = Masker(model, names, pruner.pattern, task.masker_example(model, calibration))
         driver = StageDriver(
