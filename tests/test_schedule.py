@@ -70,8 +70,38 @@ def test_bad_budgets_name_the_field(budget, field):
     assert err.value.field == field
 
 
-def test_restart_is_refused_for_mmengine_tasks():
+def test_mmengine_restart_sets_the_native_lrs():
+    """The mm hook drives a restart schedule with the native loop's set_stage_lr: the same lr at
+    every iteration, for the weights and for a pruner's own group (scaled from its own peak)."""
+    pytest.importorskip("mmengine")
+    from types import SimpleNamespace
+
+    from bench.training.mm_hook import PruningHook
+
+    budget = dataclasses.replace(BUDGET, finetune_schedule="restart", finetune_lr=0.05)
+    driver = SimpleNamespace(
+        epochs=4,
+        prune_steps=10,
+        before_forward=lambda step, epoch: None,
+        param_groups=lambda: [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.2}],
+        penalty=lambda: 0.0,
+        after_optimizer_step=lambda optimizer: None,
+    )
+    hook = PruningHook(driver, budget)
+    wrapper = hook.optim_wrapper(torch.nn.Linear(2, 2), budget.prune_lr, 0.9, 0.0)
+    runner = SimpleNamespace(optim_wrapper=wrapper, train_dataloader=[None] * 5, epoch=0, iter=0)
+    weights, scores = [], []
+    for step in range(20):
+        runner.iter, runner.epoch = step, step // 5
+        hook.before_train_iter(runner, step % 5)
+        weights.append(wrapper.optimizer.param_groups[0]["lr"])
+        scores.append(wrapper.optimizer.param_groups[1]["lr"])
+    assert weights == pytest.approx(lrs(budget))
+    assert scores == pytest.approx([10 * lr for lr in lrs(budget)])  # 0.2 / 0.02
+
+
+def test_mmengine_restart_resolves():
     pytest.importorskip("mmseg")
     spec = RunSpec(task="scenes-seg-tiny", pruner="magnitude", pattern="channel", sparsity=0.5)
-    with pytest.raises(ConfigError, match="^budget.finetune_schedule: 'restart' is implemented for the native loop"):
-        resolve(dataclasses.replace(spec, budget={"finetune_schedule": "restart"}))
+    run = resolve(dataclasses.replace(spec, budget={"finetune_schedule": "restart"}))
+    assert run.task.budget.finetune_schedule == "restart"

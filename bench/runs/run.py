@@ -147,12 +147,6 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         task.budget = dataclasses.replace(task.budget, **budget)
     if task.budget.prune_epochs < 1:
         raise ConfigError("budget.prune_epochs", "must be >= 1")
-    if task.budget.finetune_schedule != "shared" and task.loop != "native":
-        raise ConfigError(
-            "budget.finetune_schedule",
-            f"'{task.budget.finetune_schedule}' is implemented for the native loop; task '{task.name}' "
-            "trains with mmengine (shared only)",
-        )
     pattern = parse_pattern(spec.pattern)
     if isinstance(spec.sparsity, bool) or (spec.sparsity is not None and not isinstance(spec.sparsity, (int, float))):
         raise ConfigError("sparsity", f"must be a number in (0, 1), got {spec.sparsity!r}")

@@ -342,7 +342,8 @@ class MMTask(Task):
         from bench.training.mm_hook import PruningHook, discard_unreadable_checkpoint
 
         b = self.budget
-        hook = PruningHook(driver)
+        restart = b.finetune_schedule == "restart"  # the hook sets the lr (set_stage_lr, as native)
+        hook = PruningHook(driver, b if restart else None)
         autocast_device = str(self.device) if self.amp else None
         optim_wrapper = hook.optim_wrapper(  # no clipping, as native
             model, b.prune_lr, b.momentum, b.weight_decay, autocast_device=autocast_device
@@ -354,7 +355,7 @@ class MMTask(Task):
                 work_dir,
                 driver.epochs,
                 optim_wrapper,
-                [cosine_schedule(driver.epochs)],
+                [] if restart else [cosine_schedule(driver.epochs)],
                 seed,
                 [hook],
                 resume=True,

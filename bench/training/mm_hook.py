@@ -14,7 +14,9 @@ The Runner is the loop; :class:`bench.training.stages.StageDriver` (the same obj
 - :meth:`PruningHook.optim_wrapper` builds the SGD optimizer with the pruner's
   ``param_groups()`` as their own groups *before* the Runner is built, because mmengine builds
   its LR schedulers from the optimizer's groups before any hook runs; this way the pruner's
-  groups follow the same cosine schedule as the weights, as in the native loop.
+  groups follow the same cosine schedule as the weights, as in the native loop. A ``restart``
+  budget (``Budget.finetune_schedule``) has no mmengine scheduler: the hook sets the lr of every
+  group before each iteration with the native loop's ``set_stage_lr``.
 
 Resuming uses torch's ``weights_only=True`` loader: :func:`allow_mmengine_checkpoints` allow-lists
 the few non-tensor classes mmengine writes into its checkpoints (``HistoryBuffer`` and numpy
@@ -39,6 +41,7 @@ from torch import Tensor, nn
 from bench.core.artifacts import CorruptArtifact, load_artifact
 from bench.core.device import autocast
 from bench.training.stages import StageDriver
+from bench.training.train import set_stage_lr
 
 CHECKPOINT_KEY = "smartbench"
 
@@ -105,8 +108,11 @@ class PruningHook(Hook):
 
     priority = "VERY_HIGH"  # masks must be in place before anything else looks at the model
 
-    def __init__(self, driver: StageDriver):
-        self.driver = driver
+    def __init__(self, driver: StageDriver, budget=None):
+        # budget: a Budget whose finetune_schedule is "restart" -- the hook then sets every group's
+        # lr before each iteration with the native loop's bench.training.train.set_stage_lr (no
+        # mmengine param scheduler); None: the Runner's own scheduler ("shared", one cosine)
+        self.driver, self.budget = driver, budget
         self._last_loss: float = float("nan")
         allow_mmengine_checkpoints()
 
@@ -121,6 +127,8 @@ class PruningHook(Hook):
     ) -> PenaltyOptimWrapper:
         """SGD over the model's trainable parameters plus the pruner's own groups."""
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]}] + self.driver.param_groups()
+        for g in groups:  # the peak lr of each group (set_stage_lr scales from it)
+            g["base_lr"] = g.get("lr", lr)
         optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
         wrapper = PenaltyOptimWrapper(optimizer, clip_grad=clip_grad, autocast_device=autocast_device)
         wrapper.extra_loss = self.driver.penalty
@@ -135,6 +143,9 @@ class PruningHook(Hook):
         self.driver.start_epoch(runner.epoch)
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        if self.budget is not None:
+            total = self.driver.epochs * len(runner.train_dataloader)
+            set_stage_lr(runner.optim_wrapper.optimizer, runner.iter, self.driver.prune_steps, total, self.budget)
         self.driver.before_forward(runner.iter, runner.epoch)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
