@@ -28,6 +28,7 @@ See docs/pruners/acdc.md for the mapping and the deviations.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -54,6 +55,7 @@ class ACDCConfig(PrunerConfig):
     momentum_reset: str = "all"  # at each D start: all | pruned_layers | none
     regrow: str = "silent"  # channel pattern, D start: silent (fresh filter, BN gamma=beta=0) | zero (v1)
     regrow_scale: float = 0.1  # silent: std of the fresh filter, in units of the kept filters' std
+    search_space: ClassVar[dict[str, tuple]] = {"phase_fraction": (0.03, 0.05, 0.1), "regrow_scale": (0.03, 0.1, 0.3)}
 
     def __post_init__(self):
         super().__post_init__()

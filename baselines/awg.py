@@ -18,6 +18,7 @@ N:M: forward mask = top-N of the logits per row of M (STE as above), no budget t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,7 @@ class AWGConfig(PrunerConfig):
     hidden: int = 0  # 0: affine gate function; >0: affine + tanh MLP with this many hidden units
     init_slope: float = 2.0  # initial weight of the standardised L2-norm feature in the logit
     init_keep: float = 0.0  # initial kept fraction per layer; 0 = start at the target 1 - p
+    search_space: ClassVar[dict[str, tuple]] = {"budget_weight": (2.0, 5.0, 10.0), "gate_lr": (0.02, 0.05, 0.1)}
 
     def __post_init__(self):
         super().__post_init__()

@@ -15,6 +15,7 @@ with different fan-in compare on one scale; for equal-size units this is the pla
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -50,6 +51,7 @@ class OneShotMagnitude(MagnitudeOnSchedule):
 class GMPConfig(PrunerConfig):
     ramp_fraction: float = 0.75  # share of the pruning stage over which sparsity ramps up
     update_every: int = 10  # steps between mask updates
+    search_space: ClassVar[dict[str, tuple]] = {"ramp_fraction": (0.5, 0.75, 0.9), "update_every": (5, 10, 20)}
 
     def __post_init__(self):
         super().__post_init__()

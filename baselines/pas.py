@@ -21,6 +21,7 @@ See docs/pruners/pas.md for every deviation from the paper.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,7 @@ class PaSConfig(PrunerConfig):
     gate_init: float = 0.6  # initial gate value (official 0.6); N:M: mean of the |w|-proportional init
     init_noise: float = 0.02  # gates start uniform in gate_init +- init_noise (breaks lockstep flips; not in PaS)
     gate_lr: float = 1e-3  # gate SGD lr (task loss and penalty alike)
+    search_space: ClassVar[dict[str, tuple]] = {"alpha": (2.0, 5.0, 10.0), "gate_lr": (3e-4, 1e-3, 3e-3)}
     # penalty x G (G = number of gates): the per-gate gradient of a resource *fraction* is O(1/G);
     # only the penalty's gradient is scaled (it reaches nothing but the gates), not the task loss's
     penalty_per_gate: bool = True

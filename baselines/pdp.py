@@ -24,6 +24,7 @@ target exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -44,6 +45,7 @@ class PDPConfig(PrunerConfig):
     tau_scale: str = "spread"
     warmup_fraction: float = 0.1  # share of the pruning stage trained dense before any mask
     ramp_fraction: float = 0.6  # share of the pruning stage over which r_l(e) climbs to r_l
+    search_space: ClassVar[dict[str, tuple]] = {"tau": (0.03, 0.1, 0.3), "ramp_fraction": (0.4, 0.6, 0.8)}
     final_mask: str = "budgets"  # budgets: per-layer top-k at the PDP layer budgets | global: self.select
 
     def __post_init__(self):

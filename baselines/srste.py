@@ -16,6 +16,7 @@ docs/pruners/srste.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -25,6 +26,7 @@ from bench.core.pruner import Pruner, PrunerConfig, check_range, register_pruner
 @dataclass(frozen=True)
 class SRSTEConfig(PrunerConfig):
     lambda_w: float = 2e-4  # sparse-refined decay on the pruned weights (reference: decay=0.0002)
+    search_space: ClassVar[dict[str, tuple]] = {"lambda_w": (2e-5, 2e-4, 2e-3, 2e-2)}
 
     def __post_init__(self):
         super().__post_init__()

@@ -12,6 +12,7 @@ See docs/pruners.md for what is confirmed from the paper and what is our reconst
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +36,7 @@ class SmartConfig(PrunerConfig):
     score_lr: float = 0.05  # SGD learning rate of the scores (own optimizer group, no decay)
     detach_t: bool = False  # treat the shift t as a constant in the backward pass
     ramp_steps: int = 1  # >1: lower k to the target in this many equal steps while annealing
+    search_space: ClassVar[dict[str, tuple]] = {"score_lr": (0.02, 0.05, 0.1), "tau0": (0.5, 1.0, 2.0)}
 
     def __post_init__(self):
         super().__post_init__()

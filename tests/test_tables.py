@@ -242,7 +242,7 @@ def test_wandb_source_gives_the_store_frame(store):
     suite = make_suite()
     api = FakeApi(synthetic_rows())
     from_wandb = rows_from_wandb(suite, "me/smartbench", api=api)
-    assert api.calls == [("me/smartbench", {"group": "synthetic"})]
+    assert api.calls == [("me/smartbench", {"group": "synthetic"}), ("me/smartbench", {"group": "synthetic-tune"})]
     from_store = rows_from_store(suite, store)
     key = ["run_id"]
     pd.testing.assert_frame_equal(

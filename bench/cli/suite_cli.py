@@ -67,6 +67,16 @@ def plan_lines(suite) -> list[str]:
         )
     for note in suite.skipped:
         lines.append(f"  skipped: {note}")
+    if suite.tune is not None:
+        if suite.tuned is None:
+            lines.append(
+                f"  tuning: not tuned yet ({suite.tune.file} missing): cells use the defaults; "
+                f"`smartbench tune {suite.name}` tunes them"
+            )
+        elif suite.untuned:
+            lines.append(f"  tuning: {suite.tune.file} lacks {', '.join(suite.untuned)}: `suite run` refuses")
+        else:
+            lines.append(f"  tuning: every cell uses its tuned config from {suite.tune.file}")
     missing = sorted({c.spec.task for c in cells if not c.registered})
     if missing:
         lines.append(
@@ -193,6 +203,31 @@ def cmd_table(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from bench.core.errors import ConfigError
+    from bench.core.paths import RunPaths
+    from bench.suites.suite import expand, load_suite
+    from bench.suites.tune import run_tune, trial_suite
+
+    suite = expand(load_suite(args.name, tuned=False), args.device, args.amp)  # every input checked first
+    if suite.tune is None:
+        raise ConfigError("suite.tune", f"suite '{suite.name}' has no `tune:` key (trials, file, columns)")
+    if args.plan:
+        trials, _ = trial_suite(suite, suite.tune, args.device, args.amp)
+        for line in plan_lines(trials):
+            print(line)
+        return 0
+    return run_tune(
+        suite,
+        suite.tune,
+        workers=args.workers,
+        device=args.device,
+        amp=args.amp,
+        progress=not args.no_progress,
+        paths=RunPaths.from_env(),
+    )
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     suite = sub.add_parser("suite", help="leaderboard suites: plan, status, run")
     actions = suite.add_subparsers(dest="suite_command", required=True)
@@ -231,6 +266,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     slurm.add_argument("--gpus-per-node", type=int, default=None)
     slurm.add_argument("--cpus-per-task", type=int, default=None)
     run.set_defaults(func=cmd_run)
+
+    tune = sub.add_parser(
+        "tune", help="equal tuning: the same number of trials for every pruner, on the validation split"
+    )
+    tune.add_argument("name", help=name_help)
+    tune.add_argument("--plan", action="store_true", help="list the trials and their run ids; run nothing")
+    tune.add_argument("--workers", type=int, default=1, help="trials in parallel (processes sharing the CPU threads)")
+    add_device_arguments(tune)
+    tune.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    tune.set_defaults(func=cmd_tune)
 
     table = sub.add_parser("table", help="paper-style result table (and plots) of a suite")
     table.add_argument("name", help=name_help)

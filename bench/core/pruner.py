@@ -49,6 +49,9 @@ class PrunerConfig:
     """Fields every pruner has. Subclasses add their own, validated in ``__post_init__``."""
 
     scope: str = "global"  # budget: one top-k over all layers, or per layer
+    # the key knobs `smartbench tune` searches (bench.suites.tune): field -> candidate values,
+    # the default among them; the protocol adds the retraining lr multiplier to every pruner's space
+    search_space: ClassVar[dict[str, tuple]] = {}
 
     def __post_init__(self):
         check_choice(self, "scope", ("global", "layer"))

@@ -98,9 +98,11 @@ def rows_from_store(suite, store: ResultStore | None = None) -> pd.DataFrame:
 
 
 def wandb_rows(api, project: str, group: str) -> list[dict[str, Any]]:
-    """Summary fields of every W&B run of ``group`` (what bench.runs.record.log_wandb wrote)."""
+    """Summary fields of every W&B run of ``group`` and of ``<group>-tune`` (what
+    bench.runs.record.log_wandb wrote): a suite's seed-``tune.seed`` cells with the tuned config
+    are the winning tuning trials themselves (same run id), logged in the tuning group."""
     rows = []
-    for run in api.runs(project, filters={"group": group}):
+    for run in [*api.runs(project, filters={"group": group}), *api.runs(project, filters={"group": f"{group}-tune"})]:
         summary = getattr(run.summary, "_json_dict", None)
         summary = dict(summary if isinstance(summary, dict) else run.summary)
         summary.setdefault("run_id", getattr(run, "id", None))

@@ -72,7 +72,16 @@ BLOCK_FIELDS = (
     "data",
     "dense_checkpoint",
 )
-TOP_FIELDS = ("name", "description", *BLOCK_FIELDS, "cells", "requires_tasks_present", "plan_only", "wandb_project")
+TOP_FIELDS = (
+    "name",
+    "description",
+    *BLOCK_FIELDS,
+    "cells",
+    "requires_tasks_present",
+    "plan_only",
+    "wandb_project",
+    "tune",
+)
 PRUNER_FIELDS = ("name", "as", "options")
 KIND_NAMES = {
     str: "a string",
@@ -133,6 +142,9 @@ class Suite:
     wandb_project: str | None = None
     cells: list[Cell] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # notes for cells a pruner cannot run
+    tune: Any = None  # bench.suites.tune.TuneSettings from the `tune:` key, or None
+    tuned: dict | None = None  # its file's chosen configs {label: {family: chosen}}; None: not tuned yet
+    untuned: list[str] = field(default_factory=list)  # "label on family" of cells the tuned file lacks
 
     def state_dir(self, paths: RunPaths | None = None) -> Path:
         return paths_or_env(paths).suite_state(self.name)
@@ -242,8 +254,9 @@ def _block(raw: dict, defaults: dict, where: str, known: dict[str, type]) -> Blo
     )
 
 
-def load_suite(name: str) -> Suite:
-    """Read and validate a suite file (names, ranges, labels); no model is built."""
+def load_suite(name: str, tuned: bool = True) -> Suite:
+    """Read and validate a suite file (names, ranges, labels); no model is built. ``tuned``: read
+    the tuned-config file of its ``tune:`` key (False: `smartbench tune`, which rewrites it)."""
     from bench.runs.registry import load_pruners
 
     path = suite_path(name)
@@ -285,6 +298,9 @@ def load_suite(name: str) -> Suite:
                     f"{block.where}.pruners", f"label '{entry.label}' means two configurations; rename one with `as:`"
                 )
     plan_only = raw.get("plan_only", False)
+    from bench.suites.tune import parse_settings, read_tuned
+
+    tune = parse_settings(raw.get("tune"), path)
     return Suite(
         suite_name,
         path,
@@ -293,6 +309,8 @@ def load_suite(name: str) -> Suite:
         requires_tasks_present=raw.get("requires_tasks_present", True) and not plan_only,
         plan_only=plan_only,
         wandb_project=raw.get("wandb_project"),
+        tune=tune,
+        tuned=None if tune is None or not tuned else read_tuned(tune, suite_name),
     )
 
 
@@ -303,13 +321,14 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
     ``device`` (where the cells train; not part of their ids) and ``amp`` (bf16 autocast; part of
     their ids) are the command line's ``--device`` / ``--amp``, the same for every cell."""
     from bench.runs.registry import get_pruner_class
-    from bench.tasks.registry import load_tasks
+    from bench.tasks.registry import get_task, load_tasks
 
     tasks = load_tasks()
     resolved: dict[str, Any] = {}
     unavailable: set[str] = set()  # registered tasks whose optional packages are missing here
     steps_cache: dict[str, int | None] = {}
-    suite.cells, suite.skipped = [], []
+    suite.cells, suite.skipped, untuned = [], [], set()
+    prune_lrs: dict[tuple, float] = {}
     for block in suite.blocks:  # names first: a typo fails before any model is built
         for t, task in enumerate(block.tasks):
             if task not in tasks and suite.requires_tasks_present:
@@ -330,6 +349,18 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
                                 f"{', '.join(cls.patterns)}"
                             )
                             continue
+                        options, budget = dict(entry.options), dict(block.budget)
+                        if suite.tuned is not None and task in tasks:  # the tuned config of (label, family)
+                            chosen = suite.tuned.get(entry.label, {}).get(tasks[task].family)
+                            if chosen is None:
+                                untuned.add(f"{entry.label} on {tasks[task].family}")
+                            else:
+                                options.update(chosen["options"])
+                                if budget.get("finetune_schedule") == "restart" and budget.get("finetune_epochs", 1):
+                                    key = (task, block.model, block.data)
+                                    if key not in prune_lrs:
+                                        prune_lrs[key] = get_task(*key).budget.prune_lr
+                                    budget["finetune_lr"] = round(chosen["lr_multiplier"] * prune_lrs[key], 10)
                         for seed in block.seeds:
                             spec = RunSpec(
                                 task=task,
@@ -338,8 +369,8 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
                                 sparsity=round(sparsity, 10),
                                 seed=seed,
                                 model=block.model,
-                                pruner_options=dict(entry.options),
-                                budget=dict(block.budget),
+                                pruner_options=dict(options),
+                                budget=dict(budget),
                                 allocation=block.allocation,
                                 data=block.data,
                                 dense_checkpoint=block.dense_checkpoint,
@@ -374,6 +405,7 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
                 f"({spec.task} {spec.pattern} {spec.sparsity:g} seed {spec.seed})",
             )
     suite.cells = list(unique.values())
+    suite.untuned = sorted(untuned)
     return suite
 
 

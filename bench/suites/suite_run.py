@@ -143,6 +143,11 @@ def run_suite(
         raise ConfigError(
             "suite.plan_only", f"suite '{suite.name}' is a plan-only recipe; `suite plan` lists its cells"
         )
+    if suite.untuned:  # a leaderboard mixing tuned and untuned pruners is not an equal-tuning one
+        raise ConfigError(
+            "suite.tune.file",
+            f"{suite.tune.file} has no tuned config for {', '.join(suite.untuned)}; rerun `smartbench tune {suite.name}`",
+        )
     missing = sorted({c.spec.task for c in suite.cells if not c.registered})
     if missing:
         raise ConfigError("suite.tasks", f"task(s) {', '.join(missing)} are not registered here; cannot run")

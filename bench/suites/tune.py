@@ -1,0 +1,388 @@
+"""Equal tuning: ``smartbench tune SUITE`` (protocol v2).
+
+Every pruner entry of a suite, controls included, gets the same number of trials on one
+representative column per task family, scored on the validation split (carved from the training
+data; the test split is never read), seed ``tune.seed``. The suite file declares it::
+
+    tune:
+      trials: 4                        # per (pruner entry, family); >= 4
+      file: quick.tuned.json           # where the chosen configs go; relative to the suite file
+      lr_multipliers: [0.25, 0.5, 1, 2]   # the retraining lr: finetune_lr = m x the task's prune_lr
+      seed: 0
+      columns:                         # optional; default: the first column of each family
+        - {task: fmnist-tiny, pattern: block:1x8, sparsity: 0.9}
+
+A trial's space is the pruner's ``Config.search_space`` (its key knobs, declared next to its
+fields) without the fields the suite entry fixes, times the retraining lr multipliers. Trial 0 is
+the defaults (multiplier 1); the other ``trials - 1`` points are drawn without replacement from the
+rest of the grid with a generator seeded by (suite, label, family), so the trials are the same on
+every machine. A space with fewer points than ``trials`` is a ConfigError: no pruner gets fewer
+(or more) trials than another. The lr multiplier needs a fine-tuning stage with its own schedule
+(``budget: {finetune_schedule: restart, finetune_epochs: >= 1}`` in the column's block).
+
+Trials are ordinary runs: the cells of a suite named ``<suite>-tune``, run by the suite runner
+(resumable, several workers, claims), their rows in the store. The file records the settings, every
+trial's options, run id and validation score, the chosen config per (label, family) (best mean
+validation metric over the family's columns; ties: the earlier trial), the trials' wall time and
+their cost in optimizer steps against the suite's. ``suite plan|run`` read it (bench.suites.suite):
+a cell of a tuned (label, family) runs with the chosen options and retraining lr.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.core.errors import ConfigError
+from bench.core.sparsity import parse_pattern
+
+FILE_VERSION = 1
+MIN_TRIALS = 4
+DEFAULT_LR_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0)
+TUNE_FIELDS = ("trials", "file", "lr_multipliers", "seed", "columns")
+COLUMN_FIELDS = ("task", "pattern", "sparsity")
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    trials: int
+    file: Path
+    lr_multipliers: tuple[float, ...]
+    seed: int
+    columns: tuple[tuple[str, str, float], ...]  # empty: the first column of each family
+
+    def identity(self) -> dict[str, Any]:
+        """What a tuned file must match to be used (a changed setting makes it stale)."""
+        return {
+            "trials": self.trials,
+            "lr_multipliers": list(self.lr_multipliers),
+            "seed": self.seed,
+            "columns": [list(c) for c in self.columns],
+        }
+
+
+def parse_settings(raw: Any, suite_path: Path) -> TuneSettings | None:
+    """The suite's ``tune:`` mapping, validated (ConfigError naming the field)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError("suite.tune", f"must be a mapping with {', '.join(TUNE_FIELDS)}")
+    unknown = set(raw) - set(TUNE_FIELDS)
+    if unknown:
+        raise ConfigError("suite.tune", f"unknown field(s) {sorted(unknown)}; allowed: {', '.join(TUNE_FIELDS)}")
+    trials = raw.get("trials", MIN_TRIALS)
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < MIN_TRIALS:
+        raise ConfigError("suite.tune.trials", f"must be an integer >= {MIN_TRIALS}, got {trials!r}")
+    file = raw.get("file")
+    if not isinstance(file, str) or not file.endswith(".json"):
+        raise ConfigError("suite.tune.file", f"must be a .json path (relative to the suite file), got {file!r}")
+    mults = raw.get("lr_multipliers", list(DEFAULT_LR_MULTIPLIERS))
+    if (
+        not isinstance(mults, list)
+        or not mults
+        or any(isinstance(m, bool) or not isinstance(m, (int, float)) or m <= 0 for m in mults)
+        or 1 not in mults
+        or len(set(mults)) != len(mults)
+    ):
+        raise ConfigError("suite.tune.lr_multipliers", f"must be distinct numbers > 0 including 1, got {mults!r}")
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError("suite.tune.seed", f"must be an integer >= 0, got {seed!r}")
+    columns = []
+    for i, item in enumerate(raw.get("columns") or []):
+        at = f"suite.tune.columns[{i}]"
+        if not isinstance(item, dict) or set(item) - set(COLUMN_FIELDS) or not {"task", "pattern"} <= set(item):
+            raise ConfigError(at, f"must be a mapping {{task, pattern, sparsity}}, got {item!r}")
+        try:
+            pattern = parse_pattern(item["pattern"])
+        except ConfigError as err:
+            raise ConfigError(f"{at}.pattern", str(err)) from None
+        sparsity = pattern.fixed_sparsity if pattern.fixed_sparsity is not None else item.get("sparsity")
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 < sparsity < 1:
+            raise ConfigError(f"{at}.sparsity", f"must be a number in (0, 1), got {sparsity!r}")
+        columns.append((item["task"], str(pattern), round(float(sparsity), 10)))
+    path = Path(file)
+    return TuneSettings(
+        trials,
+        path if path.is_absolute() else suite_path.parent / path,
+        tuple(float(m) for m in mults),
+        seed,
+        tuple(columns),
+    )
+
+
+# -- the trials ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Trial:
+    label: str  # the suite entry's label
+    family: str
+    index: int  # 0 = the defaults
+    options: dict[str, Any]  # searched knobs only (the entry's own options come on top)
+    lr_multiplier: float
+
+    @property
+    def cell_label(self) -> str:
+        return f"{self.label}#t{self.index}"
+
+
+def space_of(entry, settings: TuneSettings) -> list[tuple[dict[str, Any], float]]:
+    """Every point (searched options, lr multiplier) of an entry's space, valid configs only, in a
+    fixed order; the entry's fixed options are not searched."""
+    from bench.runs.registry import get_pruner_class
+
+    config_cls = get_pruner_class(entry.name).Config
+    knobs = {k: tuple(v) for k, v in config_cls.search_space.items() if k not in entry.options}
+    points = []
+    for values in itertools.product(*knobs.values()):
+        options = dict(zip(knobs, values, strict=True))
+        try:
+            config_cls.from_dict({**entry.options, **options}, owner=entry.name)
+        except ConfigError:
+            continue  # a combination the config refuses is not a point of the space
+        points.extend((options, m) for m in settings.lr_multipliers)
+    return points
+
+
+def trials_of(suite_name: str, entry, family: str, settings: TuneSettings) -> list[Trial]:
+    """Trial 0 = the defaults (lr multiplier 1), then ``trials - 1`` seeded draws from the rest."""
+    from bench.runs.registry import get_pruner_class
+
+    config_cls = get_pruner_class(entry.name).Config
+    defaults = config_cls.from_dict(entry.options, owner=entry.name).to_dict()
+    points = space_of(entry, settings)
+    default = next((p for p in points if p[1] == 1.0 and all(defaults[k] == v for k, v in p[0].items())), None)
+    if default is None:
+        raise ConfigError(
+            f"{entry.name}.search_space", f"the defaults of '{entry.label}' are not a point of its search space"
+        )
+    rest = [p for p in points if p is not default]
+    if len(points) < settings.trials:
+        raise ConfigError(
+            "suite.tune.trials",
+            f"'{entry.label}' has {len(points)} point(s) in its search space, fewer than the {settings.trials} "
+            "trials every pruner gets; add lr_multipliers or search_space values",
+        )
+    drawn = random.Random(f"{suite_name}/{entry.label}/{family}").sample(rest, settings.trials - 1)
+    return [Trial(entry.label, family, i, opts, m) for i, (opts, m) in enumerate([default, *drawn])]
+
+
+def suite_columns(suite, settings: TuneSettings) -> list[tuple[str, str, float, Any]]:
+    """(task, pattern, sparsity, block) of the columns trials may use: the declared ones (each must
+    be a column of the suite), else every column of the suite, in suite order."""
+    found: dict[tuple[str, str, float], Any] = {}
+    for block in suite.blocks:
+        for task in block.tasks:
+            for text in block.patterns:
+                pattern = parse_pattern(text)
+                for s in [pattern.fixed_sparsity] if pattern.fixed_sparsity is not None else block.sparsities:
+                    found.setdefault((task, str(pattern), round(float(s), 10)), block)
+    if not settings.columns:
+        return [(*column, block) for column, block in found.items()]
+    out = []
+    for i, column in enumerate(settings.columns):
+        if column not in found:
+            raise ConfigError(
+                f"suite.tune.columns[{i}]",
+                f"{column[0]} {column[1]} {column[2]:g} is not a column of the suite; allowed: "
+                + ", ".join(f"{t} {p} {s:g}" for t, p, s in found),
+            )
+        out.append((*column, found[column]))
+    return out
+
+
+def trial_suite(suite, settings: TuneSettings, device: str = "auto", amp: bool = False):
+    """(the ``<suite>-tune`` suite whose cells are the trials, {cell label: Trial}).
+
+    Each (pruner entry, family) is tuned on the family's declared columns that the pruner can run
+    (its pattern kinds, its block's pruners), or without declared columns on the first such column
+    of the suite -- so srste (N:M only) is tuned on an N:M column, not skipped."""
+    from dataclasses import replace
+
+    from bench.runs.registry import get_pruner_class
+    from bench.suites.suite import PrunerEntry, Suite, expand
+    from bench.tasks.registry import get_task, load_tasks
+
+    tasks = load_tasks()
+    columns = suite_columns(suite, settings)
+    entries = {e.label: e for b in suite.blocks for e in b.pruners}
+    blocks, by_label = [], {}
+    for label, entry in entries.items():
+        kinds = get_pruner_class(entry.name).patterns
+        per_family: dict[str, list] = {}
+        for column in columns:
+            task, pattern, _, block = column
+            if parse_pattern(pattern).kind in kinds and label in [e.label for e in block.pruners]:
+                per_family.setdefault(tasks[task].family, []).append(column)
+        for family, usable in per_family.items():
+            trials = trials_of(suite.name, entry, family, settings)
+            for task, pattern, sparsity, block in usable if settings.columns else usable[:1]:
+                budget = block.budget
+                if budget.get("finetune_schedule") != "restart" or budget.get("finetune_epochs", 1) < 1:
+                    raise ConfigError(
+                        f"{block.where}.budget",
+                        f"tuning column {task} {pattern} {sparsity:g}: the retraining lr multiplier needs "
+                        "finetune_schedule: restart and finetune_epochs >= 1",
+                    )
+                prune_lr = get_task(task, block.model, block.data).budget.prune_lr
+                for trial in trials:
+                    by_label[trial.cell_label] = trial
+                    blocks.append(
+                        replace(
+                            block,
+                            tasks=[task],
+                            patterns=[pattern],
+                            sparsities=[] if parse_pattern(pattern).fixed_sparsity is not None else [sparsity],
+                            seeds=[settings.seed],
+                            pruners=[PrunerEntry(entry.name, trial.cell_label, {**entry.options, **trial.options})],
+                            budget={**budget, "finetune_lr": round(trial.lr_multiplier * prune_lr, 10)},
+                            where=f"suite.tune ({task} {pattern} {sparsity:g})",
+                        )
+                    )
+    trials = Suite(f"{suite.name}-tune", suite.path, f"tuning trials of {suite.name}", blocks)
+    return expand(trials, device, amp), by_label
+
+
+# -- choosing and the file ----------------------------------------------------------------------
+def choose(trial_cells, by_label: dict[str, Trial], rows: dict[str, dict]) -> tuple[dict, list[dict]]:
+    """({label: {family: chosen}}, every trial's record). Score: mean validation metric over the
+    family's columns; ties go to the earlier trial (the defaults first)."""
+    records, scores, trial_of = [], {}, {}
+    for cell in trial_cells:
+        trial, row = by_label[cell.label], rows[cell.run_id]
+        records.append(
+            {
+                "label": trial.label,
+                "family": trial.family,
+                "trial": trial.index,
+                "options": trial.options,
+                "lr_multiplier": trial.lr_multiplier,
+                "task": cell.spec.task,
+                "pattern": cell.spec.pattern,
+                "sparsity": cell.spec.sparsity,
+                "run_id": cell.run_id,
+                "val_metric": row["val_metric"],
+                "wall_s": row.get("wall_s"),
+            }
+        )
+        key = (trial.label, trial.family, trial.index)
+        trial_of[key] = trial
+        scores.setdefault(key, []).append(float(row["val_metric"]))
+    chosen: dict[str, dict[str, Any]] = {}
+    for key in sorted(scores):  # trial order within (label, family): a later trial must be strictly better
+        label, family, index = key
+        mean = sum(scores[key]) / len(scores[key])
+        best = chosen.setdefault(label, {}).get(family)
+        if best is None or mean > best["val_metric"]:
+            chosen[label][family] = {
+                "trial": index,
+                "options": trial_of[key].options,
+                "lr_multiplier": trial_of[key].lr_multiplier,
+                "val_metric": mean,
+            }
+    return chosen, records
+
+
+def run_tune(
+    suite,
+    settings: TuneSettings,
+    workers: int = 1,
+    device: str = "auto",
+    amp: bool = False,
+    progress: bool = True,
+    store=None,
+    paths=None,
+    log=print,
+) -> int:
+    """Run every pending trial (resumable), then write the tuned file; 0 on success, 1 if a trial failed."""
+    import time
+
+    from bench.core.paths import paths_or_env
+    from bench.runs.record import ResultStore
+    from bench.suites.suite_run import run_suite
+
+    paths = paths_or_env(paths)
+    store = store or ResultStore(paths.store)
+    trials, by_label = trial_suite(suite, settings, device, amp)
+    trial_steps = sum(c.steps or 0 for c in trials.cells)
+    suite_steps = sum(c.steps or 0 for c in suite.cells)
+    ratio = trial_steps / suite_steps if suite_steps else None
+    per_entry = sorted({(t.label, t.family) for t in by_label.values()})
+    log(
+        f"tune {suite.name}: {settings.trials} trials x {len(per_entry)} (pruner, family) = {len(trials.cells)} "
+        f"runs on the validation split, seed {settings.seed}; {trial_steps} optimizer steps = "
+        + (f"{ratio:.0%} of the suite's {suite_steps}" if ratio is not None else "n/a")
+        + " (dense models not counted)"
+    )
+    if ratio is not None and ratio > 0.25:
+        log("  note: tuning costs more than 25% of the suite it tunes (the protocol's bound)")
+    started = time.perf_counter()
+    code = run_suite(trials, workers=workers, progress=progress, store=store, paths=paths)
+    if code:
+        log(f"tune {suite.name}: some trials failed; the file is not written (rerun to retry them)")
+        return code
+    rows = {cell.run_id: store.get(cell.run_id) for cell in trials.cells}
+    chosen, records = choose(trials.cells, by_label, rows)
+    payload = {
+        "version": FILE_VERSION,
+        "suite": suite.name,
+        "settings": settings.identity(),
+        "score": "val_metric (validation split carved from train), mean over the family's columns",
+        "search_spaces": {
+            label: {k: list(v) for k, v in _config_of(suite, label).search_space.items()} for label, _ in per_entry
+        },
+        "chosen": chosen,
+        "trials": records,
+        "trial_wall_s": round(sum(r["wall_s"] or 0.0 for r in records), 1),
+        "this_sitting_wall_s": round(time.perf_counter() - started, 1),
+        "trial_steps": trial_steps,
+        "suite_steps": suite_steps,
+    }
+    write_file(settings.file, payload)
+    log(f"tune {suite.name}: wrote {settings.file} (trials' wall time {payload['trial_wall_s']:.0f} s)")
+    for label, families in sorted(chosen.items()):
+        for family, c in sorted(families.items()):
+            log(
+                f"  {label:16s} {family:15s} trial {c['trial']} val {c['val_metric']:.2f} "
+                f"lr x{c['lr_multiplier']:g} {json.dumps(c['options'], sort_keys=True)}"
+            )
+    return 0
+
+
+def _config_of(suite, label: str):
+    from bench.runs.registry import get_pruner_class
+
+    entry = next(e for b in suite.blocks for e in b.pruners if e.label == label)
+    return get_pruner_class(entry.name).Config
+
+
+def write_file(path: Path, payload: dict[str, Any]) -> None:
+    """Atomic write (a kill never leaves half a file that suites would read)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_tuned(settings: TuneSettings, suite_name: str) -> dict[str, dict[str, Any]] | None:
+    """The chosen configs {label: {family: chosen}} of a suite's tuned file; None if there is none
+    yet; ConfigError if it is unreadable or was tuned with other settings (stale)."""
+    if not settings.file.exists():
+        return None
+    try:
+        payload = json.loads(settings.file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError("suite.tune.file", f"{settings.file} is not readable JSON: {err}") from None
+    if payload.get("version") != FILE_VERSION or payload.get("suite") != suite_name:
+        raise ConfigError("suite.tune.file", f"{settings.file} is not a version-{FILE_VERSION} file of '{suite_name}'")
+    if payload.get("settings") != settings.identity():
+        raise ConfigError(
+            "suite.tune.file",
+            f"{settings.file} was tuned with other settings ({payload.get('settings')}); "
+            f"rerun `smartbench tune {suite_name}`",
+        )
+    return payload["chosen"]

@@ -1,0 +1,164 @@
+"""Equal tuning (`smartbench tune`, bench.suites.tune): same trials for every pruner, val split only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.core.errors import ConfigError
+from bench.runs.record import ResultStore
+from bench.runs.registry import load_pruners
+from bench.suites.suite import PrunerEntry, expand, load_suite
+from bench.suites.suite_run import run_suite
+from bench.suites.tune import TuneSettings, choose, parse_settings, run_tune, space_of, trial_suite, trials_of
+
+SUITE = {
+    "description": "tune test",
+    "tasks": ["fmnist-tiny"],
+    "pruners": ["magnitude", "random"],
+    "patterns": ["block:1x8"],
+    "sparsities": [0.5],
+    "seeds": [0, 1],
+    "budget": {"prune_epochs": 1, "finetune_epochs": 1, "finetune_schedule": "restart"},
+    "tune": {"trials": 4, "file": "t.tuned.json"},
+}
+
+
+def write_suite(folder: Path, **changes) -> Path:
+    path = folder / "t.yaml"
+    path.write_text(yaml.safe_dump({**SUITE, **changes}), encoding="utf-8")
+    return path
+
+
+def settings(**changes) -> TuneSettings:
+    return parse_settings({"trials": 4, "file": "x.json", **changes}, Path("/tmp/s.yaml"))
+
+
+@pytest.mark.parametrize(
+    "raw,field",
+    [
+        ({"trials": 3, "file": "x.json"}, "suite.tune.trials"),
+        ({"trials": 4}, "suite.tune.file"),
+        ({"file": "x.json", "lr_multipliers": [0.5, 2]}, "suite.tune.lr_multipliers"),  # 1 (the default) missing
+        ({"file": "x.json", "seed": -1}, "suite.tune.seed"),
+        (
+            {"file": "x.json", "columns": [{"task": "fmnist-tiny", "pattern": "block:1x8", "sparsity": 1.5}]},
+            "suite.tune.columns[0].sparsity",
+        ),
+        ({"file": "x.json", "budget": 3}, "suite.tune"),
+    ],
+)
+def test_bad_settings_name_the_field(raw, field):
+    with pytest.raises(ConfigError) as err:
+        parse_settings(raw, Path("/tmp/s.yaml"))
+    assert err.value.field == field
+
+
+def test_every_pruner_declares_a_space_holding_its_defaults():
+    """The defaults are trial 0 of every pruner, and every declared value is a valid config."""
+    for name, cls in load_pruners().items():
+        fields = cls.Config.__dataclass_fields__
+        for key, values in cls.Config.search_space.items():
+            assert key in fields, (name, key)
+            assert getattr(cls.Config(), key) in values, (name, key)
+        points = space_of(PrunerEntry(name, name), settings())
+        assert len(points) >= 4, name
+
+
+def test_trials_equal_in_number_distinct_seeded_and_defaults_first():
+    got = {}
+    for name in load_pruners():
+        trials = trials_of("s", PrunerEntry(name, name), "classification", settings())
+        assert len(trials) == 4 and trials[0].lr_multiplier == 1.0
+        assert all(v == getattr(load_pruners()[name].Config(), k) for k, v in trials[0].options.items())
+        keys = [(json.dumps(t.options, sort_keys=True), t.lr_multiplier) for t in trials]
+        assert len(set(keys)) == 4
+        got[name] = keys
+    again = {
+        n: [
+            (json.dumps(t.options, sort_keys=True), t.lr_multiplier)
+            for t in trials_of("s", PrunerEntry(n, n), "classification", settings())
+        ]
+        for n in load_pruners()
+    }
+    assert got == again
+    # an entry's fixed options are not searched
+    fixed = trials_of("s", PrunerEntry("smart", "smart-a", {"tau0": 2.0}), "classification", settings())
+    assert all("tau0" not in t.options for t in fixed)
+
+
+def test_a_space_smaller_than_the_trials_is_refused():
+    with pytest.raises(ConfigError, match="fewer than the 4 trials") as err:
+        trials_of("s", PrunerEntry("magnitude", "magnitude"), "classification", settings(lr_multipliers=[0.5, 1, 2]))
+    assert err.value.field == "suite.tune.trials"
+
+
+def test_choose_takes_the_best_mean_val_and_the_earlier_trial_on_ties():
+    from types import SimpleNamespace
+
+    from bench.suites.tune import Trial
+
+    trials = [Trial("p", "classification", i, {"k": i}, 1.0) for i in range(3)]
+    by_label = {t.cell_label: t for t in trials}
+    cells = [
+        SimpleNamespace(
+            label=t.cell_label, run_id=f"r{t.index}", spec=SimpleNamespace(task="x", pattern="channel", sparsity=0.5)
+        )
+        for t in trials
+    ]
+    rows = {"r0": {"val_metric": 70.0}, "r1": {"val_metric": 72.0}, "r2": {"val_metric": 72.0}}
+    chosen, records = choose(cells, by_label, rows)
+    assert chosen["p"]["classification"]["trial"] == 1 and len(records) == 3
+
+
+def test_tuning_columns_need_a_restart_fine_tune(tmp_path):
+    path = write_suite(tmp_path, budget={"prune_epochs": 1, "finetune_epochs": 1})
+    suite = expand(load_suite(str(path), tuned=False))
+    with pytest.raises(ConfigError, match="finetune_schedule: restart") as err:
+        trial_suite(suite, suite.tune)
+    assert err.value.field == "suite.budget"
+
+
+def test_tune_end_to_end_then_the_suite_runs_tuned(tmp_path, runs_dir):
+    """Trials run on val, the file records every trial, the suite's cells take the chosen config
+    (seed 0 is the winning trial itself), a rerun resumes (nothing new), stale/untuned files refuse."""
+    path = write_suite(tmp_path)
+    suite = expand(load_suite(str(path), tuned=False))
+    assert suite.tuned is None
+    store = ResultStore(runs_dir / "results.jsonl")
+    assert run_tune(suite, suite.tune, progress=False, store=store, log=lambda m: None) == 0
+    payload = json.loads((tmp_path / "t.tuned.json").read_text())
+    assert len(payload["trials"]) == 8 and payload["settings"]["trials"] == 4
+    for label in ("magnitude", "random"):
+        records = [r for r in payload["trials"] if r["label"] == label]
+        assert len(records) == 4
+        best = max(records, key=lambda r: (r["val_metric"], -r["trial"]))
+        assert payload["chosen"][label]["classification"]["trial"] == best["trial"]
+        assert store.get(best["run_id"])["val_metric"] == best["val_metric"]  # the score is the val split's
+
+    from bench.tasks.registry import get_task
+
+    prune_lr = get_task("fmnist-tiny").budget.prune_lr
+    tuned = expand(load_suite(str(path)))
+    assert tuned.untuned == []
+    for cell in tuned.cells:
+        chosen = payload["chosen"][cell.label]["classification"]
+        assert cell.spec.budget["finetune_lr"] == pytest.approx(chosen["lr_multiplier"] * prune_lr)
+        if cell.spec.seed == 0:
+            winner = next(r for r in payload["trials"] if r["label"] == cell.label and r["trial"] == chosen["trial"])
+            assert cell.run_id == winner["run_id"]
+    rows_before = sum(1 for _ in store.rows())
+    assert run_tune(suite, suite.tune, progress=False, store=store, log=lambda m: None) == 0
+    assert sum(1 for _ in store.rows()) == rows_before  # resumed: every trial was done
+
+    stale = write_suite(tmp_path, tune={"trials": 5, "file": "t.tuned.json"})
+    with pytest.raises(ConfigError, match="other settings") as err:
+        load_suite(str(stale))
+    assert err.value.field == "suite.tune.file"
+    grown = write_suite(tmp_path, pruners=["magnitude", "random", "gmp"])
+    with pytest.raises(ConfigError, match="gmp on classification") as err:
+        run_suite(expand(load_suite(str(grown))), progress=False, store=store)
+    assert err.value.field == "suite.tune.file"
