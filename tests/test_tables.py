@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from scipy.stats import ttest_rel
 
-from bench.reports.tables import build_table, paired_p, rows_from_store, rows_from_wandb, welch_p, write_plots
+from bench.reports.plots import write_plots
+from bench.reports.tables import build_table, paired_p, rows_from_store, rows_from_wandb, welch_p
 from bench.runs.record import ResultStore
 from bench.runs.run import RunSpec
 from bench.suites.suite import Cell, Suite
@@ -76,7 +77,9 @@ def make_row(label, pruner, pattern, sparsity, seed, metric) -> dict:
         "weight_sparsity": achieved,
         "pattern_valid": True,
         "prune_wall_s": 9.0,
-        "audit": {"layers": [{"layer": "conv", "sparsity": achieved}]},
+        "audit": {
+            "layers": [{"layer": "conv", "sparsity": achieved, "units": 10, "kept_units": round(10 * (1 - sparsity))}]
+        },
         "suite": "synthetic",
     }
 
@@ -215,7 +218,14 @@ def test_plots_with_and_without_speed(store, tmp_path):
     frame = rows_from_store(suite, store)
     written = write_plots(frame, "synthetic", tmp_path / "plain")
     names = sorted(p.name for p in written)
-    assert names == ["synthetic-fmnist-resnet-block_1x8.png", "synthetic-fmnist-resnet-channel.png"]
+    assert names == [
+        "synthetic-fmnist-resnet-block_1x8-0.5-allocation.png",
+        "synthetic-fmnist-resnet-block_1x8-0.9-allocation.png",
+        "synthetic-fmnist-resnet-block_1x8.png",
+        "synthetic-fmnist-resnet-channel-0.5-allocation.png",
+        "synthetic-fmnist-resnet-channel.png",
+    ]
+    assert frame["kept_by_layer"].iloc[0] == {"conv": pytest.approx(0.5)}  # from the row's audit
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
     frame["latency_ms"] = 10.0 - 5.0 * frame["sparsity"]
     speed = write_plots(frame, "synthetic", tmp_path / "speed")
@@ -245,9 +255,10 @@ def test_wandb_source_gives_the_store_frame(store):
     assert api.calls == [("me/smartbench", {"group": "synthetic"}), ("me/smartbench", {"group": "synthetic-tune"})]
     from_store = rows_from_store(suite, store)
     key = ["run_id"]
+    assert all(kept == {} for kept in from_wandb["kept_by_layer"])  # W&B logs the audit as a Table, not a summary
     pd.testing.assert_frame_equal(
-        from_wandb.sort_values(key).reset_index(drop=True),
-        from_store.sort_values(key).reset_index(drop=True),
+        from_wandb.sort_values(key).drop(columns="kept_by_layer").reset_index(drop=True),
+        from_store.sort_values(key).drop(columns="kept_by_layer").reset_index(drop=True),
         check_dtype=False,
     )
     assert build_table(from_wandb, suite).render("md") == build_table(from_store, suite).render("md")
@@ -299,3 +310,73 @@ def test_nomask_control_is_a_reference_row(store):
     assert stats_of(table, "smart", "block:1x8", 0.5)["best"]
     md = table.render("md")
     assert "| nomask" in md and "99.00" in md and "‡ nomask" not in md
+
+
+def test_within_noise_marks_rows_the_paired_test_cannot_separate_from_the_best(store):
+    suite = make_suite()
+    table = build_table(rows_from_store(suite, store), suite)
+    # block 0.5: smart_adaptive's per-seed gaps to smart are 1, -0.5, 2.5 (p = 0.37); magnitude's 10, 10, 10
+    assert bool(stats_of(table, "smart_adaptive", "block:1x8", 0.5)["within_noise"])
+    assert not bool(stats_of(table, "magnitude", "block:1x8", 0.5)["within_noise"])
+    # block 0.9: smart has seeds 0, 1 only; gaps 10, 18 (p = 0.18) and 20, 28 (p = 0.11)
+    assert bool(stats_of(table, "magnitude", "block:1x8", 0.9)["within_noise"])
+    assert not bool(stats_of(table, "smart", "block:1x8", 0.9)["within_noise"])  # the best itself
+    assert "≈" in table.render("md") and "$^\\approx$" in table.render("latex")
+
+
+def test_mean_ranks_and_win_tie_loss(store):
+    from bench.reports.ranks import mean_ranks, summary_markdown, win_tie_loss
+
+    frame = rows_from_store(make_suite(), store)
+    ranks = mean_ranks(frame).set_index("label")
+    # ranks per column: block 0.5 (1, 2, 3), block 0.9 (1, 2, 3), channel 0.5 (1.5, 1.5, 3: a tie)
+    assert ranks.loc["smart", "mean_rank"] == pytest.approx(3.5 / 3)
+    assert ranks.loc["smart_adaptive", "mean_rank"] == pytest.approx(5.5 / 3)
+    assert ranks.loc["magnitude", "mean_rank"] == 3.0 and ranks.loc["magnitude", "ci_low"] == 3.0
+    assert (
+        1.0 <= ranks.loc["smart", "ci_low"] <= ranks.loc["smart", "mean_rank"] <= ranks.loc["smart", "ci_high"] <= 1.5
+    )
+    wtl = win_tie_loss(frame, "smart").set_index("against")
+    # against magnitude: constant gaps of 10 and 15 are wins; gaps 20, 28 over 2 seeds are not separated (p = 0.11)
+    assert wtl.loc["magnitude", ["win", "tie", "loss", "columns"]].tolist() == [2, 1, 0, 3]
+    assert wtl.loc["smart_adaptive", ["win", "tie", "loss"]].tolist() == [0, 3, 0]
+    text = summary_markdown(frame, "synthetic")
+    assert "| magnitude | 3 | 2 | 1 | 0 | 0 / 0 / 0 |" in text
+
+
+def test_one_seed_columns_are_untested_not_won():
+    from bench.reports.ranks import win_tie_loss
+
+    frame = pd.DataFrame(
+        [
+            {
+                "label": lab,
+                "pruner": lab,
+                "task": TASK,
+                "pattern": "channel",
+                "sparsity": 0.5,
+                "seed": 0,
+                "metric": m,
+                "metric_name": "top1",
+            }
+            for lab, m in (("smart", 70.0), ("pas", 60.0))
+        ]
+    )
+    row = win_tie_loss(frame).iloc[0]
+    assert (row["win"], row["untested_better"]) == (0, 1)
+
+
+def test_pareto_and_allocation_figures(store, tmp_path):
+    from bench.reports.plots import STYLES, pareto_front, style
+
+    assert pareto_front([(0.5, 70.0), (0.4, 72.0), (0.6, 71.0), (0.4, 60.0)]) == [(0.4, 72.0)]
+    assert pareto_front([(0.2, 50.0), (0.5, 60.0), (0.9, 80.0)]) == [(0.2, 50.0), (0.5, 60.0), (0.9, 80.0)]
+    assert style("smart")["color"] == STYLES["smart"][0] and style("my-pruner") == style("my-pruner")
+    frame = rows_from_store(make_suite(), store)
+    frame["flops_dense"] = 100.0
+    frame["flops_masked"] = 100.0 * (1 - frame["sparsity"])
+    frame["kept_by_layer"] = [{"a": 1 - s, "b": 0.5} for s in frame["sparsity"]]
+    names = sorted(p.name for p in write_plots(frame, "synthetic", tmp_path / "all"))
+    assert "synthetic-fmnist-resnet-pareto-flops.png" in names
+    assert "synthetic-fmnist-resnet-channel-0.5-allocation.png" in names
+    assert sum(n.endswith("-allocation.png") for n in names) == 3  # one per column

@@ -167,7 +167,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_table(args) -> int:
-    from bench.reports.tables import build_table, rows_from_store, rows_from_wandb, write_plots
+    from bench.reports.plots import write_plots
+    from bench.reports.ranks import summary_markdown
+    from bench.reports.tables import build_table, rows_from_store, rows_from_wandb
     from bench.suites.suite import load_and_expand
 
     suite = load_and_expand(args.name)
@@ -194,6 +196,14 @@ def cmd_table(args) -> int:
         print(f"wrote {path}")
     else:
         print(text, end="" if text.endswith("\n") else "\n")
+    if args.summary:
+        summary = summary_markdown(frame, suite.name, args.reference)
+        if args.out:
+            path = Path(args.out) / f"{suite.name}-summary.md"
+            path.write_text(summary, encoding="utf-8")
+            print(f"wrote {path}")
+        else:
+            print("\n" + summary, end="")
     if args.plot:
         from bench.core.paths import RunPaths
 
@@ -281,7 +291,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     table.add_argument("name", help=name_help)
     table.add_argument("--format", choices=("md", "latex", "csv"), default="md")
     table.add_argument("--out", default=None, help="folder for the table file (and plots); default: print the table")
-    table.add_argument("--plot", action="store_true", help="also write PNG plots (metric vs sparsity, vs speed)")
+    table.add_argument(
+        "--plot",
+        action="store_true",
+        help="also write PNG figures: metric vs sparsity, metric vs FLOPs (Pareto), per-layer allocation, vs speed",
+    )
+    table.add_argument(
+        "--summary",
+        action="store_true",
+        help="also the mean rank of every pruner over the columns (bootstrap CI) and --reference's win/tie/loss",
+    )
+    table.add_argument("--reference", default="smart", help="the label whose win/tie/loss --summary counts")
     table.add_argument(
         "--from",
         dest="source",

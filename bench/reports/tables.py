@@ -1,4 +1,5 @@
-"""Result store (or W&B) -> pandas -> paper-style tables (md, LaTeX, CSV) and plots.
+"""Result store (or W&B) -> pandas -> paper-style tables (md, LaTeX, CSV); plots are
+bench.reports.plots, the rank summary bench.reports.ranks.
 
 Table layout: one row per pruner label (the suite's ``as:`` names) under a ``dense`` reference
 row (the dense model's metric of the same (task, seed)s); one column per (task, pattern,
@@ -8,7 +9,8 @@ sparsity). A cell is ``mean ± std`` over seeds (sample std, ddof=1; no std with
 from the runner-up beyond seed noise: a *paired* t-test over the seeds both finished (every
 pruner of a seed starts from that seed's dense checkpoint, so seed-to-seed variation of the
 dense model cancels in the per-seed differences), two-sided p < 0.05, computed only with >= 2
-shared seeds (never with one seed). A double dagger marks cells
+shared seeds (never with one seed); ``≈`` marks a row that is not the best but within noise of it
+(the same paired test against the best gives p >= 0.05). A double dagger marks cells
 whose achieved sparsity differs from the target by more than 0.0005, listed in a footnote. A
 section sign marks cells in which some seed *collapsed* (row flag ``collapsed``: test metric
 within 1 point of the task's trivial predictor), with the count per cell in a footnote.
@@ -21,7 +23,6 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -45,6 +46,7 @@ ROW_FIELDS = (
     "dense_val_metric",
     "wall_s",
     "collapsed",
+    "flops_dense",
 )
 SPEED_FIELDS = ("latency_ms", "flops_masked")  # optional, added by the speed measurements when present
 LOWER_IS_BETTER = {"error", "loss", "latency_ms"}
@@ -69,6 +71,10 @@ def frame_from_rows(rows: Iterable[dict[str, Any]], suite) -> pd.DataFrame:
             continue
         record = {field: row.get(field) for field in ROW_FIELDS}
         record.update({field: _speed_value(row, field) for field in SPEED_FIELDS})
+        layers = (row.get("audit") or {}).get("layers") or []  # kept fraction per layer (allocation figure)
+        record["kept_by_layer"] = {
+            entry["layer"]: entry["kept_units"] / entry["units"] for entry in layers if entry.get("units")
+        }
         record.update(
             label=cell.label,
             task=cell.spec.task,
@@ -77,10 +83,17 @@ def frame_from_rows(rows: Iterable[dict[str, Any]], suite) -> pd.DataFrame:
             seed=cell.spec.seed,
         )
         records.append(record)
-    columns = KEYS + [f for f in ROW_FIELDS + SPEED_FIELDS if f not in KEYS]
+    columns = KEYS + [f for f in ROW_FIELDS + SPEED_FIELDS if f not in KEYS] + ["kept_by_layer"]
     frame = pd.DataFrame.from_records(records, columns=columns)
     frame = frame.drop_duplicates("run_id")
-    for name in ("metric", "dense_metric", "achieved_sparsity", "target_sparsity", "sparsity") + SPEED_FIELDS:
+    for name in (
+        "metric",
+        "dense_metric",
+        "achieved_sparsity",
+        "target_sparsity",
+        "sparsity",
+        "flops_dense",
+    ) + SPEED_FIELDS:
         frame[name] = pd.to_numeric(frame[name], errors="coerce")
     frame.attrs["dropped"] = dropped
     return frame
@@ -183,7 +196,7 @@ def summarize(frame: pd.DataFrame, suite=None) -> pd.DataFrame:
     stats["reference"] = stats["label"].isin(references)  # nomask: a reference row like dense
     planned = _planned_seeds(suite, frame)
     stats["expected_n"] = [planned.get(tuple(k), n) for k, n in zip(stats[KEYS].itertuples(index=False), stats["n"])]
-    stats["best"], stats["separated"], stats["p_value"] = False, False, math.nan
+    stats["best"], stats["separated"], stats["p_value"], stats["within_noise"] = False, False, math.nan, False
     for _, idx in stats.groupby(["task", "pattern", "sparsity"], sort=False).groups.items():
         column = stats.loc[idx]
         column = column[~column["reference"]]
@@ -193,13 +206,19 @@ def summarize(frame: pd.DataFrame, suite=None) -> pd.DataFrame:
         ranked = column.sort_values("mean", ascending=lower)
         top = ranked["mean"].iloc[0]
         stats.loc[column.index[column["mean"] == top], "best"] = True
+        a = ranked.iloc[0]
+        where = (a["task"], a["pattern"], a["sparsity"])
         if len(ranked) >= 2 and ranked["mean"].iloc[1] != top:
-            a, b = ranked.iloc[0], ranked.iloc[1]
-            where = (a["task"], a["pattern"], a["sparsity"])
+            b = ranked.iloc[1]
             p = paired_p(_by_seed(frame, a["label"], *where), _by_seed(frame, b["label"], *where))
             if p is not None:
                 stats.loc[ranked.index[0], "p_value"] = p
                 stats.loc[ranked.index[0], "separated"] = p < ALPHA
+        best_seeds = _by_seed(frame, a["label"], *where)
+        for index, row in ranked.iloc[1:].iterrows():  # not the best, but not separable from it
+            p = paired_p(best_seeds, _by_seed(frame, row["label"], *where))
+            if row["mean"] != top and p is not None and p >= ALPHA:
+                stats.loc[index, "within_noise"] = True
     dense = _dense_rows(frame, stats)
     return pd.concat([dense, stats], ignore_index=True)
 
@@ -249,6 +268,7 @@ def _dense_rows(frame: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
             "best": False,
             "separated": False,
             "p_value": math.nan,
+            "within_noise": False,
             "reference": True,
         }
         for col in columns.to_dict("records")
@@ -280,6 +300,8 @@ class Table:
             value = f"\\textbf{{{value}}}" if fmt == "latex" else f"**{value}**"
         if row["separated"]:
             value += "$^\\dagger$" if fmt == "latex" else "†"
+        if row.get("within_noise", False):
+            value += "$^\\approx$" if fmt == "latex" else "≈"
         if self.off_target(row):
             value += "$^\\ddagger$" if fmt == "latex" else "‡"
         if row.get("collapsed", 0):
@@ -300,7 +322,8 @@ class Table:
         notes = [
             f"Metric ({metrics}); mean ± std over seeds, (n=k) where fewer seeds than planned finished; {bold}: best "
             f"per column; †: the best beats the runner-up by a paired t-test over their shared seeds (same "
-            f"dense checkpoint per seed), two-sided p < {ALPHA} (>= 2 shared seeds)."
+            f"dense checkpoint per seed), two-sided p < {ALPHA} (>= 2 shared seeds); ≈: not the best, but "
+            f"within noise of it (the same paired test against the best gives p >= {ALPHA})."
         ]
         if len(self.stats) and self.stats["collapsed"].fillna(0).astype(int).any():
             notes.append(
@@ -361,6 +384,7 @@ class Table:
             "†": "$^\\dagger$",
             "‡": "$^\\ddagger$",
             ">=": "$\\geq$",
+            "≈": "$\\approx$",
             " < ": " $<$ ",
             "§": "\\S{}",
         }
@@ -382,6 +406,7 @@ class Table:
             "best",
             "separated",
             "p_value",
+            "within_noise",
             "achieved_sparsity",
             "collapsed",
         ]
@@ -429,67 +454,3 @@ def build_table(frame: pd.DataFrame, suite=None) -> Table:
     labels = list(dict.fromkeys(([c.label for c in suite.cells] if suite is not None else []) + list(frame["label"])))
     labels = ["dense"] + [label for label in labels if label in set(stats["label"])]
     return Table(suite.name if suite is not None else "results", stats, columns, labels)
-
-
-# -- plots ------------------------------------------------------------------------------------
-def write_plots(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
-    """metric vs sparsity per (task, pattern); metric vs latency/FLOPs per task when present."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    agg = (
-        frame.groupby(KEYS, sort=False)
-        .agg(mean=("metric", "mean"), std=("metric", "std"), metric_name=("metric_name", "first"))
-        .reset_index()
-    )
-    for (task, pattern), part in agg.groupby(["task", "pattern"], sort=False):
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for label, line in part.groupby("label", sort=False):
-            line = line.sort_values("sparsity")
-            ax.errorbar(line["sparsity"], line["mean"], yerr=line["std"].fillna(0), marker="o", capsize=3, label=label)
-        dense = frame[frame["task"] == task].drop_duplicates("seed")["dense_metric"].mean()
-        ax.axhline(dense, color="black", linestyle="--", linewidth=1, label="dense")
-        ax.set(xlabel="target sparsity", ylabel=part["metric_name"].iloc[0], title=f"{task} · {pattern}")
-        ax.legend(fontsize=7)
-        written.append(_save(fig, folder / _file_name(suite_name, task, pattern)))
-        plt.close(fig)
-    for speed in SPEED_FIELDS:
-        if speed not in frame or frame[speed].isna().all():
-            continue
-        for task, part in frame.dropna(subset=[speed]).groupby("task", sort=False):
-            points = (
-                part.groupby(KEYS, sort=False)
-                .agg(x=(speed, "mean"), y=("metric", "mean"), yerr=("metric", "std"))
-                .reset_index()
-            )
-            fig, ax = plt.subplots(figsize=(5, 3.5))
-            for label, group in points.groupby("label", sort=False):
-                ax.errorbar(
-                    group["x"],
-                    group["y"],
-                    yerr=group["yerr"].fillna(0),
-                    marker="o",
-                    linestyle="",
-                    capsize=3,
-                    label=label,
-                )
-            metric = part["metric_name"].iloc[0]
-            ax.set(xlabel=speed, ylabel=metric, title=f"{task}: {metric} vs {speed}")
-            ax.legend(fontsize=7)
-            written.append(_save(fig, folder / _file_name(suite_name, task, f"vs-{speed}")))
-            plt.close(fig)
-    return written
-
-
-def _file_name(*parts: str) -> str:
-    return "-".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", p) for p in parts) + ".png"
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path

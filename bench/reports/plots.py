@@ -1,0 +1,190 @@
+"""Figures a reviewer would paste, from the same DataFrame as the tables (matplotlib, Agg).
+
+* ``curve``: metric vs target sparsity per (task, pattern), mean ± std over seeds, with the
+  dense model's mean as a dashed line; the controls (random, nomask) drawn like every pruner.
+* ``pareto``: metric vs the fraction of dense FLOPs kept (``flops_masked / flops_dense``) per task,
+  every (pruner, column) a point with its std, and the non-dominated front of all points.
+* ``allocation``: per column, the fraction of units each pruner kept in every prunable layer
+  (mean over seeds, from the per-layer audit), layers in model order. From the result store only:
+  W&B summaries do not carry the audit (it is logged as a W&B Table).
+* ``vs-<speed field>``: metric vs a measured speed figure (e.g. ``latency_ms``) where rows have one.
+
+Every pruner label has one colour and marker in every figure (:func:`style`): the built-in
+pruners and controls a fixed one, any other label one derived from its name (stable across runs).
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+KEYS = ["label", "task", "pattern", "sparsity"]
+SPEED_FIELDS = ("latency_ms",)
+STYLES = {  # label -> (colour, marker, linestyle)
+    "smart": ("#d62728", "o", "-"),
+    "magnitude": ("#1f77b4", "s", "-"),
+    "gmp": ("#17becf", "D", "-"),
+    "pdp": ("#9467bd", "^", "-"),
+    "pas": ("#8c564b", "v", "-"),
+    "awg": ("#e377c2", "P", "-"),
+    "acdc": ("#2ca02c", "X", "-"),
+    "srste": ("#bcbd22", "*", "-"),
+    "random": ("#7f7f7f", "x", "--"),
+    "nomask": ("#000000", "+", ":"),
+}
+PALETTE = ("#ff7f0e", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
+MARKERS = ("h", "p", "<", ">", "d", "1", "2", "8")
+
+
+def style(label: str) -> dict:
+    """matplotlib keyword arguments of a label, the same in every figure and every run."""
+    if label in STYLES:
+        colour, marker, line = STYLES[label]
+    else:
+        h = zlib.crc32(label.encode())
+        colour, marker, line = PALETTE[h % len(PALETTE)], MARKERS[(h // len(PALETTE)) % len(MARKERS)], "-."
+    return {"color": colour, "marker": marker, "linestyle": line}
+
+
+def write_plots(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
+    """Every figure this module makes for the frame's rows; returns the PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    folder.mkdir(parents=True, exist_ok=True)
+    written = curves(frame, suite_name, folder)
+    written += pareto(frame, suite_name, folder)
+    written += allocation(frame, suite_name, folder)
+    written += speed(frame, suite_name, folder)
+    return written
+
+
+def _agg(frame: pd.DataFrame) -> pd.DataFrame:
+    return (
+        frame.groupby(KEYS, sort=False)
+        .agg(mean=("metric", "mean"), std=("metric", "std"), metric_name=("metric_name", "first"))
+        .reset_index()
+    )
+
+
+def curves(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    written = []
+    for (task, pattern), part in _agg(frame).groupby(["task", "pattern"], sort=False):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for label, line in part.groupby("label", sort=False):
+            line = line.sort_values("sparsity")
+            ax.errorbar(
+                line["sparsity"], line["mean"], yerr=line["std"].fillna(0), capsize=3, label=label, **style(label)
+            )
+        dense = frame[frame["task"] == task].drop_duplicates("seed")["dense_metric"].mean()
+        ax.axhline(dense, color="black", linestyle="--", linewidth=1, label="dense")
+        ax.set(xlabel="target sparsity", ylabel=part["metric_name"].iloc[0], title=f"{task} · {pattern}")
+        ax.legend(fontsize=7)
+        written.append(_save(fig, folder / _file_name(suite_name, task, pattern)))
+        plt.close(fig)
+    return written
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both axes (fewer FLOPs kept, higher metric), by FLOPs."""
+    front, best = [], -np.inf
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+def pareto(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    if "flops_dense" not in frame or frame[["flops_dense", "flops_masked"]].isna().all().any():
+        return []
+    rows = frame.dropna(subset=["flops_dense", "flops_masked"]).copy()
+    rows["flops_kept"] = rows["flops_masked"] / rows["flops_dense"]
+    written = []
+    for task, part in rows.groupby("task", sort=False):
+        points = (
+            part.groupby(KEYS, sort=False)
+            .agg(x=("flops_kept", "mean"), y=("metric", "mean"), yerr=("metric", "std"))
+            .reset_index()
+        )
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for label, group in points.groupby("label", sort=False):
+            kw = style(label) | {"linestyle": ""}
+            ax.errorbar(group["x"], group["y"], yerr=group["yerr"].fillna(0), capsize=3, label=label, **kw)
+        front = pareto_front(list(zip(points["x"], points["y"], strict=True)))
+        ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linewidth=0.8, label="front")
+        dense = part.drop_duplicates("seed")["dense_metric"].mean()
+        ax.plot([1.0], [dense], marker="*", color="black", markersize=10, linestyle="", label="dense")
+        metric = part["metric_name"].iloc[0]
+        ax.set(xlabel="FLOPs kept (masked / dense)", ylabel=metric, title=f"{task}: {metric} vs FLOPs")
+        ax.legend(fontsize=7)
+        written.append(_save(fig, folder / _file_name(suite_name, task, "pareto-flops")))
+        plt.close(fig)
+    return written
+
+
+def allocation(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
+    """Per column: kept fraction per layer for every pruner (mean over seeds)."""
+    import matplotlib.pyplot as plt
+
+    if "kept_by_layer" not in frame:
+        return []
+    rows = frame[frame["kept_by_layer"].apply(lambda v: isinstance(v, dict) and bool(v))]
+    written = []
+    for (task, pattern, sparsity), part in rows.groupby(["task", "pattern", "sparsity"], sort=False):
+        layers = list(dict.fromkeys(name for kept in part["kept_by_layer"] for name in kept))
+        fig, ax = plt.subplots(figsize=(max(5, 0.25 * len(layers)), 3.5))
+        for label, group in part.groupby("label", sort=False):
+            kept = pd.DataFrame(list(group["kept_by_layer"])).reindex(columns=layers).mean()
+            ax.plot(range(len(layers)), kept.to_numpy(), label=label, markersize=4, **style(label))
+        ax.axhline(1 - sparsity, color="black", linestyle="--", linewidth=1, label="uniform")
+        ax.set_xticks(range(len(layers)))
+        ax.set_xticklabels(layers, rotation=90, fontsize=5)
+        ax.set(ylabel="units kept", ylim=(0, 1.02), title=f"{task} · {pattern} · {sparsity:g}: per-layer allocation")
+        ax.legend(fontsize=6)
+        written.append(_save(fig, folder / _file_name(suite_name, task, pattern, f"{sparsity:g}", "allocation")))
+        plt.close(fig)
+    return written
+
+
+def speed(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    written = []
+    for field in SPEED_FIELDS:
+        if field not in frame or frame[field].isna().all():
+            continue
+        for task, part in frame.dropna(subset=[field]).groupby("task", sort=False):
+            points = (
+                part.groupby(KEYS, sort=False)
+                .agg(x=(field, "mean"), y=("metric", "mean"), yerr=("metric", "std"))
+                .reset_index()
+            )
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            for label, group in points.groupby("label", sort=False):
+                kw = style(label) | {"linestyle": ""}
+                ax.errorbar(group["x"], group["y"], yerr=group["yerr"].fillna(0), capsize=3, label=label, **kw)
+            metric = part["metric_name"].iloc[0]
+            ax.set(xlabel=field, ylabel=metric, title=f"{task}: {metric} vs {field}")
+            ax.legend(fontsize=7)
+            written.append(_save(fig, folder / _file_name(suite_name, task, f"vs-{field}")))
+            plt.close(fig)
+    return written
+
+
+def _file_name(*parts: str) -> str:
+    return "-".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", p) for p in parts) + ".png"
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path

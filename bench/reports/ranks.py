@@ -1,0 +1,134 @@
+"""Across columns: each pruner's mean rank with a bootstrap CI, and one pruner's win/tie/loss
+count against every other (``smartbench table NAME --summary``).
+
+* Rank: within a column (task, pattern, sparsity), the competing labels (not ``dense``, not the
+  reference controls such as ``nomask``) are ranked by their mean over seeds, 1 = best, ties get
+  the average rank (``scipy.stats.rankdata``). A label's mean rank is over the columns it has;
+  its 95% CI is the percentile interval of the mean over 2000 bootstrap resamples of those
+  columns (numpy generator seeded 0, so the CI is reproducible).
+* Win/tie/loss of ``reference`` (default ``smart``) against each other label, per shared column:
+  a paired t-test over the seeds both finished (bench.reports.tables.paired_p); p < 0.05 decides
+  win or loss by the sign of the mean difference, else tie. Columns with fewer than 2 shared
+  seeds cannot be tested: they are counted apart ("untested", with the sign of the difference).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bench.reports.tables import ALPHA, LOWER_IS_BETTER, _by_seed, _keeps_all, paired_p
+
+BOOTSTRAP = 2000
+COLUMN = ["task", "pattern", "sparsity"]
+
+
+def competing(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of pruners that compete (reference controls that keep every unit left out)."""
+    keep = {label for label, pruner in frame[["label", "pruner"]].drop_duplicates().values if not _keeps_all(pruner)}
+    return frame[frame["label"].isin(keep)]
+
+
+def column_ranks(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (column, label): mean metric and rank within the column (1 = best)."""
+    from scipy.stats import rankdata
+
+    means = competing(frame).groupby([*COLUMN, "label"], sort=False)["metric"].mean().reset_index()
+    metric_of = frame.drop_duplicates("task").set_index("task")["metric_name"]
+    parts = []
+    for _, part in means.groupby(COLUMN, sort=False):
+        lower = metric_of[part["task"].iloc[0]] in LOWER_IS_BETTER
+        part = part.copy()
+        part["rank"] = rankdata(part["metric"] if lower else -part["metric"], method="average")
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True) if parts else means.assign(rank=[])
+
+
+def mean_ranks(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Per label: columns, mean rank, 95% bootstrap CI (low, high), sorted best first."""
+    ranks = column_ranks(frame)
+    rng = np.random.default_rng(seed)
+    out = []
+    for label, part in ranks.groupby("label", sort=False):
+        values = part["rank"].to_numpy(float)
+        if len(values) >= 2:
+            draws = rng.choice(values, size=(BOOTSTRAP, len(values)), replace=True).mean(axis=1)
+            low, high = np.percentile(draws, [2.5, 97.5])
+        else:
+            low = high = float("nan")
+        out.append({"label": label, "columns": len(values), "mean_rank": values.mean(), "ci_low": low, "ci_high": high})
+    return pd.DataFrame(out, columns=["label", "columns", "mean_rank", "ci_low", "ci_high"]).sort_values(
+        ["mean_rank", "label"], ignore_index=True
+    )
+
+
+def win_tie_loss(frame: pd.DataFrame, reference: str = "smart") -> pd.DataFrame:
+    """Per other label: win, tie, loss (paired test, >= 2 shared seeds) and untested columns
+    (``untested_better`` / ``untested_worse`` / ``untested_equal`` by the mean of the shared seeds)."""
+    rows = competing(frame)
+    metric_of = frame.drop_duplicates("task").set_index("task")["metric_name"]
+    out = []
+    for label in dict.fromkeys(rows["label"]):
+        if label == reference:
+            continue
+        counts = dict.fromkeys(("win", "tie", "loss", "untested_better", "untested_worse", "untested_equal"), 0)
+        counts["columns"] = 0
+        for column, _ in rows.groupby(COLUMN, sort=False):
+            mine, theirs = _by_seed(rows, reference, *column), _by_seed(rows, label, *column)
+            shared = sorted(set(mine) & set(theirs))
+            if not shared:
+                continue
+            counts["columns"] += 1
+            diff = float(np.mean([mine[s] - theirs[s] for s in shared]))
+            if metric_of[column[0]] in LOWER_IS_BETTER:
+                diff = -diff
+            p = paired_p(mine, theirs)
+            if p is None:
+                counts["untested_better" if diff > 0 else "untested_worse" if diff < 0 else "untested_equal"] += 1
+            elif p < ALPHA and diff != 0:
+                counts["win" if diff > 0 else "loss"] += 1
+            else:
+                counts["tie"] += 1
+        out.append({"against": label, **counts})
+    return pd.DataFrame(out)
+
+
+def summary_markdown(frame: pd.DataFrame, suite_name: str, reference: str = "smart") -> str:
+    """The rank summary and the win/tie/loss table, as Markdown."""
+    ranks = mean_ranks(frame)
+    lines = [
+        f"### {suite_name}: mean rank over columns",
+        "",
+        "| pruner | columns | mean rank | 95% CI |",
+        "|---|---|---|---|",
+    ]
+    for r in ranks.itertuples():
+        ci = "–" if np.isnan(r.ci_low) else f"{r.ci_low:.2f}–{r.ci_high:.2f}"
+        lines.append(f"| {r.label} | {r.columns} | {r.mean_rank:.2f} | {ci} |")
+    lines += [
+        "",
+        "- Rank 1 = best mean over seeds in a column (ties: average rank; reference controls that keep "
+        "every unit, e.g. nomask, do not compete); CI: percentile bootstrap over the columns "
+        f"({BOOTSTRAP} resamples, seed 0).",
+    ]
+    if reference in set(frame["label"]):
+        table = win_tie_loss(frame, reference)
+        lines += [
+            "",
+            f"### {suite_name}: {reference} against each pruner",
+            "",
+            "| against | columns | win | tie | loss | untested (better / worse / equal) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in table.itertuples():
+            lines.append(
+                f"| {r.against} | {r.columns} | {r.win} | {r.tie} | {r.loss} | "
+                f"{r.untested_better} / {r.untested_worse} / {r.untested_equal} |"
+            )
+        lines += [
+            "",
+            f"- Win/loss: {reference}'s per-seed difference is non-zero by a paired t-test over the seeds "
+            f"both finished, two-sided p < {ALPHA}; tie otherwise. Untested: fewer than 2 shared seeds "
+            "(the sign of the difference is shown, no claim is made).",
+        ]
+    return "\n".join(lines) + "\n"
