@@ -13,7 +13,8 @@ from bench.runs.record import ResultStore
 from bench.runs.registry import load_pruners
 from bench.suites.suite import PrunerEntry, expand, load_suite
 from bench.suites.suite_run import run_suite
-from bench.suites.tune import TuneSettings, choose, parse_settings, run_tune, space_of, trial_suite, trials_of
+from bench.suites.tune import choose, run_tune, space_of, trial_suite, trials_of
+from bench.suites.tuned import TuneSettings, parse_settings
 
 SUITE = {
     "description": "tune test",

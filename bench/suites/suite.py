@@ -58,6 +58,7 @@ from bench.core.select import Allocation
 from bench.core.sparsity import parse_pattern, resolve_sparsity
 from bench.runs.record import ResultStore
 from bench.runs.run import RunSpec, check_budget_overrides, dense_key, resolve, run_identity, short_hash
+from bench.suites.tuned import parse_settings, read_tuned
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "configs" / "suites"  # package data
 BLOCK_FIELDS = (
@@ -298,8 +299,6 @@ def load_suite(name: str, tuned: bool = True) -> Suite:
                     f"{block.where}.pruners", f"label '{entry.label}' means two configurations; rename one with `as:`"
                 )
     plan_only = raw.get("plan_only", False)
-    from bench.suites.tune import parse_settings, read_tuned
-
     tune = parse_settings(raw.get("tune"), path)
     return Suite(
         suite_name,

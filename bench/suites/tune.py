@@ -40,80 +40,7 @@ from typing import Any
 
 from bench.core.errors import ConfigError
 from bench.core.sparsity import parse_pattern
-
-FILE_VERSION = 1
-MIN_TRIALS = 4
-DEFAULT_LR_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0)
-TUNE_FIELDS = ("trials", "file", "lr_multipliers", "seed", "columns")
-COLUMN_FIELDS = ("task", "pattern", "sparsity")
-
-
-@dataclass(frozen=True)
-class TuneSettings:
-    trials: int
-    file: Path
-    lr_multipliers: tuple[float, ...]
-    seed: int
-    columns: tuple[tuple[str, str, float], ...]  # empty: the first column of each family
-
-    def identity(self) -> dict[str, Any]:
-        """What a tuned file must match to be used (a changed setting makes it stale)."""
-        return {
-            "trials": self.trials,
-            "lr_multipliers": list(self.lr_multipliers),
-            "seed": self.seed,
-            "columns": [list(c) for c in self.columns],
-        }
-
-
-def parse_settings(raw: Any, suite_path: Path) -> TuneSettings | None:
-    """The suite's ``tune:`` mapping, validated (ConfigError naming the field)."""
-    if raw is None:
-        return None
-    if not isinstance(raw, dict):
-        raise ConfigError("suite.tune", f"must be a mapping with {', '.join(TUNE_FIELDS)}")
-    unknown = set(raw) - set(TUNE_FIELDS)
-    if unknown:
-        raise ConfigError("suite.tune", f"unknown field(s) {sorted(unknown)}; allowed: {', '.join(TUNE_FIELDS)}")
-    trials = raw.get("trials", MIN_TRIALS)
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < MIN_TRIALS:
-        raise ConfigError("suite.tune.trials", f"must be an integer >= {MIN_TRIALS}, got {trials!r}")
-    file = raw.get("file")
-    if not isinstance(file, str) or not file.endswith(".json"):
-        raise ConfigError("suite.tune.file", f"must be a .json path (relative to the suite file), got {file!r}")
-    mults = raw.get("lr_multipliers", list(DEFAULT_LR_MULTIPLIERS))
-    if (
-        not isinstance(mults, list)
-        or not mults
-        or any(isinstance(m, bool) or not isinstance(m, (int, float)) or m <= 0 for m in mults)
-        or 1 not in mults
-        or len(set(mults)) != len(mults)
-    ):
-        raise ConfigError("suite.tune.lr_multipliers", f"must be distinct numbers > 0 including 1, got {mults!r}")
-    seed = raw.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError("suite.tune.seed", f"must be an integer >= 0, got {seed!r}")
-    columns = []
-    for i, item in enumerate(raw.get("columns") or []):
-        at = f"suite.tune.columns[{i}]"
-        if not isinstance(item, dict) or set(item) - set(COLUMN_FIELDS) or not {"task", "pattern"} <= set(item):
-            raise ConfigError(at, f"must be a mapping {{task, pattern, sparsity}}, got {item!r}")
-        try:
-            pattern = parse_pattern(item["pattern"])
-        except ConfigError as err:
-            raise ConfigError(f"{at}.pattern", str(err)) from None
-        sparsity = pattern.fixed_sparsity if pattern.fixed_sparsity is not None else item.get("sparsity")
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 < sparsity < 1:
-            raise ConfigError(f"{at}.sparsity", f"must be a number in (0, 1), got {sparsity!r}")
-        columns.append((item["task"], str(pattern), round(float(sparsity), 10)))
-    path = Path(file)
-    return TuneSettings(
-        trials,
-        path if path.is_absolute() else suite_path.parent / path,
-        tuple(float(m) for m in mults),
-        seed,
-        tuple(columns),
-    )
+from bench.suites.tuned import FILE_VERSION, TuneSettings
 
 
 # -- the trials ------------------------------------------------------------------------------
@@ -366,23 +293,3 @@ def write_file(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
-
-
-def read_tuned(settings: TuneSettings, suite_name: str) -> dict[str, dict[str, Any]] | None:
-    """The chosen configs {label: {family: chosen}} of a suite's tuned file; None if there is none
-    yet; ConfigError if it is unreadable or was tuned with other settings (stale)."""
-    if not settings.file.exists():
-        return None
-    try:
-        payload = json.loads(settings.file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError("suite.tune.file", f"{settings.file} is not readable JSON: {err}") from None
-    if payload.get("version") != FILE_VERSION or payload.get("suite") != suite_name:
-        raise ConfigError("suite.tune.file", f"{settings.file} is not a version-{FILE_VERSION} file of '{suite_name}'")
-    if payload.get("settings") != settings.identity():
-        raise ConfigError(
-            "suite.tune.file",
-            f"{settings.file} was tuned with other settings ({payload.get('settings')}); "
-            f"rerun `smartbench tune {suite_name}`",
-        )
-    return payload["chosen"]
