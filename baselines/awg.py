@@ -75,6 +75,7 @@ class GateFunction(nn.Module):
 @register_pruner("awg")
 class AWGPruner(Pruner):
     comparable_scores = True  # learned under one global budget (or random): ranked as they are
+    gates_see_activation = True  # channel gates before a BN act on its affine output only (Pruner)
     Config = AWGConfig
     state_attrs = ("stats",)
 

@@ -62,6 +62,7 @@ class PaSConfig(PrunerConfig):
 @register_pruner("pas")
 class PaSPruner(Pruner):
     comparable_scores = True  # learned under one global budget (or random): ranked as they are
+    gates_see_activation = True  # channel gates before a BN act on its affine output only (Pruner)
     Config = PaSConfig
     state_attrs = ("unit_cost",)
 

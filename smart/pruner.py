@@ -82,6 +82,7 @@ def initial_scores(layers: list[PrunableLayer], pattern, use_activations: bool, 
 @register_pruner("smart")
 class SmartPruner(Pruner):
     comparable_scores = True  # learned under one global budget (or random): ranked as they are
+    gates_see_activation = True  # channel gates before a BN act on its affine output only (Pruner)
     Config = SmartConfig
     state_attrs = ("tau", "current_sparsity", "nonbinary", "thresholds", "temperature")
 

@@ -135,3 +135,38 @@ def test_calibration_statistics_and_positions():
     expected = by_name["6"].input_sq_mean.sqrt()
     torch.testing.assert_close(norms[0, :, 0, 0], expected[:8])
     torch.testing.assert_close(norms[15, :, 1, 1], expected[8:])
+
+
+def _gated_grad(affine_only: bool, scale_channel0: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, gradient of channel 0's gate) of conv -> BN -> relu -> conv with gate 0 on channel 0."""
+    from bench.core.sparsity import parse_pattern
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    with torch.no_grad():
+        model[0].weight[0] *= scale_channel0
+        model[1].bias.fill_(0.3)
+    x = torch.randn(8, 3, 9, 9)
+    masker = Masker(model, ["0"], parse_pattern("channel"), x)
+    gate = torch.tensor([0.0, 1.0, 1.0, 1.0], requires_grad=True)
+    masker.set_masks({"0": gate}, affine_only=affine_only)
+    out = model(x)
+    (out**2).sum().backward()
+    return out.detach(), gate.grad[0].clone()
+
+
+def test_off_gates_see_their_channel_activation_with_affine_only():
+    """PaS/AWG/SMART gates (Pruner.gates_see_activation): a gate at 0 before a BN gets gamma*x_hat + beta
+    as gradient -- it depends on its channel's conv weights -- instead of beta alone (weights zeroed);
+    the forward output is the same either way."""
+    out_a, grad_a = _gated_grad(True, 1.0)
+    out_b, grad_b = _gated_grad(True, -3.0)  # another filter for channel 0: another activation
+    out_s, grad_s = _gated_grad(False, 1.0)
+    out_t, grad_t = _gated_grad(False, -3.0)
+    assert torch.allclose(out_a, out_s, atol=1e-6) and torch.allclose(out_b, out_t, atol=1e-6)
+    assert torch.allclose(grad_s, grad_t)  # support-masked: the gate sees beta only, whatever the filter
+    assert not torch.allclose(grad_a, grad_b, atol=1e-3)  # affine-only: the gate sees its channel
+    from bench.runs.registry import load_pruners
+
+    learned = {name for name, cls in load_pruners().items() if cls.gates_see_activation}
+    assert learned == {"pas", "awg", "smart"}

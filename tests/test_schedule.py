@@ -105,3 +105,14 @@ def test_mmengine_restart_resolves():
     spec = RunSpec(task="scenes-seg-tiny", pruner="magnitude", pattern="channel", sparsity=0.5)
     run = resolve(dataclasses.replace(spec, budget={"finetune_schedule": "restart"}))
     assert run.task.budget.finetune_schedule == "restart"
+
+
+@pytest.mark.parametrize("schedule", ["shared", "restart"])
+def test_driver_lr_sum_is_the_sum_of_the_loops_lrs(schedule):
+    """What a pruner is told of its recipe (Progress.lr_sum) is what the loop sets, step by step."""
+    from bench.core.schedules import prune_lr_sum
+
+    budget = dataclasses.replace(
+        BUDGET, finetune_schedule=schedule, finetune_lr=0.05 if schedule == "restart" else None
+    )
+    assert prune_lr_sum(budget.prune_lr, 10, 20, schedule) == pytest.approx(sum(lrs(budget)[:10]))

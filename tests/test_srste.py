@@ -127,3 +127,23 @@ def test_only_nm_and_config_checked():
     with pytest.raises(ConfigError, match="lambda_w"):
         SRSTEConfig(lambda_w=-1.0)
     assert SRSTEPruner.straight_through and SRSTEConfig().lambda_w == 2e-4
+
+
+def test_lambda_scaled_to_the_recipe_and_capped():
+    """lambda * (our pruning stage's lr sum) = lambda_w * the reference recipe's lr sum (30030):
+    a pruned weight decays as much as in the reference's 120 epochs; capped for very short stages."""
+    from baselines.srste import REFERENCE_LR_SUM
+    from bench.core.pruner import Progress
+
+    pattern = parse_pattern("nm:2:4")
+    pruner = SRSTEPruner(SRSTEConfig(lambda_w=2e-4), pattern, 0.5)
+    pruner.on_step(Progress("prune", 0, 300, lr_sum=1.5))  # 300 steps, mean lr 0.005
+    assert pruner.lam == pytest.approx(2e-4 * REFERENCE_LR_SUM / 1.5) and pruner.lam * 1.5 == pytest.approx(6.006)
+    pruner.on_step(Progress("prune", 0, 10, lr_sum=0.1))  # 10 steps at lr 0.01: 0.25 * 10 / 0.1 = 25
+    assert pruner.lam == pytest.approx(25.0)
+    fixed = SRSTEPruner(SRSTEConfig(lambda_w=2e-4, lambda_scale="none"), pattern, 0.5)
+    fixed.on_step(Progress("prune", 0, 300, lr_sum=1.5))
+    assert fixed.lam == 2e-4
+    own_loop = SRSTEPruner(SRSTEConfig(lambda_w=2e-4), pattern, 0.5)
+    own_loop.on_step(Progress("prune", 0, 300))  # bench.api: the user's loop, no lr sum known
+    assert own_loop.lam == 2e-4

@@ -82,15 +82,31 @@ class UnitMask(nn.Module):
         return weight * mask
 
 
+# the smallest gate value the BN affine terms see during a learned-gate search (Masker.set_masks
+# with affine_only): an "off" gate multiplies its channel by this in the forward (negligible), and a
+# ReLU-family activation after the BN then passes the gate its channel's activation as gradient
+# (d relu(g z) / dg = relu(z) for any g > 0) instead of relu'(0) = 0
+SEARCH_GATE_FLOOR = 1e-6
+
+
 class ChannelMask(nn.Module):
-    """Parametrization of a 1-D per-channel tensor (bias, BN weight/bias)."""
+    """Parametrization of a 1-D per-channel tensor (bias, BN weight/bias).
+
+    ``floor`` > 0: the mask's forward value is at least ``floor`` while its gradient is the
+    mask's own (straight-through), see SEARCH_GATE_FLOOR."""
 
     def __init__(self):
         super().__init__()
         self.mask: Tensor | None = None
+        self.floor = 0.0
 
     def forward(self, value: Tensor) -> Tensor:
-        return value if self.mask is None else value * self.mask.to(value.dtype)
+        if self.mask is None:
+            return value
+        mask = self.mask.to(value.dtype)
+        if self.floor:
+            mask = mask + (self.floor - mask).clamp(min=0).detach()
+        return value * mask
 
 
 def _matches(name: str, patterns: list[str]) -> bool:
@@ -223,15 +239,26 @@ class Masker:
     def by_name(self) -> dict[str, PrunableLayer]:
         return {layer.name: layer for layer in self.layers}
 
-    def set_masks(self, unit_masks: dict[str, Tensor] | None, straight_through: bool = False) -> None:
-        """Install unit masks (soft or hard) for the next forward passes; None = dense."""
+    def set_masks(
+        self, unit_masks: dict[str, Tensor] | None, straight_through: bool = False, affine_only: bool = False
+    ) -> None:
+        """Install unit masks (soft or hard) for the next forward passes; None = dense.
+
+        ``affine_only`` (learned gates during search, ``Pruner.gates_see_activation``): output
+        channels feeding a BatchNorm are gated on the BN affine terms only (gate values floored at
+        SEARCH_GATE_FLOOR in the forward), their conv weights stay dense, so a gate at 0 still gets
+        its channel's post-activation output as gradient, as in PaS's reference code, which gates
+        the activation and keeps computing it. The forward output differs from the support-masked
+        one only by the floor (an all-zero channel normalises to 0 there)."""
         for layer in self.layers:
             unit_mask = None if unit_masks is None else unit_masks[layer.name].to(layer.weight.device)
             param = layer.module.parametrizations.weight[0]
-            param.set(unit_mask)
+            gated = affine_only and param.support_only  # a learned gate before a BN, during search
+            param.set(None if gated else unit_mask)
             param.straight_through = straight_through
             for owner, attr in self._channel_tensors(layer):
-                getattr(owner.parametrizations, attr)[0].mask = unit_mask
+                channel = getattr(owner.parametrizations, attr)[0]
+                channel.mask, channel.floor = unit_mask, SEARCH_GATE_FLOOR if gated else 0.0
 
     def audit(self, unit_masks: dict[str, Tensor], allocation=None) -> dict:
         """Per-layer and global sparsity of hard unit masks, plus the pattern validity check.

@@ -130,6 +130,9 @@ class Progress:
     step: int
     steps: int
     epoch: int = 0
+    # sum of the weights' lr over the pruning stage's steps (its recipe: peak lr, schedule, length),
+    # from the task's budget (bench.core.schedules.prune_lr_sum); None where the loop is the user's
+    lr_sum: float | None = None
 
     @property
     def fraction(self) -> float:
@@ -143,6 +146,11 @@ class Pruner:
     Config: ClassVar[type[PrunerConfig]] = PrunerConfig
     patterns: ClassVar[tuple[str, ...]] = ALL_PATTERNS
     straight_through: ClassVar[bool] = False  # gradients reach pruned weights (SR-STE)
+    # True for learned gates (PaS, AWG, SMART): during the pruning stage a channel gate of a layer
+    # feeding a BatchNorm scales only the BN affine output and the conv weights stay dense, so an
+    # "off" gate (0) still sees its channel's real activation gamma * x_hat + beta in its gradient
+    # (not beta alone) and can come back; the hard switch zeroes the weights as for every pruner
+    gates_see_activation: ClassVar[bool] = False
     control: ClassVar[bool] = False  # a control (random...), not a method: tables may set it apart
     # a control that keeps every unit (``nomask``: dense, trained on with the same recipe): its rows
     # are references -- tables give them no best/sparsity marks, the kit checks "everything kept"

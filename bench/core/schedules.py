@@ -14,6 +14,11 @@ Sparsity (the level a pruner prunes to now):
 
 Phases: ``PhasePlan`` (AC/DC's dense warm-up | C, D, C, ... | long D | final C), from ``phase_plan``.
 
+Learning rate of the pruning + fine-tuning stages (what both training loops set, and what a
+pruner may need to know of its recipe): ``cosine_lr``, ``stage_lr`` (Budget.finetune_schedule
+``shared``: one cosine over both stages; ``restart``: a cosine over pruning, then a fresh one from
+``finetune_lr``), ``prune_lr_sum`` (the sum of the weights' lr over the pruning stage's steps).
+
 Temperature (``at(anneal, anneal_steps, nonbinary)`` with anneal <= 0 during warm-up):
 
 * ``ExponentialTau(tau0, tau_min)``: tau(p) = tau0 * (tau_min / tau0) ** p.
@@ -181,3 +186,26 @@ class AdaptiveTau(Schedule):
 
     def load_state_dict(self, state: dict) -> None:
         self.tau = state["tau"]
+
+
+# -- learning rate of the pruning + fine-tuning stages -----------------------------------------
+def cosine_lr(base: float, step: int, total: int) -> float:
+    return 0.5 * base * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+
+
+def stage_lr(base: float, step: int, prune_steps: int, total: int, schedule: str, finetune_scale: float = 1.0) -> float:
+    """lr of a parameter group with peak ``base`` at ``step`` of the pruning + fine-tuning stages.
+
+    ``shared``: one cosine over ``total`` steps; ``restart``: a cosine over the ``prune_steps``,
+    then a cosine from ``base * finetune_scale`` (finetune_lr / prune_lr) over the rest."""
+    if schedule != "restart":
+        return cosine_lr(base, step, total)
+    if step < prune_steps:
+        return cosine_lr(base, step, prune_steps)
+    return cosine_lr(base * finetune_scale, step - prune_steps, total - prune_steps)
+
+
+def prune_lr_sum(prune_lr: float, prune_steps: int, total: int, schedule: str) -> float:
+    """Sum of the weights' lr over the pruning stage (e.g. the total decay lr * lambda a
+    weight-decay-like term applies in it)."""
+    return sum(stage_lr(prune_lr, t, prune_steps, total, schedule) for t in range(prune_steps))

@@ -313,7 +313,13 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
         calibration = task.calibration_batches()
         masker = Masker(model, names, pruner.pattern, task.masker_example(model, calibration))
         driver = StageDriver(
-            pruner, masker, b.prune_epochs, b.finetune_epochs, log, evaluate=lambda: task.evaluate_all(model, "test")
+            pruner,
+            masker,
+            b.prune_epochs,
+            b.finetune_epochs,
+            log,
+            evaluate=lambda: task.evaluate_all(model, "test"),
+            budget=b,
         )
         started = time.perf_counter()
         driver.setup(calibration, task.forward)

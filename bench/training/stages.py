@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from bench.core.masks import Masker, calibrate
 from bench.core.pruner import Progress, Pruner
+from bench.core.schedules import prune_lr_sum
 
 
 class StageDriver:
@@ -49,10 +50,13 @@ class StageDriver:
         finetune_epochs: int,
         log: Callable[[str], None] = print,
         evaluate: Callable[[], Any] | None = None,
+        budget=None,
     ):
         self.pruner, self.masker, self.log = pruner, masker, log
         self.prune_epochs, self.finetune_epochs = prune_epochs, finetune_epochs
+        self.budget = budget  # the task's Budget (its lr schedule); None: a user's own loop (bench.api)
         self.prune_steps = 0  # set by begin()
+        self.lr_sum: float | None = None  # set by begin() when the budget is known
         self.hard: dict[str, Tensor] | None = None
         self.pruning = True
         self.evaluate = evaluate  # called once, right after the hard switch (before fine-tuning)
@@ -74,6 +78,10 @@ class StageDriver:
     def begin(self, steps_per_epoch: int) -> None:
         """Called by the loop once it knows its epoch length (before the first step)."""
         self.prune_steps = self.prune_epochs * steps_per_epoch
+        b = self.budget
+        if b is not None:
+            total = self.epochs * steps_per_epoch
+            self.lr_sum = prune_lr_sum(b.prune_lr, self.prune_steps, total, b.finetune_schedule)
 
     # -- the loop's call points -------------------------------------------------------------------
     def start_epoch(self, epoch: int) -> None:
@@ -84,8 +92,12 @@ class StageDriver:
     def before_forward(self, step: int, epoch: int) -> None:
         """``step``: optimizer steps done since the pruning stage began."""
         if self.pruning:
-            self.pruner.on_step(Progress("prune", step, self.prune_steps, epoch))
-            self.masker.set_masks(self.pruner.masks(), straight_through=self.pruner.straight_through)
+            self.pruner.on_step(Progress("prune", step, self.prune_steps, epoch, self.lr_sum))
+            self.masker.set_masks(
+                self.pruner.masks(),
+                straight_through=self.pruner.straight_through,
+                affine_only=self.pruner.gates_see_activation,
+            )
 
     def penalty(self) -> Tensor | float:
         return self.pruner.penalty() if self.pruning else 0.0

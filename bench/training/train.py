@@ -9,7 +9,6 @@ atomically at every epoch end, so a killed run resumes exactly (data order depen
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 from bench.core.artifacts import atomic_save, load_or_discard
 from bench.core.device import autocast
 from bench.core.errors import ConfigError
+from bench.core.schedules import cosine_lr, stage_lr
 from bench.tasks.base import DenseModel, Task
 from bench.training.stages import StageDriver
 
@@ -37,10 +37,6 @@ def cpu_state(model: nn.Module) -> dict[str, Tensor]:
     """The model's state_dict with every tensor on the CPU (what caches and rows hold, so a
     checkpoint written on a GPU loads on a CPU-only machine)."""
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-
-
-def cosine_lr(base: float, step: int, total: int) -> float:
-    return 0.5 * base * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
 
 
 def make_optimizer(model: nn.Module, task: Task, lr: float, extra_groups: list[dict]) -> torch.optim.Optimizer:
@@ -67,17 +63,11 @@ def set_lr(optimizer: torch.optim.Optimizer, step: int, total: int) -> None:
 
 
 def set_stage_lr(optimizer: torch.optim.Optimizer, step: int, prune_steps: int, total: int, budget) -> None:
-    """The lr of the pruning + fine-tuning stages at ``step`` (Budget.finetune_schedule):
-    ``shared``: one cosine over both stages; ``restart``: a cosine over the pruning stage, then a
-    fresh cosine over fine-tuning from ``finetune_lr`` (every group scaled by finetune_lr / prune_lr)."""
-    if budget.finetune_schedule != "restart":
-        set_lr(optimizer, step, total)
-    elif step < prune_steps:
-        set_lr(optimizer, step, prune_steps)
-    else:
-        scale = (budget.finetune_lr or budget.prune_lr) / budget.prune_lr
-        for g in optimizer.param_groups:
-            g["lr"] = cosine_lr(g["base_lr"] * scale, step - prune_steps, total - prune_steps)
+    """The lr of the pruning + fine-tuning stages at ``step`` (Budget.finetune_schedule, see
+    bench.core.schedules.stage_lr): every group from its own peak ``base_lr``."""
+    scale = (budget.finetune_lr or budget.prune_lr) / budget.prune_lr
+    for g in optimizer.param_groups:
+        g["lr"] = stage_lr(g["base_lr"], step, prune_steps, total, budget.finetune_schedule, scale)
 
 
 def train_dense(task: Task, seed: int, path: Path, log: Callable[[str], None] = print) -> DenseModel:

@@ -225,7 +225,7 @@ def run_case(
     task, model, masker, pruner = fresh_setup(case, kill_at_epoch, allocation)
     log: list[str] = []
     b = task.budget
-    driver = StageDriver(pruner, masker, b.prune_epochs, b.finetune_epochs, log.append)
+    driver = StageDriver(pruner, masker, b.prune_epochs, b.finetune_epochs, log.append, budget=b)
     driver.setup(task.calibration_batches(), task.forward)
     hard = PruneTrainer(task, model, driver, KIT_SEED, checkpoint, log.append).run()
     return KitRun(case, task, model, masker, pruner, hard, log)
