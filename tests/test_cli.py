@@ -85,6 +85,16 @@ BAD_INPUTS = [
         ],
         "model: unknown timm model",
     ),
+    (
+        ["--task", "fmnist-tiny", "--pruner", "smart", "--pattern", "block:1x8", "--sparsity", "0.5"]
+        + ["--finetune-schedule", "cyclic"],
+        "budget.finetune_schedule: 'cyclic' is not one of shared, restart",
+    ),
+    (
+        ["--task", "fmnist-tiny", "--pruner", "smart", "--pattern", "block:1x8", "--sparsity", "0.5"]
+        + ["--finetune-lr", "0.1"],
+        "budget.finetune_lr: only with finetune_schedule: restart",
+    ),
 ]
 
 

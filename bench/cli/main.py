@@ -49,7 +49,12 @@ def cmd_run(args) -> int:
         raise ConfigError("--keep-floor", "needs --allocation uniform|global")
     budget = {
         k: v
-        for k, v in (("prune_epochs", args.prune_epochs), ("finetune_epochs", args.finetune_epochs))
+        for k, v in (
+            ("prune_epochs", args.prune_epochs),
+            ("finetune_epochs", args.finetune_epochs),
+            ("finetune_schedule", args.finetune_schedule),
+            ("finetune_lr", args.finetune_lr),
+        )
         if v is not None
     }
     spec = RunSpec(
@@ -121,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--prune-epochs", type=int, default=None)
     run.add_argument("--finetune-epochs", type=int, default=None)
+    run.add_argument(
+        "--finetune-schedule",
+        default=None,
+        help="shared (one cosine over pruning + fine-tuning; default) | restart (a fresh cosine for fine-tuning)",
+    )
+    run.add_argument("--finetune-lr", type=float, default=None, help="with --finetune-schedule restart: its peak lr")
     run.add_argument("--wandb-project", default=None)
     run.add_argument("--json", action="store_true", help="emit the row as one JSON object on stdout")
     run.set_defaults(func=cmd_run)
