@@ -238,6 +238,32 @@ def cmd_tune(args) -> int:
     )
 
 
+def cmd_columns(args) -> int:
+    from bench.core.errors import ConfigError
+    from bench.core.paths import RunPaths
+    from bench.runs.record import ResultStore
+    from bench.suites.columns import choose_columns, column_suite, report
+    from bench.suites.suite import load_suite
+    from bench.suites.suite_run import run_suite
+
+    try:
+        candidates = tuple(float(v) for v in args.candidates.split(","))
+    except ValueError:
+        raise ConfigError("--candidates", f"expected comma-separated sparsities, got {args.candidates!r}") from None
+    if not 0 <= args.low < args.high:
+        raise ConfigError("--low", f"need 0 <= --low < --high, got {args.low} and {args.high}")
+    columns = column_suite(load_suite(args.name, tuned=False), candidates, args.device)
+    paths = RunPaths.from_env()
+    if not args.report_only:
+        code = run_suite(columns, workers=args.workers, progress=not args.no_progress, paths=paths)
+        if code:
+            return code
+    store = ResultStore(paths.store)
+    rows = {cell.run_id: store.get(cell.run_id) for cell in columns.cells}
+    print(report(choose_columns(columns.cells, rows, args.low, args.high), args.low, args.high))
+    return 0
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     suite = sub.add_parser("suite", help="leaderboard suites: plan, status, run")
     actions = suite.add_subparsers(dest="suite_command", required=True)
@@ -286,6 +312,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device_arguments(tune)
     tune.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
     tune.set_defaults(func=cmd_tune)
+
+    columns = actions.add_parser(
+        "columns",
+        help="the protocol's column rule: sparsities where uniform magnitude loses LOW-HIGH val points vs nomask",
+    )
+    columns.add_argument("name", help=name_help)
+    columns.add_argument(
+        "--candidates", default="0.5,0.7,0.8,0.9,0.95,0.98", help="comma-separated candidate sparsities"
+    )
+    columns.add_argument("--low", type=float, default=1.0, help="smallest val gap (points) a column must show")
+    columns.add_argument("--high", type=float, default=15.0, help="largest val gap (points) a column may show")
+    columns.add_argument("--workers", type=int, default=1)
+    columns.add_argument("--report-only", action="store_true", help="report from the store; run nothing")
+    add_device_arguments(columns)
+    columns.add_argument("--no-progress", action="store_true")
+    columns.set_defaults(func=cmd_columns)
 
     table = sub.add_parser("table", help="paper-style result table (and plots) of a suite")
     table.add_argument("name", help=name_help)

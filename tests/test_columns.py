@@ -1,0 +1,62 @@
+"""The protocol's column rule (bench.suites.columns): sparsities where uniform magnitude loses 1-15
+val points against the no-mask control, plus 50%."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from bench.core.errors import ConfigError
+from bench.suites.columns import choose_columns, column_suite, report
+from bench.suites.suite import load_suite
+
+
+def cell(pattern, sparsity, label, run_id):
+    return SimpleNamespace(
+        run_id=run_id, label=label, spec=SimpleNamespace(task="t", pattern=pattern, sparsity=sparsity)
+    )
+
+
+def test_choose_columns_keeps_the_gaps_inside_the_band_and_half():
+    cells = [cell("channel", 0.5, "nomask", "n")] + [
+        cell("channel", s, "magnitude-uniform", f"m{s}") for s in (0.5, 0.7, 0.8, 0.9, 0.95)
+    ]
+    val = {"n": 80.0, "m0.5": 79.8, "m0.7": 78.5, "m0.8": 70.0, "m0.9": 60.0, "m0.95": 40.0}
+    rows = {k: {"val_metric": v} for k, v in val.items()}
+    (choice,) = choose_columns(cells, rows)
+    assert choice["gaps"][0.8] == pytest.approx(10.0)
+    assert choice["chosen"] == [0.5, 0.7, 0.8]  # gaps 0.2 (always), 1.5, 10; not 20 or 40
+    assert "sparsities: [0.5, 0.7, 0.8]" in report([choice], 1.0, 15.0)
+    (missing,) = choose_columns(cells, {k: v for k, v in rows.items() if k != "m0.7"})
+    assert missing["gaps"][0.7] is None and 0.7 not in missing["chosen"]
+
+
+def test_column_suite_runs_uniform_magnitude_and_one_control(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "tasks": ["fmnist-tiny"],
+                "pruners": ["smart"],
+                "patterns": ["block:1x8", "nm:2:4"],
+                "sparsities": [0.5],
+                "seeds": [0, 1],
+                "budget": {"prune_epochs": 1, "finetune_epochs": 1},
+            }
+        )
+    )
+    suite = column_suite(load_suite(str(path)), (0.7, 0.9))
+    assert suite.name == "s-columns"
+    got = sorted((c.label, c.spec.pattern, c.spec.sparsity, c.spec.seed) for c in suite.cells)
+    assert got == [
+        ("magnitude-uniform", "block:1x8", 0.5, 0),
+        ("magnitude-uniform", "block:1x8", 0.7, 0),
+        ("magnitude-uniform", "block:1x8", 0.9, 0),
+        ("nomask", "block:1x8", 0.5, 0),
+    ]  # N:M columns are fixed by their pattern, not chosen
+    assert all(c.spec.allocation == {"policy": "uniform", "floor": 0.0} for c in suite.cells)
+    assert all(c.spec.budget == {"prune_epochs": 1, "finetune_epochs": 1} for c in suite.cells)
+    with pytest.raises(ConfigError, match="--candidates"):
+        column_suite(load_suite(str(path)), (1.5,))
