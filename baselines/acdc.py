@@ -55,7 +55,10 @@ class ACDCConfig(PrunerConfig):
     momentum_reset: str = "all"  # at each D start: all | pruned_layers | none
     regrow: str = "silent"  # channel pattern, D start: silent (fresh filter, BN gamma=beta=0) | zero (v1)
     regrow_scale: float = 0.1  # silent: std of the fresh filter, in units of the kept filters' std
-    search_space: ClassVar[dict[str, tuple]] = {"phase_fraction": (0.03, 0.05, 0.1), "regrow_scale": (0.03, 0.1, 0.3)}
+    # shortest alternating C/D phase in steps: a short stage gets fewer, longer phases instead of
+    # phases of a few steps (phase_fraction 0.05 of a 62-step stage is 3 steps: nothing regrows)
+    min_phase_steps: int = 1
+    search_space: ClassVar[dict[str, tuple]] = {"phase_fraction": (0.03, 0.05, 0.1), "min_phase_steps": (1, 10, 20)}
 
     def __post_init__(self):
         super().__post_init__()
@@ -66,6 +69,7 @@ class ACDCConfig(PrunerConfig):
         check_choice(self, "momentum_reset", ("all", "pruned_layers", "none"))
         check_choice(self, "regrow", ("silent", "zero"))
         check_range(self, "regrow_scale", 0.0, 10.0, low_open=True)
+        check_range(self, "min_phase_steps", 1, 1_000_000)
         used = self.warmup_fraction + self.long_decompressed_fraction + self.final_compressed_fraction
         if used > 1.0 + 1e-9:
             raise ConfigError(
@@ -88,6 +92,7 @@ class ACDCPruner(HardMaskPruner):
             config.phase_fraction,
             config.long_decompressed_fraction,
             config.final_compressed_fraction,
+            config.min_phase_steps,
         )
         self.phase = DENSE  # kind of the current step
         self.step, self.steps = 0, 1

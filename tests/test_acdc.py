@@ -210,3 +210,23 @@ def test_regrown_channels_reenter_silently_under_batchnorm(regrow):
         assert max(ratios) <= 10  # no gamma/sqrt(eps) amplification of the re-grown filters
     else:  # v1, kept as an option for comparison: the defect (here ~550x on the 2nd conv)
         assert max(ratios) > 100
+
+
+def test_min_phase_gives_short_stages_fewer_longer_phases():
+    plan = phase_plan(64, min_phase=10)
+    assert plan == [
+        (0, 6, DENSE),
+        (6, 20, COMPRESSED),
+        (20, 34, DECOMPRESSED),
+        (34, 48, COMPRESSED),
+        (48, 54, DECOMPRESSED),
+        (54, 64, COMPRESSED),
+    ]
+    assert phase_plan(64, min_phase=1) == phase_plan(64)  # the reference plan
+    assert phase_plan(100, min_phase=5) == phase_plan(100)  # long enough already: unchanged
+    for total in (7, 31, 93, 250):  # still contiguous, alternating, ends compressed
+        plan = phase_plan(total, min_phase=20)
+        assert plan[-1][1] == total and plan[-1][2] == COMPRESSED
+        assert all(a[1] == b[0] and a[2] != b[2] for a, b in zip(plan, plan[1:]))
+    with pytest.raises(ConfigError, match="min_phase_steps"):
+        ACDCConfig(min_phase_steps=0)

@@ -252,7 +252,7 @@ def cmd_columns(args) -> int:
         raise ConfigError("--candidates", f"expected comma-separated sparsities, got {args.candidates!r}") from None
     if not 0 <= args.low < args.high:
         raise ConfigError("--low", f"need 0 <= --low < --high, got {args.low} and {args.high}")
-    columns = column_suite(load_suite(args.name, tuned=False), candidates, args.device)
+    columns = select_cells(column_suite(load_suite(args.name, tuned=False), candidates, args.device), args.only)
     paths = RunPaths.from_env()
     if not args.report_only:
         code = run_suite(columns, workers=args.workers, progress=not args.no_progress, paths=paths)
@@ -323,6 +323,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     columns.add_argument("--low", type=float, default=1.0, help="smallest val gap (points) a column must show")
     columns.add_argument("--high", type=float, default=15.0, help="largest val gap (points) a column may show")
+    columns.add_argument("--only", action="append", metavar="KEY=V1[,V2]", help="e.g. --only task=fmnist-resnet")
     columns.add_argument("--workers", type=int, default=1)
     columns.add_argument("--report-only", action="store_true", help="report from the store; run nothing")
     add_device_arguments(columns)

@@ -98,12 +98,14 @@ def phase_plan(
     phase: float = 0.05,
     long_decompressed: float = 0.10,
     final_compressed: float = 0.15,
+    min_phase: int = 1,
 ) -> list[tuple[int, int, str]]:
     """Phases [(start, end, kind)] covering range(total) (epochs or steps); the last one is compressed.
 
-    dense [0, W) | C, D, C, ..., C alternating (odd count, about ``phase * total`` each, boundaries
-    spread evenly) | long D | final C of ``max(1, final_compressed * total)``.  Adjacent phases of
-    the same kind are merged (a zero-length long D phase, tiny budgets).
+    dense [0, W) | C, D, C, ..., C alternating (odd count, about ``phase * total`` each but at
+    least ``min_phase`` long where the region allows, boundaries spread evenly) | long D | final C
+    of ``max(1, final_compressed * total)``.  Adjacent phases of the same kind are merged (a
+    zero-length long D phase, tiny budgets).
     """
     if total < 1:
         raise ValueError(f"phase_plan needs total >= 1, got {total}")
@@ -112,7 +114,9 @@ def phase_plan(
     long_start = max(0, final_start - _round(long_decompressed * total))
     warm_end = min(long_start, _round(warmup * total))
     region = long_start - warm_end
-    count = min(region, max(1, _round(region / max(1, _round(phase * total))))) if region > 0 else 0
+    length = max(min_phase, _round(phase * total), 1)
+    count = min(region, max(1, _round(region / length))) if region > 0 else 0
+    count = min(count, max(1, region // max(1, min_phase)))
     if count and count % 2 == 0:
         count -= 1  # the alternating block starts and ends on C
     phases = [(0, warm_end, DENSE)]
@@ -133,8 +137,10 @@ def phase_plan(
 class PhasePlan(Schedule):
     """``phase_plan`` with these fractions, for the stage's step count (computed once per count)."""
 
-    def __init__(self, warmup: float, phase: float, long_decompressed: float, final_compressed: float):
-        self.fractions = (warmup, phase, long_decompressed, final_compressed)
+    def __init__(
+        self, warmup: float, phase: float, long_decompressed: float, final_compressed: float, min_phase: int = 1
+    ):
+        self.fractions = (warmup, phase, long_decompressed, final_compressed, min_phase)
         self.plan: list[tuple[int, int, str]] = []
 
     def plan_for(self, steps: int) -> list[tuple[int, int, str]]:
