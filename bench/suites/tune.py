@@ -148,14 +148,15 @@ def trial_suite(suite, settings: TuneSettings, device: str = "auto", amp: bool =
         for family, usable in per_family.items():
             trials = trials_of(suite.name, entry, family, settings)
             for task, pattern, sparsity, block in usable if settings.columns else usable[:1]:
-                budget = block.budget
-                if budget.get("finetune_schedule") != "restart" or budget.get("finetune_epochs", 1) < 1:
+                budget, defaults = block.budget, get_task(task, block.model, block.data).budget
+                finetune_epochs = budget.get("finetune_epochs", defaults.finetune_epochs)
+                if budget.get("finetune_schedule") != "restart" or finetune_epochs < 1:
                     raise ConfigError(
                         f"{block.where}.budget",
                         f"tuning column {task} {pattern} {sparsity:g}: the retraining lr multiplier needs "
                         "finetune_schedule: restart and finetune_epochs >= 1",
                     )
-                prune_lr = get_task(task, block.model, block.data).budget.prune_lr
+                prune_lr = defaults.prune_lr
                 for trial in trials:
                     by_label[trial.cell_label] = trial
                     blocks.append(
