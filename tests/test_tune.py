@@ -163,3 +163,24 @@ def test_tune_end_to_end_then_the_suite_runs_tuned(tmp_path, runs_dir):
     with pytest.raises(ConfigError, match="gmp on classification") as err:
         run_suite(expand(load_suite(str(grown))), progress=False, store=store)
     assert err.value.field == "suite.tune.file"
+
+
+def test_a_label_added_to_a_column_by_another_block_is_tuned(tmp_path):
+    """An ablation block (its own labels at a column of another block) gets its trials too."""
+    path = write_suite(
+        tmp_path,
+        cells=[
+            {"patterns": ["block:1x8"], "sparsities": [0.5]},
+            {
+                "patterns": ["block:1x8"],
+                "sparsities": [0.5],
+                "pruners": [{"name": "smart", "as": "smart-ramp", "options": {"ramp_steps": 4}}],
+            },
+        ],
+    )
+    suite = expand(load_suite(str(path), tuned=False))
+    trials, by_label = trial_suite(suite, suite.tune)
+    labels = sorted({t.label for t in by_label.values()})
+    assert labels == ["magnitude", "random", "smart-ramp"]
+    assert all(c.spec.pruner_options["ramp_steps"] == 4 for c in trials.cells if c.label.startswith("smart-ramp"))
+    assert len(trials.cells) == 12

@@ -9,7 +9,7 @@ data; the test split is never read), seed ``tune.seed``. The suite file declares
       file: quick.tuned.json           # where the chosen configs go; relative to the suite file
       lr_multipliers: [0.25, 0.5, 1, 2]   # the retraining lr: finetune_lr = m x the task's prune_lr
       seed: 0
-      columns:                         # optional; default: the first column of each family
+      columns:                         # optional; default: per family, the first column a pruner runs
         - {task: fmnist-tiny, pattern: block:1x8, sparsity: 0.9}
 
 A trial's space is the pruner's ``Config.search_space`` (its key knobs, declared next to its
@@ -99,17 +99,18 @@ def trials_of(suite_name: str, entry, family: str, settings: TuneSettings) -> li
 
 
 def suite_columns(suite, settings: TuneSettings) -> list[tuple[str, str, float, Any]]:
-    """(task, pattern, sparsity, block) of the columns trials may use: the declared ones (each must
-    be a column of the suite), else every column of the suite, in suite order."""
-    found: dict[tuple[str, str, float], Any] = {}
+    """(task, pattern, sparsity, block) of the columns trials may use -- the declared ones (each must
+    be a column of the suite), else every column of the suite -- once per block that has the column
+    (an ablation block may add labels to a column of another block), in suite order."""
+    found: dict[tuple[str, str, float], list] = {}
     for block in suite.blocks:
         for task in block.tasks:
             for text in block.patterns:
                 pattern = parse_pattern(text)
                 for s in [pattern.fixed_sparsity] if pattern.fixed_sparsity is not None else block.sparsities:
-                    found.setdefault((task, str(pattern), round(float(s), 10)), block)
+                    found.setdefault((task, str(pattern), round(float(s), 10)), []).append(block)
     if not settings.columns:
-        return [(*column, block) for column, block in found.items()]
+        return [(*column, block) for column, blocks in found.items() for block in blocks]
     out = []
     for i, column in enumerate(settings.columns):
         if column not in found:
@@ -118,7 +119,7 @@ def suite_columns(suite, settings: TuneSettings) -> list[tuple[str, str, float, 
                 f"{column[0]} {column[1]} {column[2]:g} is not a column of the suite; allowed: "
                 + ", ".join(f"{t} {p} {s:g}" for t, p, s in found),
             )
-        out.append((*column, found[column]))
+        out.extend((*column, block) for block in found[column])
     return out
 
 
