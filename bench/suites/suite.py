@@ -143,7 +143,7 @@ class Suite:
     wandb_project: str | None = None
     cells: list[Cell] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # notes for cells a pruner cannot run
-    tune: Any = None  # bench.suites.tune.TuneSettings from the `tune:` key, or None
+    tune: Any = None  # bench.suites.tuned.TuneSettings from the `tune:` key, or None
     tuned: dict | None = None  # its file's chosen configs {label: {family: chosen}}; None: not tuned yet
     untuned: list[str] = field(default_factory=list)  # "label on family" of cells the tuned file lacks
 
@@ -327,7 +327,7 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
     unavailable: set[str] = set()  # registered tasks whose optional packages are missing here
     steps_cache: dict[str, int | None] = {}
     suite.cells, suite.skipped, untuned = [], [], set()
-    prune_lrs: dict[tuple, float] = {}
+    defaults: dict[tuple, Any] = {}  # the task's own Budget per (task, model, data)
     for block in suite.blocks:  # names first: a typo fails before any model is built
         for t, task in enumerate(block.tasks):
             if task not in tasks and suite.requires_tasks_present:
@@ -355,11 +355,12 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
                                 untuned.add(f"{entry.label} on {tasks[task].family}")
                             else:
                                 options.update(chosen["options"])
-                                if budget.get("finetune_schedule") == "restart" and budget.get("finetune_epochs", 1):
-                                    key = (task, block.model, block.data)
-                                    if key not in prune_lrs:
-                                        prune_lrs[key] = get_task(*key).budget.prune_lr
-                                    budget["finetune_lr"] = round(chosen["lr_multiplier"] * prune_lrs[key], 10)
+                                key = (task, block.model, block.data)
+                                if key not in defaults:
+                                    defaults[key] = get_task(*key).budget
+                                finetunes = budget.get("finetune_epochs", defaults[key].finetune_epochs) >= 1
+                                if budget.get("finetune_schedule") == "restart" and finetunes:
+                                    budget["finetune_lr"] = round(chosen["lr_multiplier"] * defaults[key].prune_lr, 10)
                         for seed in block.seeds:
                             spec = RunSpec(
                                 task=task,
