@@ -136,16 +136,19 @@ def global_topk(scores: dict[str, Tensor], keep: int, minimum: dict[str, int] | 
     """Keep the ``keep`` highest scores across all layers, at least ``minimum[name]`` (default 1)
     in every layer: each layer's own best ``minimum`` first, then the rest by one global ranking."""
     names = list(scores)
-    flat = [scores[name].detach().reshape(-1).to(torch.float64).cpu() for name in names]
+    device = scores[names[0]].device  # ranked where the scores live (no host round trip on a GPU)
+    flat = [scores[name].detach().reshape(-1).to(device, torch.float64) for name in names]
     floors = [1 if minimum is None else minimum[name] for name in names]
     if keep < sum(floors):
         raise ValueError(f"cannot keep {keep} units over {len(names)} layers (need >= {sum(floors)} for the floors)")
-    offsets = torch.tensor([0] + [f.numel() for f in flat]).cumsum(0)
+    offsets = [0]
+    for f in flat:
+        offsets.append(offsets[-1] + f.numel())
     everything = torch.cat(flat)
-    chosen = torch.zeros(everything.numel(), dtype=torch.bool)
+    chosen = torch.zeros(everything.numel(), dtype=torch.bool, device=device)
     for i, f in enumerate(flat):  # guarantee each layer's floor (one unit without an allocation)
         if floors[i] == 1:
-            chosen[offsets[i] + int(torch.argmax(f))] = True
+            chosen[offsets[i] + torch.argmax(f)] = True
         else:
             chosen[offsets[i] + torch.argsort(f, descending=True, stable=True)[: floors[i]]] = True
     rest = everything.masked_fill(chosen, float("-inf"))
