@@ -380,3 +380,20 @@ def test_pareto_and_allocation_figures(store, tmp_path):
     assert "synthetic-fmnist-resnet-pareto-flops.png" in names
     assert "synthetic-fmnist-resnet-channel-0.5-allocation.png" in names
     assert sum(n.endswith("-allocation.png") for n in names) == 3  # one per column
+
+
+def test_rows_follow_the_suites_pruner_order(store):
+    """A label whose first cell comes late (srste: N:M columns only) still sits where the suite lists it."""
+    from types import SimpleNamespace
+
+    from bench.suites.suite import PrunerEntry
+
+    suite = make_suite()
+    order = [
+        PrunerEntry("magnitude", "magnitude"),
+        PrunerEntry("smart", "smart_adaptive"),
+        PrunerEntry("smart", "smart"),
+    ]
+    suite.blocks = [SimpleNamespace(pruners=order)]
+    table = build_table(rows_from_store(suite, store), suite)
+    assert table.labels == ["dense", "magnitude", "smart_adaptive", "smart"]

@@ -451,6 +451,8 @@ def build_table(frame: pd.DataFrame, suite=None) -> Table:
     columns = sorted(
         dict.fromkeys(c for c in order if c in present), key=lambda c: (task_rank[c[0]], pattern_rank[c[1]], c[2])
     )
-    labels = list(dict.fromkeys(([c.label for c in suite.cells] if suite is not None else []) + list(frame["label"])))
+    declared = [e.label for b in getattr(suite, "blocks", []) for e in b.pruners] if suite is not None else []
+    cells = [c.label for c in suite.cells] if suite is not None else []
+    labels = list(dict.fromkeys(declared + cells + list(frame["label"])))  # the suite's pruner order
     labels = ["dense"] + [label for label in labels if label in set(stats["label"])]
     return Table(suite.name if suite is not None else "results", stats, columns, labels)
