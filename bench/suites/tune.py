@@ -2,7 +2,7 @@
 
 Every pruner entry of a suite, controls included, gets the same number of trials on one
 representative column per task family, scored on the validation split (carved from the training
-data; the test split is never read), seed ``tune.seed``. The suite file declares it::
+data; each trial row also holds its test metric, as every row does, but the choice never reads it), seed ``tune.seed``. The suite file declares it::
 
     tune:
       trials: 4                        # per (pruner entry, family); >= 4
