@@ -184,3 +184,20 @@ def test_a_label_added_to_a_column_by_another_block_is_tuned(tmp_path):
     assert labels == ["magnitude", "random", "smart-ramp"]
     assert all(c.spec.pruner_options["ramp_steps"] == 4 for c in trials.cells if c.label.startswith("smart-ramp"))
     assert len(trials.cells) == 12
+
+
+def test_each_family_has_its_own_trials(tmp_path):
+    """One label is tuned once per family: the trial cells of two families never share a label."""
+    path = write_suite(
+        tmp_path,
+        cells=[
+            {"tasks": ["fmnist-tiny"], "patterns": ["block:1x8"], "sparsities": [0.5]},
+            {"tasks": ["fmnist-vit-tiny"], "patterns": ["nm:2:4"]},
+        ],
+    )
+    suite = expand(load_suite(str(path), tuned=False))
+    trials, by_label = trial_suite(suite, suite.tune)
+    assert len(trials.cells) == len(by_label) == 16  # 2 labels x 2 families x 4 trials
+    for cell in trials.cells:
+        family = by_label[cell.label].family
+        assert family == {"fmnist-tiny": "classification", "fmnist-vit-tiny": "vit"}[cell.spec.task]

@@ -53,8 +53,8 @@ class Trial:
     lr_multiplier: float
 
     @property
-    def cell_label(self) -> str:
-        return f"{self.label}#t{self.index}"
+    def cell_label(self) -> str:  # unique over the trial suite: one label is tuned once per family
+        return f"{self.label}#{self.family}#t{self.index}"
 
 
 def space_of(entry, settings: TuneSettings) -> list[tuple[dict[str, Any], float]]:
