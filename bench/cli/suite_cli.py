@@ -259,7 +259,7 @@ def cmd_columns(args) -> int:
         if code:
             return code
     store = ResultStore(paths.store)
-    rows = {cell.run_id: store.get(cell.run_id) for cell in columns.cells}
+    rows = store.get_many(cell.run_id for cell in columns.cells)
     print(report(choose_columns(columns.cells, rows, args.low, args.high), args.low, args.high))
     return 0
 

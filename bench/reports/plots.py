@@ -101,6 +101,17 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
+def _points(ax, part: pd.DataFrame, x: str) -> pd.DataFrame:
+    """Every (label, column) of ``part`` as one point: mean ``x``, mean metric, std error bar."""
+    points = (
+        part.groupby(KEYS, sort=False).agg(x=(x, "mean"), y=("metric", "mean"), yerr=("metric", "std")).reset_index()
+    )
+    for label, group in points.groupby("label", sort=False):
+        kw = style(label) | {"linestyle": ""}
+        ax.errorbar(group["x"], group["y"], yerr=group["yerr"].fillna(0), capsize=3, label=label, **kw)
+    return points
+
+
 def pareto(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
@@ -110,15 +121,8 @@ def pareto(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
     rows["flops_kept"] = rows["flops_masked"] / rows["flops_dense"]
     written = []
     for task, part in rows.groupby("task", sort=False):
-        points = (
-            part.groupby(KEYS, sort=False)
-            .agg(x=("flops_kept", "mean"), y=("metric", "mean"), yerr=("metric", "std"))
-            .reset_index()
-        )
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for label, group in points.groupby("label", sort=False):
-            kw = style(label) | {"linestyle": ""}
-            ax.errorbar(group["x"], group["y"], yerr=group["yerr"].fillna(0), capsize=3, label=label, **kw)
+        points = _points(ax, part, "flops_kept")
         front = pareto_front(list(zip(points["x"], points["y"], strict=True)))
         ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linewidth=0.8, label="front")
         dense = part.drop_duplicates("seed")["dense_metric"].mean()
@@ -163,15 +167,8 @@ def speed(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
         if field not in frame or frame[field].isna().all():
             continue
         for task, part in frame.dropna(subset=[field]).groupby("task", sort=False):
-            points = (
-                part.groupby(KEYS, sort=False)
-                .agg(x=(field, "mean"), y=("metric", "mean"), yerr=("metric", "std"))
-                .reset_index()
-            )
             fig, ax = plt.subplots(figsize=(5, 3.5))
-            for label, group in points.groupby("label", sort=False):
-                kw = style(label) | {"linestyle": ""}
-                ax.errorbar(group["x"], group["y"], yerr=group["yerr"].fillna(0), capsize=3, label=label, **kw)
+            _points(ax, part, field)
             metric = part["metric_name"].iloc[0]
             ax.set(xlabel=field, ylabel=metric, title=f"{task}: {metric} vs {field}")
             ax.legend(fontsize=7)

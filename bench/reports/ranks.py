@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bench.reports.tables import ALPHA, LOWER_IS_BETTER, _by_seed, _keeps_all, paired_p
+from bench.reports.tables import ALPHA, LOWER_IS_BETTER, _by_seed, paired_p, reference_labels
 
 BOOTSTRAP = 2000
 COLUMN = ["task", "pattern", "sparsity"]
@@ -25,8 +25,7 @@ COLUMN = ["task", "pattern", "sparsity"]
 
 def competing(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of pruners that compete (reference controls that keep every unit left out)."""
-    keep = {label for label, pruner in frame[["label", "pruner"]].drop_duplicates().values if not _keeps_all(pruner)}
-    return frame[frame["label"].isin(keep)]
+    return frame[~frame["label"].isin(reference_labels(frame))]
 
 
 def column_ranks(frame: pd.DataFrame) -> pd.DataFrame:

@@ -192,7 +192,7 @@ def summarize(frame: pd.DataFrame, suite=None) -> pd.DataFrame:
         achieved_sparsity=("achieved_sparsity", "mean"),
         collapsed=("collapsed", lambda flags: int(sum(bool(f) for f in flags if f is not None and f == f))),
     ).reset_index()
-    references = {label for label, pruner in frame[["label", "pruner"]].drop_duplicates().values if _keeps_all(pruner)}
+    references = reference_labels(frame)
     stats["reference"] = stats["label"].isin(references)  # nomask: a reference row like dense
     planned = _planned_seeds(suite, frame)
     stats["expected_n"] = [planned.get(tuple(k), n) for k, n in zip(stats[KEYS].itertuples(index=False), stats["n"])]
@@ -221,6 +221,11 @@ def summarize(frame: pd.DataFrame, suite=None) -> pd.DataFrame:
                 stats.loc[index, "within_noise"] = True
     dense = _dense_rows(frame, stats)
     return pd.concat([dense, stats], ignore_index=True)
+
+
+def reference_labels(frame: pd.DataFrame) -> set[str]:
+    """Labels of reference controls that keep every unit (``nomask``): they do not compete."""
+    return {label for label, pruner in frame[["label", "pruner"]].drop_duplicates().values if _keeps_all(pruner)}
 
 
 def _keeps_all(pruner: str) -> bool:

@@ -82,6 +82,11 @@ class ResultStore:
     def get(self, run_id: str) -> dict[str, Any] | None:
         return next((r for r in self.rows() if r["run_id"] == run_id), None)
 
+    def get_many(self, run_ids) -> dict[str, dict[str, Any]]:
+        """{run_id: row} for the stored ones among ``run_ids``, in one read of the file."""
+        wanted = set(run_ids)
+        return {r["run_id"]: r for r in self.rows() if r["run_id"] in wanted}
+
     def count(self, run_id: str) -> int:
         if not self.path.exists():
             return 0

@@ -58,7 +58,7 @@ from bench.core.select import Allocation
 from bench.core.sparsity import parse_pattern, resolve_sparsity
 from bench.runs.record import ResultStore
 from bench.runs.run import RunSpec, check_budget_overrides, dense_key, resolve, run_identity, short_hash
-from bench.suites.tuned import parse_settings, read_tuned
+from bench.suites.tuned import parse_settings, read_tuned, tunes_retraining_lr
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "configs" / "suites"  # package data
 BLOCK_FIELDS = (
@@ -358,8 +358,7 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
                                 key = (task, block.model, block.data)
                                 if key not in defaults:
                                     defaults[key] = get_task(*key).budget
-                                finetunes = budget.get("finetune_epochs", defaults[key].finetune_epochs) >= 1
-                                if budget.get("finetune_schedule") == "restart" and finetunes:
+                                if tunes_retraining_lr(budget, defaults[key]):
                                     budget["finetune_lr"] = round(chosen["lr_multiplier"] * defaults[key].prune_lr, 10)
                         for seed in block.seeds:
                             spec = RunSpec(

@@ -40,7 +40,7 @@ from typing import Any
 
 from bench.core.errors import ConfigError
 from bench.core.sparsity import parse_pattern
-from bench.suites.tuned import FILE_VERSION, TuneSettings
+from bench.suites.tuned import FILE_VERSION, TuneSettings, tunes_retraining_lr
 
 
 # -- the trials ------------------------------------------------------------------------------
@@ -138,7 +138,7 @@ def trial_suite(suite, settings: TuneSettings, device: str = "auto", amp: bool =
     tasks = load_tasks()
     columns = suite_columns(suite, settings)
     entries = {e.label: e for b in suite.blocks for e in b.pruners}
-    blocks, by_label = [], {}
+    blocks, by_label, task_budgets = [], {}, {}
     for label, entry in entries.items():
         kinds = get_pruner_class(entry.name).patterns
         per_family: dict[str, list] = {}
@@ -149,9 +149,11 @@ def trial_suite(suite, settings: TuneSettings, device: str = "auto", amp: bool =
         for family, usable in per_family.items():
             trials = trials_of(suite.name, entry, family, settings)
             for task, pattern, sparsity, block in usable if settings.columns else usable[:1]:
-                budget, defaults = block.budget, get_task(task, block.model, block.data).budget
-                finetune_epochs = budget.get("finetune_epochs", defaults.finetune_epochs)
-                if budget.get("finetune_schedule") != "restart" or finetune_epochs < 1:
+                key = (task, block.model, block.data)
+                if key not in task_budgets:  # the task's own Budget, built once per (task, model, data)
+                    task_budgets[key] = get_task(*key).budget
+                budget, defaults = block.budget, task_budgets[key]
+                if not tunes_retraining_lr(budget, defaults):
                     raise ConfigError(
                         f"{block.where}.budget",
                         f"tuning column {task} {pattern} {sparsity:g}: the retraining lr multiplier needs "
@@ -254,7 +256,7 @@ def run_tune(
     if code:
         log(f"tune {suite.name}: some trials failed; the file is not written (rerun to retry them)")
         return code
-    rows = {cell.run_id: store.get(cell.run_id) for cell in trials.cells}
+    rows = store.get_many(cell.run_id for cell in trials.cells)
     chosen, records = choose(trials.cells, by_label, rows)
     payload = {
         "version": FILE_VERSION,

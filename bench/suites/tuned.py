@@ -86,6 +86,13 @@ def parse_settings(raw: Any, suite_path: Path) -> TuneSettings | None:
     )
 
 
+def tunes_retraining_lr(budget: dict[str, Any], task_budget) -> bool:
+    """Whether a cell with this budget override (on the task's own ``Budget``) has a fine-tuning
+    stage with its own schedule, the one the tuned retraining lr multiplier applies to."""
+    epochs = budget.get("finetune_epochs", task_budget.finetune_epochs)
+    return budget.get("finetune_schedule") == "restart" and epochs >= 1
+
+
 def read_tuned(settings: TuneSettings, suite_name: str) -> dict[str, dict[str, Any]] | None:
     """The chosen configs {label: {family: chosen}} of a suite's tuned file; None if there is none
     yet; ConfigError if it is unreadable or was tuned with other settings (stale)."""
