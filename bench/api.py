@@ -158,6 +158,12 @@ def prune(
     target = resolve_sparsity(parsed, sparsity)
     rule = Allocation.from_value(allocation)
     instance = build_pruner(pruner, parsed, target, options, rule)
+    if instance.trains_from_scratch:
+        raise ConfigError(
+            "pruner",
+            f"'{pruner}' is a control that trains a re-initialised model with a task's dense recipe "
+            "(smartbench run / suites); it has no meaning on your model in your loop",
+        )
     names = find_prunable(model, include, exclude, keep_first_last)
     if not names:
         raise ConfigError("include", "no prunable Conv2d/Linear layer selected")

@@ -415,6 +415,32 @@ def test_resume_from_mmengine_checkpoint_weights_only(shared_runs_dir, monkeypat
     assert [r["kept_units"] for r in resumed["audit"]["layers"]] == [r["kept_units"] for r in clean["audit"]["layers"]]
 
 
+def test_scratch_control_resumes_in_mmengine_and_never_reads_the_dense_weights(shared_runs_dir, monkeypatch):
+    """The from-scratch control on an mm task: mmengine's own initialisation, the dense recipe for
+    dense + prune + finetune epochs, killed after an epoch and resumed to the same numbers."""
+    budget = {"finetune_epochs": 1}
+    clean, run = run_row("seg", "scratch", "channel", shared_runs_dir, monkeypatch, budget=budget)
+    assert clean["trained_from_scratch"] == {"epochs": 3, "lr": MICRO_BUDGET.lr, "optimizer": MicroSeg.dense_optimizer}
+    assert clean["achieved_sparsity"] == 0.5 and clean["pattern_valid"]
+
+    def die_in_epoch_two(message: str) -> None:
+        if message.startswith("scratch epoch 2/"):
+            raise KeyboardInterrupt("killed")  # logged before that epoch's checkpoint is written
+
+    store = shared_runs_dir / "killed-scratch.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run_row(
+            "seg", "scratch", "channel", shared_runs_dir, monkeypatch, budget=budget, store=store, log=die_in_epoch_two
+        )
+    lines: list[str] = []
+    resumed, _ = run_row(
+        "seg", "scratch", "channel", shared_runs_dir, monkeypatch, budget=budget, store=store, log=lines.append
+    )
+    assert "resumed after epoch 1" in lines and not any(line.startswith("scratch epoch 1/") for line in lines)
+    for key in ("metric", "val_metric", "achieved_sparsity"):
+        assert resumed[key] == clean[key]
+
+
 def test_every_pruner_runs_on_both_families(shared_runs_dir, monkeypatch):
     """Each registered pruner on detection and segmentation, channel and block:1x8 (one pattern per family,
     alternating), with no fine-tune epoch (finalize at the end of training)."""

@@ -155,6 +155,10 @@ class Pruner:
     # a control that keeps every unit (``nomask``: dense, trained on with the same recipe): its rows
     # are references -- tables give them no best/sparsity marks, the kit checks "everything kept"
     keeps_all: ClassVar[bool] = False
+    # a control that never sees the dense checkpoint (``scratch``): the run pipeline re-initialises
+    # the model, installs ``finalize()``'s masks and trains it with the task's dense recipe for the
+    # dense + prune + finetune epochs (bench.runs.run); a user's own loop (bench.api) refuses it
+    trains_from_scratch: ClassVar[bool] = False
     # True when the unit scores given to ``select`` are comparable across layers as they are (learned
     # under one global budget, or random); False (scores from weight norms): the protocol's
     # ``global`` allocation standardises them per layer first (bench.core.select).

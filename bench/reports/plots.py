@@ -35,6 +35,7 @@ STYLES = {  # label -> (colour, marker, linestyle)
     "srste": ("#bcbd22", "*", "-"),
     "random": ("#7f7f7f", "x", "--"),
     "nomask": ("#000000", "+", ":"),
+    "scratch": ("#555555", "4", "--"),
 }
 PALETTE = ("#ff7f0e", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
 MARKERS = ("h", "p", "<", ">", "d", "1", "2", "8")

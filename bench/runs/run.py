@@ -40,7 +40,7 @@ from bench.runs.registry import build_pruner
 from bench.tasks.base import DenseModel, Task
 from bench.tasks.registry import get_task
 from bench.training.stages import StageDriver
-from bench.training.train import PruneTrainer, seed_everything, train_dense
+from bench.training.train import PruneTrainer, fit_dense, seed_everything, train_dense
 
 SPEC_VERSION = 1
 # a run whose test metric is within this many metric points of the task's trivial predictor
@@ -230,6 +230,27 @@ def load_dense_checkpoint(path: str, model) -> tuple[dict[str, Any], str]:
     return state, digest
 
 
+def train_from_scratch(
+    run: ResolvedRun, model, driver: StageDriver, paths: RunPaths, log: Callable[[str], None]
+) -> tuple[dict, Path, dict]:
+    """A ``trains_from_scratch`` control (``scratch``): its fixed masks installed in the re-initialised
+    ``model``, trained with the task's dense recipe for the dense + prune + finetune epochs at the
+    dense peak lr times the cell's retraining lr multiplier; resumable. Returns (hard masks, the
+    resume location, what the row records of it)."""
+    task, b = run.task, run.task.budget
+    hard = driver.finish()  # the control's masks, installed before the first step
+    epochs = b.dense_epochs + b.prune_epochs + b.finetune_epochs
+    multiplier = b.finetune_lr / b.prune_lr if b.finetune_schedule == "restart" and b.finetune_lr else 1.0
+    lr = b.lr * multiplier
+    if task.loop == "mmengine":
+        work_dir = paths.mm_work(run.run_id)
+        task.fit_dense(model, epochs, run.spec.seed, work_dir, log, lr=lr, resume=True, stage="scratch")
+    else:
+        work_dir = paths.checkpoint(run.run_id)
+        fit_dense(task, model, epochs, run.spec.seed, log, lr=lr, checkpoint=work_dir, stage="scratch")
+    return hard, work_dir, {"epochs": epochs, "lr": round(lr, 10), "optimizer": task.dense_optimizer}
+
+
 def dense_key(task: Task, seed: int) -> str:
     """Identity of the dense model of (task, seed): the task without its pruning-stage budget."""
     identity = task.identity()
@@ -309,6 +330,11 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
         model.to(task.device)  # before the masker and the pruner exist: their tensors follow the layers
         dense_test = dense.metrics["test"] if dense.metrics else task.evaluate_all(model, "test")
         dense_val = dense.metrics["val"] if dense.metrics else task.evaluate_all(model, "val")
+        if pruner.trains_from_scratch:  # the dense model's initialisation for this seed, not its weights
+            seed_everything(spec.seed)
+            model = task.build_model()
+            task.initialise(model)
+            model.to(task.device)
         names, dense_layers = list(run.unit_counts), run.dense_layers  # the covered layers, from resolve
         calibration = task.calibration_batches()
         masker = Masker(model, names, pruner.pattern, task.masker_example(model, calibration))
@@ -318,12 +344,15 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
             b.prune_epochs,
             b.finetune_epochs,
             log,
-            evaluate=lambda: task.evaluate_all(model, "test"),
+            evaluate=None if pruner.trains_from_scratch else lambda: task.evaluate_all(model, "test"),
             budget=b,
         )
         started = time.perf_counter()
         driver.setup(calibration, task.forward)
-        if task.loop == "mmengine":
+        scratch = None
+        if pruner.trains_from_scratch:
+            hard, work_dir, scratch = train_from_scratch(run, model, driver, paths, log)
+        elif task.loop == "mmengine":
             work_dir = paths.mm_work(run.run_id)
             hard = task.train_stages(model, driver, spec.seed, work_dir, log)
         else:
@@ -368,6 +397,8 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
         "pruner_stats": pruner_stats,
         **costs,
     }
+    if scratch is not None:
+        result["trained_from_scratch"] = scratch
     if driver.before_finetune is not None:  # test metric right after the hard switch
         result["metric_before_finetune"] = task.metric_of(driver.before_finetune)
     elif b.finetune_epochs == 0:  # the hard switch ends training: the final metric is that metric

@@ -136,6 +136,10 @@ class Task:
     def load_dense(self, model: nn.Module, state: dict[str, Tensor]) -> None:
         model.load_state_dict(state)
 
+    def initialise(self, model: nn.Module) -> None:
+        """Give a freshly built model its initial weights (timm models have them from the
+        constructor; mm models from ``init_weights``): what training from scratch starts from."""
+
     def masker_example(self, model: nn.Module, calibration: list):
         """Input of the tracing forward of ``bench.core.masks.Masker`` (which BatchNorm follows which conv)."""
         return self.example_input()

@@ -182,6 +182,10 @@ class MMTask(Task):
         model.init_weights()  # marks the model initialised, so the Runner does not re-initialise it
         model.load_state_dict(state)
 
+    def initialise(self, model: nn.Module) -> None:
+        with quiet_stdout():
+            model.init_weights()  # what the Runner would do at its first train(); it then skips it
+
     def masker_example(self, model: nn.Module, calibration: list) -> dict:
         return {**self.preprocess(model, calibration[0]), "mode": "tensor"}
 
@@ -282,49 +286,25 @@ class MMTask(Task):
         runner.model.to(self.device)  # mmengine moves it to its own default (CUDA when present)
         return runner
 
-    def dense_optimizer_cfg(self) -> dict:
+    def dense_optimizer_cfg(self, lr: float | None = None) -> dict:
         b = self.budget
+        lr = b.lr if lr is None else lr
         if self.dense_optimizer == "SGD":
-            return dict(type="SGD", lr=b.lr, momentum=b.momentum, weight_decay=b.weight_decay)
-        return dict(type=self.dense_optimizer, lr=b.lr, weight_decay=self.dense_weight_decay)
+            return dict(type="SGD", lr=lr, momentum=b.momentum, weight_decay=b.weight_decay)
+        return dict(type=self.dense_optimizer, lr=lr, weight_decay=self.dense_weight_decay)
 
     def train_dense(self, seed: int, path: Path, log: Callable[[str], None]) -> DenseModel:
         """Train (or load) the dense model of (task, seed); the cache holds ``{"model", "val", "test", "train_s"}``."""
-        from bench.training.mm_hook import EpochLogHook
         from bench.training.train import cpu_state, seed_everything
 
         cached = load_or_discard(path, "dense checkpoint", log)
         if cached is not None:
             return DenseModel(cached["model"], {"val": cached["val"], "test": cached["test"]})
-        b = self.budget
         seed_everything(seed)
         model = self.build_model()
         work_dir = path.with_suffix(".work")
-        optim_wrapper = dict(
-            type="PenaltyOptimWrapper",  # no penalty in dense training: the bf16 autocast of --amp
-            clip_grad=self.clip_grad,
-            optimizer=self.dense_optimizer_cfg(),
-            autocast_device=str(self.device) if self.amp else None,
-        )
-        schedule = [
-            dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=self.warmup_iters),
-            cosine_schedule(b.dense_epochs),
-        ]
         started = time.perf_counter()
-        with quiet_stdout():
-            runner = self.runner(
-                model,
-                work_dir,
-                b.dense_epochs,
-                optim_wrapper,
-                schedule,
-                seed,
-                [EpochLogHook(log, "dense", b.dense_epochs)],
-                resume=False,
-                checkpoints=False,
-                name=f"{self.name}-dense-{seed}-{time.time_ns()}",
-            )
-            runner.train()
+        self.fit_dense(model, self.budget.dense_epochs, seed, work_dir, log)
         train_s = round(time.perf_counter() - started, 1)
         log(f"dense training of {self.name} (seed {seed}): {train_s} s")
         dense = {
@@ -336,6 +316,52 @@ class MMTask(Task):
         atomic_save(dense, path)
         shutil.rmtree(work_dir, ignore_errors=True)
         return DenseModel(dense["model"], {"val": dense["val"], "test": dense["test"]})
+
+    def fit_dense(
+        self,
+        model: nn.Module,
+        epochs: int,
+        seed: int,
+        work_dir: Path,
+        log: Callable[[str], None],
+        lr: float | None = None,
+        resume: bool = False,
+        stage: str = "dense",
+    ) -> None:
+        """Train ``model`` with the task's dense recipe (its optimizer at peak ``lr``, default
+        Budget.lr; linear warm-up; cosine over ``epochs``; gradient clipping) in mmengine's Runner,
+        resumable from ``work_dir`` when ``resume``. Masks installed in the model stay applied
+        (the from-scratch control, bench.runs.run)."""
+        from bench.training.mm_hook import EpochLogHook, SafeCheckpointHook
+
+        optim_wrapper = dict(
+            type="PenaltyOptimWrapper",  # no penalty in dense training: the bf16 autocast of --amp
+            clip_grad=self.clip_grad,
+            optimizer=self.dense_optimizer_cfg(lr),
+            autocast_device=str(self.device) if self.amp else None,
+        )
+        schedule = [
+            dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=self.warmup_iters),
+            cosine_schedule(epochs),
+        ]
+        if resume:
+            from bench.training.mm_hook import discard_unreadable_checkpoint
+
+            discard_unreadable_checkpoint(work_dir, log)
+        with quiet_stdout():
+            runner = self.runner(
+                model,
+                work_dir,
+                epochs,
+                optim_wrapper,
+                schedule,
+                seed,
+                [EpochLogHook(log, stage, epochs)] + ([SafeCheckpointHook(log)] if resume else []),
+                resume=resume,
+                checkpoints=resume,
+                name=f"{self.name}-{stage}-{seed}-{time.time_ns()}",
+            )
+            runner.train()
 
     def train_stages(self, model: nn.Module, driver, seed: int, work_dir: Path, log: Callable[[str], None]) -> dict:
         """The pruning + fine-tuning stages in mmengine's Runner (resumable from ``work_dir``); returns the hard masks."""

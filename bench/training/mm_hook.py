@@ -47,6 +47,7 @@ CHECKPOINT_KEY = "smartbench"
 
 
 PLAIN_HISTORY = "smartbench_history_buffer"
+RNG_KEY = "smartbench_torch_rng"
 
 
 def allow_mmengine_checkpoints() -> None:
@@ -103,7 +104,36 @@ class PenaltyOptimWrapper(OptimWrapper):
 
 
 @HOOKS.register_module()
-class PruningHook(Hook):
+class SafeCheckpointHook(Hook):
+    """Checkpoints that ``torch.load(weights_only=True)`` reads back and that resume exactly:
+    message-hub histories are stored as plain tensors (``plain_history``) and rebuilt on load; the
+    torch RNG state (dropout draws; mmengine only re-seeds) is saved and restored; a resume is logged."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
+        allow_mmengine_checkpoints()
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint[RNG_KEY] = torch.get_rng_state()
+        scalars = checkpoint.get("message_hub", {}).get("log_scalars", {})
+        for key, buffer in scalars.items():
+            if isinstance(buffer, HistoryBuffer):
+                scalars[key] = plain_history(buffer)
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        scalars = checkpoint.get("message_hub", {}).get("log_scalars", {})
+        for key, value in scalars.items():
+            if isinstance(value, dict) and PLAIN_HISTORY in value:
+                scalars[key] = HistoryBuffer(
+                    value["log_history"].numpy(), value["count_history"].numpy(), value["max_length"]
+                )
+        if RNG_KEY in checkpoint:  # absent from checkpoints written before it was saved
+            torch.set_rng_state(checkpoint[RNG_KEY])
+        self.log(f"resumed after epoch {checkpoint['meta']['epoch']}")
+
+
+@HOOKS.register_module()
+class PruningHook(SafeCheckpointHook):
     """Calls the stage driver at the Runner's call points (pruning, then fine-tuning with hard masks)."""
 
     priority = "VERY_HIGH"  # masks must be in place before anything else looks at the model
@@ -112,9 +142,9 @@ class PruningHook(Hook):
         # budget: a Budget whose finetune_schedule is "restart" -- the hook then sets every group's
         # lr before each iteration with the native loop's bench.training.train.set_stage_lr (no
         # mmengine param scheduler); None: the Runner's own scheduler ("shared", one cosine)
+        super().__init__(driver.log)
         self.driver, self.budget = driver, budget
         self._last_loss: float = float("nan")
-        allow_mmengine_checkpoints()
 
     def optim_wrapper(
         self,
@@ -157,23 +187,13 @@ class PruningHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = self.driver.state_dict()
-        scalars = checkpoint.get("message_hub", {}).get("log_scalars", {})
-        for key, buffer in scalars.items():
-            if isinstance(buffer, HistoryBuffer):
-                scalars[key] = plain_history(buffer)
+        super().before_save_checkpoint(runner, checkpoint)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        scalars = checkpoint.get("message_hub", {}).get("log_scalars", {})
-        for key, value in scalars.items():
-            if isinstance(value, dict) and PLAIN_HISTORY in value:
-                scalars[key] = HistoryBuffer(
-                    value["log_history"].numpy(), value["count_history"].numpy(), value["max_length"]
-                )
         state = checkpoint.get(CHECKPOINT_KEY)
-        if state is None:
-            return
-        self.driver.load_state_dict(state)
-        self.driver.log(f"resumed after epoch {checkpoint['meta']['epoch']}")
+        if state is not None:
+            self.driver.load_state_dict(state)
+        super().after_load_checkpoint(runner, checkpoint)
 
 
 def discard_unreadable_checkpoint(work_dir: Path, log: Callable[[str], None]) -> None:

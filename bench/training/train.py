@@ -24,7 +24,7 @@ from bench.core.schedules import cosine_lr, stage_lr
 from bench.tasks.base import DenseModel, Task
 from bench.training.stages import StageDriver
 
-__all__ = ["PruneTrainer", "atomic_save", "cpu_state", "seed_everything", "train_dense"]
+__all__ = ["PruneTrainer", "atomic_save", "cpu_state", "fit_dense", "seed_everything", "train_dense"]
 
 
 def seed_everything(seed: int) -> None:
@@ -47,14 +47,15 @@ def make_optimizer(model: nn.Module, task: Task, lr: float, extra_groups: list[d
     return torch.optim.SGD(groups, lr=lr, momentum=b.momentum, weight_decay=b.weight_decay)
 
 
-def make_dense_optimizer(model: nn.Module, task: Task) -> torch.optim.Optimizer:
-    """The task's dense-training optimizer (Task.dense_optimizer), peak lr Budget.lr."""
+def make_dense_optimizer(model: nn.Module, task: Task, lr: float | None = None) -> torch.optim.Optimizer:
+    """The task's dense-training optimizer (Task.dense_optimizer), peak lr ``lr`` (default Budget.lr)."""
+    lr = task.budget.lr if lr is None else lr
     if task.dense_optimizer == "SGD":
-        return make_optimizer(model, task, task.budget.lr, [])
+        return make_optimizer(model, task, lr, [])
     if task.dense_optimizer != "AdamW":
         raise ConfigError("dense_optimizer", f"{task.name}: unknown {task.dense_optimizer!r}; allowed: SGD, AdamW")
-    group = {"params": [p for p in model.parameters() if p.requires_grad], "base_lr": task.budget.lr}
-    return torch.optim.AdamW([group], lr=task.budget.lr, weight_decay=task.dense_weight_decay)
+    group = {"params": [p for p in model.parameters() if p.requires_grad], "base_lr": lr}
+    return torch.optim.AdamW([group], lr=lr, weight_decay=task.dense_weight_decay)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, step: int, total: int) -> None:
@@ -77,12 +78,39 @@ def train_dense(task: Task, seed: int, path: Path, log: Callable[[str], None] = 
         return DenseModel(cached)
     seed_everything(seed)
     model = task.build_model().to(task.device)
-    b = task.budget
-    total = b.dense_epochs * task.steps_per_epoch()
-    optimizer = make_dense_optimizer(model, task)
-    step = 0
+    fit_dense(task, model, task.budget.dense_epochs, seed, log)
+    state = cpu_state(model)
+    atomic_save(state, path)
+    return DenseModel(state)
+
+
+def fit_dense(
+    task: Task,
+    model: nn.Module,
+    epochs: int,
+    seed: int,
+    log: Callable[[str], None] = print,
+    lr: float | None = None,
+    checkpoint: Path | None = None,
+    stage: str = "dense",
+) -> None:
+    """Train ``model`` (on ``task.device``) with the task's dense recipe -- its optimizer, peak ``lr``
+    (default Budget.lr), one cosine over ``epochs`` -- resumable from ``checkpoint`` (written at
+    every epoch end) when given. Masks installed in the model (a Masker's parametrizations) stay
+    applied: the from-scratch control trains its narrow model this way (bench.runs.run)."""
+    total = epochs * task.steps_per_epoch()
+    optimizer = make_dense_optimizer(model, task, lr)
+    start = 0
+    state = None if checkpoint is None else load_or_discard(checkpoint, "resume checkpoint", log)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start = state["epochs_done"]
+        log(f"resumed after epoch {start}")
+    step = start * task.steps_per_epoch()
     model.train()
-    for epoch in range(b.dense_epochs):
+    for epoch in range(start, epochs):
         for batch in task.train_batches(epoch, seed):
             set_lr(optimizer, step, total)
             with autocast(task.device, task.amp):
@@ -91,10 +119,17 @@ def train_dense(task: Task, seed: int, path: Path, log: Callable[[str], None] = 
             loss.backward()
             optimizer.step()
             step += 1
-        log(f"dense epoch {epoch + 1}/{b.dense_epochs} loss {loss.item():.4f}")
-    state = cpu_state(model)
-    atomic_save(state, path)
-    return DenseModel(state)
+        log(f"{stage} epoch {epoch + 1}/{epochs} loss {loss.item():.4f}")
+        if checkpoint is not None:
+            atomic_save(
+                {
+                    "epochs_done": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                },
+                checkpoint,
+            )
 
 
 class PruneTrainer:

@@ -1,0 +1,46 @@
+"""Control: the width-scaled dense model, trained from scratch for the same total epochs.
+
+``scratch`` answers "is pruning a trained model worth more than training the small model
+directly?" (Liu et al., "Rethinking the Value of Network Pruning", ICLR 2019: "scratch-B"). Every
+covered layer keeps the same fraction of its output channels -- the count uniform allocation
+gives at the column's sparsity, its floor included -- so the model is the dense architecture
+uniformly narrowed, at the MACs of a uniform-allocation pruned model of the column. It never sees
+the dense checkpoint: the run pipeline (bench.runs.run, ``trains_from_scratch``) re-initialises
+the model with the run's seed, installs these masks, and trains it with the task's *dense*
+recipe (optimizer, warm-up, clipping) for ``dense + prune + finetune`` epochs, the epochs a
+pruned row has seen in all, at the dense peak lr times the cell's retraining lr multiplier
+(``finetune_lr / prune_lr`` of a ``restart`` budget; 1 otherwise), which ``smartbench tune``
+searches as for every pruner. Channel patterns only (a width multiplier has no meaning for
+blocks, single weights or N:M rows).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from bench.core.pruner import Pruner, register_pruner
+from bench.core.select import Allocation
+
+
+@register_pruner("scratch")
+class ScratchControl(Pruner):
+    patterns = ("channel",)
+    control = True
+    trains_from_scratch = True
+
+    def finalize(self) -> dict[str, Tensor]:
+        """The first k output channels of every layer, k = uniform allocation's count at the target
+        (never below the column's floor): a narrower layer, whichever channels, from scratch."""
+        floor = self.allocation.floor if self.allocation is not None else 0.0
+        rule = Allocation("uniform", floor)
+        masks = {}
+        for layer in self.layers:
+            units = layer.num_units
+            mask = torch.zeros(units, dtype=torch.bool, device=layer.weight.device)
+            mask[: rule.layer_keep(units, self.sparsity)] = True
+            masks[layer.name] = mask.reshape(layer.unit_shape)
+        return masks
+
+    def masks(self) -> dict[str, Tensor] | None:
+        return {name: mask.float() for name, mask in self.finalize().items()}
