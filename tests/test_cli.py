@@ -93,7 +93,7 @@ BAD_INPUTS = [
     (
         ["--task", "fmnist-tiny", "--pruner", "smart", "--pattern", "block:1x8", "--sparsity", "0.5"]
         + ["--finetune-lr", "0.1"],
-        "budget.finetune_lr: only with finetune_schedule: restart",
+        "budget.finetune_lr: only with a finetune_schedule of its own: restart, hold",
     ),
 ]
 

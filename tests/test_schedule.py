@@ -1,4 +1,4 @@
-"""The pruning + fine-tuning lr schedule (Budget.finetune_schedule): shared (v1) or restart."""
+"""The pruning + fine-tuning lr schedule (Budget.finetune_schedule): shared (v1), restart or hold."""
 
 from __future__ import annotations
 
@@ -44,6 +44,13 @@ def test_restart_gives_fine_tuning_its_own_cosine():
     assert default[10] == pytest.approx(0.02)  # finetune_lr defaults to prune_lr
 
 
+def test_hold_keeps_the_fine_tuning_peak_for_half_then_decays():
+    got = lrs(dataclasses.replace(BUDGET, finetune_schedule="hold", finetune_lr=0.05))
+    assert got[:10] == pytest.approx(lrs(dataclasses.replace(BUDGET, finetune_schedule="restart"))[:10])
+    assert got[10:15] == pytest.approx([0.05] * 5)  # 5 of the 10 fine-tuning steps at the peak
+    assert got[15:] == pytest.approx([0.025 * (1 + math.cos(math.pi * s / 5)) for s in range(5)])
+
+
 SPEC = RunSpec(task="fmnist-tiny", pruner="magnitude", pattern="block:1x8", sparsity=0.5)
 
 
@@ -82,6 +89,7 @@ def test_mmengine_restart_sets_the_native_lrs():
     driver = SimpleNamespace(
         epochs=4,
         prune_steps=10,
+        log=print,
         before_forward=lambda step, epoch: None,
         param_groups=lambda: [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.2}],
         penalty=lambda: 0.0,

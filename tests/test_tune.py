@@ -13,7 +13,7 @@ from bench.runs.record import ResultStore
 from bench.runs.registry import load_pruners
 from bench.suites.suite import PrunerEntry, expand, load_suite
 from bench.suites.suite_run import run_suite
-from bench.suites.tune import choose, run_tune, space_of, trial_suite, trials_of
+from bench.suites.tune import choose, choose_schedules, run_tune, schedule_suite, space_of, trial_suite, trials_of
 from bench.suites.tuned import TuneSettings, parse_settings
 
 SUITE = {
@@ -50,6 +50,9 @@ def settings(**changes) -> TuneSettings:
             "suite.tune.columns[0].sparsity",
         ),
         ({"file": "x.json", "budget": 3}, "suite.tune"),
+        ({"file": "x.json", "schedules": ["restart"]}, "suite.tune.schedules"),  # nothing to choose among
+        ({"file": "x.json", "schedules": ["shared", "restart"]}, "suite.tune.schedules"),  # no stage of its own
+        ({"file": "x.json", "schedules": ["restart", "restart"]}, "suite.tune.schedules"),
     ],
 )
 def test_bad_settings_name_the_field(raw, field):
@@ -201,3 +204,51 @@ def test_each_family_has_its_own_trials(tmp_path):
     for cell in trials.cells:
         family = by_label[cell.label].family
         assert family == {"fmnist-tiny": "classification", "fmnist-vit-tiny": "vit"}[cell.spec.task]
+
+
+def test_choose_schedules_takes_the_best_mean_val_and_the_first_listed_on_ties():
+    from types import SimpleNamespace
+
+    of = {
+        "a": ("classification", "restart"),
+        "b": ("classification", "hold"),
+        "c": ("vit", "restart"),
+        "d": ("vit", "hold"),
+    }
+    cells = [SimpleNamespace(label=label, run_id=label) for label in of]
+    rows = {"a": {"val_metric": 70.0}, "b": {"val_metric": 71.0}, "c": {"val_metric": 60.0}, "d": {"val_metric": 60.0}}
+    got = choose_schedules(cells, of, rows)
+    assert got["classification"] == {"chosen": "hold", "val_metric": {"restart": 70.0, "hold": 71.0}}
+    assert got["vit"]["chosen"] == "restart"
+
+
+def test_the_no_mask_control_chooses_each_familys_schedule_for_every_pruner(tmp_path, runs_dir):
+    """With `schedules:`, tune first runs nomask with each schedule (val split), then every trial of
+    the family, and every cell of the suite, fine-tunes with the chosen one; nomask's trial 0 is the
+    schedule run itself."""
+    path = write_suite(
+        tmp_path,
+        pruners=["magnitude", "nomask"],
+        tune={"trials": 4, "file": "t.tuned.json", "schedules": ["restart", "hold"]},
+    )
+    suite = expand(load_suite(str(path), tuned=False))
+    choice, of = schedule_suite(suite, suite.tune)
+    assert sorted(of.values()) == [("classification", "hold"), ("classification", "restart")]
+    assert sorted(c.spec.budget["finetune_schedule"] for c in choice.cells) == ["hold", "restart"]
+    assert all(c.spec.pruner == "nomask" and c.spec.seed == 0 for c in choice.cells)
+    store = ResultStore(runs_dir / "results.jsonl")
+    assert run_tune(suite, suite.tune, progress=False, store=store, log=lambda m: None) == 0
+    payload = json.loads((tmp_path / "t.tuned.json").read_text())
+    result = payload["schedules"]["classification"]
+    scores = {c.spec.budget["finetune_schedule"]: store.get(c.run_id)["val_metric"] for c in choice.cells}
+    assert result["val_metric"] == scores
+    best = max(scores, key=lambda s: (scores[s], s == "restart"))
+    assert result["chosen"] == best and payload["settings"]["schedules"] == ["restart", "hold"]
+    trial_rows = [store.get(r["run_id"]) for r in payload["trials"]]
+    assert {row["budget"]["finetune_schedule"] for row in trial_rows} == {best}
+    nomask_default = next(r for r in payload["trials"] if r["label"] == "nomask" and r["trial"] == 0)
+    assert nomask_default["run_id"] == next(
+        c.run_id for c in choice.cells if c.spec.budget["finetune_schedule"] == best
+    )
+    tuned = expand(load_suite(str(path)))
+    assert {c.spec.budget["finetune_schedule"] for c in tuned.cells} == {best}

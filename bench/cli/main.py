@@ -129,9 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--finetune-schedule",
         default=None,
-        help="shared (one cosine over pruning + fine-tuning; default) | restart (a fresh cosine for fine-tuning)",
+        help="shared (one cosine over pruning + fine-tuning; default) | restart (a fresh cosine for fine-tuning)"
+        " | hold (fine-tuning: constant, then a cosine over its second half)",
     )
-    run.add_argument("--finetune-lr", type=float, default=None, help="with --finetune-schedule restart: its peak lr")
+    run.add_argument(
+        "--finetune-lr", type=float, default=None, help="with --finetune-schedule restart|hold: its peak lr"
+    )
     run.add_argument("--wandb-project", default=None)
     run.add_argument("--json", action="store_true", help="emit the row as one JSON object on stdout")
     run.set_defaults(func=cmd_run)

@@ -217,12 +217,18 @@ def cmd_tune(args) -> int:
     from bench.core.errors import ConfigError
     from bench.core.paths import RunPaths
     from bench.suites.suite import expand, load_suite
-    from bench.suites.tune import run_tune, trial_suite
+    from bench.suites.tune import run_tune, schedule_suite, trial_suite
 
     suite = expand(load_suite(args.name, tuned=False), args.device, args.amp)  # every input checked first
     if suite.tune is None:
         raise ConfigError("suite.tune", f"suite '{suite.name}' has no `tune:` key (trials, file, columns)")
     if args.plan:
+        if suite.tune.schedules:
+            choice, _ = schedule_suite(suite, suite.tune, args.device, args.amp)
+            print(f"first, the fine-tuning schedule of each family ({', '.join(suite.tune.schedules)}):")
+            for line in plan_lines(choice):
+                print(line)
+            print("then the trials, each family with its chosen schedule (shown: the block's own):")
         trials, _ = trial_suite(suite, suite.tune, args.device, args.amp)
         for line in plan_lines(trials):
             print(line)

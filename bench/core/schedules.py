@@ -17,7 +17,8 @@ Phases: ``PhasePlan`` (AC/DC's dense warm-up | C, D, C, ... | long D | final C),
 Learning rate of the pruning + fine-tuning stages (what both training loops set, and what a
 pruner may need to know of its recipe): ``cosine_lr``, ``stage_lr`` (Budget.finetune_schedule
 ``shared``: one cosine over both stages; ``restart``: a cosine over pruning, then a fresh one from
-``finetune_lr``), ``prune_lr_sum`` (the sum of the weights' lr over the pruning stage's steps).
+``finetune_lr``; ``hold``: a cosine over pruning, then ``finetune_lr`` held for half of fine-tuning
+and a cosine to 0 over the other half), ``prune_lr_sum`` (the sum of the weights' lr over the pruning stage's steps).
 
 Temperature (``at(anneal, anneal_steps, nonbinary)`` with anneal <= 0 during warm-up):
 
@@ -199,16 +200,28 @@ def cosine_lr(base: float, step: int, total: int) -> float:
     return 0.5 * base * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
 
 
+# fine-tuning schedules with a stage of their own (their peak: Budget.finetune_lr); "shared" is not one
+OWN_FINETUNE_SCHEDULES = ("restart", "hold")
+HOLD_FRACTION = 0.5  # "hold": the share of the fine-tuning steps at the constant peak lr
+
+
 def stage_lr(base: float, step: int, prune_steps: int, total: int, schedule: str, finetune_scale: float = 1.0) -> float:
     """lr of a parameter group with peak ``base`` at ``step`` of the pruning + fine-tuning stages.
 
-    ``shared``: one cosine over ``total`` steps; ``restart``: a cosine over the ``prune_steps``,
-    then a cosine from ``base * finetune_scale`` (finetune_lr / prune_lr) over the rest."""
-    if schedule != "restart":
+    ``shared``: one cosine over ``total`` steps. The others run a cosine over the ``prune_steps``,
+    then fine-tune from the peak ``base * finetune_scale`` (finetune_lr / prune_lr): ``restart``, a
+    fresh cosine over the rest (a warm restart); ``hold``, constant at the peak for the first
+    ``HOLD_FRACTION`` of the fine-tuning steps, then a cosine to 0 over the others
+    (constant-then-decay)."""
+    if schedule not in OWN_FINETUNE_SCHEDULES:
         return cosine_lr(base, step, total)
     if step < prune_steps:
         return cosine_lr(base, step, prune_steps)
-    return cosine_lr(base * finetune_scale, step - prune_steps, total - prune_steps)
+    peak, done, length = base * finetune_scale, step - prune_steps, total - prune_steps
+    if schedule == "restart":
+        return cosine_lr(peak, done, length)
+    held = round(HOLD_FRACTION * length)
+    return peak if done < held else cosine_lr(peak, done - held, length - held)
 
 
 def prune_lr_sum(prune_lr: float, prune_steps: int, total: int, schedule: str) -> float:

@@ -30,6 +30,7 @@ from bench.core.device import describe, resolve_device
 from bench.core.errors import ConfigError
 from bench.core.masks import Masker, covered_layers, find_prunable
 from bench.core.paths import RunPaths, paths_or_env
+from bench.core.schedules import OWN_FINETUNE_SCHEDULES
 from bench.core.pruner import Pruner
 from bench.core.select import Allocation
 from bench.core.sparsity import parse_pattern, resolve_sparsity
@@ -47,7 +48,7 @@ SPEC_VERSION = 1
 # (majority class, all background, no detections) learned nothing usable: the row says "collapsed"
 COLLAPSE_MARGIN = 1.0
 BUDGET_FIELDS = ("prune_epochs", "finetune_epochs", "finetune_schedule", "finetune_lr")
-FINETUNE_SCHEDULES = ("shared", "restart")
+FINETUNE_SCHEDULES = ("shared", *OWN_FINETUNE_SCHEDULES)
 
 
 def check_budget_overrides(budget: Any, where: str = "budget") -> None:
@@ -67,8 +68,10 @@ def check_budget_overrides(budget: Any, where: str = "budget") -> None:
             raise ConfigError(f"{where}.{key}", f"must be an integer >= 0, got {value!r}")
     if budget.get("prune_epochs", 1) < 1:
         raise ConfigError(f"{where}.prune_epochs", "must be >= 1")
-    if "finetune_lr" in budget and budget.get("finetune_schedule") != "restart":
-        raise ConfigError(f"{where}.finetune_lr", "only with finetune_schedule: restart")
+    if "finetune_lr" in budget and budget.get("finetune_schedule") not in OWN_FINETUNE_SCHEDULES:
+        raise ConfigError(
+            f"{where}.finetune_lr", f"only with a finetune_schedule of its own: {', '.join(OWN_FINETUNE_SCHEDULES)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -240,7 +243,8 @@ def train_from_scratch(
     task, b = run.task, run.task.budget
     hard = driver.finish()  # the control's masks, installed before the first step
     epochs = b.dense_epochs + b.prune_epochs + b.finetune_epochs
-    multiplier = b.finetune_lr / b.prune_lr if b.finetune_schedule == "restart" and b.finetune_lr else 1.0
+    own = b.finetune_schedule in OWN_FINETUNE_SCHEDULES
+    multiplier = b.finetune_lr / b.prune_lr if own and b.finetune_lr else 1.0
     lr = b.lr * multiplier
     if task.loop == "mmengine":
         work_dir = paths.mm_work(run.run_id)

@@ -360,6 +360,8 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
                                     defaults[key] = get_task(*key).budget
                                 if tunes_retraining_lr(budget, defaults[key]):
                                     budget["finetune_lr"] = round(chosen["lr_multiplier"] * defaults[key].prune_lr, 10)
+                                    if "finetune_schedule" in chosen:  # the family's, chosen by the no-mask control
+                                        budget["finetune_schedule"] = chosen["finetune_schedule"]
                         for seed in block.seeds:
                             spec = RunSpec(
                                 task=task,

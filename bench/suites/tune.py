@@ -11,6 +11,12 @@ data; each trial row also holds its test metric, as every row does, but the choi
       seed: 0
       columns:                         # optional; default: per family, the first column a pruner runs
         - {task: fmnist-tiny, pattern: block:1x8, sparsity: 0.9}
+      schedules: [restart, hold]       # optional: each family's fine-tuning schedule, chosen first
+
+With ``schedules``, the no-mask control first runs with each listed fine-tuning schedule on every
+family's tuning columns (``schedule_suite``); the best validation mean becomes the family's schedule
+for every trial and every suite cell of the family (``choose_schedules``): chosen by the control,
+the same for every pruner.
 
 A trial's space is the pruner's ``Config.search_space`` (its key knobs, declared next to its
 fields) without the fields the suite entry fixes, times the retraining lr multipliers. Trial 0 is
@@ -18,7 +24,7 @@ the defaults (multiplier 1); the other ``trials - 1`` points are drawn without r
 rest of the grid with a generator seeded by (suite, label, family), so the trials are the same on
 every machine. A space with fewer points than ``trials`` is a ConfigError: no pruner gets fewer
 (or more) trials than another. The lr multiplier needs a fine-tuning stage with its own schedule
-(``budget: {finetune_schedule: restart, finetune_epochs: >= 1}`` in the column's block).
+(``budget: {finetune_schedule: restart | hold, finetune_epochs: >= 1}`` in the column's block).
 
 Trials are ordinary runs: the cells of a suite named ``<suite>-tune``, run by the suite runner
 (resumable, several workers, claims), their rows in the store. The file records the settings, every
@@ -123,55 +129,126 @@ def suite_columns(suite, settings: TuneSettings) -> list[tuple[str, str, float, 
     return out
 
 
-def trial_suite(suite, settings: TuneSettings, device: str = "auto", amp: bool = False):
+def family_columns(suite, settings: TuneSettings, tasks, kinds=None, label: str | None = None) -> dict[str, list]:
+    """{family: [(task, pattern, sparsity, block)]}: the columns a pruner of pattern ``kinds`` (None:
+    any) listed as ``label`` in a block (None: any block) is tuned on -- the declared ones of each
+    family, else the family's first such column."""
+    per_family: dict[str, list] = {}
+    for column in suite_columns(suite, settings):
+        task, pattern, _, block = column
+        if kinds is not None and parse_pattern(pattern).kind not in kinds:
+            continue
+        if label is not None and label not in [e.label for e in block.pruners]:
+            continue
+        per_family.setdefault(tasks[task].family, []).append(column)
+    return {family: usable if settings.columns else usable[:1] for family, usable in per_family.items()}
+
+
+def _trial_block(block, column, settings: TuneSettings, entry, budget: dict[str, Any]):
+    """The one-cell block of a trial: ``entry`` on ``column`` with seed ``settings.seed``."""
+    from dataclasses import replace
+
+    task, pattern, sparsity, _ = column
+    return replace(
+        block,
+        tasks=[task],
+        patterns=[pattern],
+        sparsities=[] if parse_pattern(pattern).fixed_sparsity is not None else [sparsity],
+        seeds=[settings.seed],
+        pruners=[entry],
+        budget=budget,
+        where=f"suite.tune ({task} {pattern} {sparsity:g})",
+    )
+
+
+class _Budgets:
+    """The task's own Budget per (task, model, data), built once; checks a tuning column's budget."""
+
+    def __init__(self):
+        self.cache: dict[tuple, Any] = {}
+
+    def tuning(self, column) -> tuple[dict[str, Any], Any]:
+        from bench.tasks.registry import get_task
+
+        task, pattern, sparsity, block = column
+        key = (task, block.model, block.data)
+        if key not in self.cache:
+            self.cache[key] = get_task(*key).budget
+        if not tunes_retraining_lr(block.budget, self.cache[key]):
+            raise ConfigError(
+                f"{block.where}.budget",
+                f"tuning column {task} {pattern} {sparsity:g}: the retraining lr multiplier needs a fine-tuning "
+                "schedule of its own (finetune_schedule: restart or hold) and finetune_epochs >= 1",
+            )
+        return dict(block.budget), self.cache[key]
+
+
+def schedule_suite(suite, settings: TuneSettings, device: str = "auto", amp: bool = False):
+    """(the ``<suite>-schedules`` suite, {cell label: (family, schedule)}): the no-mask control at the
+    defaults (lr multiplier 1) with each of ``settings.schedules`` on every family's tuning columns.
+    The schedule it scores best on validation becomes the family's, for every pruner alike."""
+    from bench.suites.suite import PrunerEntry, Suite, expand
+    from bench.tasks.registry import load_tasks
+
+    tasks, budgets = load_tasks(), _Budgets()
+    blocks, of = [], {}
+    for family, usable in family_columns(suite, settings, tasks).items():
+        for schedule in settings.schedules:
+            label = f"nomask#{family}#{schedule}"
+            of[label] = (family, schedule)
+            for column in usable:
+                budget, defaults = budgets.tuning(column)
+                budget.update(finetune_schedule=schedule, finetune_lr=round(defaults.prune_lr, 10))
+                blocks.append(_trial_block(column[3], column, settings, PrunerEntry("nomask", label), budget))
+    schedules = Suite(f"{suite.name}-schedules", suite.path, f"fine-tuning schedule choice of {suite.name}", blocks)
+    return expand(schedules, device, amp), of
+
+
+def choose_schedules(cells, of: dict[str, tuple[str, str]], rows: dict[str, dict]) -> dict[str, dict[str, Any]]:
+    """{family: {"chosen": schedule, "val_metric": {schedule: mean over the family's columns}}};
+    ties go to the schedule listed first."""
+    scores: dict[str, dict[str, list[float]]] = {}
+    for cell in cells:
+        family, schedule = of[cell.label]
+        scores.setdefault(family, {}).setdefault(schedule, []).append(float(rows[cell.run_id]["val_metric"]))
+    out = {}
+    for family, by_schedule in scores.items():
+        means = {s: sum(v) / len(v) for s, v in by_schedule.items()}
+        best = max(means, key=lambda s: (means[s], -list(means).index(s)))
+        out[family] = {"chosen": best, "val_metric": means}
+    return out
+
+
+def trial_suite(suite, settings: TuneSettings, device: str = "auto", amp: bool = False, schedules=None):
     """(the ``<suite>-tune`` suite whose cells are the trials, {cell label: Trial}).
 
     Each (pruner entry, family) is tuned on the family's declared columns that the pruner can run
     (its pattern kinds, its block's pruners), or without declared columns on the first such column
-    of the suite -- so srste (N:M only) is tuned on an N:M column, not skipped."""
-    from dataclasses import replace
-
+    of the suite -- so srste (N:M only) is tuned on an N:M column, not skipped. ``schedules``
+    ({family: schedule}, from ``choose_schedules``): the fine-tuning schedule of every trial of
+    that family."""
     from bench.runs.registry import get_pruner_class
     from bench.suites.suite import PrunerEntry, Suite, expand
-    from bench.tasks.registry import get_task, load_tasks
+    from bench.tasks.registry import load_tasks
 
-    tasks = load_tasks()
-    columns = suite_columns(suite, settings)
+    tasks, budgets = load_tasks(), _Budgets()
     entries = {e.label: e for b in suite.blocks for e in b.pruners}
-    blocks, by_label, task_budgets = [], {}, {}
+    blocks, by_label = [], {}
     for label, entry in entries.items():
         kinds = get_pruner_class(entry.name).patterns
-        per_family: dict[str, list] = {}
-        for column in columns:
-            task, pattern, _, block = column
-            if parse_pattern(pattern).kind in kinds and label in [e.label for e in block.pruners]:
-                per_family.setdefault(tasks[task].family, []).append(column)
-        for family, usable in per_family.items():
+        for family, usable in family_columns(suite, settings, tasks, kinds, label).items():
             trials = trials_of(suite.name, entry, family, settings)
-            for task, pattern, sparsity, block in usable if settings.columns else usable[:1]:
-                key = (task, block.model, block.data)
-                if key not in task_budgets:  # the task's own Budget, built once per (task, model, data)
-                    task_budgets[key] = get_task(*key).budget
-                budget, defaults = block.budget, task_budgets[key]
-                if not tunes_retraining_lr(budget, defaults):
-                    raise ConfigError(
-                        f"{block.where}.budget",
-                        f"tuning column {task} {pattern} {sparsity:g}: the retraining lr multiplier needs "
-                        "finetune_schedule: restart and finetune_epochs >= 1",
-                    )
-                prune_lr = defaults.prune_lr
+            for column in usable:
+                budget, defaults = budgets.tuning(column)
+                if schedules and family in schedules:
+                    budget["finetune_schedule"] = schedules[family]
                 for trial in trials:
                     by_label[trial.cell_label] = trial
+                    cell_budget = {**budget, "finetune_lr": round(trial.lr_multiplier * defaults.prune_lr, 10)}
+                    options = {**entry.options, **trial.options}
                     blocks.append(
-                        replace(
-                            block,
-                            tasks=[task],
-                            patterns=[pattern],
-                            sparsities=[] if parse_pattern(pattern).fixed_sparsity is not None else [sparsity],
-                            seeds=[settings.seed],
-                            pruners=[PrunerEntry(entry.name, trial.cell_label, {**entry.options, **trial.options})],
-                            budget={**budget, "finetune_lr": round(trial.lr_multiplier * prune_lr, 10)},
-                            where=f"suite.tune ({task} {pattern} {sparsity:g})",
+                        _trial_block(
+                            column[3], column, settings, PrunerEntry(entry.name, trial.cell_label, options), cell_budget
                         )
                     )
     trials = Suite(f"{suite.name}-tune", suite.path, f"tuning trials of {suite.name}", blocks)
@@ -238,7 +315,23 @@ def run_tune(
 
     paths = paths_or_env(paths)
     store = store or ResultStore(paths.store)
-    trials, by_label = trial_suite(suite, settings, device, amp)
+    started = time.perf_counter()
+    schedules = {}
+    if settings.schedules:  # first the fine-tuning schedule of each family, by the no-mask control
+        choice, of = schedule_suite(suite, settings, device, amp)
+        log(
+            f"tune {suite.name}: fine-tuning schedule of each family ({', '.join(settings.schedules)}) "
+            f"by the no-mask control on the validation split: {len(choice.cells)} runs"
+        )
+        code = run_suite(choice, workers=workers, progress=progress, store=store, paths=paths)
+        if code:
+            log(f"tune {suite.name}: some schedule runs failed; the file is not written (rerun to retry them)")
+            return code
+        schedules = choose_schedules(choice.cells, of, store.get_many(c.run_id for c in choice.cells))
+        for family, result in sorted(schedules.items()):
+            scores = ", ".join(f"{s} {v:.2f}" for s, v in result["val_metric"].items())
+            log(f"  {family:15s} {result['chosen']} (val {scores})")
+    trials, by_label = trial_suite(suite, settings, device, amp, {f: r["chosen"] for f, r in schedules.items()})
     trial_steps = sum(c.steps or 0 for c in trials.cells)
     suite_steps = sum(c.steps or 0 for c in suite.cells)
     ratio = trial_steps / suite_steps if suite_steps else None
@@ -251,13 +344,16 @@ def run_tune(
     )
     if ratio is not None and ratio > 0.25:
         log("  note: tuning costs more than 25% of the suite it tunes (the protocol's bound)")
-    started = time.perf_counter()
     code = run_suite(trials, workers=workers, progress=progress, store=store, paths=paths)
     if code:
         log(f"tune {suite.name}: some trials failed; the file is not written (rerun to retry them)")
         return code
     rows = store.get_many(cell.run_id for cell in trials.cells)
     chosen, records = choose(trials.cells, by_label, rows)
+    for families in chosen.values():  # the family's schedule goes with every chosen config
+        for family, record in families.items():
+            if family in schedules:
+                record["finetune_schedule"] = schedules[family]["chosen"]
     payload = {
         "version": FILE_VERSION,
         "suite": suite.name,
@@ -267,6 +363,7 @@ def run_tune(
             label: {k: list(v) for k, v in _config_of(suite, label).search_space.items()} for label, _ in per_entry
         },
         "chosen": chosen,
+        "schedules": schedules,  # {family: {chosen, val_metric per schedule}} (the no-mask control)
         "trials": records,
         "trial_wall_s": round(sum(r["wall_s"] or 0.0 for r in records), 1),
         "this_sitting_wall_s": round(time.perf_counter() - started, 1),

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.errors import ConfigError
+from bench.core.schedules import OWN_FINETUNE_SCHEDULES
 from bench.core.sparsity import parse_pattern
 
 FILE_VERSION = 1
 MIN_TRIALS = 4
 DEFAULT_LR_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0)
-TUNE_FIELDS = ("trials", "file", "lr_multipliers", "seed", "columns")
+TUNE_FIELDS = ("trials", "file", "lr_multipliers", "seed", "columns", "schedules")
 COLUMN_FIELDS = ("task", "pattern", "sparsity")
 
 
@@ -25,15 +26,21 @@ class TuneSettings:
     lr_multipliers: tuple[float, ...]
     seed: int
     columns: tuple[tuple[str, str, float], ...]  # empty: the first column of each family
+    # fine-tuning schedule families the no-mask control chooses among per task family before the
+    # trials (bench.suites.tune); empty: every cell keeps its block's own schedule
+    schedules: tuple[str, ...] = ()
 
     def identity(self) -> dict[str, Any]:
         """What a tuned file must match to be used (a changed setting makes it stale)."""
-        return {
+        identity = {
             "trials": self.trials,
             "lr_multipliers": list(self.lr_multipliers),
             "seed": self.seed,
             "columns": [list(c) for c in self.columns],
         }
+        if self.schedules:  # absent without a choice: files tuned before the field existed stay valid
+            identity["schedules"] = list(self.schedules)
+        return identity
 
 
 def parse_settings(raw: Any, suite_path: Path) -> TuneSettings | None:
@@ -76,6 +83,17 @@ def parse_settings(raw: Any, suite_path: Path) -> TuneSettings | None:
         if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 < sparsity < 1:
             raise ConfigError(f"{at}.sparsity", f"must be a number in (0, 1), got {sparsity!r}")
         columns.append((item["task"], str(pattern), round(float(sparsity), 10)))
+    schedules = raw.get("schedules", [])
+    if (
+        not isinstance(schedules, list)
+        or (schedules and len(schedules) < 2)
+        or len(set(schedules)) != len(schedules)
+        or any(s not in OWN_FINETUNE_SCHEDULES for s in schedules)
+    ):
+        raise ConfigError(
+            "suite.tune.schedules",
+            f"must list at least two distinct fine-tuning schedules of {', '.join(OWN_FINETUNE_SCHEDULES)}, got {schedules!r}",
+        )
     path = Path(file)
     return TuneSettings(
         trials,
@@ -83,14 +101,16 @@ def parse_settings(raw: Any, suite_path: Path) -> TuneSettings | None:
         tuple(float(m) for m in mults),
         seed,
         tuple(columns),
+        tuple(schedules),
     )
 
 
 def tunes_retraining_lr(budget: dict[str, Any], task_budget) -> bool:
     """Whether a cell with this budget override (on the task's own ``Budget``) has a fine-tuning
-    stage with its own schedule, the one the tuned retraining lr multiplier applies to."""
+    stage with its own schedule (restart, hold), the one the tuned retraining lr multiplier and
+    the tuned schedule family apply to."""
     epochs = budget.get("finetune_epochs", task_budget.finetune_epochs)
-    return budget.get("finetune_schedule") == "restart" and epochs >= 1
+    return budget.get("finetune_schedule") in OWN_FINETUNE_SCHEDULES and epochs >= 1
 
 
 def read_tuned(settings: TuneSettings, suite_name: str) -> dict[str, dict[str, Any]] | None:

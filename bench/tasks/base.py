@@ -33,7 +33,9 @@ class Budget:
     calib_batches: int = 4
     # lr schedule of the pruning + fine-tuning stages, the same for every pruner of a cell:
     # "shared" (v1): one cosine from prune_lr over both stages; "restart": a cosine from prune_lr
-    # over the pruning stage, then a fresh cosine from finetune_lr (default prune_lr) over fine-tuning
+    # over the pruning stage, then a fresh cosine from finetune_lr (default prune_lr) over fine-tuning;
+    # "hold": the same pruning cosine, then finetune_lr constant for half of fine-tuning and a cosine
+    # to 0 over the other half (bench.core.schedules.stage_lr)
     finetune_schedule: str = "shared"
     finetune_lr: float | None = None
 

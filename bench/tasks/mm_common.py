@@ -368,8 +368,8 @@ class MMTask(Task):
         from bench.training.mm_hook import PruningHook, discard_unreadable_checkpoint
 
         b = self.budget
-        restart = b.finetune_schedule == "restart"  # the hook sets the lr (set_stage_lr, as native)
-        hook = PruningHook(driver, b if restart else None)
+        own = b.finetune_schedule != "shared"  # the hook sets the lr (set_stage_lr, as native)
+        hook = PruningHook(driver, b if own else None)
         autocast_device = str(self.device) if self.amp else None
         optim_wrapper = hook.optim_wrapper(  # no clipping, as native
             model, b.prune_lr, b.momentum, b.weight_decay, autocast_device=autocast_device
@@ -381,7 +381,7 @@ class MMTask(Task):
                 work_dir,
                 driver.epochs,
                 optim_wrapper,
-                [] if restart else [cosine_schedule(driver.epochs)],
+                [] if own else [cosine_schedule(driver.epochs)],
                 seed,
                 [hook],
                 resume=True,

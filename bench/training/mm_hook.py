@@ -139,7 +139,7 @@ class PruningHook(SafeCheckpointHook):
     priority = "VERY_HIGH"  # masks must be in place before anything else looks at the model
 
     def __init__(self, driver: StageDriver, budget=None):
-        # budget: a Budget whose finetune_schedule is "restart" -- the hook then sets every group's
+        # budget: a Budget whose finetune_schedule is not "shared" -- the hook then sets every group's
         # lr before each iteration with the native loop's bench.training.train.set_stage_lr (no
         # mmengine param scheduler); None: the Runner's own scheduler ("shared", one cosine)
         super().__init__(driver.log)
