@@ -415,9 +415,10 @@ def test_resume_from_mmengine_checkpoint_weights_only(shared_runs_dir, monkeypat
     assert [r["kept_units"] for r in resumed["audit"]["layers"]] == [r["kept_units"] for r in clean["audit"]["layers"]]
 
 
-def test_scratch_control_resumes_in_mmengine_and_never_reads_the_dense_weights(shared_runs_dir, monkeypatch):
-    """The from-scratch control on an mm task: mmengine's own initialisation, the dense recipe for
-    dense + prune + finetune epochs, killed after an epoch and resumed to the same numbers."""
+def test_scratch_control_resumes_in_mmengine_to_the_same_numbers(shared_runs_dir, monkeypatch):
+    """The from-scratch control on an mm task: the dense recipe for dense + prune + finetune epochs,
+    killed after an epoch and resumed to the same numbers (dropout draws: the checkpoint restores
+    the global random states)."""
     budget = {"finetune_epochs": 1}
     clean, run = run_row("seg", "scratch", "channel", shared_runs_dir, monkeypatch, budget=budget)
     assert clean["trained_from_scratch"] == {"epochs": 3, "lr": MICRO_BUDGET.lr, "optimizer": MicroSeg.dense_optimizer}
@@ -439,6 +440,21 @@ def test_scratch_control_resumes_in_mmengine_and_never_reads_the_dense_weights(s
     assert "resumed after epoch 1" in lines and not any(line.startswith("scratch epoch 1/") for line in lines)
     for key in ("metric", "val_metric", "achieved_sparsity"):
         assert resumed[key] == clean[key]
+
+
+def test_checkpointed_random_states_load_weights_only_and_replay_the_same_draws(tmp_path):
+    import random
+
+    from bench.training.mm_hook import rng_states, set_rng_states
+
+    random.gauss(0, 1)  # a cached second gaussian in Python's state
+    np.random.randn(3)
+    torch.save(rng_states(), tmp_path / "rng.pt")
+    first = (random.random(), random.gauss(0, 1), np.random.rand(), np.random.randn(), float(torch.rand(1)))
+    np.random.rand(5), random.random(), torch.rand(3)
+    set_rng_states(torch.load(tmp_path / "rng.pt", weights_only=True))
+    again = (random.random(), random.gauss(0, 1), np.random.rand(), np.random.randn(), float(torch.rand(1)))
+    assert again == first
 
 
 def test_every_pruner_runs_on_both_families(shared_runs_dir, monkeypatch):

@@ -26,6 +26,8 @@ scalars/arrays of its message hub).
 from __future__ import annotations
 
 import contextlib
+import math
+import random
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -103,18 +105,50 @@ class PenaltyOptimWrapper(OptimWrapper):
             self.after_step(self.optimizer)
 
 
+def rng_states() -> dict[str, Tensor]:
+    """Every global random state training draws from -- torch (dropout), CUDA, numpy and Python
+    (mm data pipelines: RandomFlip...) -- as tensors, so a weights-only load reads them back."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(keys.astype(np.int64)),
+        "numpy_meta": torch.tensor([position, has_gauss], dtype=torch.int64),
+        "numpy_gauss": torch.tensor(gauss, dtype=torch.float64),
+        "python": torch.tensor([version, *internal], dtype=torch.int64),
+        "python_gauss": torch.tensor(float("nan") if gauss_next is None else gauss_next, dtype=torch.float64),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    return states
+
+
+def set_rng_states(states: dict[str, Tensor]) -> None:
+    """Restore what ``rng_states`` saved (the CUDA state only where CUDA is present)."""
+    torch.set_rng_state(states["torch"])
+    position, has_gauss = (int(v) for v in states["numpy_meta"])
+    keys = states["numpy"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, position, has_gauss, float(states["numpy_gauss"])))
+    python = [int(v) for v in states["python"]]
+    gauss_next = float(states["python_gauss"])
+    random.setstate((python[0], tuple(python[1:]), None if math.isnan(gauss_next) else gauss_next))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(states["cuda"]))
+
+
 @HOOKS.register_module()
 class SafeCheckpointHook(Hook):
     """Checkpoints that ``torch.load(weights_only=True)`` reads back and that resume exactly:
     message-hub histories are stored as plain tensors (``plain_history``) and rebuilt on load; the
-    torch RNG state (dropout draws; mmengine only re-seeds) is saved and restored; a resume is logged."""
+    global random states (dropout, data augmentation; mmengine only re-seeds) are saved and
+    restored (``rng_states``); a resume is logged."""
 
     def __init__(self, log: Callable[[str], None]):
         self.log = log
         allow_mmengine_checkpoints()
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint[RNG_KEY] = torch.get_rng_state()
+        checkpoint[RNG_KEY] = rng_states()
         scalars = checkpoint.get("message_hub", {}).get("log_scalars", {})
         for key, buffer in scalars.items():
             if isinstance(buffer, HistoryBuffer):
@@ -128,7 +162,7 @@ class SafeCheckpointHook(Hook):
                     value["log_history"].numpy(), value["count_history"].numpy(), value["max_length"]
                 )
         if RNG_KEY in checkpoint:  # absent from checkpoints written before it was saved
-            torch.set_rng_state(checkpoint[RNG_KEY])
+            set_rng_states(checkpoint[RNG_KEY])
         self.log(f"resumed after epoch {checkpoint['meta']['epoch']}")
 
 
