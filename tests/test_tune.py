@@ -53,6 +53,7 @@ def settings(**changes) -> TuneSettings:
         ({"file": "x.json", "schedules": ["restart"]}, "suite.tune.schedules"),  # nothing to choose among
         ({"file": "x.json", "schedules": ["shared", "restart"]}, "suite.tune.schedules"),  # no stage of its own
         ({"file": "x.json", "schedules": ["restart", "restart"]}, "suite.tune.schedules"),
+        ({"file": "x.json", "schedules": [{"a": 1}, "restart"]}, "suite.tune.schedules"),
     ],
 )
 def test_bad_settings_name_the_field(raw, field):

@@ -86,9 +86,9 @@ def parse_settings(raw: Any, suite_path: Path) -> TuneSettings | None:
     schedules = raw.get("schedules", [])
     if (
         not isinstance(schedules, list)
+        or any(s not in OWN_FINETUNE_SCHEDULES for s in schedules)  # before set(): no unhashable values
         or (schedules and len(schedules) < 2)
         or len(set(schedules)) != len(schedules)
-        or any(s not in OWN_FINETUNE_SCHEDULES for s in schedules)
     ):
         raise ConfigError(
             "suite.tune.schedules",
