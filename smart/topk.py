@@ -44,16 +44,19 @@ def _initial_shift(z: Tensor, k: Tensor) -> Tensor:
     return torch.log(frac) - torch.log1p(-frac) - z.mean(dim=1, dtype=torch.float64)
 
 
-def _newton_step(z: Tensor, t: Tensor, k: Tensor, lo: Tensor, hi: Tensor):
+def _newton_step(z: Tensor, t: Tensor, k: Tensor, lo: Tensor, hi: Tensor, buffers: tuple[Tensor, Tensor] | None = None):
     """One safeguarded Newton step on g(t) = sum sigmoid(z + t) - k.
 
     Returns (f, q, g, t_next, lo, hi) with f = sigmoid(z + t) and q = f (1 - f) at the *current*
     t (the forward output and the backward's weights when the row is done). Sums run in z's
     dtype with torch's cascade summation (a float64 cast of a float32 vector costs more than the
-    sigmoid) and are returned as float64.
+    sigmoid) and are returned as float64. ``buffers``: two tensors shaped like z for f and q,
+    reused across passes so that a pass allocates nothing z-sized; the values are those of
+    ``sigmoid(z + t)`` and ``f * (1 - f)`` bit for bit.
     """
-    f = torch.sigmoid(z + t[:, None].to(z.dtype))
-    q = f * (1 - f)
+    f_buf, q_buf = (None, None) if buffers is None else buffers
+    f = torch.add(z, t[:, None].to(z.dtype), out=f_buf).sigmoid_()
+    q = torch.neg(f, out=q_buf).add_(1).mul_(f)
     g = f.sum(dim=1).to(torch.float64) - k
     dg = q.sum(dim=1).to(torch.float64)
     lo = torch.where(g < 0, t, lo)
@@ -81,20 +84,24 @@ def _solve(z: Tensor, k: Tensor, tol: float, t0: Tensor | None) -> tuple[Tensor,
     coarse = z.dtype != torch.float64
     done = torch.zeros(rows, dtype=torch.bool, device=z.device)
     f_out = q_out = None
+    scratch = None  # f and q of a full pass whose values nobody keeps: the next full pass reuses them
     for _ in range(_MAX_ITER):
         active = None if 4 * int((~done).sum()) >= rows else (~done).nonzero().squeeze(1)
         sub = slice(None) if active is None else active
         t_a = t[sub]
-        f, q, g, t_next, lo[sub], hi[sub] = _newton_step(z[sub], t_a, k[sub], lo[sub], hi[sub])
+        buffer = scratch if active is None else None
+        f, q, g, t_next, lo[sub], hi[sub] = _newton_step(z[sub], t_a, k[sub], lo[sub], hi[sub], buffer)
         now = g.abs() <= limit[sub]
         if coarse:
             now |= t_next.to(z.dtype) == t_a.to(z.dtype)
         if active is None:
             now &= ~done  # rows done earlier keep their t, f and q
             if f_out is None and bool(now.all()):
-                return t, f, q  # every row converged in this first full pass
-            if f_out is None:
-                f_out, q_out = f, q
+                return t, f, q  # every row converged in this full pass, none before
+            if f_out is None and bool(now.any()):
+                f_out, q_out, scratch = f, q, None
+            elif f_out is None:
+                scratch = (f, q)  # nothing kept from this pass
             else:
                 f_out, q_out = torch.where(now[:, None], f, f_out), torch.where(now[:, None], q, q_out)
             t = torch.where(now | done, t, t_next)
