@@ -114,3 +114,13 @@ def test_amp_autocasts_the_training_forward_in_bf16():
     assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
     kept = sum(int(m.sum()) for m in hard.values())
     assert kept == sum(m.numel() for m in hard.values()) // 2
+
+
+def test_cpu_allocator_keeps_freed_memory_on_glibc():
+    import platform
+
+    from bench.core.allocator import keep_freed_cpu_memory
+
+    applied = keep_freed_cpu_memory()
+    assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    assert keep_freed_cpu_memory() == applied  # idempotent

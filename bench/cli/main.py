@@ -7,6 +7,7 @@ import json
 import sys
 
 from bench.cli.args import add_device_arguments
+from bench.core.allocator import keep_freed_cpu_memory
 from bench.core.errors import ConfigError, SmartbenchError
 
 
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_cpu_memory()
     try:
         return args.func(args)
     except SmartbenchError as err:

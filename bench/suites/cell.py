@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.core.allocator import keep_freed_cpu_memory
 from bench.core.errors import ConfigError
 from bench.core.paths import RunPaths, paths_or_env
 from bench.runs.record import ResultStore
@@ -119,6 +120,7 @@ def run_cell(payload: dict[str, Any], echo: Callable[[str], None] | None = None)
     to ``<run_id>.failed``). Without ``echo`` (a worker process, a Slurm job, a torchrun rank)
     everything the run prints goes to the cell's log file, so the suite's console shows only its
     progress and one line per cell."""
+    keep_freed_cpu_memory()
     if payload.get("threads"):
         import torch
 
