@@ -49,9 +49,18 @@ class AWGConfig(PrunerConfig):
         check_range(self, "init_keep", 0.0, 1.0)
 
 
+def unit_norms(units: Tensor) -> tuple[Tensor, Tensor]:
+    """(*unit_shape, size) -> L2 norm and mean |w| of every unit, each (*unit_shape) (differentiable).
+    A unit of one weight (unstructured) has both equal to |w|, computed once."""
+    if units.shape[-1] == 1:
+        norm = units.squeeze(-1).abs()
+        return norm, norm
+    return torch.linalg.vector_norm(units, dim=-1), units.abs().mean(dim=-1)
+
+
 def unit_features(units: Tensor) -> Tensor:
     """(*unit_shape, size) -> (*unit_shape, 2): L2 norm and mean |w| of every unit (differentiable)."""
-    return torch.stack([torch.linalg.vector_norm(units, dim=-1), units.abs().mean(dim=-1)], dim=-1)
+    return torch.stack(unit_norms(units), dim=-1)
 
 
 class GateFunction(nn.Module):
@@ -71,6 +80,19 @@ class GateFunction(nn.Module):
         logit = z @ self.slope + self.bias
         return logit if self.mlp is None else logit + self.mlp(z).squeeze(-1)
 
+    def from_norms(self, norm: Tensor, mean_abs: Tensor, stats: Tensor) -> Tensor:
+        """``forward`` of the standardised features of ``unit_norms`` (``stats``: mean/std rows),
+        without stacking them for the affine map: a_0 z_0 + a_1 z_1 + c as two fused element-wise
+        passes (the stacked form costs a copy, a matrix-vector product and their backward over
+        every unit; equal up to float rounding)."""
+        if self.mlp is not None:
+            return self(torch.stack([(norm - stats[0, 0]) / stats[1, 0], (mean_abs - stats[0, 1]) / stats[1, 1]], -1))
+        scale = self.slope / stats[1]
+        shift = self.bias - (scale * stats[0]).sum()
+        if norm is mean_abs:  # one weight per unit
+            return norm * scale.sum() + shift
+        return torch.addcmul(shift + norm * scale[0], mean_abs, scale[1])
+
 
 @register_pruner("awg")
 class AWGPruner(Pruner):
@@ -83,6 +105,7 @@ class AWGPruner(Pruner):
         super().__init__(config, pattern, sparsity)
         self.gate_fns: dict[str, GateFunction] = {}
         self.stats: dict[str, Tensor] = {}  # per layer: (2 features, mean/std) frozen at attach
+        self._step_masks: dict[str, Tensor] | None = None  # masks() of this step, for penalty()
 
     def attach(self, layers: list[PrunableLayer]) -> None:
         super().attach(layers)
@@ -95,7 +118,8 @@ class AWGPruner(Pruner):
                 torch.manual_seed(len(self.gate_fns))
                 fn = GateFunction(self.config.hidden, self.config.init_slope).to(layer.weight.device)
             with torch.no_grad():  # bias so that the initial kept fraction is init_keep (or 1 - p)
-                logits = fn(self.features(layer)).reshape(-1)
+                norms = unit_norms(self.pattern.units(layer.weight))
+                logits = fn.from_norms(*norms, self.stats[layer.name]).reshape(-1)
                 keep = keep_count(logits.numel(), 1.0 - (self.config.init_keep or 1.0 - self.sparsity))
                 ordered = logits.sort(descending=True).values
                 low = ordered[keep] if keep < logits.numel() else ordered[-1] - 1.0
@@ -110,22 +134,28 @@ class AWGPruner(Pruner):
         return [{"params": self.parameters(), "lr": cfg.gate_lr, "momentum": cfg.gate_momentum, "weight_decay": 0.0}]
 
     # -- gates --------------------------------------------------------------------------
-    def features(self, layer: PrunableLayer) -> Tensor:
-        stats = self.stats[layer.name].to(layer.weight.device)
-        return (unit_features(self.pattern.units(layer.weight)) - stats[0]) / stats[1]
-
     def logits(self) -> dict[str, Tensor]:
-        return {layer.name: self.gate_fns[layer.name](self.features(layer)) for layer in self.layers}
+        logits = {}
+        for layer in self.layers:
+            stats = self.stats[layer.name].to(layer.weight.device)
+            norm, mean_abs = unit_norms(self.pattern.units(layer.weight))
+            logits[layer.name] = self.gate_fns[layer.name].from_norms(norm, mean_abs, stats)
+        return logits
 
     def masks(self) -> dict[str, Tensor]:
         logits = self.logits()
         hard = self.keep_above(logits, 0.0)
-        return {name: straight_through(torch.sigmoid(logit), hard[name]) for name, logit in logits.items()}
+        masks = {name: straight_through(torch.sigmoid(logit), hard[name]) for name, logit in logits.items()}
+        self._step_masks = masks
+        return masks
 
     def penalty(self) -> Tensor | float:
+        # the masks the stage driver installed this step (one graph for the forward and the
+        # budget: computing them again doubled AWG's cost per step); fresh ones otherwise
+        masks, self._step_masks = self._step_masks, None
         if self.budget_fixed or self.config.budget_weight == 0:
             return 0.0
-        masks = self.masks()
+        masks = masks if masks is not None else self.masks()
         target = 1.0 - self.sparsity
         if self.scope == "layer":
             gaps = torch.stack([(m.mean() - target) ** 2 for m in masks.values()])

@@ -190,3 +190,49 @@ def test_bad_config_names_the_field(field, value):
     with pytest.raises(ConfigError) as err:
         AWGConfig(**{field: value})
     assert err.value.field == field
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "block:1x4", "channel", "nm:2:4"])
+@pytest.mark.parametrize("hidden", [0, 3])
+def test_fused_logits_equal_the_stacked_affine_map_with_gradients(pattern, hidden):
+    from baselines.awg import unit_features, unit_norms
+
+    _, masker, pruner, _ = setup(pattern, hidden=hidden)
+    for lay in masker.layers:
+        fn, stats = pruner.gate_fns[lay.name], pruner.stats[lay.name]
+        with torch.no_grad():
+            fn.slope.copy_(torch.tensor([1.5, -0.7]))
+            if fn.mlp is not None:
+                nn.init.normal_(fn.mlp[2].weight)
+        weight = lay.weight.detach().clone().requires_grad_(True)
+        ref_w = weight.detach().clone().requires_grad_(True)
+        fused = fn.from_norms(*unit_norms(pruner.pattern.units(weight)), stats)
+        stacked = fn((unit_features(pruner.pattern.units(ref_w)) - stats[0]) / stats[1])
+        torch.testing.assert_close(fused, stacked, rtol=1e-5, atol=1e-5)
+        upstream = torch.randn_like(fused)
+        (fused * upstream).sum().backward()
+        (stacked * upstream).sum().backward()
+        torch.testing.assert_close(weight.grad, ref_w.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_penalty_reuses_the_step_masks_and_its_gradient_is_unchanged(monkeypatch):
+    import baselines.awg as awg
+
+    _, masker, pruner, _ = setup("block:1x4", 0.5, init_keep=1.0, budget_weight=3.0)
+    fresh = pruner.penalty()  # no masks() this step: computed on its own
+    fresh.backward()
+    expected = [p.grad.clone() for p in pruner.parameters()]
+    for p in pruner.parameters():
+        p.grad = None
+    calls, unit_norms = [], awg.unit_norms
+    monkeypatch.setattr(awg, "unit_norms", lambda units: calls.append(1) or unit_norms(units))
+    pruner.masks()
+    reused = pruner.penalty()
+    assert len(calls) == len(masker.layers)  # one gate graph per step, not two
+    assert float(reused.detach()) == float(fresh.detach())
+    reused.backward()
+    for p, g in zip(pruner.parameters(), expected):
+        torch.testing.assert_close(p.grad, g)
+    assert pruner._step_masks is None  # used once: a later penalty computes its own masks
+    pruner.penalty()
+    assert len(calls) == 2 * len(masker.layers)
