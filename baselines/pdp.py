@@ -32,7 +32,7 @@ from torch import Tensor
 from bench.core.errors import ConfigError
 from bench.core.pruner import Progress, Pruner, PrunerConfig, check_choice, check_range, register_pruner
 from bench.core.schedules import LinearRamp
-from bench.core.select import global_topk
+from bench.core.select import global_topk, order_pair
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,7 @@ def soft_mask(squared_scores: Tensor, threshold: Tensor, tau: float, spread: Ten
 
 def layer_threshold(scores: Tensor, pruned: int) -> Tensor:
     """Midpoint between the largest pruned and the smallest kept score (1 <= pruned < numel)."""
-    flat = scores.detach().reshape(-1)
-    largest_pruned = torch.kthvalue(flat, pruned).values
-    smallest_kept = torch.kthvalue(flat, pruned + 1).values
+    largest_pruned, smallest_kept = order_pair(scores, pruned)
     return 0.5 * (largest_pruned + smallest_kept)
 
 

@@ -8,7 +8,7 @@ from baselines.pdp import PDPConfig, PDPPruner
 from bench.core.errors import ConfigError
 from bench.core.masks import Masker, PrunableLayer, find_prunable
 from bench.core.pruner import Progress
-from bench.core.select import expected_kept
+from bench.core.select import expected_kept, order_pair
 from bench.core.sparsity import parse_pattern
 from bench.runs.registry import build_pruner
 
@@ -199,3 +199,27 @@ def test_soft_mask_is_binary_when_the_hard_mask_takes_over(pattern, sparsity):
     assert soft_share_at_the_end({}) < 0.01
     v1 = soft_share_at_the_end({"tau_scale": "threshold", "tau_end": 0.1})
     assert pattern == "unstructured" or v1 > 0.05  # what the fix removes (|w| scores are spread enough)
+
+
+@pytest.mark.parametrize("n", [7, 5000, 70_001, 300_000])
+@pytest.mark.parametrize("kind", ["normal", "ties", "sorted", "half-tied", "strided-outliers"])
+def test_order_pair_is_exactly_two_kthvalues(n, kind):
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, generator=g).abs()
+    if kind == "ties":
+        x = torch.randint(0, 20, (n,), generator=g).float()
+    elif kind == "sorted":
+        x = x.sort().values
+    elif kind == "half-tied":
+        x[: n // 2] = 0.5
+    elif kind == "strided-outliers":  # the strided sample sees only outliers: the bracket misses
+        x[:: max(1, n // 16384)] = 1e6
+    for q in (1e-4, 0.3, 0.5, 0.9, 0.9999):
+        k = min(n - 1, max(1, int(q * n)))
+        got = order_pair(x.reshape(-1, 7) if n % 7 == 0 else x, k)
+        assert (float(got[0]), float(got[1])) == (
+            float(torch.kthvalue(x, k).values),
+            float(torch.kthvalue(x, k + 1).values),
+        ), (kind, q)
+    with pytest.raises(ValueError, match="k must lie"):
+        order_pair(x, n)
