@@ -1,8 +1,8 @@
 """Exact-k differentiable top-k: f_tau(s)_i = sigmoid(s_i / tau + t), with t solved so sum_i f_i = k.
 
 Forward: for each row, g(t) = sum_i sigmoid(s_i/tau + t) - k is strictly increasing, so the root
-is unique for 0 < k < n. We solve it with a safeguarded Newton iteration (Newton steps inside a
-shrinking bisection bracket), vectorised over rows (one t per row, no Python loop over rows).
+is unique for 0 < k < n. We solve it with a safeguarded Halley iteration (Halley steps, else
+Newton steps, inside a shrinking bisection bracket), vectorised over rows (one t per row, no Python loop over rows).
 The element-wise work runs in the scores' dtype with float64 sums and a float64 t:
 
 * float64 scores: |g| <= tol * max(1, k) (1e-12 by default) -- exact to float64 rounding.
@@ -12,7 +12,7 @@ The element-wise work runs in the scores' dtype with float64 sums and a float64 
 
 Warm start: the solved row thresholds theta = -t * tau live in score space and move little from
 one training step to the next, so ``threshold=`` (the previous call's, from
-``return_threshold=True``) starts Newton next to the root -- usually one or two passes instead of
+``return_threshold=True``) starts the iteration next to the root -- usually one or two passes instead of
 five to ten -- while the result stays the unique root.
 
 Backward (implicit function theorem, q_i = f_i (1 - f_i)):
@@ -44,8 +44,8 @@ def _initial_shift(z: Tensor, k: Tensor) -> Tensor:
     return torch.log(frac) - torch.log1p(-frac) - z.mean(dim=1, dtype=torch.float64)
 
 
-def _newton_step(z: Tensor, t: Tensor, k: Tensor, lo: Tensor, hi: Tensor, buffers: tuple[Tensor, Tensor] | None = None):
-    """One safeguarded Newton step on g(t) = sum sigmoid(z + t) - k.
+def _root_step(z: Tensor, t: Tensor, k: Tensor, lo: Tensor, hi: Tensor, buffers: tuple[Tensor, Tensor] | None = None):
+    """One safeguarded Halley step on g(t) = sum sigmoid(z + t) - k.
 
     Returns (f, q, g, t_next, lo, hi) with f = sigmoid(z + t) and q = f (1 - f) at the *current*
     t (the forward output and the backward's weights when the row is done). Sums run in z's
@@ -53,28 +53,40 @@ def _newton_step(z: Tensor, t: Tensor, k: Tensor, lo: Tensor, hi: Tensor, buffer
     sigmoid) and are returned as float64. ``buffers``: two tensors shaped like z for f and q,
     reused across passes so that a pass allocates nothing z-sized; the values are those of
     ``sigmoid(z + t)`` and ``f * (1 - f)`` bit for bit.
+
+    Halley's step t - 2 g g' / (2 g'^2 - g g'') with g' = sum q and g'' = sum q (1 - 2 f) =
+    g' - 2 sum q f converges cubically: from a warm start in training (SMART, 4.9M unstructured
+    scores, a 0.9 % miss of k) one step lands inside the float32 tolerance where Newton's needed
+    two, i.e. one pass less per solve for the price of one more reduction (not always: a larger
+    miss still takes two steps). A step that leaves the bracket, or a
+    non-positive denominator, falls back to Newton's step, then to bisection.
     """
     f_buf, q_buf = (None, None) if buffers is None else buffers
     f = torch.add(z, t[:, None].to(z.dtype), out=f_buf).sigmoid_()
     q = torch.neg(f, out=q_buf).add_(1).mul_(f)
     g = f.sum(dim=1).to(torch.float64) - k
     dg = q.sum(dim=1).to(torch.float64)
+    qf = torch.dot(q[0], f[0]).reshape(1) if z.shape[0] == 1 else torch.linalg.vecdot(q, f, dim=1)
+    d2g = dg - 2 * qf.to(torch.float64)
     lo = torch.where(g < 0, t, lo)
     hi = torch.where(g > 0, t, hi)
+    denominator = 2 * dg * dg - g * d2g
+    halley = t - 2 * g * dg / denominator.clamp_min(1e-300)
     newton = t - g / dg.clamp_min(1e-300)
-    inside = (newton > lo) & (newton < hi) & (dg > 1e-12)
-    return f, q, g, torch.where(inside, newton, (lo + hi) / 2), lo, hi
+    usable = dg > 1e-12
+    step = torch.where((halley > lo) & (halley < hi) & (denominator > 0) & usable, halley, newton)
+    inside = (step > lo) & (step < hi) & usable
+    return f, q, g, torch.where(inside, step, (lo + hi) / 2), lo, hi
 
 
 def _solve(z: Tensor, k: Tensor, tol: float, t0: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """Solve sum_j sigmoid(z_ij + t_i) = k_i for t (rows of z); returns (t float64, f, q) at the root.
 
-    Safeguarded Newton inside the always-valid bracket [-max z - 30, -min z + 30]. A row is done
+    Safeguarded Halley (_root_step) inside the always-valid bracket [-max z - 30, -min z + 30]. A row is done
     when |g| <= max(tol, 8 eps) * max(1, k) (eps of z's dtype), or (float32 z) when the next t
     rounds to the same float32 value as the current one; its f and q from that last evaluation
     are kept, so a warm-started row costs one pass. While at least a quarter of the rows is
-    active a pass covers every row (a gather of the active rows would cost more); then only the
-    active rows are gathered.
+    active a pass covers every row; then only the active rows are gathered.
     """
     rows = z.shape[0]
     lo = -z.amax(dim=1).to(torch.float64) - _BRACKET_MARGIN
@@ -83,30 +95,26 @@ def _solve(z: Tensor, k: Tensor, tol: float, t0: Tensor | None) -> tuple[Tensor,
     limit = max(tol, 8 * torch.finfo(z.dtype).eps) * k.clamp_min(1)
     coarse = z.dtype != torch.float64
     done = torch.zeros(rows, dtype=torch.bool, device=z.device)
+    # f and q of the latest full pass: exact for every done row (a done row's t no longer moves,
+    # so each pass recomputes its f bit for bit), overwritten for the others; the buffers of one
+    # pass are reused by the next, so full passes allocate nothing z-sized after the first
     f_out = q_out = None
-    scratch = None  # f and q of a full pass whose values nobody keeps: the next full pass reuses them
     for _ in range(_MAX_ITER):
-        active = None if 4 * int((~done).sum()) >= rows else (~done).nonzero().squeeze(1)
-        sub = slice(None) if active is None else active
-        t_a = t[sub]
-        buffer = scratch if active is None else None
-        f, q, g, t_next, lo[sub], hi[sub] = _newton_step(z[sub], t_a, k[sub], lo[sub], hi[sub], buffer)
-        now = g.abs() <= limit[sub]
-        if coarse:
-            now |= t_next.to(z.dtype) == t_a.to(z.dtype)
-        if active is None:
-            now &= ~done  # rows done earlier keep their t, f and q
-            if f_out is None and bool(now.all()):
-                return t, f, q  # every row converged in this full pass, none before
-            if f_out is None and bool(now.any()):
-                f_out, q_out, scratch = f, q, None
-            elif f_out is None:
-                scratch = (f, q)  # nothing kept from this pass
-            else:
-                f_out, q_out = torch.where(now[:, None], f, f_out), torch.where(now[:, None], q, q_out)
+        if f_out is None or 4 * int((~done).sum()) >= rows:  # a full pass (a gather of the active rows would cost more)
+            buffers = None if f_out is None else (f_out, q_out)
+            f_out, q_out, g, t_next, lo, hi = _root_step(z, t, k, lo, hi, buffers)
+            now = g.abs() <= limit
+            if coarse:
+                now |= t_next.to(z.dtype) == t.to(z.dtype)
             t = torch.where(now | done, t, t_next)
             done |= now
-        else:
+        else:  # few rows left: only they are evaluated
+            active = (~done).nonzero().squeeze(1)
+            t_a = t[active]
+            f, q, g, t_next, lo[active], hi[active] = _root_step(z[active], t_a, k[active], lo[active], hi[active])
+            now = g.abs() <= limit[active]
+            if coarse:
+                now |= t_next.to(z.dtype) == t_a.to(z.dtype)
             rows_now = active[now]
             f_out[rows_now], q_out[rows_now] = f[now], q[now]
             t[active] = torch.where(now, t_a, t_next)
@@ -114,8 +122,6 @@ def _solve(z: Tensor, k: Tensor, tol: float, t0: Tensor | None) -> tuple[Tensor,
         if bool(done.all()):
             return t, f_out, q_out
     left = (~done).nonzero().squeeze(1)  # max_iter reached: evaluate at the last t
-    if f_out is None:
-        f_out, q_out = torch.empty_like(z), torch.empty_like(z)
     f = torch.sigmoid(z[left] + t[left, None].to(z.dtype))
     f_out[left], q_out[left] = f, f * (1 - f)
     return t, f_out, q_out

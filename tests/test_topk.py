@@ -92,8 +92,8 @@ def test_warm_start_gives_the_same_root_in_fewer_passes(monkeypatch):
     scores = torch.randn(100_000)
     cold, threshold = soft_topk(scores, 30_000, 0.05, return_threshold=True)
     passes = []
-    original = topk._newton_step
-    monkeypatch.setattr(topk, "_newton_step", lambda *a: passes.append(1) or original(*a))
+    original = topk._root_step
+    monkeypatch.setattr(topk, "_root_step", lambda *a: passes.append(1) or original(*a))
     moved = scores + 1e-4 * torch.randn(100_000)
     warm = soft_topk(moved, 30_000, 0.05, threshold=threshold)
     warm_passes = len(passes)
@@ -115,3 +115,20 @@ def test_many_rows_converge_to_their_own_roots():
     assert (out.double().sum(dim=1) - 2).abs().max() < 1e-4
     warm = soft_topk(rows, 2, 0.01, threshold=threshold)
     torch.testing.assert_close(warm, out)
+
+
+def test_halley_reaches_the_tolerance_in_one_step_from_a_warm_start(monkeypatch):
+    # a training-like drift (scores moved, tau lowered): Newton needs evaluate -> step -> step ->
+    # converged (3 passes); Halley's cubic step lands inside the float32 tolerance at once (2)
+    import smart.topk as topk
+
+    torch.manual_seed(7)
+    scores = torch.randn(1_000_000)
+    _, threshold = soft_topk(scores, 100_000, 0.0464, return_threshold=True)
+    moved = scores + 0.01 * torch.randn(1_000_000) + 0.005
+    passes = []
+    original = topk._root_step
+    monkeypatch.setattr(topk, "_root_step", lambda *a: passes.append(1) or original(*a))
+    out = soft_topk(moved, 100_000, 0.0449, threshold=threshold)
+    assert len(passes) == 2
+    assert abs(out.double().sum().item() - 100_000) <= 8 * torch.finfo(torch.float32).eps * 100_000
