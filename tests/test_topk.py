@@ -132,3 +132,22 @@ def test_halley_reaches_the_tolerance_in_one_step_from_a_warm_start(monkeypatch)
     out = soft_topk(moved, 100_000, 0.0449, threshold=threshold)
     assert len(passes) == 2
     assert abs(out.double().sum().item() - 100_000) <= 8 * torch.finfo(torch.float32).eps * 100_000
+
+
+def test_long_rows_start_from_the_root_of_a_strided_sample(monkeypatch):
+    # cold start on 1e6 scores at a small tau: the logit of the kept fraction starts far from the
+    # root (5 passes over the row); the sample's root starts next to it
+    import smart.topk as topk
+
+    torch.manual_seed(8)
+    scores = torch.randn(1_000_000)
+    full_passes = []
+    original = topk._root_step
+    monkeypatch.setattr(
+        topk, "_root_step", lambda z, *a: full_passes.append(z.shape[1] == scores.numel()) or original(z, *a)
+    )
+    out, threshold = soft_topk(scores, 100_000, 0.01, return_threshold=True)
+    assert 1 <= sum(full_passes) <= 3 and len(full_passes) > sum(full_passes)  # sample passes first
+    assert abs(out.double().sum().item() - 100_000) <= 8 * torch.finfo(torch.float32).eps * 100_000
+    monkeypatch.setattr(topk, "_root_step", original)
+    torch.testing.assert_close(out, soft_topk(scores, 100_000, 0.01, threshold=threshold), atol=1e-6, rtol=0)
