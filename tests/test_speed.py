@@ -11,7 +11,7 @@ from bench.core.masks import Masker, find_prunable
 from bench.core.select import hard_topk
 from bench.core.sparsity import OutputChannel, Unstructured
 from bench.deploy.shrink import ShrinkError, count_params, folded_copy, replay_shrink, shrink_channels
-from bench.deploy.speed import cost_figures, latency, measure
+from bench.deploy.speed import cost_figures, fold_batchnorm, fold_variants, latency, measure
 
 CHANNEL = OutputChannel()
 
@@ -186,6 +186,7 @@ def test_measure_builds_the_variants_of_a_pattern():
     plain = folded_copy(model, masker, hard)
     result = measure({"run_id": "x", "pattern": "channel"}, plain, example, hard, batch_sizes=(2,), warmup=0, repeats=2)
     assert set(result["latency"]) == {"masked_dense", "shrunk"} and "2" in result["ratios"]["shrunk"]
+    assert result["protocol"]["bn_folded"] == ["masked_dense", "shrunk"]
     result = measure({"run_id": "y", "pattern": "nm:2:4"}, plain, example, None, batch_sizes=(1,), warmup=0, repeats=1)
     assert set(result["latency"]) == {"masked_dense"} and "sparse24" in result["skipped"]
 
@@ -243,3 +244,35 @@ def test_dict_input_model_shrinks_and_counts_per_sample():
     plain = folded_copy(net, masker, hard)
     shrink_channels(plain, hard, example)  # raises ShrinkError if outputs differ
     assert (plain.a.out_channels, plain.b.in_channels, plain.b.out_channels, plain.head.in_channels) == (6, 6, 6, 6)
+
+
+@pytest.mark.parametrize("arch", ["test_resnet", "resnet10t"])
+def test_folding_batchnorm_keeps_the_outputs_of_masked_and_shrunk_models(arch):
+    model, masker, hard, example = masked_model(arch)
+    masked = folded_copy(model, masker, hard)
+    shrunk = folded_copy(model, masker, hard)
+    shrink_channels(shrunk, hard, example)
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    variants = {"masked_dense": masked, "shrunk": shrunk}
+    with torch.no_grad():
+        expected = {name: m.eval()(x) for name, m in variants.items()}
+    assert fold_variants(variants) == ["masked_dense", "shrunk"]
+    for name, m in variants.items():
+        assert not any(isinstance(mod, nn.BatchNorm2d) for mod in m.modules())  # every BN followed a conv
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), expected[name], rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_that_does_not_trace_is_compared_unfolded():
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if x.sum() > 0 else x  # control flow on a value: no fx trace
+
+    assert fold_batchnorm(DataDependent()) is None and fold_batchnorm(nn.Linear(2, 2)) is None
+    variants = {"masked_dense": masked_model("test_resnet")[0], "shrunk": DataDependent()}
+    kept = dict(variants)
+    assert fold_variants(variants) == [] and variants == kept  # both or neither

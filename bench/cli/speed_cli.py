@@ -69,6 +69,8 @@ def cmd_speed(args) -> int:
             )
     for variant, why in result["skipped"].items():
         print(f"  {variant:13s} skipped: {why}")
+    folded = result["protocol"]["bn_folded"]
+    print(f"  BatchNorm folded into the convs of: {', '.join(folded)}" if folded else "  BatchNorm not folded")
     print("  costs: " + ", ".join(f"{k} {v:,}" for k, v in result["costs"].items()))
     print(f"written {out}")
     return 0

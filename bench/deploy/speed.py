@@ -21,6 +21,9 @@ to the reference variant, both as a ratio of medians and as the median of per-ro
 
 Variants (:func:`measure`): ``masked_dense`` (hard masks folded into dense tensors: what a masked
 model costs on dense kernels), ``shrunk`` (channel pattern: pruned channels physically removed),
+both with every eval-mode BatchNorm that follows a conv folded into it (:func:`fold_batchnorm`,
+as deployment compilers do; both or neither, recorded as ``protocol.bn_folded``: a per-op
+overhead that both carry hides part of the shrunk model's gain at batch 1),
 ``masked_dense_fp16`` and ``sparse24`` (``nm:2:4`` on CUDA: the block Linears converted with
 ``bench.deploy.sparse24.to_semi_structured_``, fp16; its ratio is taken against ``masked_dense_fp16``).
 """
@@ -281,6 +284,36 @@ def latency(
 
 
 # -- variants of a pruned model -----------------------------------------------------------
+def fold_batchnorm(model: nn.Module) -> nn.Module | None:
+    """An eval-mode copy of ``model`` with every BatchNorm that directly follows a Conv folded into
+    that conv (torch.fx conv-bn fusion, ``torch.fx.experimental.optimization.fuse``); the outputs
+    agree up to float rounding. None when the model has no BatchNorm or does not trace with
+    torch.fx (mmdet/mmseg models, data-dependent control flow): the caller keeps it unfolded."""
+    from torch.fx.experimental.optimization import fuse
+
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return None
+    try:
+        return fuse(model.eval(), inplace=False)
+    except Exception:  # torch.fx raises many kinds (TraceError, TypeError, RuntimeError...) on untraceable code
+        return None
+
+
+FOLDED_VARIANTS = ("masked_dense", "shrunk")
+
+
+def fold_variants(variants: dict[str, nn.Module]) -> list[str]:
+    """Fold BatchNorm (:func:`fold_batchnorm`) into the fp32 variants of one comparison, in place:
+    all of them or none, so that no variant is compared against a differently compiled one.
+    Returns the names folded."""
+    names = [name for name in FOLDED_VARIANTS if name in variants]
+    folded = {name: fold_batchnorm(variants[name]) for name in names}
+    if not names or any(model is None for model in folded.values()):
+        return []
+    variants.update(folded)
+    return names
+
+
 class HalfInput(nn.Module):
     """Feeds a float16 model: casts floating inputs to half (the cast is part of the timed call)."""
 
@@ -347,8 +380,10 @@ def measure(
     dict plus ``run_id``, ``pattern`` and ``skipped`` (variant -> reason).
     """
     variants, skipped = build_variants(model, row["pattern"], hard_masks, example_input, device)
+    folded = fold_variants(variants)
     references = {"sparse24": "masked_dense_fp16"} if "sparse24" in variants else None
     result = latency(
         variants, make_input or example_input, batch_sizes, warmup, repeats, threads, device, reference=references
     )
+    result["protocol"]["bn_folded"] = folded
     return {"run_id": row.get("run_id"), "pattern": row["pattern"], **result, "skipped": skipped}
