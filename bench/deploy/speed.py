@@ -22,8 +22,7 @@ to the reference variant, both as a ratio of medians and as the median of per-ro
 Variants (:func:`measure`): ``masked_dense`` (hard masks folded into dense tensors: what a masked
 model costs on dense kernels), ``shrunk`` (channel pattern: pruned channels physically removed),
 both with every eval-mode BatchNorm that follows a conv folded into it (:func:`fold_batchnorm`,
-as deployment compilers do; both or neither, recorded as ``protocol.bn_folded``: a per-op
-overhead that both carry hides part of the shrunk model's gain at batch 1),
+as deployment compilers do; both or neither, recorded as ``protocol.bn_folded``),
 ``masked_dense_fp16`` and ``sparse24`` (``nm:2:4`` on CUDA: the block Linears converted with
 ``bench.deploy.sparse24.to_semi_structured_``, fp16; its ratio is taken against ``masked_dense_fp16``).
 """
