@@ -11,7 +11,7 @@ BENCH_WORKERS ?= 2
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-mm.txt pyproject.toml scripts/build_mmcv.sh
+$(STAMP): requirements.txt requirements-mm.txt pyproject.toml scripts/build_mmcv.sh scripts/mmcv_unity.py
 	@test -f $(FMNIST) || { command -v apt-get >/dev/null && \
 	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
 	   (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) \
