@@ -86,7 +86,7 @@ class GateFunction(nn.Module):
         passes (the stacked form costs a copy, a matrix-vector product and their backward over
         every unit; equal up to float rounding)."""
         if self.mlp is not None:
-            return self(torch.stack([(norm - stats[0, 0]) / stats[1, 0], (mean_abs - stats[0, 1]) / stats[1, 1]], -1))
+            return self((torch.stack((norm, mean_abs), -1) - stats[0]) / stats[1])
         scale = self.slope / stats[1]
         shift = self.bias - (scale * stats[0]).sum()
         if norm is mean_abs:  # one weight per unit

@@ -44,7 +44,7 @@ from bench.core.pruner import Progress
 from bench.core.select import hard_topk
 from bench.core.sparsity import parse_pattern, resolve_sparsity
 from bench.deploy.shrink import folded_copy, shrink_channels
-from bench.deploy.speed import cost_figures, device_fingerprint, fold_batchnorm, latency
+from bench.deploy.speed import cost_figures, device_fingerprint, fold_variants, latency
 from bench.runs.registry import build_pruner, load_pruners
 from bench.tasks.registry import get_task
 from bench.training.train import make_optimizer
@@ -330,10 +330,7 @@ def shrunk_latency(cfg: dict, threads: int) -> dict:
         shrunk = folded_copy(model, masker, hard)
         shrink_channels(shrunk, hard, example)
         variants[f"shrunk_{label}"] = shrunk
-    folded = {name: fold_batchnorm(model) for name, model in variants.items()}  # as smartbench speed does
-    bn_folded = all(model is not None for model in folded.values())
-    if bn_folded:
-        variants = folded
+    bn_folded = bool(fold_variants(variants, names=list(variants)))  # as smartbench speed does
     result = latency(
         variants, example, cfg["latency_batches"], warmup=3, repeats=cfg["latency_repeats"], threads=threads
     )

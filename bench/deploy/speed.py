@@ -301,11 +301,11 @@ def fold_batchnorm(model: nn.Module) -> nn.Module | None:
 FOLDED_VARIANTS = ("masked_dense", "shrunk")
 
 
-def fold_variants(variants: dict[str, nn.Module]) -> list[str]:
-    """Fold BatchNorm (:func:`fold_batchnorm`) into the fp32 variants of one comparison, in place:
-    all of them or none, so that no variant is compared against a differently compiled one.
-    Returns the names folded."""
-    names = [name for name in FOLDED_VARIANTS if name in variants]
+def fold_variants(variants: dict[str, nn.Module], names=FOLDED_VARIANTS) -> list[str]:
+    """Fold BatchNorm (:func:`fold_batchnorm`) into the fp32 variants ``names`` of one comparison,
+    in place: all of them or none, so that no variant is compared against a differently compiled
+    one. Returns the names folded."""
+    names = [name for name in names if name in variants]
     folded = {name: fold_batchnorm(variants[name]) for name in names}
     if not names or any(model is None for model in folded.values()):
         return []
