@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 import shutil
@@ -293,6 +294,21 @@ def test_table_command_writes_files(tmp_path, runs_dir, capsys):
     assert (out / "mini-fmnist-tiny-block_1x8.png").exists()
     assert main(["table", str(path), "--format", "md"]) == 0
     assert "| gmp_fast " in capsys.readouterr().out
+    # --raw commits the complete rows; --rows regenerates the same table from them without the store
+    assert main(["table", str(path), "--format", "md", "--out", str(out), "--raw"]) == 0
+    raw = [json.loads(line) for line in (out / "mini.rows.jsonl").read_text().splitlines()]
+    assert [r["run_id"] for r in raw] == [c.run_id for c in suite.cells[:-1]]
+    assert raw[0]["label"] == suite.cells[0].label and "audit" in raw[0] and raw[0]["provenance"]
+    table_md = (out / "mini.md").read_text()
+    store.path.unlink()
+    assert main(["table", str(path), "--format", "md"]) == 1  # the store is empty now
+    capsys.readouterr()
+    assert main(["table", str(path), "--format", "md", "--rows", str(out / "mini.rows.jsonl")]) == 0
+    assert capsys.readouterr().out == table_md
+    assert main(["table", str(path), "--rows", str(out / "absent.jsonl")]) == 2
+    assert "error: --rows: no such file" in capsys.readouterr().err
+    assert main(["table", str(path), "--raw"]) == 2
+    assert "error: --raw: needs --out" in capsys.readouterr().err
 
 
 def test_nomask_control_is_a_reference_row(store):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -167,13 +168,28 @@ def cmd_run(args) -> int:
 
 
 def cmd_table(args) -> int:
+    from bench.core.errors import ConfigError
     from bench.reports.plots import write_plots
     from bench.reports.ranks import summary_markdown
-    from bench.reports.tables import build_table, rows_from_store, rows_from_wandb
+    from bench.reports.tables import build_table, rows_from_store, rows_from_wandb, suite_rows
+    from bench.runs.record import ResultStore
     from bench.suites.suite import load_and_expand
 
+    if args.rows is not None and not Path(args.rows).is_file():
+        raise ConfigError("--rows", f"no such file: {args.rows} (a JSON-lines file written by --raw)")
+    if args.raw and not args.out:
+        raise ConfigError("--raw", "needs --out (the folder the rows file is written to)")
     suite = load_and_expand(args.name)
-    if args.source == "wandb":
+    store = ResultStore(Path(args.rows)) if args.rows is not None else None
+    if args.rows is not None:
+        frame = rows_from_store(suite, store)
+        if frame.attrs.get("dropped"):
+            print(
+                f"note: {frame.attrs['dropped']} row(s) of {args.rows} match no cell of the suite "
+                "(another code version?); left out",
+                file=sys.stderr,
+            )
+    elif args.source == "wandb":
         frame = rows_from_wandb(suite, args.project or suite.wandb_project)
         if frame.attrs.get("dropped"):
             print(
@@ -196,6 +212,13 @@ def cmd_table(args) -> int:
         print(f"wrote {path}")
     else:
         print(text, end="" if text.endswith("\n") else "\n")
+    if args.raw:
+        path = Path(args.out) / f"{suite.name}.rows.jsonl"
+        rows = suite_rows(suite, store)
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows), encoding="utf-8")
+        tmp.replace(path)
+        print(f"wrote {path} ({len(rows)} rows)")
     if args.summary:
         summary = summary_markdown(frame, suite.name, args.reference)
         if args.out:
@@ -359,4 +382,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="rows from the local result store (default) or from W&B (group = suite name)",
     )
     table.add_argument("--project", default=None, help="W&B project (ENTITY/PROJECT) with --from wandb")
+    table.add_argument(
+        "--raw",
+        action="store_true",
+        help="with --out, also write <suite>.rows.jsonl: the complete row of every finished cell "
+        "(per-layer audit, provenance), enough to regenerate the table without the store",
+    )
+    table.add_argument(
+        "--rows",
+        default=None,
+        help="read the rows from this JSON-lines file (e.g. a committed --raw file), not the store",
+    )
     table.set_defaults(func=cmd_table)

@@ -110,6 +110,14 @@ def rows_from_store(suite, store: ResultStore | None = None) -> pd.DataFrame:
     return frame_from_rows((store or ResultStore()).rows(), suite)
 
 
+def suite_rows(suite, store: ResultStore | None = None) -> list[dict[str, Any]]:
+    """The complete store rows (per-layer audit, provenance, every metric) of ``suite``'s finished
+    cells, in the suite's cell order, each with its cell's ``label``: what ``smartbench table
+    --raw`` commits next to a table, and what ``--rows`` reads back to regenerate it."""
+    rows = {row.get("run_id"): row for row in (store or ResultStore()).rows()}
+    return [{"label": cell.label, **rows[cell.run_id]} for cell in suite.cells if cell.run_id in rows]
+
+
 def wandb_rows(api, project: str, group: str) -> list[dict[str, Any]]:
     """Summary fields of every W&B run of ``group`` and of ``<group>-tune`` (what
     bench.runs.record.log_wandb wrote): a suite's seed-``tune.seed`` cells with the tuned config
