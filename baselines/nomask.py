@@ -9,7 +9,10 @@ training?" -- the v1 "dense" row was the checkpoint itself, while every pruned r
 ``finalize`` keeps every unit (``keeps_all = True``): the row's achieved sparsity is 0, tables
 show it as a reference row (no best mark, no sparsity mark) and the conformance kit checks that
 it keeps everything instead of the target count. The pattern and sparsity of the cell only name
-the column it is compared in; they are not used.
+the column it is compared in; they are not used, and the run id leaves them out (with the
+allocation): one run per (task, budget, seed) fills every column of a suite, and its row records
+the column it happened to run under (tests/test_suite.py checks that the numbers are the same
+bit for bit under two different columns).
 """
 
 from __future__ import annotations

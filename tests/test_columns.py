@@ -60,3 +60,19 @@ def test_column_suite_runs_uniform_magnitude_and_one_control(tmp_path):
     assert all(c.spec.budget == {"prune_epochs": 1, "finetune_epochs": 1} for c in suite.cells)
     with pytest.raises(ConfigError, match="--candidates"):
         column_suite(load_suite(str(path)), (1.5,))
+
+
+def test_one_control_run_serves_every_pattern_of_a_task(tmp_path):
+    path = tmp_path / "s.yaml"
+    spec = {"tasks": ["fmnist-tiny"], "pruners": ["smart"], "patterns": ["block:1x8", "channel"], "seeds": [0]}
+    path.write_text(yaml.safe_dump({**spec, "sparsities": [0.5], "budget": {"prune_epochs": 1, "finetune_epochs": 1}}))
+    suite = column_suite(load_suite(str(path)), (0.9,))
+    control = [c for c in suite.placed() if c.label == "nomask"]
+    assert [c.spec.pattern for c in control] == ["block:1x8", "channel"] and len({c.run_id for c in control}) == 1
+    assert [c.label for c in suite.cells].count("nomask") == 1  # run once
+    val = {c.run_id: {"val_metric": 80.0 if c.label == "nomask" else 75.0} for c in suite.cells}
+    choices = choose_columns(suite.placed(), val)
+    assert [(ch["pattern"], ch["gaps"]) for ch in choices] == [
+        ("block:1x8", {0.5: 5.0, 0.9: 5.0}),
+        ("channel", {0.5: 5.0, 0.9: 5.0}),
+    ]

@@ -18,10 +18,11 @@ import yaml
 from bench.cli.main import main
 from bench.cli.suite_cli import plan_lines, select_cells
 from bench.core.errors import ConfigError
+from bench.core.paths import RunPaths
 from bench.core.sparsity import parse_pattern
 from bench.runs.record import REPO_ROOT, ResultStore
 from bench.runs.registry import load_pruners
-from bench.runs.run import resolve
+from bench.runs.run import RunSpec, execute, resolve
 from bench.suites import cell as cell_module
 from bench.suites import suite_run
 from bench.suites.suite import (
@@ -431,3 +432,74 @@ def test_bad_paths_and_allocation_name_the_field(tmp_path, change, field):
     with pytest.raises(ConfigError) as err:
         load_suite(write_suite(tmp_path, {**TINY, **change}))
     assert err.value.field == field
+
+
+# -- the no-mask control: one run per (task, budget, seed), shown in every column ----------------
+def test_nomask_has_one_run_per_task_budget_and_seed(tmp_path):
+    spec = {**TINY, "pruners": ["magnitude", "nomask"], "patterns": ["block:1x8", "channel"], "sparsities": [0.5, 0.75]}
+    spec["allocation"] = {"policy": "global", "floor": 0.1}
+    suite = load_and_expand(write_suite(tmp_path, spec))
+    nomask = [c for c in suite.placed() if c.label == "nomask"]
+    assert len(nomask) == 4 and len({c.run_id for c in nomask}) == 1  # 4 columns, 1 run
+    assert [c.label for c in suite.cells].count("nomask") == 1 and len(suite.cells) == 4 + 1
+    assert len({c.run_id for c in suite.cells if c.label == "magnitude"}) == 4  # pruners keep one id per column
+    # a slice that names one column still runs the shared control, and places it in that column only
+    part = select_cells(suite, ["pattern=channel"])
+    assert sorted(c.label for c in part.cells) == ["magnitude", "magnitude", "nomask"]
+    assert {c.column for c in part.placements} == {("fmnist-tiny", "channel", 0.5), ("fmnist-tiny", "channel", 0.75)}
+    # the budget and the seed still part the runs
+    other = resolve(RunSpec("fmnist-tiny", "nomask", "channel", 0.5, 1, budget=TINY["budget"]))
+    assert other.run_id != nomask[0].run_id
+
+
+def test_nomask_numbers_do_not_depend_on_the_column(tmp_path):
+    """What makes the shared run valid: the control trained under two different columns (pattern,
+    sparsity, allocation) gives the same numbers, bit for bit."""
+    rows = []
+    for i, (pattern, sparsity, allocation) in enumerate(
+        [("block:1x8", 0.5, None), ("channel", 0.9, {"policy": "global", "floor": 0.05})]
+    ):
+        spec = RunSpec(
+            "fmnist-tiny",
+            "nomask",
+            pattern,
+            sparsity,
+            0,
+            budget={"prune_epochs": 1, "finetune_epochs": 1},
+            allocation=allocation,
+        )
+        rows.append(execute(resolve(spec), log=lambda _m: None, paths=RunPaths(tmp_path / f"runs{i}"), wandb=False))
+    assert rows[0]["run_id"] == rows[1]["run_id"]
+    for field in ("metric", "val_metric", "dense_metric", "metric_before_finetune"):
+        assert rows[0][field] == rows[1][field], field
+    assert rows[0]["pattern"] == "block:1x8" and rows[1]["pattern"] == "channel"  # each row says where it ran
+
+
+def test_table_places_the_shared_control_in_every_column(tmp_path, runs_dir):
+    from bench.reports.tables import build_table, rows_from_store
+
+    spec = {**TINY, "pruners": ["magnitude", "nomask"], "sparsities": [0.5, 0.75], "seeds": [0, 1]}
+    suite = load_and_expand(write_suite(tmp_path, spec))
+    store = ResultStore()
+    for i, cell in enumerate(suite.cells):
+        store.append(
+            {
+                "run_id": cell.run_id,
+                "task": "fmnist-tiny",
+                "pruner": cell.spec.pruner,
+                "pattern": cell.spec.pattern,
+                "target_sparsity": cell.spec.sparsity,
+                "achieved_sparsity": 0.0 if cell.label == "nomask" else cell.spec.sparsity,
+                "seed": cell.spec.seed,
+                "metric_name": "top1",
+                "metric": 80.0 + i,
+                "dense_metric": 79.0 + cell.spec.seed,
+            }
+        )
+    frame = rows_from_store(suite, store)
+    control = frame[frame["label"] == "nomask"]
+    assert sorted(control["sparsity"]) == [0.5, 0.5, 0.75, 0.75] and control["run_id"].nunique() == 2
+    table = build_table(frame, suite)
+    row = table.stats[(table.stats["label"] == "nomask")]
+    assert sorted(row["sparsity"]) == [0.5, 0.75] and set(row["n"]) == {2} and set(row["expected_n"]) == {2}
+    assert table.render("md").count("| nomask") == 1

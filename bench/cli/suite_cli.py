@@ -29,7 +29,7 @@ def select_cells(suite, only: list[str] | None):
 
     from bench.core.errors import ConfigError
 
-    cells = suite.cells
+    cells = suite.placed()
     for item in only or []:
         key, _, values = item.partition("=")
         if key not in SELECT_KEYS or not values:
@@ -37,14 +37,17 @@ def select_cells(suite, only: list[str] | None):
                 "--only", f"expected KEY=VALUE[,VALUE...] with KEY one of {', '.join(SELECT_KEYS)}, got {item!r}"
             )
         wanted = [v.strip() for v in values.split(",")]
-        present = sorted({_cell_value(c, key) for c in suite.cells})
+        present = sorted({_cell_value(c, key) for c in suite.placed()})
         unknown = [v for v in wanted if v not in present]
         if unknown:
             raise ConfigError(
                 "--only", f"{key} {', '.join(unknown)} is not in suite {suite.name}; allowed: {', '.join(present)}"
             )
         cells = [c for c in cells if _cell_value(c, key) in wanted]
-    return replace(suite, cells=cells) if only else suite
+    if not only:
+        return suite
+    runs = list({c.run_id: c for c in reversed(cells)}.values())[::-1]  # a shared run (nomask) once, first placement
+    return replace(suite, cells=runs, placements=cells)
 
 
 # -- plan and status ---------------------------------------------------------------------------
@@ -289,7 +292,7 @@ def cmd_columns(args) -> int:
             return code
     store = ResultStore(paths.store)
     rows = store.get_many(cell.run_id for cell in columns.cells)
-    print(report(choose_columns(columns.cells, rows, args.low, args.high), args.low, args.high))
+    print(report(choose_columns(columns.placed(), rows, args.low, args.high), args.low, args.high))
     return 0
 
 

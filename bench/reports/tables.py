@@ -62,30 +62,19 @@ def frame_from_rows(rows: Iterable[dict[str, Any]], suite) -> pd.DataFrame:
     ``label``/``task``/``pattern``/``sparsity`` come from the suite's cell (the row's run_id),
     the numbers from the row. ``frame.attrs['dropped']`` counts rows that matched no cell.
     """
-    cells = {cell.run_id: cell for cell in suite.cells}
+    cells: dict[str, list] = {}
+    for cell in suite.placed():  # a run that fills several columns (nomask) gives a record in each
+        cells.setdefault(cell.run_id, []).append(cell)
     records, dropped = [], 0
     for row in rows:
-        cell = cells.get(row.get("run_id"))
-        if cell is None:
+        if row.get("run_id") not in cells:
             dropped += 1
             continue
-        record = {field: row.get(field) for field in ROW_FIELDS}
-        record.update({field: _speed_value(row, field) for field in SPEED_FIELDS})
-        layers = (row.get("audit") or {}).get("layers") or []  # kept fraction per layer (allocation figure)
-        record["kept_by_layer"] = {
-            entry["layer"]: entry["kept_units"] / entry["units"] for entry in layers if entry.get("units")
-        }
-        record.update(
-            label=cell.label,
-            task=cell.spec.task,
-            pattern=cell.spec.pattern,
-            sparsity=cell.spec.sparsity,
-            seed=cell.spec.seed,
-        )
-        records.append(record)
+        for cell in cells[row["run_id"]]:
+            records.append(_record(row, cell))
     columns = KEYS + [f for f in ROW_FIELDS + SPEED_FIELDS if f not in KEYS] + ["kept_by_layer"]
     frame = pd.DataFrame.from_records(records, columns=columns)
-    frame = frame.drop_duplicates("run_id")
+    frame = frame.drop_duplicates(["run_id", "task", "pattern", "sparsity"])
     for name in (
         "metric",
         "dense_metric",
@@ -97,6 +86,23 @@ def frame_from_rows(rows: Iterable[dict[str, Any]], suite) -> pd.DataFrame:
         frame[name] = pd.to_numeric(frame[name], errors="coerce")
     frame.attrs["dropped"] = dropped
     return frame
+
+
+def _record(row: dict[str, Any], cell) -> dict[str, Any]:
+    record = {field: row.get(field) for field in ROW_FIELDS}
+    record.update({field: _speed_value(row, field) for field in SPEED_FIELDS})
+    layers = (row.get("audit") or {}).get("layers") or []  # kept fraction per layer (allocation figure)
+    record["kept_by_layer"] = {
+        entry["layer"]: entry["kept_units"] / entry["units"] for entry in layers if entry.get("units")
+    }
+    record.update(
+        label=cell.label,
+        task=cell.spec.task,
+        pattern=cell.spec.pattern,
+        sparsity=cell.spec.sparsity,
+        seed=cell.spec.seed,
+    )
+    return record
 
 
 def _speed_value(row: dict[str, Any], field: str) -> Any:
@@ -255,7 +261,7 @@ def _planned_seeds(suite, frame: pd.DataFrame) -> dict[tuple, int]:
     if suite is None:
         return {}
     planned: dict[tuple, int] = {}
-    for cell in suite.cells:
+    for cell in suite.placed():
         key = (cell.label, cell.spec.task, cell.spec.pattern, cell.spec.sparsity)
         planned[key] = planned.get(key, 0) + 1
     return planned
@@ -456,7 +462,7 @@ def latex_escape(text: str) -> str:
 def build_table(frame: pd.DataFrame, suite=None) -> Table:
     """Statistics + ordering (columns and rows in the suite's order of first appearance)."""
     stats = summarize(frame, suite)
-    order = [c.column for c in suite.cells] if suite is not None else []
+    order = [c.column for c in suite.placed()] if suite is not None else []
     order += [tuple(r) for r in frame[["task", "pattern", "sparsity"]].itertuples(index=False)]
     task_rank = {t: i for i, t in enumerate(dict.fromkeys(c[0] for c in order))}
     pattern_rank = {p: i for i, p in enumerate(dict.fromkeys(c[1] for c in order))}

@@ -132,6 +132,12 @@ def run_identity(
     }
     if pruner.allocation is not None:  # absent for v1 runs: their ids are unchanged
         canonical["allocation"] = pruner.allocation.to_dict()
+    if pruner.keeps_all:
+        # a control that masks nothing (nomask) trains the same model whatever the column: its id
+        # leaves out the pattern, sparsity and allocation, so one run per (task, budget, seed) serves
+        # every column of a suite (tests/test_suite.py checks that the numbers do not depend on them)
+        keyed = {k: v for k, v in canonical.items() if k not in ("pattern", "sparsity", "allocation")}
+        return canonical, short_hash({**keyed, "keeps_all": True})
     return canonical, short_hash(canonical)
 
 

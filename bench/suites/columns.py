@@ -51,7 +51,8 @@ def column_suite(suite, candidates: tuple[float, ...], device: str = "auto"):
                 sparsities = sorted(set(candidates) | {ALWAYS})
                 magnitude = [PrunerEntry("magnitude", "magnitude-uniform")]
                 blocks.append(replace(block, sparsities=sparsities, pruners=magnitude, **common))
-                # the control keeps every unit: one run (at 50%) serves every candidate
+                # the control keeps every unit: one run (its id leaves out pattern and sparsity) serves
+                # every candidate of every pattern of the task (``Suite.placements``)
                 blocks.append(replace(block, sparsities=[ALWAYS], pruners=[PrunerEntry("nomask", "nomask")], **common))
     if not blocks:
         raise ConfigError("suite", f"suite '{suite.name}' has no non-N:M pattern to choose sparsities for")

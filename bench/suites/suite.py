@@ -146,6 +146,13 @@ class Suite:
     tune: Any = None  # bench.suites.tuned.TuneSettings from the `tune:` key, or None
     tuned: dict | None = None  # its file's chosen configs {label: {family: chosen}}; None: not tuned yet
     untuned: list[str] = field(default_factory=list)  # "label on family" of cells the tuned file lacks
+    # every (column, label, seed) of the suite, one run may fill several: a control that keeps every
+    # unit (nomask) has one run id per (task, budget, seed) and appears in every column of its
+    # task; ``cells`` are the distinct runs. Empty: the same as ``cells``.
+    placements: list[Cell] = field(default_factory=list)
+
+    def placed(self) -> list[Cell]:
+        return self.placements or self.cells
 
     def state_dir(self, paths: RunPaths | None = None) -> Path:
         return paths_or_env(paths).suite_state(self.name)
@@ -396,7 +403,9 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
                                 cell = Cell(spec, entry.label, spec_only_id(spec), registered=False)
                             suite.cells.append(cell)
     unique: dict[str, Cell] = {}
+    placements: dict[tuple, Cell] = {}
     for cell in suite.cells:  # overlapping blocks may list a run twice: keep it once
+        placements.setdefault((cell.run_id, cell.column), cell)
         first = unique.setdefault(cell.run_id, cell)
         if first.label != cell.label:
             spec = cell.spec
@@ -406,6 +415,7 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
                 f"({spec.task} {spec.pattern} {spec.sparsity:g} seed {spec.seed})",
             )
     suite.cells = list(unique.values())
+    suite.placements = list(placements.values())
     suite.untuned = sorted(untuned)
     return suite
 
