@@ -132,6 +132,24 @@ def test_scenes_seg_model_is_the_half_width_fcn():
     assert logits.shape == (2, 11, 8, 8)  # output stride 8 on 64x64 images
 
 
+@pytest.mark.parametrize(
+    ("lite", "base", "probe", "widths"),
+    [
+        ("scenes-det-lite", "scenes-det", lambda m: m.backbone.layer4[-1].conv2.out_channels, (256, 512)),
+        ("scenes-seg-lite", "scenes-seg", lambda m: m.backbone.layer4[-1].conv2.out_channels, (128, 256)),
+    ],
+)
+def test_lite_tasks_narrow_the_model_and_say_so_in_their_identity(lite, base, probe, widths):
+    lite_task, base_task = tasks_registry.get_task(lite), tasks_registry.get_task(base)
+    lite_model, base_model = lite_task.build_model(), base_task.build_model()
+    assert (probe(lite_model), probe(base_model)) == widths
+    assert lite_task.identity()["config"]["model_overrides"] == lite_task.model_overrides
+    assert "model_overrides" not in base_task.identity()["config"]  # ids of the other tasks unchanged
+    with torch.no_grad():
+        out = lite_model(**lite_task.example_input())
+    assert len(out) > 0  # the narrowed model still runs end to end
+
+
 @pytest.mark.parametrize("task_name", ["scenes-det-tiny", "scenes-seg-tiny"])
 def test_default_prunable_layers(task_name):
     task = tasks_registry.get_task(task_name)

@@ -123,6 +123,29 @@ class FmnistResnet(FashionMNISTTask):
 
 
 @register_task
+class FmnistResnetLite(FashionMNISTTask):
+    name = "fmnist-resnet-lite"
+    description = "timm resnet10t at half width (channels 32-256) on a 10k Fashion-MNIST subset (leaderboard v2)"
+    default_model = "resnet10t"
+    # The leaderboard-v2 classification task (issue 15): the same data and budget as fmnist-resnet,
+    # half the channels. Train step 0.10 s vs 0.21 s (batch 128, one thread); dense val top-1 over
+    # seeds 0-2: 89.32 / 89.12 / 89.40 (full width, seeds 0-1: 89.30 / 89.38), test 88.96 / 88.83 /
+    # 89.06. A 5k training subset instead (also ~2x cheaper) lost 2.2 val points (87.12, seed 0,
+    # 8 epochs; 87.28 with 12) and was not taken. At block:1x8 90% (global allocation, 5% floor)
+    # magnitude lands 2.4 test points under dense (86.47 / 86.61 / 86.45) and SMART 0.4-0.8 under
+    # (88.41 / 88.02 / 88.59), where at full width v1's magnitude was at the dense accuracy: the
+    # narrower model separates methods at lower sparsity. Measured 2026-12-05.
+    width = (32, 64, 128, 256)
+    budget = Budget(dense_epochs=8, prune_epochs=3, finetune_epochs=2, batch_size=128, lr=0.1, prune_lr=0.02)
+
+    def model_kwargs(self) -> dict:
+        return {"channels": self.width} if self.model_name.removeprefix("timm:") == self.default_model else {}
+
+    def identity(self) -> dict:
+        return {**super().identity(), "model_kwargs": self.model_kwargs()}
+
+
+@register_task
 class FmnistTiny(FashionMNISTTask):
     name = "fmnist-tiny"
     description = "timm test_resnet on a fixed 2k Fashion-MNIST subset (smoke tests)"

@@ -102,6 +102,35 @@ class ScenesDet(ScenesDetection):
 
 
 @register_task
+class ScenesDetLite(ScenesDetection):
+    name = "scenes-det-lite"
+    description = "mmdet RetinaNet R18-FPN at half width on 1k 64x64 FMNIST-Scenes (COCO bbox mAP; leaderboard v2)"
+    default_model = "retinanet_r18_fpn-half"
+    spec = ScenesSpec(n_train=1000, n_val=300, n_test=500, size=64, seed=0)
+    # The leaderboard-v2 detection task (issue 15: a 6 + 3-epoch cell of scenes-det cost ~7.5 min at
+    # one thread; this one ~1.7 min). Half width: backbone base 32 channels, FPN and head 64
+    # (scenes-det: 64 / 128); train step 0.13 s vs 0.35 s for scenes-det-tiny's model (batch 16, one
+    # thread). 300 val / 500 test scenes as scenes-det.
+    # Dense recipe chosen on the val split over seeds 0-2 by the rule "best mean val bbox_mAP among
+    # the recipes whose val spread over the seeds is <= 2 points" (issue 15: the dense models must
+    # vary little across seeds): AdamW 5e-4 16 epochs 12.1 / 12.9 / 12.7 (test 10.9 / 10.8 / 11.3);
+    # 1e-3 32 epochs 22.1 / 13.8 / 17.8; 5e-4 32 epochs 19.7 / 17.6 / (not run: already > 2 apart).
+    # The longer recipes train better models whose quality depends on the seed (as scenes-det's
+    # 24.9-34.2 test); the chosen one is under-trained (the nomask control shows what the 9 extra
+    # epochs add). Measured 2026-12-05 (/tmp scripts, the task's own train_dense).
+    model_overrides = {
+        "backbone.base_channels": 32,
+        "neck.in_channels": [32, 64, 128, 256],
+        "neck.out_channels": 64,
+        "bbox_head.in_channels": 64,
+        "bbox_head.feat_channels": 64,
+    }
+    budget = Budget(
+        dense_epochs=16, prune_epochs=6, finetune_epochs=3, batch_size=16, lr=0.0005, prune_lr=0.005, weight_decay=1e-4
+    )
+
+
+@register_task
 class CocoDet(DetectionTask):
     name = "coco-det"
     description = "mmdet RetinaNet R18-FPN on a user's COCO 2017 copy ($SMARTBENCH_COCO; GPU-scale, never run in CI)"

@@ -113,6 +113,9 @@ class MMTask(Task):
     clip_grad: ClassVar[dict | None] = dict(max_norm=35, norm_type=2)  # dense training only
     loop: ClassVar[str] = "mmengine"
     reports_all_metrics: ClassVar[bool] = True
+    # changes of the config's model made by a task variant (dotted keys, e.g. a narrower backbone);
+    # part of the identity when not empty
+    model_overrides: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, model: str | None = None, data: str | None = None):
         super().__init__(model, data)
@@ -147,6 +150,8 @@ class MMTask(Task):
         with quiet_stdout():
             self.register()
             cfg = load_config(self.config_name)
+            if self.model_overrides:
+                cfg.merge_from_dict({f"model.{key}": value for key, value in self.model_overrides.items()})
             self.adjust_config(cfg)
             return cfg
 
@@ -162,6 +167,8 @@ class MMTask(Task):
         text = (CONFIG_DIR / self.config_name).read_bytes()
         config = {"file": self.config_name, "sha256": hashlib.sha256(text).hexdigest()[:16]}
         dense = {"warmup_iters": self.warmup_iters, "clip_grad": self.clip_grad}  # the optimizer: Task.identity
+        if self.model_overrides:
+            config["model_overrides"] = self.model_overrides
         return {**super().identity(), "config": config, "data": self.data_identity(), "dense": dense}
 
     def build_model(self) -> nn.Module:
