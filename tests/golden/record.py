@@ -1,9 +1,19 @@
 """Golden behaviour of every pruner: final-mask hash and metrics of small, fixed runs.
 
-``python tests/golden/record.py`` (from the repository root) runs every case and updates
-``tests/golden/golden.json`` (the mm cases only where mm* is installed); ``tests/test_golden.py`` runs the same cases and asserts the same
-numbers, bit for bit (CPU, same seed, same thread count). Record only when a change is *meant*
-to change behaviour, and say so in the commit message.
+``python tests/golden/record.py`` (from the repository root) runs every case and updates this
+machine's platform in ``tests/golden/golden.json`` (the mm cases only where mm* is installed);
+``tests/golden/test_golden.py`` runs the same cases. Record only when a change is *meant* to change
+behaviour, and say so in the commit message.
+
+Bit-identical holds only on one platform: same seed and thread count, and the same float kernels --
+torch's version, ATen's CPU capability and the CPU's vector/matrix extensions (oneDNN and MKL pick
+their kernels by them; measured: the same commit on an AVX-512 + AMX Xeon gives other masks in 21
+of the 22 fmnist-tiny cases and metrics up to 1.9 points off the previous CI machine's recording,
+3.8 for PaS channel (61.7 vs 65.5: one epoch of its search is chaotic); the mm cases (one thread)
+matched bit for bit). So the file holds one
+recording per platform (:func:`platform`). On a recorded platform the test asserts every number
+exactly; elsewhere it asserts the achieved sparsity exactly and both metrics within
+``TOLERANCE`` points of every recording (masks cannot be compared across platforms), and says so.
 
 Cases: every registered built-in pruner x {block:1x8 0.5, channel 0.5, nm:2:4} it supports on
 ``fmnist-tiny`` (1 pruning + 1 fine-tuning epoch from the cached dense model), and SMART and
@@ -20,6 +30,50 @@ from pathlib import Path
 import torch
 
 GOLDEN = Path(__file__).with_name("golden.json")
+TOLERANCE = 5.0  # metric points between platforms (measured up to 3.8 between the two recorded)
+# the CPU flags that change which float kernels run (ATen's dispatch, oneDNN's and MKL's ISA choice)
+KERNEL_FLAGS = frozenset(
+    "avx avx2 fma avx512f avx512bw avx512vl avx512_vnni avx512_bf16 avx512_fp16 avx_vnni amx_tile amx_bf16 "
+    "amx_int8 asimd sve sve2".split()
+)
+
+
+def platform() -> str:
+    """The key of this machine's recording: torch version, ATen CPU capability, kernel-relevant CPU flags."""
+    import platform as _platform
+
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:  # not Linux: the machine type stands in for the flags
+        pass
+    isa = "+".join(sorted(flags & KERNEL_FLAGS)) or _platform.machine()
+    return f"torch {torch.__version__} / {torch.backends.cpu.get_cpu_capability()} / {isa}"
+
+
+def load_golden() -> dict[str, dict[str, dict]]:
+    """{platform: {case key: numbers}}."""
+    return json.loads(GOLDEN.read_text())["platforms"] if GOLDEN.exists() else {}
+
+
+def check(key: str, got: dict, golden: dict[str, dict[str, dict]], here: str) -> str:
+    """Assert ``got`` against the recordings of case ``key``; returns how (exact / within tolerance)."""
+    if key in golden.get(here, {}):
+        assert got == golden[here][key], f"{key} on {here}"
+        return "exact"
+    refs = {name: cases[key] for name, cases in golden.items() if key in cases}
+    assert refs, f"no recording of {key} on any platform: run tests/golden/record.py"
+    for name, ref in refs.items():
+        assert got["achieved_sparsity"] == ref["achieved_sparsity"], f"{key}: sparsity vs {name}"
+        for field in ("metric", "val_metric"):
+            assert abs(got[field] - ref[field]) <= TOLERANCE, f"{key}: {field} {got[field]} vs {ref[field]} on {name}"
+    return f"within {TOLERANCE} points of {len(refs)} platform(s) (no recording for {here})"
+
+
 BUILTIN = ("acdc", "awg", "gmp", "magnitude", "pas", "pdp", "smart", "srste")
 PATTERNS = (("block:1x8", 0.5), ("channel", 0.5), ("nm:2:4", None))
 NATIVE_BUDGET = {"prune_epochs": 1, "finetune_epochs": 1}
@@ -108,7 +162,9 @@ def main() -> int:
     os.environ.setdefault("WANDB_MODE", "disabled")
     root = Path(__file__).resolve().parents[2]
     sys.path[:0] = [str(root), str(root / "tests")]
-    results = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}  # cases not run here are kept
+    golden = load_golden()
+    here = platform()
+    results = golden.setdefault(here, {})  # cases not run here (and other platforms) are kept
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp) / "runs"
         os.environ["SMARTBENCH_RUNS"] = str(runs)
@@ -122,8 +178,8 @@ def main() -> int:
         for case in cases:
             results[case_key(case)] = run_case(case, runs)
             print(case_key(case), results[case_key(case)], flush=True)
-            GOLDEN.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")  # after every case
-    print(f"wrote {len(results)} cases to {GOLDEN}")
+            GOLDEN.write_text(json.dumps({"platforms": golden}, indent=1, sort_keys=True) + "\n")  # after every case
+    print(f"wrote {len(results)} cases of platform {here!r} to {GOLDEN}")
     return 0
 
 
