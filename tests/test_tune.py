@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -188,6 +189,51 @@ def test_a_label_added_to_a_column_by_another_block_is_tuned(tmp_path):
     assert labels == ["magnitude", "random", "smart-ramp"]
     assert all(c.spec.pruner_options["ramp_steps"] == 4 for c in trials.cells if c.label.startswith("smart-ramp"))
     assert len(trials.cells) == 12
+
+
+def test_an_ablation_outside_the_declared_columns_is_tuned_where_its_default_was(tmp_path):
+    """An ablation listed only at a column that is not a tuning column gets the same trials on the
+    family's declared column as the entry it varies (same number, same columns)."""
+    path = write_suite(
+        tmp_path,
+        pruners=["smart"],
+        tune={
+            "trials": 4,
+            "file": "t.tuned.json",
+            "columns": [{"task": "fmnist-tiny", "pattern": "channel", "sparsity": 0.5}],
+        },
+        cells=[
+            {"patterns": ["channel", "block:1x8"], "sparsities": [0.5]},
+            {
+                "patterns": ["block:1x8"],
+                "sparsities": [0.9],
+                "pruners": [{"name": "smart", "as": "smart-ramp", "options": {"ramp_steps": 4}}],
+            },
+        ],
+    )
+    suite = expand(load_suite(str(path), tuned=False))
+    trials, by_label = trial_suite(suite, suite.tune)
+    assert sorted({t.label for t in by_label.values()}) == ["smart", "smart-ramp"]
+    assert len(trials.cells) == 8
+    for cell in trials.cells:
+        assert (cell.spec.pattern, cell.spec.sparsity) == ("channel", 0.5)
+        assert (cell.spec.pruner_options.get("ramp_steps") == 4) == cell.label.startswith("smart-ramp")
+
+
+def test_a_second_runner_leaves_the_file_to_the_one_still_running_trials(tmp_path, runs_dir):
+    """Trials claimed by another live runner: this one writes no file and does not fail."""
+    from bench.suites.suite import claim_cell
+
+    path = write_suite(tmp_path, pruners=["random"])
+    suite = expand(load_suite(str(path), tuned=False))
+    trials, _ = trial_suite(suite, suite.tune)
+    store, lines = ResultStore(runs_dir / "results.jsonl"), []
+    with contextlib.ExitStack() as held:
+        assert all(held.enter_context(claim_cell(trials.name, cell.run_id)) for cell in trials.cells)
+        assert run_tune(suite, suite.tune, progress=False, store=store, log=lines.append) == 0
+    assert not (tmp_path / "t.tuned.json").exists()
+    assert "4 trial(s) are still running in another process" in lines[-1]
+    assert list(store.rows()) == []
 
 
 def test_each_family_has_its_own_trials(tmp_path):

@@ -132,16 +132,39 @@ def suite_columns(suite, settings: TuneSettings) -> list[tuple[str, str, float, 
 def family_columns(suite, settings: TuneSettings, tasks, kinds=None, label: str | None = None) -> dict[str, list]:
     """{family: [(task, pattern, sparsity, block)]}: the columns a pruner of pattern ``kinds`` (None:
     any) listed as ``label`` in a block (None: any block) is tuned on -- the declared ones of each
-    family, else the family's first such column."""
+    family, else the family's first such column.
+
+    A label whose blocks hold none of its family's declared columns (an ablation that only runs at
+    the highest block sparsities, say) is tuned on the family's declared columns all the same --
+    where the entry it varies was tuned -- so an ablation and its default get the same trials on
+    the same columns."""
     per_family: dict[str, list] = {}
+    declared: dict[str, dict[tuple, tuple]] = {}  # family -> {column: first (task, pattern, sparsity, block)}
     for column in suite_columns(suite, settings):
         task, pattern, _, block = column
         if kinds is not None and parse_pattern(pattern).kind not in kinds:
             continue
+        family = tasks[task].family
+        declared.setdefault(family, {}).setdefault(column[:3], column)
         if label is not None and label not in [e.label for e in block.pruners]:
             continue
-        per_family.setdefault(tasks[task].family, []).append(column)
+        per_family.setdefault(family, []).append(column)
+    if settings.columns and label is not None:
+        for family in _label_families(suite, tasks, kinds, label) - set(per_family):
+            if family in declared:
+                per_family[family] = list(declared[family].values())
     return {family: usable if settings.columns else usable[:1] for family, usable in per_family.items()}
+
+
+def _label_families(suite, tasks, kinds, label: str) -> set[str]:
+    """The task families where a block lists ``label`` on a pattern of ``kinds`` (None: any)."""
+    return {
+        tasks[task].family
+        for block in suite.blocks
+        if label in [e.label for e in block.pruners]
+        for task in block.tasks
+        if any(kinds is None or parse_pattern(text).kind in kinds for text in block.patterns)
+    }
 
 
 def _trial_block(block, column, settings: TuneSettings, entry, budget: dict[str, Any]):
@@ -349,6 +372,14 @@ def run_tune(
         log(f"tune {suite.name}: some trials failed; the file is not written (rerun to retry them)")
         return code
     rows = store.get_many(cell.run_id for cell in trials.cells)
+    pending = [cell for cell in trials.cells if cell.run_id not in rows]
+    if pending:  # claimed by another runner that is still at work: the file needs every trial
+        log(
+            f"tune {suite.name}: {len(pending)} trial(s) are still running in another process "
+            f"(e.g. {pending[0].label} on {pending[0].spec.task}); the file is written by whichever "
+            "`smartbench tune` finishes last -- rerun this command once they are done"
+        )
+        return 0
     chosen, records = choose(trials.cells, by_label, rows)
     for families in chosen.values():  # the family's schedule goes with every chosen config
         for family, record in families.items():
