@@ -142,11 +142,12 @@ PINNED = {
 def test_end_to_end_fmnist_tiny_every_pattern(pattern, shared_runs_dir, monkeypatch):
     monkeypatch.setenv("SMARTBENCH_RUNS", str(shared_runs_dir))
     sparsity = None if pattern.startswith("nm") else 0.5
-    run = resolve(
-        RunSpec("fmnist-tiny", "smart", pattern, sparsity, 0, budget={"prune_epochs": 1, "finetune_epochs": 1})
-    )
+    allocation = {"policy": "global", "floor": 0.1} if pattern == "channel" else None  # v2 rule on one
+    budget = {"prune_epochs": 1, "finetune_epochs": 1}
+    run = resolve(RunSpec("fmnist-tiny", "smart", pattern, sparsity, 0, budget=budget, allocation=allocation))
     row = execute(run, log=lambda msg: None)
     assert row["achieved_sparsity"] == 0.5 and row["pattern_valid"]
+    assert row.get("allocation") == allocation  # the row says which allocation rule it ran under
     assert row["metric"] > 50.0  # 10 classes: chance is 10%
     assert ResultStore().count(run.run_id) == 1
     assert not (shared_runs_dir / "checkpoints" / f"{run.run_id}.pt").exists()

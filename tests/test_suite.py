@@ -481,6 +481,7 @@ def test_nomask_numbers_do_not_depend_on_the_column(tmp_path):
     for field in ("metric", "val_metric", "dense_metric", "metric_before_finetune"):
         assert rows[0][field] == rows[1][field], field
     assert rows[0]["pattern"] == "block:1x8" and rows[1]["pattern"] == "channel"  # each row says where it ran
+    assert "allocation" not in rows[1]  # it allocates nothing
 
 
 def test_table_places_the_shared_control_in_every_column(tmp_path, runs_dir):

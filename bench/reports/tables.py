@@ -118,10 +118,22 @@ def rows_from_store(suite, store: ResultStore | None = None) -> pd.DataFrame:
 
 def suite_rows(suite, store: ResultStore | None = None) -> list[dict[str, Any]]:
     """The complete store rows (per-layer audit, provenance, every metric) of ``suite``'s finished
-    cells, in the suite's cell order, each with its cell's ``label``: what ``smartbench table
-    --raw`` commits next to a table, and what ``--rows`` reads back to regenerate it."""
+    cells, in the suite's cell order, each with its cell's ``label`` and allocation rule (rows
+    written before rows recorded it take their cell's, which their run id hashes): what
+    ``smartbench table --raw`` commits next to a table, and what ``--rows`` reads back."""
+    from bench.core.select import Allocation
+    from bench.runs.registry import get_pruner_class
+
     rows = {row.get("run_id"): row for row in (store or ResultStore()).rows()}
-    return [{"label": cell.label, **rows[cell.run_id]} for cell in suite.cells if cell.run_id in rows]
+    out = []
+    for cell in suite.cells:
+        if cell.run_id in rows:
+            allocation = Allocation.from_value(cell.spec.allocation)
+            recorded = allocation is not None and not get_pruner_class(cell.spec.pruner).keeps_all
+            out.append(
+                {"label": cell.label, **({"allocation": allocation.to_dict()} if recorded else {}), **rows[cell.run_id]}
+            )
+    return out
 
 
 def wandb_rows(api, project: str, group: str) -> list[dict[str, Any]]:

@@ -310,6 +310,8 @@ def execute(
         "device": describe(task.device),
         **result,
     }
+    if "allocation" in run.canonical and not run.pruner.keeps_all:
+        row["allocation"] = run.canonical["allocation"]  # the protocol's rule and keep floor, readable
     if spec.data is not None:
         row["data"] = spec.data  # tasks reading a dataset by path: export/speed rebuild the model from it
     if spec.dense_checkpoint is not None:
