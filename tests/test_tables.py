@@ -415,3 +415,15 @@ def test_rows_follow_the_suites_pruner_order(store):
     suite.blocks = [SimpleNamespace(pruners=order)]
     table = build_table(rows_from_store(suite, store), suite)
     assert table.labels == ["dense", "magnitude", "smart_adaptive", "smart"]
+
+
+def test_rows_from_two_dense_models_of_one_seed_are_flagged(store):
+    """A resumed suite whose dense model was retrained elsewhere: the table says so, naming where."""
+    suite = make_suite()
+    frame = rows_from_store(suite, store)
+    assert "WARNING" not in build_table(frame, suite).render("md")  # one dense model per (task, seed)
+    first = frame.index[frame["seed"] == 1][0]
+    frame.loc[first, "dense_metric"] = DENSE[1] + 0.37
+    md = build_table(frame, suite).render("md")
+    assert "WARNING: rows of one (task, seed) report different dense test metrics" in md
+    assert f"{TASK} seed 1: {DENSE[1]:g} / {DENSE[1] + 0.37:g}" in md

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -308,6 +308,22 @@ def _dense_rows(frame: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- rendering ------------------------------------------------------------------------------
+def dense_mismatches(frame: pd.DataFrame) -> list[str]:
+    """(task, seed)s whose rows report more than one dense test metric: their cells did not start
+    from one dense checkpoint (a resumed suite whose dense model was retrained on another platform
+    -- float kernels differ between CPUs -- or by other code), which the protocol requires."""
+    if "dense_metric" not in frame or frame.empty:
+        return []
+    out = []
+    for (task, seed), values in frame.dropna(subset=["dense_metric"]).groupby(["task", "seed"], sort=False)[
+        "dense_metric"
+    ]:
+        distinct = sorted(set(values))
+        if len(distinct) > 1:
+            out.append(f"{task} seed {seed}: " + " / ".join(f"{v:g}" for v in distinct))
+    return out
+
+
 @dataclass
 class Table:
     suite_name: str
@@ -315,6 +331,7 @@ class Table:
     columns: list[tuple[str, str, float]]
     labels: list[str]
     digits: int = 2
+    mixed_dense: list[str] = field(default_factory=list)  # dense_mismatches of the rows
 
     def cell(self, label: str, column: tuple) -> pd.Series | None:
         s = self.stats
@@ -366,6 +383,13 @@ class Table:
                     if r.collapsed
                 )
                 + "."
+            )
+        if self.mixed_dense:
+            notes.append(
+                "WARNING: rows of one (task, seed) report different dense test metrics, so their cells did "
+                "not start from the same dense checkpoint (retrained on another platform or by other code): "
+                + "; ".join(self.mixed_dense)
+                + ". Rerun those cells from one dense model before comparing them."
             )
         off = self.stats[self.stats.apply(self.off_target, axis=1)] if len(self.stats) else self.stats
         for row in off.itertuples():
@@ -486,4 +510,6 @@ def build_table(frame: pd.DataFrame, suite=None) -> Table:
     cells = [c.label for c in suite.cells] if suite is not None else []
     labels = list(dict.fromkeys(declared + cells + list(frame["label"])))  # the suite's pruner order
     labels = ["dense"] + [label for label in labels if label in set(stats["label"])]
-    return Table(suite.name if suite is not None else "results", stats, columns, labels)
+    return Table(
+        suite.name if suite is not None else "results", stats, columns, labels, mixed_dense=dense_mismatches(frame)
+    )
