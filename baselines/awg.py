@@ -96,6 +96,7 @@ class GateFunction(nn.Module):
 
 @register_pruner("awg")
 class AWGPruner(Pruner):
+    table_note = 'our W-Gates reading (Li et al., arXiv 2007.02066): the SMART paper\'s "AWG" citation could not be identified (docs/pruners/awg.md)'
     comparable_scores = True  # learned under one global budget (or random): ranked as they are
     gates_see_activation = True  # channel gates before a BN act on its affine output only (Pruner)
     Config = AWGConfig

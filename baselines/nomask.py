@@ -25,6 +25,7 @@ from bench.core.pruner import Pruner, register_pruner
 
 @register_pruner("nomask")
 class NoMaskControl(Pruner):
+    table_note = "control: the dense model trained on for the same prune + fine-tune epochs and recipe, no mask (one run per task and seed, shown in every column)"
     control = True
     keeps_all = True
 

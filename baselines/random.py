@@ -19,6 +19,7 @@ from bench.core.pruning_blocks import HardMaskPruner
 
 @register_pruner("random")
 class RandomPruner(HardMaskPruner):
+    table_note = "control: random unit scores fixed at attach, exact k under the same allocation rule"
     comparable_scores = True  # learned under one global budget (or random): ranked as they are
     control = True
     state_attrs = ("scores",)

@@ -25,6 +25,7 @@ from bench.core.select import Allocation
 
 @register_pruner("scratch")
 class ScratchControl(Pruner):
+    table_note = "control: every layer narrowed uniformly, trained from scratch with the dense recipe for dense + prune + fine-tune epochs"
     patterns = ("channel",)
     control = True
     trains_from_scratch = True

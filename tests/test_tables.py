@@ -294,7 +294,8 @@ def test_table_command_writes_files(tmp_path, runs_dir, capsys):
     assert "gmp\\_fast" in tex and "(n=1)" in tex and "\\bottomrule" in tex
     assert (out / "mini-fmnist-tiny-block_1x8.png").exists()
     assert main(["table", str(path), "--format", "md"]) == 0
-    assert "| gmp_fast " in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| gmp_fast " in printed and "- Rows: gmp_fast = gmp with update_every=2." in printed
     # --raw commits the complete rows; --rows regenerates the same table from them without the store
     assert main(["table", str(path), "--format", "md", "--out", str(out), "--raw"]) == 0
     raw = [json.loads(line) for line in (out / "mini.rows.jsonl").read_text().splitlines()]
@@ -427,3 +428,15 @@ def test_rows_from_two_dense_models_of_one_seed_are_flagged(store):
     md = build_table(frame, suite).render("md")
     assert "WARNING: rows of one (task, seed) report different dense test metrics" in md
     assert f"{TASK} seed 1: {DENSE[1]:g} / {DENSE[1] + 0.37:g}" in md
+
+
+def test_rows_that_a_name_would_not_explain_are_noted():
+    from bench.reports.tables import row_notes
+
+    frame = pd.DataFrame(
+        {"label": ["awg", "random", "smart_fast", "magnitude"], "pruner": ["awg", "random", "smart", "magnitude"]}
+    )
+    notes = row_notes(["awg", "random", "smart_fast", "magnitude"], None, frame)
+    assert notes["awg"].startswith("our W-Gates reading") and "could not be identified" in notes["awg"]
+    assert notes["random"].startswith("control: random unit scores")
+    assert notes["smart_fast"] == "smart" and "magnitude" not in notes

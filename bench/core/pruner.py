@@ -152,6 +152,9 @@ class Pruner:
     # (not beta alone) and can come back; the hard switch zeroes the weights as for every pruner
     gates_see_activation: ClassVar[bool] = False
     control: ClassVar[bool] = False  # a control (random...), not a method: tables may set it apart
+    # what a table row of this pruner is, where its name alone would mislead (a control, or a reading
+    # of a method whose source could not be identified): every table lists it under its label
+    table_note: ClassVar[str | None] = None
     # a control that keeps every unit (``nomask``: dense, trained on with the same recipe): its rows
     # are references -- tables give them no best/sparsity marks, the kit checks "everything kept"
     keeps_all: ClassVar[bool] = False

@@ -308,6 +308,31 @@ def _dense_rows(frame: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- rendering ------------------------------------------------------------------------------
+def row_notes(labels: list[str], suite, frame: pd.DataFrame) -> dict[str, str]:
+    """{label: what its row is} for the rows a name alone would not explain: a suite entry renamed
+    with ``as:`` (its pruner and options) and pruners that declare a ``table_note`` (controls, our
+    reading of a method whose source could not be identified)."""
+    from bench.runs.registry import get_pruner_class, load_pruners
+
+    entries = {e.label: e for b in getattr(suite, "blocks", []) for e in b.pruners} if suite is not None else {}
+    names = dict(zip(frame["label"], frame["pruner"])) if {"label", "pruner"} <= set(frame) else {}
+    known = load_pruners()
+    notes = {}
+    for label in labels:
+        entry = entries.get(label)
+        name = entry.name if entry is not None else names.get(label, label)
+        parts = []
+        if label != name:
+            options = ", ".join(f"{k}={v}" for k, v in sorted(entry.options.items())) if entry is not None else ""
+            parts.append(name + (f" with {options}" if options else ""))
+        note = get_pruner_class(name).table_note if name in known else None
+        if note:
+            parts.append(note)
+        if parts:
+            notes[label] = ": ".join(parts)
+    return notes
+
+
 def dense_mismatches(frame: pd.DataFrame) -> list[str]:
     """(task, seed)s whose rows report more than one dense test metric: their cells did not start
     from one dense checkpoint (a resumed suite whose dense model was retrained on another platform
@@ -332,6 +357,7 @@ class Table:
     labels: list[str]
     digits: int = 2
     mixed_dense: list[str] = field(default_factory=list)  # dense_mismatches of the rows
+    row_notes: dict[str, str] = field(default_factory=dict)  # label -> what the row is (row_notes())
 
     def cell(self, label: str, column: tuple) -> pd.Series | None:
         s = self.stats
@@ -384,6 +410,8 @@ class Table:
                 )
                 + "."
             )
+        if self.row_notes:
+            notes.append("Rows: " + "; ".join(f"{label} = {text}" for label, text in self.row_notes.items()) + ".")
         if self.mixed_dense:
             notes.append(
                 "WARNING: rows of one (task, seed) report different dense test metrics, so their cells did "
@@ -511,5 +539,10 @@ def build_table(frame: pd.DataFrame, suite=None) -> Table:
     labels = list(dict.fromkeys(declared + cells + list(frame["label"])))  # the suite's pruner order
     labels = ["dense"] + [label for label in labels if label in set(stats["label"])]
     return Table(
-        suite.name if suite is not None else "results", stats, columns, labels, mixed_dense=dense_mismatches(frame)
+        suite.name if suite is not None else "results",
+        stats,
+        columns,
+        labels,
+        mixed_dense=dense_mismatches(frame),
+        row_notes=row_notes([label for label in labels if label != "dense"], suite, frame),
     )
