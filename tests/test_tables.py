@@ -361,6 +361,15 @@ def test_mean_ranks_and_win_tie_loss(store):
     assert wtl.loc["smart_adaptive", ["win", "tie", "loss"]].tolist() == [0, 3, 0]
     text = summary_markdown(frame, "synthetic")
     assert "| magnitude | 3 | 2 | 1 | 0 | 0 / 0 / 0 |" in text
+    # per column (scipy.stats.ttest_rel): block 0.5 smart vs smart_adaptive, diffs 1, -0.5, 2.5: p = 0.368;
+    # block 0.9, 2 shared seeds (60, 70 vs 50, 52): p = 0.177; channel 0.5 is a tie of means (no test)
+    assert "in 0 of the 2 columns where they share >= 2 seeds (3 columns in all). Collapsed cells: 0." in text
+    assert "| fmnist-resnet · block:1x8 · 0.5 | smart (3) | smart_adaptive | 0.368 | – | 0 |" in text
+    assert "| fmnist-resnet · block:1x8 · 0.9 | smart (2) | smart_adaptive | 0.177 | – | 0 |" in text
+    as_random = frame.assign(label=frame["label"].replace("magnitude", "random"))
+    assert "| fmnist-resnet · channel · 0.5 | smart (3) | smart_adaptive | – | 3 of 3 | 0 |" in summary_markdown(
+        as_random, "synthetic"
+    )
 
 
 def test_one_seed_columns_are_untested_not_won():

@@ -6,6 +6,8 @@ count against every other (``smartbench table NAME --summary``).
   the average rank (``scipy.stats.rankdata``). A label's mean rank is over the columns it has;
   its 95% CI is the percentile interval of the mean over 2000 bootstrap resamples of those
   columns (numpy generator seeded 0, so the CI is reproducible).
+* Per column: best and runner-up, their paired p (separated: the table's dagger), the random
+  control's rank and the collapsed cells -- the figures a leaderboard's reading quotes.
 * Win/tie/loss of ``reference`` (default ``smart``) against each other label, per shared column:
   a paired t-test over the seeds both finished (bench.reports.tables.paired_p); p < 0.05 decides
   win or loss by the sign of the mean difference, else tie. Columns with fewer than 2 shared
@@ -92,8 +94,39 @@ def win_tie_loss(frame: pd.DataFrame, reference: str = "smart") -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def column_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per column: seeds of the best, best and runner-up labels, the paired p between them and
+    whether it separates them (the table's dagger), the random control's rank among the
+    competing labels, and how many of the column's cells collapsed (any label, any seed)."""
+    from bench.reports.tables import summarize
+
+    stats = summarize(frame)
+    ranks = column_ranks(frame)
+    out = []
+    for column, part in stats[~stats["reference"]].groupby(COLUMN, sort=False):
+        lower = part["metric_name"].iloc[0] in LOWER_IS_BETTER
+        ranked = part.sort_values("mean", ascending=lower)
+        in_column = ranks[(ranks[COLUMN] == pd.Series(column, index=COLUMN)).all(axis=1)]
+        random = in_column[in_column["label"] == "random"]
+        best = ranked.iloc[0]
+        out.append(
+            {
+                **dict(zip(COLUMN, column)),
+                "labels": len(ranked),
+                "best": best["label"],
+                "best_n": int(best["n"]),
+                "runner_up": ranked.iloc[1]["label"] if len(ranked) > 1 else None,
+                "p_value": best["p_value"],
+                "separated": bool(best["separated"]),
+                "random_rank": float(random["rank"].iloc[0]) if len(random) else float("nan"),
+                "collapsed": int(part["collapsed"].fillna(0).sum()),
+            }
+        )
+    return pd.DataFrame(out)
+
+
 def summary_markdown(frame: pd.DataFrame, suite_name: str, reference: str = "smart") -> str:
-    """The rank summary and the win/tie/loss table, as Markdown."""
+    """The rank summary, the win/tie/loss table and the per-column summary, as Markdown."""
     ranks = mean_ranks(frame)
     lines = [
         f"### {suite_name}: mean rank over columns",
@@ -130,4 +163,25 @@ def summary_markdown(frame: pd.DataFrame, suite_name: str, reference: str = "sma
             f"both finished, two-sided p < {ALPHA}; tie otherwise. Untested: fewer than 2 shared seeds "
             "(the sign of the difference is shown, no claim is made).",
         ]
+    columns = column_summary(frame)
+    if len(columns):
+        tested = columns[columns["p_value"].notna()]
+        lines += [
+            "",
+            f"### {suite_name}: per column",
+            "",
+            f"The best is separated from the runner-up (paired test, p < {ALPHA}) in {int(tested['separated'].sum())} "
+            f"of the {len(tested)} columns where they share >= 2 seeds ({len(columns)} columns in all). "
+            f"Collapsed cells: {int(columns['collapsed'].sum())}.",
+            "",
+            "| column | best (seeds) | runner-up | paired p | random's rank | collapsed |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in columns.itertuples():
+            p = "–" if np.isnan(r.p_value) else f"{r.p_value:.3g}" + (" †" if r.separated else "")
+            rank = "–" if np.isnan(r.random_rank) else f"{r.random_rank:g} of {r.labels}"
+            lines.append(
+                f"| {r.task} · {r.pattern} · {r.sparsity:g} | {r.best} ({r.best_n}) | {r.runner_up or '–'} | {p} | "
+                f"{rank} | {r.collapsed} |"
+            )
     return "\n".join(lines) + "\n"
