@@ -137,12 +137,16 @@ def pareto(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
 
 
 def allocation(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
-    """Per column: kept fraction per layer for every pruner (mean over seeds)."""
+    """Per column: kept fraction per layer for every pruner (mean over seeds); controls that keep
+    every unit (nomask) are left out, so the axis shows where the pruners differ."""
     import matplotlib.pyplot as plt
+
+    from bench.reports.tables import reference_labels
 
     if "kept_by_layer" not in frame:
         return []
     rows = frame[frame["kept_by_layer"].apply(lambda v: isinstance(v, dict) and bool(v))]
+    rows = rows[~rows["label"].isin(reference_labels(frame))]
     written = []
     for (task, pattern, sparsity), part in rows.groupby(["task", "pattern", "sparsity"], sort=False):
         layers = list(dict.fromkeys(name for kept in part["kept_by_layer"] for name in kept))
@@ -153,7 +157,12 @@ def allocation(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]
         ax.axhline(1 - sparsity, color="black", linestyle="--", linewidth=1, label="uniform")
         ax.set_xticks(range(len(layers)))
         ax.set_xticklabels(layers, rotation=90, fontsize=5)
-        ax.set(ylabel="units kept", ylim=(0, 1.02), title=f"{task} · {pattern} · {sparsity:g}: per-layer allocation")
+        top = max(1 - sparsity, max(max(kept.values()) for kept in part["kept_by_layer"]))
+        ax.set(
+            ylabel="units kept",
+            ylim=(0, min(1.02, 1.15 * top)),
+            title=f"{task} · {pattern} · {sparsity:g}: per-layer allocation",
+        )
         ax.legend(fontsize=6)
         written.append(_save(fig, folder / _file_name(suite_name, task, pattern, f"{sparsity:g}", "allocation")))
         plt.close(fig)
