@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.cli.main import main
 from bench.runs.record import ResultStore
@@ -199,4 +200,7 @@ def test_cli_json_row(shared_runs_dir):
     ):
         assert field in row
     assert row["achieved_sparsity"] == 0.5 and row["metric_name"] == "top1"
-    assert {"git_sha", "git_dirty", "torch", "timm", "dataset_hash"} <= set(row["provenance"])
+    assert {"git_sha", "git_dirty", "torch", "timm", "dataset_hash", "cpu_model", "cpu_capability"} <= set(
+        row["provenance"]
+    )
+    assert row["provenance"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()

@@ -449,3 +449,22 @@ def test_rows_that_a_name_would_not_explain_are_noted():
     assert notes["awg"].startswith("our W-Gates reading") and "could not be identified" in notes["awg"]
     assert notes["random"].startswith("control: random unit scores")
     assert notes["smart_fast"] == "smart" and "magnitude" not in notes
+
+
+def test_provenance_summary_counts_rows_per_code_version_and_platform():
+    from bench.reports.tables import provenance_markdown
+
+    def row(sha, dirty, model, when):
+        prov = {"git_sha": sha, "git_dirty": dirty, "cpu": "x86_64", "cpu_model": model, "cpu_capability": "AVX512"}
+        return {"provenance": {**prov, "torch": "2.14.1", "threads": 1, "finished_at": when}, "device": "cpu"}
+
+    rows = [
+        row("abcdef123", False, "Xeon", "2026-12-05T10:00:00Z"),
+        row("abcdef123", True, "Xeon", "2026-12-05T09:00:00Z"),
+    ]
+    rows.append(row("0123456789", False, "EPYC", "2026-12-06T08:00:00Z"))
+    text = provenance_markdown(rows, "s")
+    assert "### s: provenance of the 3 rows" in text
+    assert "- 1 row(s) at abcdef1 (uncommitted changes)" in text and "- 1 row(s) at 0123456" in text
+    assert "- 2 row(s) on Xeon AVX512, torch 2.14.1, 1 thread(s), device cpu" in text
+    assert "- finished between 2026-12-05T09:00:00Z and 2026-12-06T08:00:00Z" in text

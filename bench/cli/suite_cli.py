@@ -174,7 +174,7 @@ def cmd_table(args) -> int:
     from bench.core.errors import ConfigError
     from bench.reports.plots import write_plots
     from bench.reports.ranks import summary_markdown
-    from bench.reports.tables import build_table, rows_from_store, rows_from_wandb, suite_rows
+    from bench.reports.tables import build_table, provenance_markdown, rows_from_store, rows_from_wandb, suite_rows
     from bench.runs.record import ResultStore
     from bench.suites.suite import load_and_expand
 
@@ -224,6 +224,7 @@ def cmd_table(args) -> int:
         print(f"wrote {path} ({len(rows)} rows)")
     if args.summary:
         summary = summary_markdown(frame, suite.name, args.reference)
+        summary += "\n" + provenance_markdown(suite_rows(suite, store), suite.name)
         if args.out:
             path = Path(args.out) / f"{suite.name}-summary.md"
             path.write_text(summary, encoding="utf-8")

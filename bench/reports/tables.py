@@ -136,6 +136,32 @@ def suite_rows(suite, store: ResultStore | None = None) -> list[dict[str, Any]]:
     return out
 
 
+def provenance_markdown(rows: list[dict[str, Any]], suite_name: str) -> str:
+    """Where a table's rows come from: rows per (git sha, dirty tree), per platform (cpu, torch,
+    threads, device) and the span of their finish times -- the provenance a committed table states."""
+    from collections import Counter
+
+    code, platform, finished = Counter(), Counter(), []
+    for row in rows:
+        prov = row.get("provenance") or {}
+        code[(str(prov.get("git_sha") or "?")[:7], bool(prov.get("git_dirty")))] += 1
+        cpu = " ".join(str(v) for v in (prov.get("cpu_model") or prov.get("cpu"), prov.get("cpu_capability")) if v)
+        platform[(cpu, prov.get("torch"), prov.get("threads"), row.get("device"))] += 1
+        if prov.get("finished_at"):
+            finished.append(prov["finished_at"])
+    lines = [f"### {suite_name}: provenance of the {len(rows)} rows", ""]
+    lines += [
+        f"- {n} row(s) at {sha}" + (" (uncommitted changes)" if dirty else "") for (sha, dirty), n in code.most_common()
+    ]
+    lines += [
+        f"- {n} row(s) on {cpu}, torch {torch}, {threads} thread(s), device {device}"
+        for (cpu, torch, threads, device), n in platform.most_common()
+    ]
+    if finished:
+        lines.append(f"- finished between {min(finished)} and {max(finished)}")
+    return "\n".join(lines) + "\n"
+
+
 def wandb_rows(api, project: str, group: str) -> list[dict[str, Any]]:
     """Summary fields of every W&B run of ``group`` and of ``<group>-tune`` (what
     bench.runs.record.log_wandb wrote): a suite's seed-``tune.seed`` cells with the tuned config

@@ -45,6 +45,19 @@ CODE_VERSION = {
 }
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; the machine type elsewhere): float kernels, hence the
+    exact numbers of a run, differ between CPUs (tests/golden/record.py)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def provenance(dataset_hash: str) -> dict[str, Any]:
     import timm
 
@@ -55,6 +68,8 @@ def provenance(dataset_hash: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "host": platform.node(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # ATen's kernel set (AVX2, AVX512...)
         "threads": torch.get_num_threads(),
         "dataset_hash": dataset_hash,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
