@@ -361,6 +361,7 @@ def test_mean_ranks_and_win_tie_loss(store):
     assert wtl.loc["smart_adaptive", ["win", "tie", "loss"]].tolist() == [0, 3, 0]
     text = summary_markdown(frame, "synthetic")
     assert "| magnitude | 3 | 2 | 1 | 0 | 0 / 0 / 0 |" in text
+    assert "- fmnist-resnet: test top1 90.00 / 91.00 / 92.00 (seeds 0, 1, 2; spread 2.00)" in text
     # per column (scipy.stats.ttest_rel): block 0.5 smart vs smart_adaptive, diffs 1, -0.5, 2.5: p = 0.368;
     # block 0.9, 2 shared seeds (60, 70 vs 50, 52): p = 0.177; channel 0.5 is a tie of means (no test)
     assert "in 0 of the 2 columns where they share >= 2 seeds (3 columns in all). Collapsed cells: 0." in text
@@ -468,3 +469,6 @@ def test_provenance_summary_counts_rows_per_code_version_and_platform():
     assert "- 1 row(s) at abcdef1 (uncommitted changes)" in text and "- 1 row(s) at 0123456" in text
     assert "- 2 row(s) on Xeon AVX512, torch 2.14.1, 1 thread(s), device cpu" in text
     assert "- finished between 2026-12-05T09:00:00Z and 2026-12-06T08:00:00Z" in text
+    assert "- worker time 0.00 h" in text  # no wall_s in these rows
+    rows[0]["wall_s"], rows[1]["wall_s"] = 3600.0, 1800.0
+    assert "- worker time 1.50 h (the rows' wall_s summed" in provenance_markdown(rows, "s")

@@ -163,6 +163,17 @@ def summary_markdown(frame: pd.DataFrame, suite_name: str, reference: str = "sma
             f"both finished, two-sided p < {ALPHA}; tie otherwise. Untested: fewer than 2 shared seeds "
             "(the sign of the difference is shown, no claim is made).",
         ]
+    dense = frame.dropna(subset=["dense_metric"]).drop_duplicates(["task", "seed"]).sort_values(["task", "seed"])
+    if len(dense):
+        lines += ["", f"### {suite_name}: dense models", ""]
+        for task, part in dense.groupby("task", sort=False):
+            values = part["dense_metric"].to_numpy(float)
+            per_seed = " / ".join(f"{v:.2f}" for v in values)
+            seeds = ", ".join(str(int(s)) for s in part["seed"])
+            lines.append(
+                f"- {task}: test {part['metric_name'].iloc[0]} {per_seed} (seeds {seeds}; spread "
+                f"{values.max() - values.min():.2f})"
+            )
     columns = column_summary(frame)
     if len(columns):
         tested = columns[columns["p_value"].notna()]

@@ -159,6 +159,8 @@ def provenance_markdown(rows: list[dict[str, Any]], suite_name: str) -> str:
     ]
     if finished:
         lines.append(f"- finished between {min(finished)} and {max(finished)}")
+    wall = sum(float(row.get("wall_s") or 0.0) for row in rows)
+    lines.append(f"- worker time {wall / 3600:.2f} h (the rows' wall_s summed; dense models not counted)")
     return "\n".join(lines) + "\n"
 
 
