@@ -367,6 +367,8 @@ def test_mean_ranks_and_win_tie_loss(store):
     assert "in 0 of the 2 columns where they share >= 2 seeds (3 columns in all). Collapsed cells: 0." in text
     assert "| fmnist-resnet · block:1x8 · 0.5 | smart (3) | smart_adaptive | 0.368 | – | 0 |" in text
     assert "| fmnist-resnet · block:1x8 · 0.9 | smart (2) | smart_adaptive | 0.177 | – | 0 |" in text
+    alone = frame[(frame["label"] == "smart") | (frame["pattern"] != "channel")]  # one competing label
+    assert "| fmnist-resnet · channel · 0.5 | smart (3) | – | – | – | 0 |" in summary_markdown(alone, "synthetic")
     as_random = frame.assign(label=frame["label"].replace("magnitude", "random"))
     assert "| fmnist-resnet · channel · 0.5 | smart (3) | smart_adaptive | – | 3 of 3 | 0 |" in summary_markdown(
         as_random, "synthetic"

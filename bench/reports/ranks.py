@@ -192,7 +192,7 @@ def summary_markdown(frame: pd.DataFrame, suite_name: str, reference: str = "sma
             p = "–" if np.isnan(r.p_value) else f"{r.p_value:.3g}" + (" †" if r.separated else "")
             rank = "–" if np.isnan(r.random_rank) else f"{r.random_rank:g} of {r.labels}"
             lines.append(
-                f"| {r.task} · {r.pattern} · {r.sparsity:g} | {r.best} ({r.best_n}) | {r.runner_up or '–'} | {p} | "
+                f"| {r.task} · {r.pattern} · {r.sparsity:g} | {r.best} ({r.best_n}) | {r.runner_up if isinstance(r.runner_up, str) else '–'} | {p} | "
                 f"{rank} | {r.collapsed} |"
             )
     return "\n".join(lines) + "\n"
