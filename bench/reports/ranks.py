@@ -103,7 +103,7 @@ def column_summary(frame: pd.DataFrame) -> pd.DataFrame:
     stats = summarize(frame)
     ranks = column_ranks(frame)
     out = []
-    for column, part in stats[~stats["reference"]].groupby(COLUMN, sort=False):
+    for column, part in stats[~stats["reference"]].groupby(COLUMN, sort=True):  # task, pattern, sparsity
         lower = part["metric_name"].iloc[0] in LOWER_IS_BETTER
         ranked = part.sort_values("mean", ascending=lower)
         in_column = ranks[(ranks[COLUMN] == pd.Series(column, index=COLUMN)).all(axis=1)]
