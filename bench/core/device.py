@@ -70,3 +70,18 @@ def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; the machine type elsewhere): rows and speed reports
+    record it, as float kernels -- hence a run's exact numbers -- differ between CPUs."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

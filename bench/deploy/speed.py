@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.core.device import cpu_model
 from bench.core.sparsity import Pattern, parse_pattern
 from bench.deploy.shrink import count_params, folded_copy, random_like_input, shrink_channels
 
@@ -48,17 +49,6 @@ DEFAULT_BATCH_SIZES = (1, 32, 128)
 
 
 # -- fingerprint --------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def device_fingerprint(device: str = "cpu") -> dict[str, Any]:
     info = {
         "cpu": cpu_model(),

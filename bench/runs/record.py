@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from bench.core.device import cpu_model
 from bench.core.paths import RunPaths
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,19 +44,6 @@ CODE_VERSION = {
     "git_sha": _git("rev-parse", "HEAD") or "unknown",
     "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
 }
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo; the machine type elsewhere): float kernels, hence the
-    exact numbers of a run, differ between CPUs (tests/golden/record.py)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def provenance(dataset_hash: str) -> dict[str, Any]:
