@@ -296,6 +296,12 @@ def test_table_command_writes_files(tmp_path, runs_dir, capsys):
     assert main(["table", str(path), "--format", "md"]) == 0
     printed = capsys.readouterr().out
     assert "| gmp_fast " in printed and "- Rows: gmp_fast = gmp with update_every=2." in printed
+    # --by-task: one table per task (one task here, so the same numbers under the task's name)
+    assert main(["table", str(path), "--format", "csv", "--out", str(out)]) == 0
+    assert main(["table", str(path), "--format", "csv", "--out", str(out), "--by-task"]) == 0
+    assert (out / "mini-fmnist-tiny.csv").read_text() == (out / "mini.csv").read_text()
+    assert main(["table", str(path), "--format", "md", "--by-task"]) == 0
+    assert "### mini · fmnist-tiny" in capsys.readouterr().out
     # --raw commits the complete rows; --rows regenerates the same table from them without the store
     assert main(["table", str(path), "--format", "md", "--out", str(out), "--raw"]) == 0
     raw = [json.loads(line) for line in (out / "mini.rows.jsonl").read_text().splitlines()]

@@ -205,16 +205,23 @@ def cmd_table(args) -> int:
     if frame.empty:
         print(f"suite {suite.name}: no finished cells yet (smartbench suite status {args.name})")
         return 1
-    table = build_table(frame, suite)
-    text = table.render(args.format)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"{suite.name}.{EXTENSIONS[args.format]}"
-        path.write_text(text, encoding="utf-8")
-        print(f"wrote {path}")
-    else:
-        print(text, end="" if text.endswith("\n") else "\n")
+    tables = {suite.name: build_table(frame, suite)}
+    if args.by_task:  # one table per task (a wide suite's columns do not fit one page)
+        tables = {}
+        for task in dict.fromkeys(frame["task"]):
+            table = build_table(frame[frame["task"] == task], suite)
+            table.suite_name = f"{suite.name} · {task}"
+            tables[f"{suite.name}-{task}"] = table
+    for stem, table in tables.items():
+        text = table.render(args.format)
+        if args.out:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            path = out / f"{stem}.{EXTENSIONS[args.format]}"
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path}")
+        else:
+            print(text, end="" if text.endswith("\n") else "\n")
     if args.raw:
         path = Path(args.out) / f"{suite.name}.rows.jsonl"
         rows = suite_rows(suite, store)
@@ -386,6 +393,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="rows from the local result store (default) or from W&B (group = suite name)",
     )
     table.add_argument("--project", default=None, help="W&B project (ENTITY/PROJECT) with --from wandb")
+    table.add_argument(
+        "--by-task",
+        action="store_true",
+        help="one table per task (<suite>-<task>.<ext> with --out) instead of one table of every column",
+    )
     table.add_argument(
         "--raw",
         action="store_true",
