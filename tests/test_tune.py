@@ -135,8 +135,13 @@ def test_tune_end_to_end_then_the_suite_runs_tuned(tmp_path, runs_dir):
     suite = expand(load_suite(str(path), tuned=False))
     assert suite.tuned is None
     store = ResultStore(runs_dir / "results.jsonl")
-    assert run_tune(suite, suite.tune, progress=False, store=store, log=lambda m: None) == 0
+    lines: list[str] = []
+    assert run_tune(suite, suite.tune, progress=False, store=store, log=lines.append) == 0
     payload = json.loads((tmp_path / "t.tuned.json").read_text())
+    # each label's winner is its seed-0 suite cell: tuning adds the 6 other trials (equal steps each)
+    per_trial = payload["trial_steps"] // 8
+    cost = next(line for line in lines if "winning trials" in line)
+    assert f"2 winning trials are the suite's own seed-0 cells (same run id): tuning adds {6 * per_trial} " in cost
     assert len(payload["trials"]) == 8 and payload["settings"]["trials"] == 4
     for label in ("magnitude", "random"):
         records = [r for r in payload["trials"] if r["label"] == label]
@@ -284,8 +289,13 @@ def test_the_no_mask_control_chooses_each_familys_schedule_for_every_pruner(tmp_
     assert sorted(c.spec.budget["finetune_schedule"] for c in choice.cells) == ["hold", "restart"]
     assert all(c.spec.pruner == "nomask" and c.spec.seed == 0 for c in choice.cells)
     store = ResultStore(runs_dir / "results.jsonl")
-    assert run_tune(suite, suite.tune, progress=False, store=store, log=lambda m: None) == 0
+    lines: list[str] = []
+    assert run_tune(suite, suite.tune, progress=False, store=store, log=lines.append) == 0
     payload = json.loads((tmp_path / "t.tuned.json").read_text())
+    # each label's winner is its seed-0 suite cell: tuning adds the 6 other trials (equal steps each)
+    per_trial = payload["trial_steps"] // 8
+    cost = next(line for line in lines if "winning trials" in line)
+    assert f"2 winning trials are the suite's own seed-0 cells (same run id): tuning adds {6 * per_trial} " in cost
     result = payload["schedules"]["classification"]
     scores = {c.spec.budget["finetune_schedule"]: store.get(c.run_id)["val_metric"] for c in choice.cells}
     assert result["val_metric"] == scores

@@ -30,7 +30,8 @@ Trials are ordinary runs: the cells of a suite named ``<suite>-tune``, run by th
 (resumable, several workers, claims), their rows in the store. The file records the settings, every
 trial's options, run id and validation score, the chosen config per (label, family) (best mean
 validation metric over the family's columns; ties: the earlier trial), the trials' wall time and
-their cost in optimizer steps against the suite's. ``suite plan|run`` read it (bench.suites.suite):
+their cost in optimizer steps against the suite's (then :func:`added_cost` logs what tuning adds:
+the winners are suite cells). ``suite plan|run`` read it (bench.suites.suite):
 a cell of a tuned (label, family) runs with the chosen options and retraining lr.
 """
 
@@ -403,6 +404,12 @@ def run_tune(
     }
     write_file(settings.file, payload)
     log(f"tune {suite.name}: wrote {settings.file} (trials' wall time {payload['trial_wall_s']:.0f} s)")
+    extra = added_cost(suite, trials.cells, records)
+    log(
+        f"  {extra['reused_trials']} winning trials are the suite's own seed-{settings.seed} cells (same run id): "
+        f"tuning adds {extra['extra_steps']} optimizer steps = {extra['extra_steps'] / max(suite_steps, 1):.0%} of the "
+        f"suite's, {extra['extra_wall_s']:.0f} s of trial wall time"
+    )
     for label, families in sorted(chosen.items()):
         for family, c in sorted(families.items()):
             log(
@@ -410,6 +417,26 @@ def run_tune(
                 f"lr x{c['lr_multiplier']:g} {json.dumps(c['options'], sort_keys=True)}"
             )
     return 0
+
+
+def added_cost(suite, trial_cells, records: list[dict]) -> dict[str, Any]:
+    """What tuning adds to a suite's cost: the trials that are not also cells of the tuned suite.
+
+    A tuning column is a column of the suite and the trials run at ``tune.seed``, so each (label,
+    family)'s winning trial *is* that label's seed cell in the column (the same run id): the suite
+    would run it anyway. ``{reused_trials, extra_steps, extra_wall_s}`` count the others; the suite
+    is re-read with the tuned file just written to find its cells."""
+    from bench.suites.suite import expand, load_suite
+
+    tuned = expand(load_suite(str(suite.path)))
+    cells = {cell.run_id for cell in tuned.cells}
+    steps = {cell.run_id: cell.steps or 0 for cell in trial_cells}
+    extra = [r for r in records if r["run_id"] not in cells]
+    return {
+        "reused_trials": len(records) - len(extra),
+        "extra_steps": sum(steps.get(r["run_id"], 0) for r in extra),
+        "extra_wall_s": sum(r["wall_s"] or 0.0 for r in extra),
+    }
 
 
 def _config_of(suite, label: str):
