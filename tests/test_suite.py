@@ -197,6 +197,8 @@ def test_plan_every_shipped_suite(name, runs_dir):
     for cell in suite.cells:
         assert cell.run_id in out
     assert "budget: " in out and not runs_dir.exists()
+    if suite.tune is not None and suite.tune.file.exists():  # a committed tuned file covers every cell
+        assert suite.tuned is not None and suite.untuned == []
     if any(parse_pattern(p).kind != "nm" for b in suite.blocks for p in b.patterns):
         assert ("skipped: srste on" in out) == ("srste" in {e.name for b in suite.blocks for e in b.pruners})
 
