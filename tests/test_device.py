@@ -124,3 +124,52 @@ def test_cpu_allocator_keeps_freed_memory_on_glibc():
     applied = keep_freed_cpu_memory()
     assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
     assert keep_freed_cpu_memory() == applied  # idempotent
+
+
+_SUBNORMAL_PROBE = """
+import sys, torch
+{setup}
+torch.set_num_threads(2)
+x = torch.full((1 << 20,), 1e-39)  # subnormal; 1M elements: the multiply runs on the thread pool
+big = int((x * 1.0).count_nonzero())
+small = int((x[:100] * 1.0).count_nonzero())  # under the grain size: the calling thread alone
+print(big, small)
+"""
+
+
+def _probe(setup: str) -> tuple[int, int]:
+    import subprocess
+    import sys
+
+    code = _SUBNORMAL_PROBE.format(setup=setup)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    big, small = out.stdout.split()[-2:]  # the probe prints last
+    return int(big), int(small)
+
+
+def test_flush_denormals_reaches_every_thread_of_a_process():
+    """The CLI entry point flushes subnormals to zero before torch's thread pool exists, so the
+    pool's threads inherit the mode (subnormal masks made a conv ~130x slower, docs/cell-time.md)."""
+    import torch
+
+    if not torch.set_flush_denormal(False):  # the CPU has no FTZ/DAZ (not x86): nothing to test
+        pytest.skip("this CPU cannot flush subnormals")
+    assert _probe("") == (1 << 20, 100)  # IEEE default: subnormal products stay
+    assert _probe("from bench.cli.main import main; main(['list'])") == (0, 0)
+    assert _probe("from bench.core.device import flush_denormals; assert flush_denormals()") == (0, 0)
+
+
+def test_stage_driver_flushes_denormals():
+    """A user's own loop (bench.api) reaches the driver's setup, not the CLI: it flushes too."""
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush subnormals")
+    code = (
+        "import sys; sys.path.insert(0, 'tests')\n"
+        "from conformance import harness\n"
+        "from bench.training.stages import StageDriver\n"
+        "case = harness.KitCase(harness.registered_pruners()['magnitude'], 'block:1x8', 0.5)\n"
+        "task, model, masker, pruner = harness.fresh_setup(case)\n"
+        "driver = StageDriver(pruner, masker, 1, 1, lambda _: None)\n"
+        "driver.setup(task.calibration_batches(), task.forward)\n"
+    )
+    assert _probe(code) == (0, 0)

@@ -8,6 +8,7 @@ import sys
 
 from bench.cli.args import add_device_arguments
 from bench.core.allocator import keep_freed_cpu_memory
+from bench.core.device import flush_denormals
 from bench.core.errors import ConfigError, SmartbenchError
 
 
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     keep_freed_cpu_memory()
+    flush_denormals()
     try:
         return args.func(args)
     except SmartbenchError as err:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.allocator import keep_freed_cpu_memory
+from bench.core.device import flush_denormals
 from bench.core.errors import ConfigError
 from bench.core.paths import RunPaths, paths_or_env
 from bench.runs.record import ResultStore
@@ -121,6 +122,7 @@ def run_cell(payload: dict[str, Any], echo: Callable[[str], None] | None = None)
     everything the run prints goes to the cell's log file, so the suite's console shows only its
     progress and one line per cell."""
     keep_freed_cpu_memory()
+    flush_denormals()
     if payload.get("threads"):
         import torch
 

@@ -48,7 +48,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from bench.core.allocator import keep_freed_cpu_memory
-from bench.core.device import resolve_device
+from bench.core.device import flush_denormals, resolve_device
 from bench.core.errors import ConfigError
 from bench.core.paths import RunPaths, paths_or_env
 from bench.runs.record import REPO_ROOT, ResultStore
@@ -183,6 +183,7 @@ def ddp_cell(payload: dict[str, Any]) -> int:
     """One cell under torchrun; returns the process exit code."""
     real = payload_paths(payload)
     keep_freed_cpu_memory()
+    flush_denormals()
     if payload.get("threads"):
         torch.set_num_threads(int(payload["threads"]))
     device = resolve_device(payload["spec"].get("device", "auto"))

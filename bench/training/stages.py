@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bench.core.device import flush_denormals
 from bench.core.masks import Masker, calibrate
 from bench.core.pruner import Progress, Pruner
 from bench.core.schedules import prune_lr_sum
@@ -68,7 +69,9 @@ class StageDriver:
 
     # -- before training ----------------------------------------------------------------------
     def setup(self, calibration_batches, forward: Callable[[nn.Module, Any], Any]) -> None:
-        """Calibration statistics on the (dense) model, then ``pruner.attach``."""
+        """Calibration statistics on the (dense) model, then ``pruner.attach``. Subnormal floats
+        are flushed to zero from here on (:func:`bench.core.device.flush_denormals`)."""
+        flush_denormals()
         calibrate(self.masker.model, self.masker.layers, calibration_batches, forward)
         self.pruner.attach(self.masker.layers)
 
