@@ -1,39 +1,44 @@
-"""Per column of leaderboard-v2: best vs runner-up among the pruners only (controls random, nomask,
-scratch and the SMART ablations left out), paired t-test over shared seeds -- a reading aid for
-results/README.md, from the suite's rows (leaderboard-v2.rows.jsonl)."""
+"""Per column of a suite's rows: best vs runner-up among the pruners only -- controls (the
+pruners' ``control`` flag: random, nomask, scratch) and renamed ablation labels (``as:``) left out
+-- by the paired t-test over shared seeds that ``smartbench table`` uses (bench.reports.tables.
+paired_p). A reading aid for results/README.md:
+
+    python scripts/separated_pruners.py results/leaderboard-v2/leaderboard-v2.rows.jsonl
+"""
 
 import collections
 import json
-import statistics as st
+import statistics
 import sys
 
-from scipy import stats
+from bench.reports.tables import paired_p
+from bench.runs.registry import load_pruners
 
-rows = [json.loads(l) for l in open(sys.argv[1])]
-CONTROLS = {"random", "nomask", "scratch", "smart-adaptive", "smart-ramp4"}
-cols = collections.defaultdict(lambda: collections.defaultdict(dict))
-for r in rows:
-    label = r.get("label") or r["pruner"]
-    cols[(r["task"], r["pattern"], r["target_sparsity"])][label][r["seed"]] = r["metric"]
-sep = tested = 0
-for key in sorted(cols):
-    labs = {l: s for l, s in cols[key].items() if l not in CONTROLS}
-    ranked = sorted(labs, key=lambda l: -st.mean(labs[l].values()))
-    if len(ranked) < 2:
-        continue
-    a, b = ranked[0], ranked[1]
-    shared = sorted(set(labs[a]) & set(labs[b]))
-    p = float("nan")
-    if len(shared) >= 2:
-        tested += 1
-        d = [labs[a][s] - labs[b][s] for s in shared]
-        p = (
-            1.0
-            if all(x == 0 for x in d)
-            else stats.ttest_rel([labs[a][s] for s in shared], [labs[b][s] for s in shared]).pvalue
-        )
-        sep += p < 0.05
-    print(
-        f"{key}: best {a} {st.mean(labs[a].values()):.2f} runner-up {b} {st.mean(labs[b].values()):.2f} p={p:.3g} seeds={len(shared)}"
-    )
-print(f"separated {sep} of {tested}")
+
+def main(path: str) -> None:
+    pruners = load_pruners()
+    columns = collections.defaultdict(lambda: collections.defaultdict(dict))  # column -> pruner -> seed -> metric
+    with open(path, encoding="utf-8") as fh:
+        for row in map(json.loads, fh):
+            name = row["pruner"]
+            if pruners[name].control or row.get("label", name) != name:
+                continue
+            columns[(row["task"], row["pattern"], row["target_sparsity"])][name][row["seed"]] = row["metric"]
+    separated = tested = 0
+    for column in sorted(columns):
+        by_seed = columns[column]
+        ranked = sorted(by_seed, key=lambda name: -statistics.mean(by_seed[name].values()))
+        if len(ranked) < 2:
+            continue
+        best, runner_up = ranked[:2]
+        p = paired_p(by_seed[best], by_seed[runner_up])
+        if p is not None:
+            tested += 1
+            separated += p < 0.05
+        means = " ".join(f"{n} {statistics.mean(by_seed[n].values()):.2f}" for n in (best, runner_up))
+        print(f"{column}: best, runner-up: {means} p={'-' if p is None else f'{p:.3g}'}")
+    print(f"separated {separated} of {tested}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
