@@ -38,9 +38,8 @@ from pathlib import Path
 import torch
 import torch_pruning as tp
 
-from bench.core.allocator import keep_freed_cpu_memory
-from bench.core.device import flush_denormals
 from bench.core.masks import Masker, calibrate, find_prunable
+from bench.core.process import prepare_process
 from bench.core.pruner import Progress
 from bench.core.select import hard_topk
 from bench.core.sparsity import parse_pattern, resolve_sparsity
@@ -243,8 +242,7 @@ def topk_times(cfg: dict) -> list[dict]:
 
 
 def memory_child(task_name: str, kind: str, pattern: str, sparsity, steps: int) -> None:
-    keep_freed_cpu_memory()  # as in a run (bench.cli.main, bench.suites.cell)
-    flush_denormals()
+    prepare_process()  # as in a run (bench.cli.main, bench.suites.cell)
     torch.set_num_threads(1)
     entry = Entry(get_task(task_name), kind, pattern, sparsity, synthetic_batches(2), steps)
     for _ in range(steps):
@@ -524,8 +522,7 @@ def main(argv: list[str]) -> int:
         unknown = [name for name in cfg["only"] if name not in known]
         if unknown:
             parser.error(f"--pruners: unknown {', '.join(unknown)}; allowed: {', '.join(known)}")
-    keep_freed_cpu_memory()  # as in a run (bench.cli.main, bench.suites.cell)
-    flush_denormals()
+    prepare_process()  # as in a run (bench.cli.main, bench.suites.cell)
     torch.set_num_threads(args.threads)
     load_start, notes = os.getloadavg()[0], []
     tasks = [("fmnist-resnet", p) for p in cfg["resnet_patterns"]]

@@ -65,9 +65,9 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("WANDB_SILENT", "true")
     import torch
 
-    from bench.core.device import flush_denormals
+    from bench.core.process import prepare_process
 
-    flush_denormals()  # as bench.cli.main does, before the thread pool exists
+    prepare_process()  # as bench.cli.main does, before the thread pool exists
     torch.set_num_threads(args.threads)
     from bench.cli.main import main as smartbench
 

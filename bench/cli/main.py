@@ -7,9 +7,8 @@ import json
 import sys
 
 from bench.cli.args import add_device_arguments
-from bench.core.allocator import keep_freed_cpu_memory
-from bench.core.device import flush_denormals
 from bench.core.errors import ConfigError, SmartbenchError
+from bench.core.process import prepare_process
 
 
 def parse_options(items: list[str], field: str = "--opt") -> dict[str, str]:
@@ -153,8 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    keep_freed_cpu_memory()
-    flush_denormals()
+    prepare_process()
     try:
         return args.func(args)
     except SmartbenchError as err:

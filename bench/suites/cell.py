@@ -21,10 +21,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.core.allocator import keep_freed_cpu_memory
-from bench.core.device import flush_denormals
 from bench.core.errors import ConfigError
 from bench.core.paths import RunPaths, paths_or_env
+from bench.core.process import prepare_process
 from bench.runs.record import ResultStore
 from bench.runs.run import RunSpec, dense_checkpoint_path, execute, resolve
 from bench.suites.suite import Cell, Suite, claim_cell, claim_holder, clear_marker, running_info, write_marker
@@ -121,8 +120,7 @@ def run_cell(payload: dict[str, Any], echo: Callable[[str], None] | None = None)
     to ``<run_id>.failed``). Without ``echo`` (a worker process, a Slurm job, a torchrun rank)
     everything the run prints goes to the cell's log file, so the suite's console shows only its
     progress and one line per cell."""
-    keep_freed_cpu_memory()
-    flush_denormals()
+    prepare_process()
     if payload.get("threads"):
         import torch
 

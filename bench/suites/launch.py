@@ -47,10 +47,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from bench.core.allocator import keep_freed_cpu_memory
-from bench.core.device import flush_denormals, resolve_device
+from bench.core.device import resolve_device
 from bench.core.errors import ConfigError
 from bench.core.paths import RunPaths, paths_or_env
+from bench.core.process import prepare_process
 from bench.runs.record import REPO_ROOT, ResultStore
 from bench.runs.run import RunSpec, dense_checkpoint_path, execute, resolve
 from bench.suites.cell import cell_log_path, claimed, done_outcome, payload_paths, run_cell
@@ -182,8 +182,7 @@ def _decide(value: Any) -> Any:
 def ddp_cell(payload: dict[str, Any]) -> int:
     """One cell under torchrun; returns the process exit code."""
     real = payload_paths(payload)
-    keep_freed_cpu_memory()
-    flush_denormals()
+    prepare_process()
     if payload.get("threads"):
         torch.set_num_threads(int(payload["threads"]))
     device = resolve_device(payload["spec"].get("device", "auto"))

@@ -53,9 +53,9 @@ def cpu_count() -> int:
 def _init_worker(threads: int) -> None:
     import torch
 
-    from bench.core.device import flush_denormals
+    from bench.core.process import prepare_process
 
-    flush_denormals()  # before the thread pool exists, so that its threads inherit the mode
+    prepare_process()  # before the thread pool exists, so that its threads inherit the FTZ mode
     torch.set_num_threads(threads)
 
 
