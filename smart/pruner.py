@@ -132,6 +132,7 @@ class SmartPruner(Pruner):
             self.tau,
             self.config.detach_t,
             self.thresholds,
+            self.allocation,
         )
         self._soft = soft.detach()
         return masks

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bench.core.select import keep_count
+from bench.core.select import Allocation, keep_count
 from bench.core.sparsity import Pattern
 
 _BRACKET_MARGIN = 30.0  # sigmoid(-30) ~ 1e-13: the bracket holds the root for sure
@@ -200,6 +200,52 @@ def soft_topk(
     return (out, -t * tau) if return_threshold else out
 
 
+def _bound_rows(soft: Tensor, sizes: list[int], minimum: Tensor) -> Tensor:
+    """Bool per layer: its soft mass (sum of its entries of ``soft``) is below its floor."""
+    index = torch.repeat_interleave(torch.arange(len(sizes), device=soft.device), torch.tensor(sizes, device=soft.device))
+    mass = torch.zeros(len(sizes), dtype=torch.float64, device=soft.device).index_add_(0, index, soft.detach().to(torch.float64))
+    return mass < minimum
+
+
+def _floored(flat: Tensor, sizes: list[int], k: int, minimum: list[int], solve) -> Tensor:
+    """Global exact-k soft top-k of ``flat`` (layers of ``sizes`` one after the other) in which every
+    layer keeps a soft mass of at least ``minimum[l]`` units; ``solve(rows, k)`` is the soft top-k.
+
+    The plain solve comes first. A layer it leaves under its floor has its ``minimum[l]`` best
+    units held at exactly 1 (constants: no gradient reaches their scores) and the remaining budget
+    k - held is solved again, exact-k, over every unit not held; that can push another layer under
+    its floor, which is then held too (at most one more solve per layer). Where no floor binds,
+    the result is the plain solve bit for bit. As tau -> 0 its support is ``global_topk``'s with
+    the same minimums: each bound layer's best ``minimum`` units, then the global ranking."""
+    floors = torch.tensor(minimum, dtype=torch.float64, device=flat.device)
+    soft = solve(flat, k)
+    bound = _bound_rows(soft, sizes, floors)
+    if not bool(bound.any()):
+        return soft
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    held = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    while True:
+        for layer in bound.nonzero().flatten().tolist():
+            start, end = offsets[layer], offsets[layer + 1]
+            best = torch.argsort(flat[start:end].detach(), descending=True, stable=True)[: minimum[layer]]
+            held[start + best] = True
+        free = (~held).nonzero().flatten()
+        budget = k - int(held.sum())
+        if budget <= 0:
+            rest = flat.new_zeros(free.numel())
+        elif budget >= free.numel():
+            rest = flat.new_ones(free.numel())
+        else:
+            rest = solve(flat[free], budget)
+        soft = flat.new_ones(flat.numel()).index_put((free,), rest)
+        more = _bound_rows(soft, sizes, floors) & ~bound
+        if not bool(more.any()):
+            return soft
+        bound |= more
+
+
 def soft_select(
     scores: dict[str, Tensor],
     pattern: Pattern,
@@ -208,18 +254,27 @@ def soft_select(
     tau: float,
     detach_t: bool = False,
     thresholds: dict[str, Tensor] | None = None,
+    allocation: Allocation | None = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Exact-k soft masks of per-layer unit scores, dispatched as ``bench.core.select.hard_topk`` does
     the hard ones: N:M keeps N per row of M (the rows of all layers in one call), scope "global"
     one k = round((1 - sparsity) * G) over all layers, scope "layer" one k per layer.
+
+    ``allocation`` (the protocol's, as ``hard_topk`` takes it) replaces ``scope`` and adds its
+    per-layer floor to the soft masks too: ``uniform`` gives each layer its ``layer_keep``;
+    ``global`` keeps ``global_keep`` over all layers with every layer's soft mass at least its
+    ``minimum`` (``_floored``). Without one (v1 runs) no floor applies during training.
 
     ``thresholds``: warm starts by call ("rows", "global" or the layer name), replaced in place by
     the solved ones. Returns the masks by layer and every soft value in one tensor (as solved).
     """
     thresholds = {} if thresholds is None else thresholds
     names, values = list(scores), list(scores.values())
+    scope = scope if allocation is None else allocation.scope
 
     def solve(key: str, rows: Tensor, k) -> Tensor:
+        if not isinstance(k, Tensor) and rows.dim() == 1 and k >= rows.numel():  # a layer kept whole
+            return rows.new_ones(rows.shape).detach()
         soft, thresholds[key] = soft_topk(rows, k, tau, detach_t, threshold=thresholds.get(key), return_threshold=True)
         return soft
 
@@ -228,9 +283,19 @@ def soft_select(
         parts = soft.split([v.shape[0] for v in values], dim=0)
     elif scope == "global":
         flat = torch.cat([v.reshape(-1) for v in values])
-        soft = solve("global", flat, keep_count(flat.numel(), sparsity))
-        parts = soft.split([v.numel() for v in values])
+        sizes = [v.numel() for v in values]
+        if allocation is None:
+            soft = solve("global", flat, keep_count(flat.numel(), sparsity))
+        else:
+            counts = dict(zip(names, sizes))
+            minimum = [allocation.minimum(c) for c in sizes]
+            k = allocation.global_keep(counts, sparsity)
+            soft = _floored(flat, sizes, k, minimum, lambda rows, k: solve("global", rows, k))
+        parts = soft.split(sizes)
     else:
-        parts = [solve(name, v.reshape(-1), keep_count(v.numel(), sparsity)) for name, v in zip(names, values)]
+        parts = [
+            solve(name, v.reshape(-1), keep_count(v.numel(), sparsity) if allocation is None else allocation.layer_keep(v.numel(), sparsity))
+            for name, v in zip(names, values)
+        ]
         soft = torch.cat(parts)
     return {name: part.reshape(v.shape) for name, part, v in zip(names, parts, values)}, soft

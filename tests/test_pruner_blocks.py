@@ -26,7 +26,7 @@ from bench.core.schedules import (
     StaircaseRamp,
     phase_plan,
 )
-from bench.core.select import keep_count, nm_keep
+from bench.core.select import Allocation, hard_topk, keep_count, nm_keep
 from bench.core.sparsity import parse_pattern
 from bench.runs.registry import load_pruners
 from smart.topk import soft_select
@@ -246,3 +246,43 @@ def test_soft_select_keeps_k_like_hard_topk_and_warm_starts(pattern, scope):
         assert [float(m.sum()) for m in masks.values()] == pytest.approx([keep_count(24, 0.75), keep_count(12, 0.75)])
     again, _ = soft_select(scores, parse_pattern(pattern), 0.75, scope, 0.5, thresholds=thresholds)
     assert all(torch.allclose(again[n], masks[n]) for n in masks)
+
+
+def test_soft_select_holds_the_allocation_floor_exact_k_and_tends_to_hard_topk():
+    """A layer whose scores the global soft top-k would empty keeps its floor; the total stays
+    exactly k; at a low tau the support is hard_topk's with the same allocation."""
+    torch.manual_seed(1)
+    scores = {
+        "low": torch.randn(20, dtype=torch.float64) - 6.0,  # far below the others: emptied without a floor
+        "mid": torch.randn(30, dtype=torch.float64) - 3.0,  # emptied once "low" takes its floor
+        "high": torch.randn(50, dtype=torch.float64),
+    }
+    allocation = Allocation("global", 0.2)
+    pattern = parse_pattern("unstructured")
+    plain, _ = soft_select(scores, pattern, 0.8, "global", 0.5)
+    assert float(plain["low"].sum()) < 1.0 and float(plain["mid"].sum()) < 6.0  # the defect: floors ignored
+    masks, soft = soft_select(scores, pattern, 0.8, "global", 0.5, allocation=allocation)
+    k = allocation.global_keep({n: s.numel() for n, s in scores.items()}, 0.8)
+    assert float(soft.sum()) == pytest.approx(k, abs=1e-9)
+    for name, mask in masks.items():
+        assert float(mask.sum()) >= allocation.minimum(mask.numel()) - 1e-9, name
+    cold, _ = soft_select(scores, pattern, 0.8, "global", 1e-4, allocation=allocation)
+    hard = hard_topk(scores, pattern, 0.8, allocation=allocation, comparable=True)
+    assert all(torch.equal(cold[n] > 0.5, hard[n]) for n in scores)
+
+
+def test_soft_select_floor_is_inert_when_no_layer_binds_and_held_units_get_no_gradient():
+    torch.manual_seed(2)
+    pattern = parse_pattern("unstructured")
+    even = {"a": torch.randn(40, dtype=torch.float64), "b": torch.randn(60, dtype=torch.float64)}
+    plain, _ = soft_select(even, pattern, 0.5, "global", 0.3)
+    floored, _ = soft_select(even, pattern, 0.5, "global", 0.3, allocation=Allocation("global", 0.1))
+    assert all(torch.equal(plain[n], floored[n]) for n in even)  # bit for bit
+    low = torch.randn(10, dtype=torch.float64).sub(8.0).requires_grad_()
+    high = torch.randn(90, dtype=torch.float64).requires_grad_()
+    masks, _ = soft_select({"low": low, "high": high}, pattern, 0.5, "global", 0.3, allocation=Allocation("global", 0.3))
+    held = torch.argsort(low.detach(), descending=True)[:3]
+    assert torch.equal(masks["low"][held], torch.ones(3, dtype=torch.float64))
+    (masks["low"] * torch.arange(10.0, dtype=torch.float64)).sum().add((masks["high"] ** 2).sum()).backward()
+    assert torch.equal(low.grad[held], torch.zeros(3, dtype=torch.float64))
+    assert float(high.grad.abs().sum()) > 0
