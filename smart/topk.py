@@ -202,8 +202,12 @@ def soft_topk(
 
 def _bound_rows(soft: Tensor, sizes: list[int], minimum: Tensor) -> Tensor:
     """Bool per layer: its soft mass (sum of its entries of ``soft``) is below its floor."""
-    index = torch.repeat_interleave(torch.arange(len(sizes), device=soft.device), torch.tensor(sizes, device=soft.device))
-    mass = torch.zeros(len(sizes), dtype=torch.float64, device=soft.device).index_add_(0, index, soft.detach().to(torch.float64))
+    index = torch.repeat_interleave(
+        torch.arange(len(sizes), device=soft.device), torch.tensor(sizes, device=soft.device)
+    )
+    mass = torch.zeros(len(sizes), dtype=torch.float64, device=soft.device).index_add_(
+        0, index, soft.detach().to(torch.float64)
+    )
     return mass < minimum
 
 
@@ -294,7 +298,11 @@ def soft_select(
         parts = soft.split(sizes)
     else:
         parts = [
-            solve(name, v.reshape(-1), keep_count(v.numel(), sparsity) if allocation is None else allocation.layer_keep(v.numel(), sparsity))
+            solve(
+                name,
+                v.reshape(-1),
+                keep_count(v.numel(), sparsity) if allocation is None else allocation.layer_keep(v.numel(), sparsity),
+            )
             for name, v in zip(names, values)
         ]
         soft = torch.cat(parts)

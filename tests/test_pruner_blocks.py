@@ -280,7 +280,9 @@ def test_soft_select_floor_is_inert_when_no_layer_binds_and_held_units_get_no_gr
     assert all(torch.equal(plain[n], floored[n]) for n in even)  # bit for bit
     low = torch.randn(10, dtype=torch.float64).sub(8.0).requires_grad_()
     high = torch.randn(90, dtype=torch.float64).requires_grad_()
-    masks, _ = soft_select({"low": low, "high": high}, pattern, 0.5, "global", 0.3, allocation=Allocation("global", 0.3))
+    masks, _ = soft_select(
+        {"low": low, "high": high}, pattern, 0.5, "global", 0.3, allocation=Allocation("global", 0.3)
+    )
     held = torch.argsort(low.detach(), descending=True)[:3]
     assert torch.equal(masks["low"][held], torch.ones(3, dtype=torch.float64))
     (masks["low"] * torch.arange(10.0, dtype=torch.float64)).sum().add((masks["high"] ** 2).sum()).backward()

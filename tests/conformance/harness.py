@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import io
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,9 +221,13 @@ def run_case(
     checkpoint: Path | None = None,
     kill_at_epoch: int | None = None,
     allocation: Allocation | None = None,
+    watch: Callable[[Pruner], None] | None = None,
 ) -> KitRun:
-    """One full run through the real stage driver and native loop (raises SimulatedKill when asked to)."""
+    """One full run through the real stage driver and native loop (raises SimulatedKill when asked to).
+    ``watch``: called with the pruner before training (e.g. to record its training-time masks)."""
     task, model, masker, pruner = fresh_setup(case, kill_at_epoch, allocation)
+    if watch is not None:
+        watch(pruner)
     log: list[str] = []
     b = task.budget
     driver = StageDriver(pruner, masker, b.prune_epochs, b.finetune_epochs, log.append, budget=b)
@@ -488,8 +493,31 @@ KIT_ALLOCATION = Allocation("global", 0.3)
 
 def check_allocation_floor(case: KitCase, allocation: Allocation = KIT_ALLOCATION) -> None:
     """Under the protocol's allocation rule the final masks keep exactly the expected count and
-    every layer at least its floor; the audit flags the layers held at their floor."""
-    run = run_case(case, allocation=allocation)
+    every layer at least its floor, and so does every training-time mask the pruner installs
+    (soft masks by their mass, the sum of their values: a search that empties a layer the hard
+    switch then refills changes the function at the switch); the audit flags the layers held at
+    their floor."""
+    below: list[tuple[int, str, float, int]] = []
+
+    def watch(pruner: Pruner) -> None:
+        masks = pruner.masks
+
+        def recorded():
+            out = masks()
+            if out is not None and not pruner.pattern.per_row_budget:
+                for name, mask in out.items():
+                    mass, need = float(mask.detach().double().sum()), allocation.minimum(mask.numel())
+                    if mass < need - 1e-5 * need:
+                        below.append((len(below), name, round(mass, 4), need))
+            return out
+
+        pruner.masks = recorded
+
+    run = run_case(case, allocation=allocation, watch=watch)
+    assert not below, (
+        f"{case.id}: training-time masks below the floor {allocation.floor} "
+        f"(#, layer, mass, floor), {len(below)} in all: {below[:4]}"
+    )
     counts = {layer.name: layer.num_units for layer in run.masker.layers}
     kept = {name: int(run.hard[name].sum()) for name in counts}
     if run.pruner.keeps_all:  # a reference control keeps everything whatever the rule
