@@ -200,15 +200,10 @@ def soft_topk(
     return (out, -t * tau) if return_threshold else out
 
 
-def _bound_rows(soft: Tensor, sizes: list[int], minimum: Tensor) -> Tensor:
-    """Bool per layer: its soft mass (sum of its entries of ``soft``) is below its floor."""
-    index = torch.repeat_interleave(
-        torch.arange(len(sizes), device=soft.device), torch.tensor(sizes, device=soft.device)
-    )
-    mass = torch.zeros(len(sizes), dtype=torch.float64, device=soft.device).index_add_(
-        0, index, soft.detach().to(torch.float64)
-    )
-    return mass < minimum
+def _under_floor(soft: Tensor, sizes: list[int], minimum: Tensor) -> Tensor:
+    """Bool per layer: its soft mass (the sum of its part of ``soft``, layers one after the other
+    with ``sizes`` entries) is below its floor ``minimum``. One pass over ``soft``."""
+    return torch.stack([part.sum(dtype=torch.float64) for part in soft.detach().split(sizes)]) < minimum
 
 
 def _floored(flat: Tensor, sizes: list[int], k: int, minimum: list[int], solve) -> Tensor:
@@ -223,15 +218,16 @@ def _floored(flat: Tensor, sizes: list[int], k: int, minimum: list[int], solve) 
     the same minimums: each bound layer's best ``minimum`` units, then the global ranking."""
     floors = torch.tensor(minimum, dtype=torch.float64, device=flat.device)
     soft = solve(flat, k)
-    bound = _bound_rows(soft, sizes, floors)
+    bound = _under_floor(soft, sizes, floors)
     if not bool(bound.any()):
         return soft
     offsets = [0]
     for size in sizes:
         offsets.append(offsets[-1] + size)
     held = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    newly = bound
     while True:
-        for layer in bound.nonzero().flatten().tolist():
+        for layer in newly.nonzero().flatten().tolist():
             start, end = offsets[layer], offsets[layer + 1]
             best = torch.argsort(flat[start:end].detach(), descending=True, stable=True)[: minimum[layer]]
             held[start + best] = True
@@ -244,10 +240,10 @@ def _floored(flat: Tensor, sizes: list[int], k: int, minimum: list[int], solve) 
         else:
             rest = solve(flat[free], budget)
         soft = flat.new_ones(flat.numel()).index_put((free,), rest)
-        more = _bound_rows(soft, sizes, floors) & ~bound
-        if not bool(more.any()):
+        newly = _under_floor(soft, sizes, floors) & ~bound
+        if not bool(newly.any()):
             return soft
-        bound |= more
+        bound |= newly
 
 
 def soft_select(

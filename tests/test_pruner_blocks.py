@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import smart.topk as topk_module
 from bench.core.masks import PrunableLayer
 from bench.core.pruner import Pruner, PrunerConfig
 from bench.core.pruning_blocks import HardMaskPruner, straight_through
@@ -248,20 +249,25 @@ def test_soft_select_keeps_k_like_hard_topk_and_warm_starts(pattern, scope):
     assert all(torch.allclose(again[n], masks[n]) for n in masks)
 
 
-def test_soft_select_holds_the_allocation_floor_exact_k_and_tends_to_hard_topk():
-    """A layer whose scores the global soft top-k would empty keeps its floor; the total stays
-    exactly k; at a low tau the support is hard_topk's with the same allocation."""
+def test_soft_select_holds_the_allocation_floor_exact_k_and_tends_to_hard_topk(monkeypatch):
+    """A layer whose scores the global soft top-k would empty keeps its floor; holding it can push
+    another layer under its floor, which is then held too; the total stays exactly k; at a low tau
+    the support is hard_topk's with the same allocation."""
     torch.manual_seed(1)
     scores = {
         "low": torch.randn(20, dtype=torch.float64) - 6.0,  # far below the others: emptied without a floor
-        "mid": torch.randn(30, dtype=torch.float64) - 3.0,  # emptied once "low" takes its floor
+        "mid": torch.randn(30, dtype=torch.float64) - 0.6,  # above its floor until "low" takes its own
         "high": torch.randn(50, dtype=torch.float64),
     }
-    allocation = Allocation("global", 0.2)
+    allocation = Allocation("global", 0.1)  # floors 2, 3, 5 units; k = 20
     pattern = parse_pattern("unstructured")
     plain, _ = soft_select(scores, pattern, 0.8, "global", 0.5)
-    assert float(plain["low"].sum()) < 1.0 and float(plain["mid"].sum()) < 6.0  # the defect: floors ignored
+    assert float(plain["low"].sum()) < 0.1 and float(plain["mid"].sum()) > 3.0  # the defect: no floor
+    solves = []
+    real = topk_module.soft_topk
+    monkeypatch.setattr(topk_module, "soft_topk", lambda rows, k, *a, **kw: solves.append(k) or real(rows, k, *a, **kw))
     masks, soft = soft_select(scores, pattern, 0.8, "global", 0.5, allocation=allocation)
+    assert solves == [20, 18, 15]  # plain; "low" held (2); then "mid" too (3)
     k = allocation.global_keep({n: s.numel() for n, s in scores.items()}, 0.8)
     assert float(soft.sum()) == pytest.approx(k, abs=1e-9)
     for name, mask in masks.items():
