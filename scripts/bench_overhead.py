@@ -38,10 +38,11 @@ from pathlib import Path
 import torch
 import torch_pruning as tp
 
+from bench.core.errors import ConfigError
 from bench.core.masks import Masker, calibrate, find_prunable
 from bench.core.process import prepare_process
 from bench.core.pruner import Progress
-from bench.core.select import hard_topk
+from bench.core.select import Allocation, hard_topk
 from bench.core.sparsity import parse_pattern, resolve_sparsity
 from bench.deploy.shrink import folded_copy, shrink_channels
 from bench.deploy.speed import cost_figures, device_fingerprint, fold_variants, latency
@@ -91,7 +92,17 @@ def synthetic_batches(n: int, seed: int = 0) -> list:
 class Entry:
     """One model + (optional) masker/pruner + optimizer, stepping like bench.training.train.PruneTrainer."""
 
-    def __init__(self, task, kind: str, pattern: str, sparsity, batches: list, total_steps: int, device="cpu"):
+    def __init__(
+        self,
+        task,
+        kind: str,
+        pattern: str,
+        sparsity,
+        batches: list,
+        total_steps: int,
+        device="cpu",
+        allocation: str = "none",
+    ):
         torch.manual_seed(0)
         self.task, self.kind, self.batches, self.i = task, kind, batches, 0
         # the timed steps sit in the middle of the task's real pruning stage (tau half-way down its
@@ -104,14 +115,16 @@ class Entry:
         if kind != "dense":
             pat = parse_pattern(pattern)
             target = resolve_sparsity(pat, sparsity)
+            rule = parse_allocation(allocation, target)
             names = find_prunable(self.model, task.include, task.exclude, task.keep_first_last)
             self.masker = Masker(self.model, names, pat, task.example_input())
             calibrate(self.model, self.masker.layers, batches[:2], task.forward)
             if kind == "masked":
                 scores = {layer.name: pat.unit_norms(layer.weight.detach()) for layer in self.masker.layers}
-                self.fixed = {n: m.float() for n, m in hard_topk(scores, pat, target).items()}
+                fixed = hard_topk(scores, pat, target, allocation=rule)
+                self.fixed = {n: m.float() for n, m in fixed.items()}
             else:
-                self.pruner = build_pruner(kind, pat, target, {})
+                self.pruner = build_pruner(kind, pat, target, {}, rule)
                 self.pruner.attach(self.masker.layers)
                 groups = self.pruner.param_groups()
         self.optimizer = make_optimizer(self.model, task, task.budget.prune_lr, groups)
@@ -120,7 +133,11 @@ class Entry:
         batch = self.batches[self.i % len(self.batches)]
         if self.pruner is not None:
             self.pruner.on_step(Progress("prune", self.first_step + self.i, self.schedule_steps))
-            self.masker.set_masks(self.pruner.masks(), straight_through=self.pruner.straight_through)
+            self.masker.set_masks(  # as bench.training.stages.StageDriver does
+                self.pruner.masks(),
+                straight_through=self.pruner.straight_through,
+                affine_only=self.pruner.gates_see_activation,
+            )
         elif self.kind == "masked":
             self.masker.set_masks(self.fixed)
         loss = self.task.loss(self.model, batch)
@@ -164,7 +181,7 @@ def step_times(task_name: str, pattern: str, sparsity, cfg: dict, device: str = 
     entries, rows = {}, []
     for kind in entry_kinds(pattern, cfg.get("only")):
         try:
-            entries[kind] = Entry(task, kind, pattern, sparsity, batches, total, device)
+            entries[kind] = Entry(task, kind, pattern, sparsity, batches, total, device, cfg.get("allocation", "none"))
             for _ in range(cfg["steps"]):  # warm-up round (untimed)
                 entries[kind].step()
         except Exception as err:  # a pruner under construction must not stop the benchmark
@@ -241,10 +258,10 @@ def topk_times(cfg: dict) -> list[dict]:
     return rows
 
 
-def memory_child(task_name: str, kind: str, pattern: str, sparsity, steps: int) -> None:
+def memory_child(task_name: str, kind: str, pattern: str, sparsity, steps: int, allocation: str) -> None:
     prepare_process()  # as in a run (bench.cli.main, bench.suites.cell)
     torch.set_num_threads(1)
-    entry = Entry(get_task(task_name), kind, pattern, sparsity, synthetic_batches(2), steps)
+    entry = Entry(get_task(task_name), kind, pattern, sparsity, synthetic_batches(2), steps, allocation=allocation)
     for _ in range(steps):
         entry.step()
     print(json.dumps({"maxrss_mb": peak_rss_mb()}))
@@ -275,6 +292,7 @@ def peak_memory(task_name: str, pattern: str, sparsity, cfg: dict) -> list[dict]
             pattern,
             str(sparsity),
             str(cfg["memory_steps"]),
+            cfg["allocation"],
         ]
         done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
         if done.returncode:
@@ -499,6 +517,20 @@ def render(
     return "\n".join(lines)
 
 
+def parse_allocation(text: str, sparsity: float | None = None) -> Allocation | None:
+    """``none``, ``global``, ``uniform`` or either with ``:FLOOR`` (e.g. global:0.1) or ``:auto``
+    (leaderboard-v2's floor, min(10%, half the kept fraction) at ``sparsity``) -> the rule."""
+    if text == "none":
+        return None
+    policy, _, floor = text.partition(":")
+    if floor == "auto":
+        return Allocation(policy, 0.1 if sparsity is None else min(0.1, (1.0 - sparsity) / 2))
+    try:
+        return Allocation(policy, float(floor) if floor else 0.0)
+    except ValueError:
+        raise ValueError(f"expected none, global[:FLOOR|:auto] or uniform[:FLOOR|:auto], got {text!r}") from None
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short version (fewer rounds, patterns, sizes)")
@@ -507,13 +539,28 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--pruners", help="comma-separated pruners to time (default: every registered one)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds of step timing (quick 4, full 10)")
     parser.add_argument("--steps-only", action="store_true", help="step times only (no soft_topk, memory, latency)")
-    parser.add_argument("--memory-child", nargs=5, metavar=("TASK", "ENTRY", "PATTERN", "SPARSITY", "STEPS"))
+    parser.add_argument(
+        "--allocation",
+        default="global:auto",
+        help="the allocation rule the pruners run under, as in a v2 suite: global[:FLOOR|:auto], "
+        "uniform[:FLOOR|:auto] or none (v1: each pruner's own scope); default global:auto (leaderboard-v2's "
+        "rule: floor min(10%%, half the kept fraction))",
+    )
+    parser.add_argument(
+        "--memory-child", nargs=6, metavar=("TASK", "ENTRY", "PATTERN", "SPARSITY", "STEPS", "ALLOCATION")
+    )
     args = parser.parse_args(argv)
     if args.memory_child:
-        task_name, kind, pattern, sparsity, steps = args.memory_child
-        memory_child(task_name, kind, pattern, None if sparsity == "None" else float(sparsity), int(steps))
+        task_name, kind, pattern, sparsity, steps, allocation = args.memory_child
+        sparsity = None if sparsity == "None" else float(sparsity)
+        memory_child(task_name, kind, pattern, sparsity, int(steps), allocation)
         return 0
     cfg = dict(QUICK if args.quick else FULL)
+    try:
+        parse_allocation(args.allocation, 0.5)  # refused here, before any timing
+        cfg["allocation"] = args.allocation
+    except (ValueError, ConfigError) as err:
+        parser.error(f"--allocation: {err}")
     if args.rounds:
         cfg["rounds"] = args.rounds
     if args.pruners:
@@ -525,6 +572,9 @@ def main(argv: list[str]) -> int:
     prepare_process()  # as in a run (bench.cli.main, bench.suites.cell)
     torch.set_num_threads(args.threads)
     load_start, notes = os.getloadavg()[0], []
+    notes.append(
+        f"allocation rule: {args.allocation} (every pruner and the `masked` reference; `none` = v1, each pruner's own scope)"
+    )
     tasks = [("fmnist-resnet", p) for p in cfg["resnet_patterns"]]
     try:
         get_task("fmnist-vit")
