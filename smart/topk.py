@@ -206,18 +206,22 @@ def _under_floor(soft: Tensor, sizes: list[int], minimum: Tensor) -> Tensor:
     return torch.stack([part.sum(dtype=torch.float64) for part in soft.detach().split(sizes)]) < minimum
 
 
-def _floored(flat: Tensor, sizes: list[int], k: int, minimum: list[int], solve) -> Tensor:
+def _floored(flat: Tensor, sizes: list[int], k: int, minimum: list[int], tau: float, solve) -> Tensor:
     """Global exact-k soft top-k of ``flat`` (layers of ``sizes`` one after the other) in which every
-    layer keeps a soft mass of at least ``minimum[l]`` units; ``solve(rows, k)`` is the soft top-k.
+    layer keeps a soft mass of at least ``minimum[l]`` units; ``solve(scores, k, held)`` is the soft
+    top-k at ``tau`` (``held``: the solve with units held, warm-started from its own last threshold,
+    not the plain solve's: sharing one made each start from the other's root).
 
     The plain solve comes first. A layer it leaves under its floor has its ``minimum[l]`` best
     units held at exactly 1 (constants: no gradient reaches their scores) and the remaining budget
-    k - held is solved again, exact-k, over every unit not held; that can push another layer under
+    k - held is solved again, exact-k, over every unit not held (the held ones are pushed 64 tau
+    below the lowest score, where their sigmoid is < 1e-27, and then set to 1: no gather of the
+    free units, which cost more than the solve at 4.9M scores); that can push another layer under
     its floor, which is then held too (at most one more solve per layer). Where no floor binds,
     the result is the plain solve bit for bit. As tau -> 0 its support is ``global_topk``'s with
     the same minimums: each bound layer's best ``minimum`` units, then the global ranking."""
     floors = torch.tensor(minimum, dtype=torch.float64, device=flat.device)
-    soft = solve(flat, k)
+    soft = solve(flat, k, False)
     bound = _under_floor(soft, sizes, floors)
     if not bool(bound.any()):
         return soft
@@ -225,21 +229,21 @@ def _floored(flat: Tensor, sizes: list[int], k: int, minimum: list[int], solve) 
     for size in sizes:
         offsets.append(offsets[-1] + size)
     held = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    newly = bound
+    newly, below = bound, float(flat.detach().min()) - 64.0 * tau
     while True:
         for layer in newly.nonzero().flatten().tolist():
-            start, end = offsets[layer], offsets[layer + 1]
-            best = flat[start:end].detach().topk(minimum[layer], sorted=False).indices  # not a full sort
-            held[start + best] = True
-        free = (~held).nonzero().flatten()
-        budget = k - int(held.sum())
+            part = flat[offsets[layer] : offsets[layer + 1]].detach()
+            # the layer's minimum best units: a linear-time selection, not a sort (ties at the
+            # cut hold a few more, and the budget below shrinks by as many: the total stays k)
+            cut = part.kthvalue(part.numel() - minimum[layer] + 1).values
+            held[offsets[layer] : offsets[layer + 1]] |= part >= cut
+        budget, free = k - int(held.sum()), flat.numel() - int(held.sum())
         if budget <= 0:
-            rest = flat.new_zeros(free.numel())
-        elif budget >= free.numel():
-            rest = flat.new_ones(free.numel())
+            soft = held.to(flat.dtype)
+        elif budget >= free:
+            soft = torch.ones_like(flat)
         else:
-            rest = solve(flat[free], budget)
-        soft = flat.new_ones(flat.numel()).index_put((free,), rest)
+            soft = solve(flat.masked_fill(held, below), budget, True).masked_fill(held, 1.0)
         newly = _under_floor(soft, sizes, floors) & ~bound
         if not bool(newly.any()):
             return soft
@@ -290,7 +294,9 @@ def soft_select(
             counts = dict(zip(names, sizes))
             minimum = [allocation.minimum(c) for c in sizes]
             k = allocation.global_keep(counts, sparsity)
-            soft = _floored(flat, sizes, k, minimum, lambda rows, k: solve("global", rows, k))
+            soft = _floored(
+                flat, sizes, k, minimum, tau, lambda rows, k, held: solve("global+held" if held else "global", rows, k)
+            )
         parts = soft.split(sizes)
     else:
         parts = [
