@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import statistics
 import sys
+from pathlib import Path
 
 from bench.reports.tables import paired_p
+from bench.runs.record import ResultStore
 
 
 def load(path: str) -> dict[str, dict]:
-    with open(path, encoding="utf-8") as fh:
-        return {row["run_id"]: row for row in map(json.loads, fh) if row.get("metric") is not None}
+    """{run_id: row} of a rows file, read as the store reads itself (torn lines skipped, first row per id)."""
+    return {row["run_id"]: row for row in ResultStore(Path(path)).rows() if row.get("metric") is not None}
 
 
 def mean(values) -> float:
