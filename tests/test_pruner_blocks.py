@@ -294,3 +294,41 @@ def test_soft_select_floor_is_inert_when_no_layer_binds_and_held_units_get_no_gr
     (masks["low"] * torch.arange(10.0, dtype=torch.float64)).sum().add((masks["high"] ** 2).sum()).backward()
     assert torch.equal(low.grad[held], torch.zeros(3, dtype=torch.float64))
     assert float(high.grad.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("n", [50, 70_000, 300_000])
+def test_floor_helpers_give_exactly_the_kthvalue_and_the_float64_verdict(n):
+    """``_kth_largest`` is ``kthvalue`` (ties included, m = 1 and m = n too); ``_under_floor``'s
+    float32 sums with a float64 recheck near the floor give the float64 sums' verdict."""
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(n, generator=gen)
+    x[::7] = 0.25  # many ties
+    for m in (1, 2, n // 10, n // 7, n // 2, n - 1, n):
+        assert torch.equal(topk_module._kth_largest(x, m), x.kthvalue(n - m + 1).values), m
+    soft = torch.rand(3 * n, generator=gen)
+    sizes = [n, n // 2, 3 * n - n - n // 2]
+    exact = torch.stack([p.sum(dtype=torch.float64) for p in soft.split(sizes)])
+    for shift in (-1e-3, -1e-9, 0.0, 1e-9, 1e-3, 5.0, -5.0):  # floors at, just off and far from the masses
+        floors = exact + shift
+        assert torch.equal(topk_module._under_floor(soft, sizes, floors), exact < floors), shift
+
+
+def test_floored_soft_select_on_large_float32_scores_keeps_floor_and_k_with_gradients():
+    """The held path on scores long enough for the bracketed selection (> 65,536 per layer)."""
+    gen = torch.Generator().manual_seed(3)
+    sizes = {"big": 200_000, "low": 80_000, "mid": 100_000}
+    scores = {n: torch.randn(s, generator=gen) for n, s in sizes.items()}
+    scores["low"] -= 4.0
+    params = {n: s.clone().requires_grad_() for n, s in scores.items()}
+    allocation = Allocation("global", 0.1)
+    pattern = parse_pattern("unstructured")
+    masks, soft = soft_select(params, pattern, 0.8, "global", 0.1, allocation=allocation)
+    k = allocation.global_keep(sizes, 0.8)
+    assert float(soft.double().sum()) == pytest.approx(k, rel=1e-5)
+    low = masks["low"].detach()
+    assert float(low.double().sum()) >= allocation.minimum(sizes["low"]) - 1e-3
+    held = scores["low"] >= scores["low"].kthvalue(sizes["low"] - allocation.minimum(sizes["low"]) + 1).values
+    assert bool((low[held] == 1.0).all())
+    (soft * torch.linspace(0, 1, soft.numel())).sum().backward()
+    assert torch.equal(params["low"].grad[held], torch.zeros(int(held.sum())))
+    assert float(params["big"].grad.abs().sum()) > 0

@@ -262,12 +262,12 @@ def order_pair(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
         centre, margin = k / n * m, 3.0 * math.sqrt(m) + 2
         low = torch.kthvalue(sample, max(1, int(centre - margin))).values
         high = torch.kthvalue(sample, min(m, int(math.ceil(centre + margin)))).values
-        below = int((flat < low).sum())
+        below = int((flat < low).count_nonzero())  # count_nonzero: a bool sum is ~10x slower
         inside = flat[(flat >= low) & (flat <= high)]
         rank = k - below  # 1-based rank of the k-th smallest among the bracket's entries
         if 1 <= rank < inside.numel():
             kth = torch.kthvalue(inside, rank).values
             # the (k+1)-th: the k-th again if it is tied past rank k, else the next larger entry
-            tied = int((inside <= kth).sum()) > rank
+            tied = int((inside <= kth).count_nonzero()) > rank
             return kth, kth if tied else inside.masked_fill(inside <= kth, float("inf")).amin()
     return torch.kthvalue(flat, k).values, torch.kthvalue(flat, k + 1).values
