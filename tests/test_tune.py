@@ -161,9 +161,19 @@ def test_tune_end_to_end_then_the_suite_runs_tuned(tmp_path, runs_dir):
         if cell.spec.seed == 0:
             winner = next(r for r in payload["trials"] if r["label"] == cell.label and r["trial"] == chosen["trial"])
             assert cell.run_id == winner["run_id"]
+    assert "the suite's wall time is known when its cells have run" in cost  # only its seed-0 winners ran
     rows_before = sum(1 for _ in store.rows())
     assert run_tune(suite, suite.tune, progress=False, store=store, log=lambda m: None) == 0
     assert sum(1 for _ in store.rows()) == rows_before  # resumed: every trial was done
+    for cell in tuned.cells:  # the suite's other cells "ran" (rows with their wall time): the cost tuning is set against
+        if store.get(cell.run_id) is None:
+            assert store.append({"run_id": cell.run_id, "metric": 50.0, "wall_s": 40.0})
+    again: list[str] = []
+    assert run_tune(suite, suite.tune, progress=False, store=store, log=again.append) == 0
+    cells = store.get_many(cell.run_id for cell in tuned.cells)
+    added = sum(r["wall_s"] for r in payload["trials"] if r["run_id"] not in cells)
+    share = added / sum(row["wall_s"] for row in cells.values())
+    assert f"= {share:.0%} of the suite's measured cell wall time" in next(m for m in again if "winning trials" in m)
 
     stale = write_suite(tmp_path, tune={"trials": 5, "file": "t.tuned.json"})
     with pytest.raises(ConfigError, match="other settings") as err:

@@ -404,11 +404,15 @@ def run_tune(
     }
     write_file(settings.file, payload)
     log(f"tune {suite.name}: wrote {settings.file} (trials' wall time {payload['trial_wall_s']:.0f} s)")
-    extra = added_cost(suite, trials.cells, records)
+    extra = added_cost(suite, trials.cells, records, store)
+    if extra["suite_cells_done"] == extra["suite_cells"]:
+        wall = f"= {extra['extra_wall_s'] / max(extra['suite_wall_s'], 1e-9):.0%} of the suite's measured cell wall time"
+    else:
+        wall = f"(the suite's wall time is known when its cells have run: {extra['suite_cells_done']} of {extra['suite_cells']} in the store)"
     log(
         f"  {extra['reused_trials']} winning trials are the suite's own seed-{settings.seed} cells (same run id): "
         f"tuning adds {extra['extra_steps']} optimizer steps = {extra['extra_steps'] / max(suite_steps, 1):.0%} of the "
-        f"suite's, {extra['extra_wall_s']:.0f} s of trial wall time"
+        f"suite's, {extra['extra_wall_s']:.0f} s of trial wall time {wall}"
     )
     for label, families in sorted(chosen.items()):
         for family, c in sorted(families.items()):
@@ -419,23 +423,29 @@ def run_tune(
     return 0
 
 
-def added_cost(suite, trial_cells, records: list[dict]) -> dict[str, Any]:
+def added_cost(suite, trial_cells, records: list[dict], store=None) -> dict[str, Any]:
     """What tuning adds to a suite's cost: the trials that are not also cells of the tuned suite.
 
     A tuning column is a column of the suite and the trials run at ``tune.seed``, so each (label,
     family)'s winning trial *is* that label's seed cell in the column (the same run id): the suite
     would run it anyway. ``{reused_trials, extra_steps, extra_wall_s}`` count the others; the suite
-    is re-read with the tuned file just written to find its cells."""
+    is re-read with the tuned file just written to find its cells. With ``store``, also the suite's
+    measured cost to set it against: ``suite_wall_s`` (the wall time of its cells' rows in the
+    store, dense models not counted, as trials count none), ``suite_cells_done`` of ``suite_cells``."""
     from bench.suites.suite import expand, load_suite
 
     tuned = expand(load_suite(str(suite.path)))
     cells = {cell.run_id for cell in tuned.cells}
     steps = {cell.run_id: cell.steps or 0 for cell in trial_cells}
     extra = [r for r in records if r["run_id"] not in cells]
+    done = store.get_many(cells) if store is not None else {}
     return {
         "reused_trials": len(records) - len(extra),
         "extra_steps": sum(steps.get(r["run_id"], 0) for r in extra),
         "extra_wall_s": sum(r["wall_s"] or 0.0 for r in extra),
+        "suite_cells": len(cells),
+        "suite_cells_done": len(done),
+        "suite_wall_s": sum(row.get("wall_s") or 0.0 for row in done.values()),
     }
 
 
