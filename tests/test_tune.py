@@ -165,7 +165,9 @@ def test_tune_end_to_end_then_the_suite_runs_tuned(tmp_path, runs_dir):
     rows_before = sum(1 for _ in store.rows())
     assert run_tune(suite, suite.tune, progress=False, store=store, log=lambda m: None) == 0
     assert sum(1 for _ in store.rows()) == rows_before  # resumed: every trial was done
-    for cell in tuned.cells:  # the suite's other cells "ran" (rows with their wall time): the cost tuning is set against
+    for (
+        cell
+    ) in tuned.cells:  # the suite's other cells "ran" (rows with their wall time): the cost tuning is set against
         if store.get(cell.run_id) is None:
             assert store.append({"run_id": cell.run_id, "metric": 50.0, "wall_s": 40.0})
     again: list[str] = []

@@ -406,7 +406,9 @@ def run_tune(
     log(f"tune {suite.name}: wrote {settings.file} (trials' wall time {payload['trial_wall_s']:.0f} s)")
     extra = added_cost(suite, trials.cells, records, store)
     if extra["suite_cells_done"] == extra["suite_cells"]:
-        wall = f"= {extra['extra_wall_s'] / max(extra['suite_wall_s'], 1e-9):.0%} of the suite's measured cell wall time"
+        wall = (
+            f"= {extra['extra_wall_s'] / max(extra['suite_wall_s'], 1e-9):.0%} of the suite's measured cell wall time"
+        )
     else:
         wall = f"(the suite's wall time is known when its cells have run: {extra['suite_cells_done']} of {extra['suite_cells']} in the store)"
     log(
