@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import ttest_rel
@@ -379,6 +380,38 @@ def test_mean_ranks_and_win_tie_loss(store):
     assert "| fmnist-resnet · channel · 0.5 | smart (3) | smart_adaptive | – | 3 of 3 | 0 |" in summary_markdown(
         as_random, "synthetic"
     )
+
+
+def test_mean_rank_ci_ignores_row_order_and_other_labels():
+    """A store rewritten in another order (rows replaced in place vs appended) gives the same
+    summary; a label's CI does not move when another label joins or leaves the frame."""
+    from bench.reports.ranks import mean_ranks
+
+    rng = np.random.default_rng(3)
+    rows = [
+        {
+            "task": "t",
+            "pattern": "block:1x8",
+            "sparsity": s,
+            "label": label,
+            "pruner": label,
+            "seed": seed,
+            "metric_name": "top1",
+            "metric": base + rng.normal(),
+        }
+        for s in np.linspace(0.3, 0.95, 20).round(4)
+        for label, base in (("a", 80.0), ("b", 80.3), ("c", 79.7), ("d", 80.6), ("f", 80.1))
+        for seed in range(3)
+    ]
+    frame = pd.DataFrame(rows)
+    first = mean_ranks(frame).set_index("label")
+    assert first["ci_low"].lt(first["ci_high"]).any()  # the ranks vary over the columns: a real interval
+    shuffled = mean_ranks(frame.sample(frac=1.0, random_state=7).reset_index(drop=True)).set_index("label")
+    pd.testing.assert_frame_equal(first, shuffled.loc[first.index])
+    # a label that is last everywhere leaves the others' ranks, and so their CIs, as they were
+    last = frame[frame["label"] == "d"].assign(label="e", metric=0.0)
+    joined = mean_ranks(pd.concat([last, frame], ignore_index=True)).set_index("label")
+    pd.testing.assert_frame_equal(first, joined.loc[first.index])
 
 
 def test_one_seed_columns_are_untested_not_won():

@@ -5,7 +5,9 @@ count against every other (``smartbench table NAME --summary``).
   reference controls such as ``nomask``) are ranked by their mean over seeds, 1 = best, ties get
   the average rank (``scipy.stats.rankdata``). A label's mean rank is over the columns it has;
   its 95% CI is the percentile interval of the mean over 2000 bootstrap resamples of those
-  columns (numpy generator seeded 0, so the CI is reproducible).
+  columns. Each label draws from its own numpy generator, seeded by (0, CRC-32 of the label), over
+  its columns in sorted order: the CI depends on the label's ranks only, not on the order of the
+  store's rows nor on which other labels are in the frame.
 * Per column: best and runner-up, their paired p (separated: the table's dagger), the random
   control's rank and the collapsed cells -- the figures a leaderboard's reading quotes.
 * Win/tie/loss of ``reference`` (default ``smart``) against each other label, per shared column:
@@ -15,6 +17,8 @@ count against every other (``smartbench table NAME --summary``).
 """
 
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -47,12 +51,12 @@ def column_ranks(frame: pd.DataFrame) -> pd.DataFrame:
 
 def mean_ranks(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """Per label: columns, mean rank, 95% bootstrap CI (low, high), sorted best first."""
-    ranks = column_ranks(frame)
-    rng = np.random.default_rng(seed)
+    ranks = column_ranks(frame).sort_values([*COLUMN, "label"])
     out = []
     for label, part in ranks.groupby("label", sort=False):
         values = part["rank"].to_numpy(float)
         if len(values) >= 2:
+            rng = np.random.default_rng([seed, zlib.crc32(str(label).encode())])
             draws = rng.choice(values, size=(BOOTSTRAP, len(values)), replace=True).mean(axis=1)
             low, high = np.percentile(draws, [2.5, 97.5])
         else:
