@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("mmdet")
 pytest.importorskip("mmseg")
 
-from mm_micro import MICRO, MICRO_BUDGET, MICRO_SPEC, MicroDet, MicroSeg, no_flip  # noqa: E402,F401
+from mm_micro import MICRO, MICRO_BUDGET, MICRO_SPEC, MicroDet, MicroSeg, MicroSegFlip, no_flip  # noqa: E402,F401
 
 from bench.core.errors import ConfigError, DataError  # noqa: E402
 from bench.core.masks import Masker, find_prunable  # noqa: E402
@@ -392,12 +392,18 @@ def test_hooks_called_in_order_and_scores_trained(shared_runs_dir, monkeypatch):
     assert (scores - initial).abs().max() > 0
 
 
+def _train_pipeline(family: str) -> list[dict]:
+    return MICRO[family]().data_config.train_dataloader.dataset.pipeline
+
+
 def test_resume_from_mmengine_checkpoint_weights_only(shared_runs_dir, monkeypatch):
-    """Kill after the first epoch's checkpoint; the rerun resumes (weights_only=True) and ends identical."""
+    """Kill after the first epoch's checkpoint; the rerun resumes (weights_only=True) and ends identical,
+    in the same process, with the pipeline's RandomFlip drawing from numpy's global RNG."""
     from bench.training.mm_hook import PruningHook
 
     options = {"update_every": 1}
-    clean, run = run_row("seg", "gmp", "channel", shared_runs_dir, monkeypatch, options=options)
+    assert "RandomFlip" in [t["type"] for t in _train_pipeline("seg-flip")]
+    clean, run = run_row("seg-flip", "gmp", "channel", shared_runs_dir, monkeypatch, options=options)
     work_dir = shared_runs_dir / "mm" / run.run_id
     assert not work_dir.exists()
     original = PruningHook.before_train_epoch
@@ -410,7 +416,7 @@ def test_resume_from_mmengine_checkpoint_weights_only(shared_runs_dir, monkeypat
     store = shared_runs_dir / "killed.jsonl"
     monkeypatch.setattr(PruningHook, "before_train_epoch", crash)
     with pytest.raises(KeyboardInterrupt):
-        run_row("seg", "gmp", "channel", shared_runs_dir, monkeypatch, options=options, store=store)
+        run_row("seg-flip", "gmp", "channel", shared_runs_dir, monkeypatch, options=options, store=store)
     monkeypatch.setattr(PruningHook, "before_train_epoch", original)
     checkpoint = Path((work_dir / "last_checkpoint").read_text().strip())
     unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(checkpoint))
@@ -425,7 +431,7 @@ def test_resume_from_mmengine_checkpoint_weights_only(shared_runs_dir, monkeypat
     assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ
     lines: list[str] = []
     resumed, _ = run_row(
-        "seg", "gmp", "channel", shared_runs_dir, monkeypatch, options=options, store=store, log=lines.append
+        "seg-flip", "gmp", "channel", shared_runs_dir, monkeypatch, options=options, store=store, log=lines.append
     )
     assert "resumed after epoch 1" in lines and not any(line.startswith("prune epoch 1/") for line in lines)
     for key in ("metric", "val_metric", "achieved_sparsity", "weight_sparsity"):
@@ -438,7 +444,7 @@ def test_scratch_control_resumes_in_mmengine_to_the_same_numbers(shared_runs_dir
     killed after an epoch and resumed to the same numbers (dropout draws: the checkpoint restores
     the global random states)."""
     budget = {"finetune_epochs": 1}
-    clean, run = run_row("seg", "scratch", "channel", shared_runs_dir, monkeypatch, budget=budget)
+    clean, run = run_row("seg-flip", "scratch", "channel", shared_runs_dir, monkeypatch, budget=budget)
     assert clean["trained_from_scratch"] == {"epochs": 3, "lr": MICRO_BUDGET.lr, "optimizer": MicroSeg.dense_optimizer}
     assert clean["achieved_sparsity"] == 0.5 and clean["pattern_valid"]
 
@@ -449,11 +455,18 @@ def test_scratch_control_resumes_in_mmengine_to_the_same_numbers(shared_runs_dir
     store = shared_runs_dir / "killed-scratch.jsonl"
     with pytest.raises(KeyboardInterrupt):
         run_row(
-            "seg", "scratch", "channel", shared_runs_dir, monkeypatch, budget=budget, store=store, log=die_in_epoch_two
+            "seg-flip",
+            "scratch",
+            "channel",
+            shared_runs_dir,
+            monkeypatch,
+            budget=budget,
+            store=store,
+            log=die_in_epoch_two,
         )
     lines: list[str] = []
     resumed, _ = run_row(
-        "seg", "scratch", "channel", shared_runs_dir, monkeypatch, budget=budget, store=store, log=lines.append
+        "seg-flip", "scratch", "channel", shared_runs_dir, monkeypatch, budget=budget, store=store, log=lines.append
     )
     assert "resumed after epoch 1" in lines and not any(line.startswith("scratch epoch 1/") for line in lines)
     for key in ("metric", "val_metric", "achieved_sparsity"):
