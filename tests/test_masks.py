@@ -1,8 +1,9 @@
+import pytest
 import torch
 from torch import nn
 
 from bench.core.masks import Masker, calibrate, find_prunable, input_norm_like_weight
-from bench.core.select import hard_topk
+from bench.core.select import hard_topk, nm_topk
 from bench.core.sparsity import Block, OutputChannel, parse_pattern
 
 
@@ -170,3 +171,19 @@ def test_off_gates_see_their_channel_activation_with_affine_only():
 
     learned = {name for name, cls in load_pruners().items() if cls.gates_see_activation}
     assert learned == {"pas", "awg", "smart"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("m,n", [(4, 2), (4, 1), (8, 2), (16, 4)])
+def test_nm_topk_keeps_n_per_row_in_float64_order_with_ties_by_position(dtype, m, n):
+    g = torch.Generator().manual_seed(m * 10 + n)
+    scores = torch.randn(3000, m, generator=g).to(dtype)
+    scores[::3] = scores[::3].round()  # many ties inside a row
+    mask = nm_topk(scores, n)
+    wide = scores.to(torch.float64)
+    rank = torch.zeros_like(wide, dtype=torch.long)  # entries ahead: larger, or equal and earlier
+    for j in range(m):
+        ahead = (wide[:, j : j + 1] > wide) | ((wide[:, j : j + 1] == wide) & (torch.arange(m) > j))
+        rank += ahead.long()
+    assert mask.dtype == torch.bool and bool((mask.sum(-1) == n).all())
+    assert torch.equal(mask, rank < n)
