@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("mmdet")
 pytest.importorskip("mmseg")
 
-from mm_micro import MICRO, MICRO_BUDGET, MICRO_SPEC, MicroDet, MicroSeg, MicroSegFlip, no_flip  # noqa: E402,F401
+from mm_micro import MICRO, MICRO_BUDGET, MICRO_SPEC, MicroDet, MicroSeg, no_flip  # noqa: E402,F401
 
 from bench.core.errors import ConfigError, DataError  # noqa: E402
 from bench.core.masks import Masker, find_prunable  # noqa: E402
@@ -441,8 +441,8 @@ def test_resume_from_mmengine_checkpoint_weights_only(shared_runs_dir, monkeypat
 
 def test_scratch_control_resumes_in_mmengine_to_the_same_numbers(shared_runs_dir, monkeypatch):
     """The from-scratch control on an mm task: the dense recipe for dense + prune + finetune epochs,
-    killed after an epoch and resumed to the same numbers (dropout draws: the checkpoint restores
-    the global random states)."""
+    killed after an epoch and resumed to the same numbers (dropout and RandomFlip draws: the
+    checkpoint restores the global random states; without numpy's, this gave 5.61 vs 6.77 mIoU)."""
     budget = {"finetune_epochs": 1}
     clean, run = run_row("seg-flip", "scratch", "channel", shared_runs_dir, monkeypatch, budget=budget)
     assert clean["trained_from_scratch"] == {"epochs": 3, "lr": MICRO_BUDGET.lr, "optimizer": MicroSeg.dense_optimizer}
