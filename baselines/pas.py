@@ -70,6 +70,7 @@ class PaSPruner(Pruner):
         super().__init__(config, pattern, sparsity)
         self.gates: dict[str, nn.Parameter] = {}
         self.unit_cost: dict[str, float] = {}  # resource of one unit: 1, or its MACs per sample
+        self._step_masks: dict[str, Tensor] | None = None  # masks() of this step, for penalty()
 
     def attach(self, layers: list[PrunableLayer]) -> None:
         super().attach(layers)
@@ -106,7 +107,9 @@ class PaSPruner(Pruner):
         return self.keep_above(self.gates, 0.5)
 
     def masks(self) -> dict[str, Tensor]:
-        return {name: straight_through(self.gates[name], hard) for name, hard in self.hard_gates().items()}
+        masks = {name: straight_through(self.gates[name], hard) for name, hard in self.hard_gates().items()}
+        self._step_masks = masks
+        return masks
 
     def resource(self, unit_masks: dict[str, Tensor]) -> Tensor:
         """Kept units, or MACs per sample of the layers' own kept weights, under (STE) unit masks."""
@@ -116,12 +119,16 @@ class PaSPruner(Pruner):
         return sum(self.unit_cost[layer.name] * layer.num_units for layer in self.layers)
 
     def penalty(self) -> Tensor | float:
+        # the masks the stage driver installed this step (the gates have not moved since): deciding
+        # them again cost a second floor-guarded threshold pass over every gate; fresh ones otherwise
+        masks, self._step_masks = self._step_masks, None
         if self.budget_fixed or self.config.alpha == 0:
             return 0.0
+        masks = masks if masks is not None else self.masks()
         unit = self.config.mac_unit or self.dense_resource()
         target = (1.0 - self.sparsity) * self.dense_resource() / unit
         scale = sum(g.numel() for g in self.gates.values()) if self.config.penalty_per_gate else 1.0
-        return scale * self.config.alpha * (self.resource(self.masks()) / unit - target) ** 2
+        return scale * self.config.alpha * (self.resource(masks) / unit - target) ** 2
 
     # -- end of search ----------------------------------------------------------------
     def finalize(self) -> dict[str, Tensor]:

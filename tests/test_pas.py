@@ -221,3 +221,37 @@ def test_bad_config_names_the_field(field, value):
     with pytest.raises(ConfigError) as err:
         PaSConfig(**{field: value})
     assert err.value.field == field
+
+
+def test_penalty_reuses_the_step_masks_with_the_same_value_and_gradient(monkeypatch):
+    """One gate decision per step: penalty() after masks() uses those masks (PaS decided them
+    twice before); the loss and the gates' gradient are those of two separate decisions, bit for bit."""
+    _, _, pruner, _ = setup("block:1x4", 0.5)
+    with torch.no_grad():
+        for gate in pruner.parameters():
+            gate.copy_(torch.linspace(0.1, 0.9, gate.numel()).reshape(gate.shape))
+    upstream = {
+        name: torch.randn(gate.shape, generator=torch.Generator().manual_seed(1)) for name, gate in pruner.gates.items()
+    }
+
+    def step(reuse: bool):
+        for gate in pruner.parameters():
+            gate.grad = None
+        masks = pruner.masks()  # what the stage driver installs for the forward
+        if not reuse:
+            pruner._step_masks = None  # the old penalty: its own masks
+        loss = sum((m * upstream[name]).sum() for name, m in masks.items()) + pruner.penalty()
+        loss.backward()
+        return float(loss.detach()), [gate.grad.clone() for gate in pruner.parameters()]
+
+    calls, hard_gates = [], pruner.hard_gates
+    monkeypatch.setattr(pruner, "hard_gates", lambda: calls.append(1) or hard_gates())
+    old_loss, old_grads = step(reuse=False)
+    assert len(calls) == 2
+    new_loss, new_grads = step(reuse=True)
+    assert len(calls) == 3  # one decision in this step
+    assert new_loss == old_loss and all(torch.equal(a, b) for a, b in zip(new_grads, old_grads))
+    assert any(g.abs().max() > 0 for g in new_grads)
+    assert pruner._step_masks is None  # used once: the next penalty without masks() decides again
+    pruner.penalty()
+    assert len(calls) == 4
