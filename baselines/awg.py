@@ -106,7 +106,6 @@ class AWGPruner(Pruner):
         super().__init__(config, pattern, sparsity)
         self.gate_fns: dict[str, GateFunction] = {}
         self.stats: dict[str, Tensor] = {}  # per layer: (2 features, mean/std) frozen at attach
-        self._step_masks: dict[str, Tensor] | None = None  # masks() of this step, for penalty()
 
     def attach(self, layers: list[PrunableLayer]) -> None:
         super().attach(layers)
@@ -147,13 +146,11 @@ class AWGPruner(Pruner):
         logits = self.logits()
         hard = self.keep_above(logits, 0.0)
         masks = {name: straight_through(torch.sigmoid(logit), hard[name]) for name, logit in logits.items()}
-        self._step_masks = masks
-        return masks
+        return self.keep_step_masks(masks)
 
     def penalty(self) -> Tensor | float:
-        # the masks the stage driver installed this step (one graph for the forward and the
-        # budget: computing them again doubled AWG's cost per step); fresh ones otherwise
-        masks, self._step_masks = self._step_masks, None
+        # this step's masks, not computed again (Pruner.take_step_masks); fresh ones when none were kept
+        masks = self.take_step_masks()
         if self.budget_fixed or self.config.budget_weight == 0:
             return 0.0
         masks = masks if masks is not None else self.masks()

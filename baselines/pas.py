@@ -70,7 +70,6 @@ class PaSPruner(Pruner):
         super().__init__(config, pattern, sparsity)
         self.gates: dict[str, nn.Parameter] = {}
         self.unit_cost: dict[str, float] = {}  # resource of one unit: 1, or its MACs per sample
-        self._step_masks: dict[str, Tensor] | None = None  # masks() of this step, for penalty()
 
     def attach(self, layers: list[PrunableLayer]) -> None:
         super().attach(layers)
@@ -108,8 +107,7 @@ class PaSPruner(Pruner):
 
     def masks(self) -> dict[str, Tensor]:
         masks = {name: straight_through(self.gates[name], hard) for name, hard in self.hard_gates().items()}
-        self._step_masks = masks
-        return masks
+        return self.keep_step_masks(masks)
 
     def resource(self, unit_masks: dict[str, Tensor]) -> Tensor:
         """Kept units, or MACs per sample of the layers' own kept weights, under (STE) unit masks."""
@@ -119,9 +117,8 @@ class PaSPruner(Pruner):
         return sum(self.unit_cost[layer.name] * layer.num_units for layer in self.layers)
 
     def penalty(self) -> Tensor | float:
-        # the masks the stage driver installed this step (the gates have not moved since): deciding
-        # them again cost a second floor-guarded threshold pass over every gate; fresh ones otherwise
-        masks, self._step_masks = self._step_masks, None
+        # this step's masks, not computed again (Pruner.take_step_masks); fresh ones when none were kept
+        masks = self.take_step_masks()
         if self.budget_fixed or self.config.alpha == 0:
             return 0.0
         masks = masks if masks is not None else self.masks()

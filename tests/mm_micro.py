@@ -35,18 +35,19 @@ class MicroSeg(ScenesSegmentation):
     name = "micro-seg"
     spec = MICRO_SPEC
     budget = MICRO_BUDGET
+    flip = False
 
     def bind_data(self, cfg) -> None:
         super().bind_data(cfg)
-        no_flip(cfg)
+        if not self.flip:
+            no_flip(cfg)
 
 
-class MicroSegFlip(ScenesSegmentation):
+class MicroSegFlip(MicroSeg):
     """The micro segmentation task with the scenes pipeline's RandomFlip (numpy's global RNG)."""
 
     name = "micro-seg-flip"
-    spec = MICRO_SPEC
-    budget = MICRO_BUDGET
+    flip = True
 
 
 MICRO = {"det": MicroDet, "seg": MicroSeg, "seg-flip": MicroSegFlip}

@@ -392,17 +392,14 @@ def test_hooks_called_in_order_and_scores_trained(shared_runs_dir, monkeypatch):
     assert (scores - initial).abs().max() > 0
 
 
-def _train_pipeline(family: str) -> list[dict]:
-    return MICRO[family]().data_config.train_dataloader.dataset.pipeline
-
-
 def test_resume_from_mmengine_checkpoint_weights_only(shared_runs_dir, monkeypatch):
     """Kill after the first epoch's checkpoint; the rerun resumes (weights_only=True) and ends identical,
     in the same process, with the pipeline's RandomFlip drawing from numpy's global RNG."""
     from bench.training.mm_hook import PruningHook
 
     options = {"update_every": 1}
-    assert "RandomFlip" in [t["type"] for t in _train_pipeline("seg-flip")]
+    pipeline = MICRO["seg-flip"]().data_config.train_dataloader.dataset.pipeline
+    assert "RandomFlip" in [t["type"] for t in pipeline]
     clean, run = run_row("seg-flip", "gmp", "channel", shared_runs_dir, monkeypatch, options=options)
     work_dir = shared_runs_dir / "mm" / run.run_id
     assert not work_dir.exists()

@@ -249,6 +249,20 @@ class Pruner:
         return names
 
     # -- helpers for subclasses -------------------------------------------------------
+    _step_masks: dict[str, Tensor] | None = None  # what masks() returned this step, kept for penalty()
+
+    def keep_step_masks(self, masks: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Keep what ``masks()`` returns this step (and return it) for ``take_step_masks``."""
+        self._step_masks = masks
+        return masks
+
+    def take_step_masks(self) -> dict[str, Tensor] | None:
+        """The masks kept this step, once, else None: a penalty on the masks the stage driver
+        installed for the forward (the parameters have not moved since) shares their graph and
+        gate decision instead of computing them again."""
+        masks, self._step_masks = self._step_masks, None
+        return masks
+
     def select(self, scores: dict[str, Tensor], sparsity: float | None = None) -> dict[str, Tensor]:
         """Exact hard top-k of per-layer unit scores (bench.core.select.hard_topk) at the target, or at
         ``sparsity`` on a ramp towards it. N:M keeps N per row of M at the target (on a ramp, the
