@@ -25,13 +25,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bench.core.select import Allocation, keep_count, order_pair
+from bench.core.select import Allocation, keep_count, top_indices
 from bench.core.sparsity import Pattern
 
 _BRACKET_MARGIN = 30.0  # sigmoid(-30) ~ 1e-13: the bracket holds the root for sure
 _MAX_ITER = 100
 
 
+_ONE = {dtype: torch.ones((), dtype=dtype) for dtype in (torch.float32, torch.float64)}  # 0-dim: no broadcast copy
 _SAMPLED_START = 1 << 18  # rows longer than this start from the root of a strided sample
 _SAMPLE = 4096
 
@@ -73,7 +74,7 @@ def _root_step(z: Tensor, t: Tensor, k: Tensor, lo: Tensor, hi: Tensor, buffers:
     """
     f_buf, q_buf = (None, None) if buffers is None else buffers
     f = torch.add(z, t[:, None].to(z.dtype), out=f_buf).sigmoid_()
-    q = torch.neg(f, out=q_buf).add_(1).mul_(f)
+    q = torch.sub(_ONE[z.dtype], f, out=q_buf).mul_(f)  # 1 - f in one pass: the bits of (-f) + 1
     g = f.sum(dim=1).to(torch.float64) - k
     dg = q.sum(dim=1).to(torch.float64)
     qf = torch.dot(q[0], f[0]).reshape(1) if z.shape[0] == 1 else torch.linalg.vecdot(q, f, dim=1)
@@ -217,17 +218,6 @@ def _under_floor(soft: Tensor, sizes: list[int], minimum: Tensor) -> Tensor:
     return sums < minimum
 
 
-def _kth_largest(part: Tensor, m: int) -> Tensor:
-    """The ``m``-th largest entry of the 1-D ``part`` (ties counted): exactly
-    ``part.kthvalue(part.numel() - m + 1).values``, by ``order_pair``'s bracketed selection."""
-    n = part.numel()
-    if m >= n:
-        return part.min()
-    if m <= 1:
-        return part.max()
-    return order_pair(part, n - m + 1)[0]
-
-
 def _floored(flat: Tensor, sizes: list[int], k: int, minimum: list[int], tau: float, solve) -> Tensor:
     """Global exact-k soft top-k of ``flat`` (layers of ``sizes`` one after the other) in which every
     layer keeps a soft mass of at least ``minimum[l]`` units; ``solve(scores, k, held)`` is the soft
@@ -241,7 +231,8 @@ def _floored(flat: Tensor, sizes: list[int], k: int, minimum: list[int], tau: fl
     free units, which cost more than the solve at 4.9M scores); that can push another layer under
     its floor, which is then held too (at most one more solve per layer). Where no floor binds,
     the result is the plain solve bit for bit. As tau -> 0 its support is ``global_topk``'s with
-    the same minimums: each bound layer's best ``minimum`` units, then the global ranking."""
+    the same minimums: each bound layer's best ``minimum`` units, then the global ranking.
+    ``flat`` (a fresh concatenation, owned by the call) is overwritten at the held units."""
     floors = torch.tensor(minimum, dtype=torch.float64, device=flat.device)
     soft = solve(flat, k, False)
     bound = _under_floor(soft, sizes, floors)
@@ -251,14 +242,12 @@ def _floored(flat: Tensor, sizes: list[int], k: int, minimum: list[int], tau: fl
     for size in sizes:
         offsets.append(offsets[-1] + size)
     held: list[Tensor] = []  # indices into flat of the held units, one tensor per bound layer
-    newly, below = bound, float(flat.detach().min()) - 64.0 * tau
+    newly, below = bound, float(flat.detach().amin()) - 64.0 * tau
     while True:
         for layer in newly.nonzero().flatten().tolist():
-            part = flat[offsets[layer] : offsets[layer + 1]].detach()
             # the layer's minimum best units: a linear-time selection, not a sort (ties at the
             # cut hold a few more, and the budget below shrinks by as many: the total stays k)
-            cut = _kth_largest(part, minimum[layer])
-            held.append((part >= cut).nonzero().flatten() + offsets[layer])
+            held.append(top_indices(flat[offsets[layer] : offsets[layer + 1]], minimum[layer]) + offsets[layer])
         index = torch.cat(held)
         budget, free = k - index.numel(), flat.numel() - index.numel()
         if budget <= 0:
@@ -266,8 +255,10 @@ def _floored(flat: Tensor, sizes: list[int], k: int, minimum: list[int], tau: fl
         elif budget >= free:
             soft = torch.ones_like(flat)
         else:
-            # index_fill, not masked_fill with a bool mask: the same values, several times faster
-            soft = solve(flat.index_fill(0, index, below), budget, True).index_fill(0, index, 1.0)
+            # index_fill, not masked_fill with a bool mask: the same values, several times faster;
+            # in place (flat: a fresh cat, not saved by the plain solve; the solve's output: not
+            # saved by its backward), so the forward copies neither
+            soft = solve(flat.index_fill_(0, index, below), budget, True).index_fill_(0, index, 1.0)
         newly = _under_floor(soft, sizes, floors) & ~bound
         if not bool(newly.any()):
             return soft

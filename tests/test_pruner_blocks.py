@@ -27,7 +27,7 @@ from bench.core.schedules import (
     StaircaseRamp,
     phase_plan,
 )
-from bench.core.select import Allocation, hard_topk, keep_count, nm_keep
+from bench.core.select import Allocation, hard_topk, keep_count, nm_keep, top_indices
 from bench.core.sparsity import parse_pattern
 from bench.runs.registry import load_pruners
 from smart.topk import soft_select
@@ -298,13 +298,22 @@ def test_soft_select_floor_is_inert_when_no_layer_binds_and_held_units_get_no_gr
 
 @pytest.mark.parametrize("n", [50, 70_000, 300_000])
 def test_floor_helpers_give_exactly_the_kthvalue_and_the_float64_verdict(n):
-    """``_kth_largest`` is ``kthvalue`` (ties included, m = 1 and m = n too); ``_under_floor``'s
-    float32 sums with a float64 recheck near the floor give the float64 sums' verdict."""
+    """``top_indices`` (the held units) is ``nonzero`` of ``>= kthvalue`` (ties included, m = 1
+    and m = n too, and when the strided sample sees only outliers and the tail search falls
+    back); ``_under_floor``'s float32 sums with a float64 recheck near the floor give the float64
+    sums' verdict."""
     gen = torch.Generator().manual_seed(n)
     x = torch.randn(n, generator=gen)
     x[::7] = 0.25  # many ties
-    for m in (1, 2, n // 10, n // 7, n // 2, n - 1, n):
-        assert torch.equal(topk_module._kth_largest(x, m), x.kthvalue(n - m + 1).values), m
+    outliers = torch.randn(n, generator=gen)
+    outliers[:: max(1, n // 16384)] = 1e6  # the tail search's bound lies above every cut
+    for values in (x, outliers, x.reshape(-1, 10) if n % 10 == 0 else x):
+        flat = values.reshape(-1)
+        for m in sorted({1, 2, max(1, n // 100), n // 10, n // 7, n // 4, n // 2, n - 1, n}):
+            want = (flat >= flat.kthvalue(n - m + 1).values).nonzero().flatten()
+            assert torch.equal(top_indices(values, m), want), m
+    with pytest.raises(ValueError, match="m must lie"):
+        top_indices(x, 0)
     soft = torch.rand(3 * n, generator=gen)
     sizes = [n, n // 2, 3 * n - n - n // 2]
     exact = torch.stack([p.sum(dtype=torch.float64) for p in soft.split(sizes)])
