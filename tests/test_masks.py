@@ -2,8 +2,9 @@ import pytest
 import torch
 from torch import nn
 
+import bench.core.select as select_module
 from bench.core.masks import Masker, calibrate, find_prunable, input_norm_like_weight
-from bench.core.select import hard_topk, nm_topk
+from bench.core.select import hard_topk, nm_topk, nm_topk_layers
 from bench.core.sparsity import Block, OutputChannel, parse_pattern
 
 
@@ -174,7 +175,7 @@ def test_off_gates_see_their_channel_activation_with_affine_only():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("m,n", [(4, 2), (4, 1), (8, 2), (16, 4)])
+@pytest.mark.parametrize("m,n", [(2, 1), (3, 2), (4, 2), (4, 1), (8, 2), (8, 7), (16, 4)])
 def test_nm_topk_keeps_n_per_row_in_float64_order_with_ties_by_position(dtype, m, n):
     g = torch.Generator().manual_seed(m * 10 + n)
     scores = torch.randn(3000, m, generator=g).to(dtype)
@@ -187,3 +188,39 @@ def test_nm_topk_keeps_n_per_row_in_float64_order_with_ties_by_position(dtype, m
         rank += ahead.long()
     assert mask.dtype == torch.bool and bool((mask.sum(-1) == n).all())
     assert torch.equal(mask, rank < n)
+
+
+def stable_sort_topn(scores: torch.Tensor, n: int) -> torch.Tensor:
+    order = torch.argsort(scores.to(torch.float64), dim=-1, descending=True, stable=True)
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, order[..., :n], True)
+
+
+@pytest.mark.parametrize("with_nan", [False, True])
+@pytest.mark.parametrize("forced", [False, True])
+@pytest.mark.parametrize("m", [2, 4, 5, 8, 16])
+def test_nm_topk_is_a_stable_descending_sort_with_nan_inf_and_signed_zeros(m, forced, with_nan, monkeypatch):
+    """The pairwise ranks (M <= 8) keep what a stable descending sort keeps: NaN first as sort puts
+    it, -0 tied with +0, +-inf, ties by position. Without a NaN the CPU skips the NaN comparisons;
+    ``forced`` runs them anyway, as off the CPU."""
+    if forced:
+        monkeypatch.setattr(select_module, "_may_hold_nan", lambda s: True)
+    g = torch.Generator().manual_seed(m)
+    scores = torch.randint(0, 4, (4000, m), generator=g).float()
+    if with_nan:
+        scores[torch.rand(scores.shape, generator=g) < 0.1] = float("nan")
+    for value in (float("inf"), float("-inf"), -0.0, 0.0):
+        scores[torch.rand(scores.shape, generator=g) < 0.08] = value
+    for n in range(0, m + 1):
+        assert torch.equal(nm_topk(scores, n), stable_sort_topn(scores, n)), n
+    assert torch.equal(nm_topk(scores.reshape(-1, 2, m), 1), stable_sort_topn(scores, 1).reshape(-1, 2, m))
+
+
+def test_nm_topk_layers_equals_nm_topk_per_layer():
+    g = torch.Generator().manual_seed(5)
+    scores = {"a": torch.randn(30, 4, generator=g), "b": torch.randn(2, 5, 4, generator=g), "c": torch.zeros(7, 4)}
+    together = nm_topk_layers(scores, 2)
+    assert list(together) == list(scores)
+    for name, s in scores.items():
+        assert torch.equal(together[name], nm_topk(s, 2)), name
+    mixed = {**scores, "d": torch.randn(9, 4, generator=g, dtype=torch.float64)}  # dtypes differ: per layer
+    assert all(torch.equal(nm_topk_layers(mixed, 1)[name], nm_topk(s, 1)) for name, s in mixed.items())
