@@ -49,12 +49,45 @@ class AWGConfig(PrunerConfig):
         check_range(self, "init_keep", 0.0, 1.0)
 
 
+class _UnitNorms(torch.autograd.Function):
+    """(L2 norm, mean |w|) over the last dimension, with the gradient autograd gives the separate
+    ``vector_norm`` and ``abs().mean()`` bit for bit, in fewer passes over the weights: each of the
+    two terms is formed with autograd's own operations and operands (``g * (w / ||w||)``, the
+    zero-norm fill only when a norm is zero; ``sgn(w) * (g / size)``, the 1/size taken at unit size
+    instead of over an expanded copy) and the two are added once, as autograd adds them. Measured
+    on fmnist-resnet block:1x8 (4.9M weights, one thread): see docs/performance.md."""
+
+    @staticmethod
+    def forward(ctx, units: Tensor) -> tuple[Tensor, Tensor]:
+        norm = torch.linalg.vector_norm(units, dim=-1)
+        ctx.save_for_backward(units, norm)
+        return norm, units.abs().mean(dim=-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_norm: Tensor | None, grad_mean: Tensor | None) -> Tensor | None:
+        units, norm = ctx.saved_tensors
+        grad = None
+        if grad_norm is not None:
+            norm = norm.unsqueeze(-1)
+            grad = units / norm
+            if bool((norm == 0).any()):
+                grad.masked_fill_(norm == 0, 0)
+            grad.mul_(grad_norm.unsqueeze(-1))
+        if grad_mean is not None:
+            term = units.sgn().mul_((grad_mean / units.shape[-1]).unsqueeze(-1))
+            grad = term if grad is None else grad.add_(term)
+        return grad
+
+
 def unit_norms(units: Tensor) -> tuple[Tensor, Tensor]:
     """(*unit_shape, size) -> L2 norm and mean |w| of every unit, each (*unit_shape) (differentiable).
     A unit of one weight (unstructured) has both equal to |w|, computed once."""
     if units.shape[-1] == 1:
         norm = units.squeeze(-1).abs()
         return norm, norm
+    if torch.is_grad_enabled() and units.requires_grad:
+        return _UnitNorms.apply(units)
     return torch.linalg.vector_norm(units, dim=-1), units.abs().mean(dim=-1)
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.awg import AWGConfig, AWGPruner
+from baselines.awg import AWGConfig, AWGPruner, unit_norms
 from bench.core.errors import ConfigError
 from bench.core.masks import Masker
 from bench.core.select import keep_count
@@ -236,3 +236,26 @@ def test_penalty_reuses_the_step_masks_and_its_gradient_is_unchanged(monkeypatch
     assert pruner._step_masks is None  # used once: a later penalty computes its own masks
     pruner.penalty()
     assert len(calls) == 2 * len(masker.layers)
+
+
+@pytest.mark.parametrize("shape", [(4096, 8), (64, 576), (300, 3)])
+def test_unit_norms_gradient_is_autograds_bit_for_bit(shape):
+    """The fused backward of (L2 norm, mean |w|) equals autograd's through the two separate
+    operations exactly, zero-norm units (the masked fill) and zero weights (sgn 0) included."""
+    g = torch.Generator().manual_seed(shape[1])
+    w = torch.randn(shape, generator=g)
+    w[3] = 0.0
+    w[5, 0] = 0.0
+    grad_norm, grad_mean = torch.randn(shape[0], generator=g), torch.randn(shape[0], generator=g)
+    results = []
+    for fused in (False, True):
+        x = w.clone().requires_grad_(True)
+        if fused:
+            norm, mean_abs = unit_norms(x)
+        else:
+            norm, mean_abs = torch.linalg.vector_norm(x, dim=-1), x.abs().mean(dim=-1)
+        torch.autograd.backward([norm, mean_abs], [grad_norm, grad_mean])
+        results.append((norm.detach(), mean_abs.detach(), x.grad))
+    for separate, fused in zip(*results):
+        assert torch.equal(separate, fused)
+    assert torch.equal(results[1][2][3], torch.zeros(shape[1]))  # a zero-norm unit: the fill, and sgn 0
