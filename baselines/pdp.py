@@ -32,7 +32,7 @@ from torch import Tensor
 from bench.core.errors import ConfigError
 from bench.core.pruner import Progress, Pruner, PrunerConfig, check_choice, check_range, register_pruner
 from bench.core.schedules import LinearRamp
-from bench.core.select import global_topk, order_pair
+from bench.core.select import global_topk, order_pair, row_order_values
 
 
 @dataclass(frozen=True)
@@ -72,16 +72,19 @@ def soft_mask(squared_scores: Tensor, threshold: Tensor, tau: float, spread: Ten
     return torch.sigmoid((squared_scores - t2) / scale)
 
 
-def layer_threshold(scores: Tensor, pruned: int) -> Tensor:
-    """Midpoint between the largest pruned and the smallest kept score (1 <= pruned < numel)."""
-    largest_pruned, smallest_kept = order_pair(scores, pruned)
-    return 0.5 * (largest_pruned + smallest_kept)
+def layer_threshold(squared: Tensor, pruned: int) -> Tensor:
+    """Midpoint between the largest pruned and the smallest kept score s = sqrt(s^2), from the
+    squared scores (1 <= pruned < numel). The pair is selected on s^2 and its square roots taken:
+    sqrt is monotone, so they are the pair of s bit for bit, without a pass over every score."""
+    largest_pruned, smallest_kept = order_pair(squared, pruned)
+    return 0.5 * (largest_pruned.sqrt() + smallest_kept.sqrt())
 
 
-def row_thresholds(scores: Tensor, n: int) -> Tensor:
-    """(rows, M) scores -> (rows, 1): midpoint of the n-th and (n+1)-th largest in each row."""
-    top = torch.topk(scores.detach(), n + 1, dim=-1).values
-    return 0.5 * (top[..., n - 1 : n] + top[..., n : n + 1])
+def row_thresholds(squared: Tensor, n: int) -> Tensor:
+    """(rows, M) squared scores -> (rows, 1): midpoint of the n-th and (n+1)-th largest s = sqrt(s^2)
+    in each row (selected on s^2, as ``layer_threshold``)."""
+    top = row_order_values(squared, (n - 1, n)).sqrt()
+    return 0.5 * (top[..., 0:1] + top[..., 1:2])
 
 
 @register_pruner("pdp")
@@ -123,22 +126,33 @@ class PDPPruner(Pruner):
         return int(round(self.ramp * (units - self.kept_budget[name])))
 
     # -- masks ------------------------------------------------------------------------
-    def threshold(self, name: str, scores: Tensor) -> Tensor | None:
-        """t at the current budget: per row of M (N:M) or per layer; None while nothing is pruned."""
+    def thresholds(self, squared: dict[str, Tensor]) -> dict[str, Tensor | None]:
+        """t of every layer at the current budget, from the detached squared unit scores: per row
+        of M (N:M; the rows of all layers in one selection when they share dtype, device and M)
+        or per layer (None while nothing is pruned)."""
         if self.budget_fixed:
-            return row_thresholds(scores, self.pattern.n)
-        pruned = self.pruned_now(name, scores.numel())
-        return layer_threshold(scores, pruned) if pruned else None
+            values = list(squared.values())
+            if len({(v.dtype, v.device, v.shape[-1]) for v in values}) != 1:
+                return {name: row_thresholds(v, self.pattern.n) for name, v in squared.items()}
+            rows = [v.reshape(-1, v.shape[-1]) for v in values]
+            t = row_thresholds(torch.cat(rows), self.pattern.n).split([r.shape[0] for r in rows])
+            return {name: part.reshape(*v.shape[:-1], 1) for (name, v), part in zip(squared.items(), t)}
+        out = {}
+        for name, v in squared.items():
+            pruned = self.pruned_now(name, v.numel())
+            out[name] = layer_threshold(v, pruned) if pruned else None
+        return out
 
     def masks(self) -> dict[str, Tensor] | None:
         if self.ramp == 0.0:
             return None
+        squared = {layer.name: self.pattern.units(layer.weight).pow(2).sum(dim=-1) for layer in self.layers}
+        thresholds = self.thresholds({name: sq.detach() for name, sq in squared.items()})
         out = {}
-        for layer in self.layers:
-            squared = self.pattern.units(layer.weight).pow(2).sum(dim=-1)  # differentiable in w
-            t = self.threshold(layer.name, squared.detach().sqrt())
-            spread = squared.detach().std() if self.config.tau_scale == "spread" and squared.numel() > 1 else None
-            out[layer.name] = torch.ones_like(squared) if t is None else soft_mask(squared, t, self.tau_now, spread)
+        for name, sq in squared.items():
+            t = thresholds[name]
+            spread = sq.detach().std() if self.config.tau_scale == "spread" and sq.numel() > 1 else None
+            out[name] = torch.ones_like(sq) if t is None else soft_mask(sq, t, self.tau_now, spread)
         self._last = [mask.detach() for mask in out.values()]
         return out
 

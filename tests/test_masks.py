@@ -224,3 +224,25 @@ def test_nm_topk_layers_equals_nm_topk_per_layer():
         assert torch.equal(together[name], nm_topk(s, 2)), name
     mixed = {**scores, "d": torch.randn(9, 4, generator=g, dtype=torch.float64)}  # dtypes differ: per layer
     assert all(torch.equal(nm_topk_layers(mixed, 1)[name], nm_topk(s, 1)) for name, s in mixed.items())
+
+
+@pytest.mark.parametrize("extra", ["ties", "+inf", "-inf", "nan"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("m", [2, 3, 4, 8, 16])
+def test_row_order_values_are_topks_values(m, dtype, extra, monkeypatch):
+    """The (r + 1)-th largest of every row, topk's values bit for bit (ties, +-inf, NaN): from the
+    sorting network for M <= 8 without NaN (topk is not called), else from topk."""
+    g = torch.Generator().manual_seed(m)
+    scores = torch.randint(0, 5, (3000, m), generator=g).float()
+    if extra != "ties":
+        scores[torch.rand(scores.shape, generator=g) < 0.05] = float(extra)
+    scores = scores.to(dtype)
+    network = m <= 8 and extra != "nan"
+    for ranks in [(0,), (0, 1), (m - 2, m - 1), tuple(range(m))]:
+        want = torch.topk(scores, max(ranks) + 1, dim=-1).values[..., list(ranks)]
+        with monkeypatch.context() as patch:
+            if network:
+                patch.setattr(torch, "topk", None)
+            got = select_module.row_order_values(scores, ranks)
+        assert got.dtype == dtype and torch.equal(got.isnan(), want.isnan()), ranks
+        assert torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0)), ranks

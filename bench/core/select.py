@@ -135,9 +135,9 @@ def nm_topk(scores: Tensor, n: int) -> Tensor:
 
     For M <= 8 the ranks come from the M (M - 1) / 2 pairwise comparisons of the row's columns
     instead of a sort, with the same result (ties and NaN included); SR-STE and AWG recompute
-    N:M masks every step. One thread, 442k float32 scores: 2:4 10.6 -> 1.4 ms without NaN
-    (2.8 ms with the NaN-exact comparisons, used when a NaN is present or off the CPU),
-    4:8 10.2 -> 4.3 ms; at M = 16 the two are even, so the sort stays."""
+    N:M masks every step. One thread, 442,368 float32 scores, 3 runs: 2:4 9.7-14.8 ms (sort) ->
+    1.6-2.6 ms (2.2-3.5 ms with the NaN-exact comparisons, used when a NaN is present or off the
+    CPU), 4:8 9.5-13.0 -> 3.0-4.4 ms; at M = 16 the two are even, so the sort stays."""
     s = scores.detach()
     s = s if s.dtype in (torch.float32, torch.float64) else s.float()
     if 2 <= s.shape[-1] <= _PAIRWISE_M:
@@ -148,13 +148,13 @@ def nm_topk(scores: Tensor, n: int) -> Tensor:
     return mask
 
 
-def _pairwise_topn(s: Tensor, n: int) -> Tensor:
-    """``nm_topk`` by ranks: an entry's rank is the number of entries of its row that a stable
-    descending sort puts before it; it is kept when its rank is below n. For columns i < j, j
-    comes before i when s_j > s_i, or when s_j is NaN and s_i is not; otherwise i comes first."""
+def _pairwise_ranks(s: Tensor) -> list[Tensor]:
+    """Rank (uint8) of every column's entries in their row of M: the number of entries of the row
+    that a stable descending sort puts before it. For columns i < j, j comes before i when
+    s_j > s_i, or when s_j is NaN and s_i is not; otherwise i comes first."""
     cols = s.unbind(-1)
     nan = [c.isnan() for c in cols] if _may_hold_nan(s) else None
-    rank: list[Tensor | None] = [None] * len(cols)
+    rank: list = [None] * len(cols)
     for i in range(len(cols)):
         for j in range(i + 1, len(cols)):
             before = cols[j] > cols[i]  # j ahead of i
@@ -163,13 +163,39 @@ def _pairwise_topn(s: Tensor, n: int) -> Tensor:
             b = before.view(torch.uint8)
             rank[j] = 1 - b if rank[j] is None else rank[j].sub_(b).add_(1)
             rank[i] = b if rank[i] is None else rank[i].add_(b)
-    return torch.stack([r < n for r in rank], dim=-1)
+    return rank
+
+
+def _pairwise_topn(s: Tensor, n: int) -> Tensor:
+    """``nm_topk`` by ranks: an entry is kept when its rank is below n."""
+    return torch.stack([r < n for r in _pairwise_ranks(s)], dim=-1)
+
+
+def row_order_values(scores: Tensor, ranks: tuple[int, ...]) -> Tensor:
+    """(..., M) scores -> (..., len(ranks)): the (r + 1)-th largest entry of every row for each r in
+    ``ranks``, the values of ``torch.topk(scores, max(ranks) + 1).values[..., ranks]`` (the values
+    are entries of the row, so any exact selection gives them; a +0 tied with a -0 may come out
+    with either sign). On a CPU, for M <= 8 and no NaN, they come from a sorting network of
+    element-wise maximum/minimum over the row's columns (odd-even transposition, M rounds);
+    otherwise from topk (which ranks NaN first). PDP's per-step N:M thresholds, ranks (1, 2) of
+    110,592 rows of 4, one thread: 8.3-8.6 ms (topk) -> 1.9-2.0 ms."""
+    s = scores.detach()
+    if not (2 <= s.shape[-1] <= _PAIRWISE_M and s.device.type == "cpu" and not bool(s.sum().isnan())):
+        return torch.topk(s, max(ranks) + 1, dim=-1).values[..., list(ranks)]
+    cols = list(s.unbind(-1))
+    m = len(cols)
+    for step in range(m):  # after M rounds the columns are in descending order
+        for i in range(step % 2, m - 1, 2):
+            cols[i], cols[i + 1] = torch.maximum(cols[i], cols[i + 1]), torch.minimum(cols[i], cols[i + 1])
+    return torch.stack([cols[r] for r in ranks], dim=-1)
 
 
 def _may_hold_nan(s: Tensor) -> bool:
     """Whether the NaN-exact comparisons are needed: a host check is free on a CPU; elsewhere they
     run without one (no sync in the training step)."""
-    return s.device.type != "cpu" or bool(s.isnan().any())
+    return s.device.type != "cpu" or bool(
+        s.sum().isnan()
+    )  # a NaN makes the sum NaN (inf - inf: a harmless false alarm)
 
 
 def nm_topk_layers(scores: dict[str, Tensor], n: int) -> dict[str, Tensor]:
