@@ -295,7 +295,7 @@ def keep_above(
     if allocation is not None:
         for name, s in scores.items():
             need = allocation.minimum(s.numel())
-            if int(masks[name].sum()) < need:
+            if int(masks[name].count_nonzero()) < need:  # count_nonzero: a bool sum casts to int64 first
                 masks[name] = global_topk({name: s}, need)[name]
     return masks
 
