@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import timm
 import torch
@@ -11,7 +13,7 @@ from bench.core.masks import Masker, find_prunable
 from bench.core.select import hard_topk
 from bench.core.sparsity import OutputChannel, Unstructured
 from bench.deploy.shrink import ShrinkError, count_params, folded_copy, replay_shrink, shrink_channels
-from bench.deploy.speed import cost_figures, fold_batchnorm, fold_variants, latency, measure
+from bench.deploy.speed import Frozen, cost_figures, fold_batchnorm, fold_variants, freeze_variants, latency, measure
 
 CHANNEL = OutputChannel()
 
@@ -187,8 +189,30 @@ def test_measure_builds_the_variants_of_a_pattern():
     result = measure({"run_id": "x", "pattern": "channel"}, plain, example, hard, batch_sizes=(2,), warmup=0, repeats=2)
     assert set(result["latency"]) == {"masked_dense", "shrunk"} and "2" in result["ratios"]["shrunk"]
     assert result["protocol"]["bn_folded"] == ["masked_dense", "shrunk"]
+    assert "warmup" in result["skipped"]["frozen"]  # a frozen graph is traced at its first (warm-up) call
     result = measure({"run_id": "y", "pattern": "nm:2:4"}, plain, example, None, batch_sizes=(1,), warmup=0, repeats=1)
     assert set(result["latency"]) == {"masked_dense"} and "sparse24" in result["skipped"]
+
+
+def test_measure_adds_frozen_twins_compared_with_each_other():
+    model, masker, hard, example = masked_model("test_resnet")
+    plain = folded_copy(model, masker, hard)
+    result = measure(
+        {"run_id": "x", "pattern": "channel"}, plain, example, hard, batch_sizes=(1, 3), warmup=1, repeats=2
+    )
+    assert set(result["latency"]) == {"masked_dense", "shrunk", "masked_dense_frozen", "shrunk_frozen"}
+    assert result["protocol"]["frozen"] == ["masked_dense", "shrunk"] and "frozen" not in result["skipped"]
+    assert result["ratios"]["shrunk_frozen"]["1"]["reference"] == "masked_dense_frozen"
+    assert result["ratios"]["masked_dense_frozen"]["3"]["reference"] == "masked_dense"
+    frozen = Frozen(copy.deepcopy(plain))
+    for batch in (1, 3):  # one graph per input shape, each computing what the model computes
+        x = torch.randn(batch, *example.shape[1:])
+        with torch.inference_mode():
+            assert torch.allclose(frozen(x), plain.eval()(x), rtol=1e-5, atol=1e-6)
+    assert len(frozen.graphs) == 2
+    variants = {"masked_dense": plain}
+    assert freeze_variants(variants, {"x": example}) == ([], "dict inputs (mm models) are not traced")
+    assert set(variants) == {"masked_dense"}
 
 
 def test_shrink_mm_model_if_available():

@@ -65,10 +65,10 @@ def cmd_speed(args) -> int:
                 else ""
             )
             print(
-                f"  {variant:13s} batch {bs:>4s}: median {stats['median_ms']:.3f} ms  IQR {stats['iqr_ms']:.3f} ms{extra}"
+                f"  {variant:19s} batch {bs:>4s}: median {stats['median_ms']:.3f} ms  IQR {stats['iqr_ms']:.3f} ms{extra}"
             )
     for variant, why in result["skipped"].items():
-        print(f"  {variant:13s} skipped: {why}")
+        print(f"  {variant:19s} skipped: {why}")
     folded = result["protocol"]["bn_folded"]
     print(f"  BatchNorm folded into the convs of: {', '.join(folded)}" if folded else "  BatchNorm not folded")
     print("  costs: " + ", ".join(f"{k} {v:,}" for k, v in result["costs"].items()))

@@ -24,7 +24,11 @@ model costs on dense kernels), ``shrunk`` (channel pattern: pruned channels phys
 both with every eval-mode BatchNorm that follows a conv folded into it (:func:`fold_batchnorm`,
 as deployment compilers do; both or neither, recorded as ``protocol.bn_folded``),
 ``masked_dense_fp16`` and ``sparse24`` (``nm:2:4`` on CUDA: the block Linears converted with
-``bench.deploy.sparse24.to_semi_structured_``, fp16; its ratio is taken against ``masked_dense_fp16``).
+``bench.deploy.sparse24.to_semi_structured_``, fp16; its ratio is taken against ``masked_dense_fp16``),
+and ``masked_dense_frozen`` / ``shrunk_frozen``: the two (folded) as frozen TorchScript graphs
+(:class:`Frozen`, what an exported model costs without eager mode's per-module Python calls);
+``shrunk_frozen``'s ratio is taken against ``masked_dense_frozen``, ``masked_dense_frozen``'s
+against ``masked_dense`` (what freezing alone gives).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import os
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -303,6 +308,52 @@ def fold_variants(variants: dict[str, nn.Module], names=FOLDED_VARIANTS) -> list
     return names
 
 
+class Frozen(nn.Module):
+    """A frozen TorchScript graph of ``model`` per input shape (``torch.jit.trace`` + ``torch.jit.freeze``,
+    made at the first call with each shape: a warm-up call, untimed), run without the Python
+    module calls of eager mode -- what an exported graph costs, where a batch-1 forward of a small
+    network is mostly per-layer dispatch. Eval mode; the outputs are the traced model's.
+    TorchScript is deprecated in torch 2.x (its FutureWarning is silenced here); ``torch.export``
+    with AOTInductor is its successor but compiles C++ for minutes per model, so it is not used:
+    where tracing no longer works, :func:`freeze_variants` reports the variants as skipped."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval()
+        self.graphs: dict[tuple, Any] = {}
+
+    def forward(self, x: Tensor):
+        key = (tuple(x.shape), x.dtype, str(x.device))
+        if key not in self.graphs:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                self.graphs[key] = torch.jit.freeze(torch.jit.trace(self.model, x, check_trace=False))
+        return self.graphs[key](x)
+
+
+FROZEN_VARIANTS = ("masked_dense", "shrunk")
+
+
+def freeze_variants(variants: dict[str, nn.Module], example_input, names=FROZEN_VARIANTS) -> tuple[list[str], str]:
+    """Add a ``NAME_frozen`` twin (:class:`Frozen`) of every variant in ``names``, all or none (a
+    frozen variant is compared against frozen ones only). Returns the names frozen and, when
+    none, why: a dict input (mm models) or a model that does not trace."""
+    names = [name for name in names if name in variants]
+    if not names:
+        return [], "no variant to freeze"
+    if not isinstance(example_input, Tensor):
+        return [], "dict inputs (mm models) are not traced"
+    frozen = {f"{name}_frozen": Frozen(copy.deepcopy(variants[name])) for name in names}
+    try:  # a model that cannot be traced is left out here, not in the middle of the timing
+        for model in frozen.values():
+            model(example_input.to(next(model.parameters()).device))
+            model.graphs.clear()  # traced again where latency() runs it (device, batch size)
+    except Exception as err:  # noqa: BLE001 - tracing raises many kinds on untraceable code
+        return [], f"torch.jit.trace failed ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+    variants.update(frozen)
+    return names, ""
+
+
 class HalfInput(nn.Module):
     """Feeds a float16 model: casts floating inputs to half (the cast is part of the timed call)."""
 
@@ -370,9 +421,17 @@ def measure(
     """
     variants, skipped = build_variants(model, row["pattern"], hard_masks, example_input, device)
     folded = fold_variants(variants)
-    references = {"sparse24": "masked_dense_fp16"} if "sparse24" in variants else None
+    frozen, why = [], "needs warmup >= 1 (each frozen graph is traced at its first call)"
+    if warmup >= 1:
+        frozen, why = freeze_variants(variants, example_input)
+    if why:
+        skipped["frozen"] = why
+    references = {"sparse24": "masked_dense_fp16"} if "sparse24" in variants else {}
+    if "shrunk_frozen" in variants:
+        references["shrunk_frozen"] = "masked_dense_frozen"
     result = latency(
         variants, make_input or example_input, batch_sizes, warmup, repeats, threads, device, reference=references
     )
     result["protocol"]["bn_folded"] = folded
+    result["protocol"]["frozen"] = frozen
     return {"run_id": row.get("run_id"), "pattern": row["pattern"], **result, "skipped": skipped}
