@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import smart.topk as topk_module
 from smart import soft_topk
 
 
@@ -151,3 +152,19 @@ def test_long_rows_start_from_the_root_of_a_strided_sample(monkeypatch):
     assert abs(out.double().sum().item() - 100_000) <= 8 * torch.finfo(torch.float32).eps * 100_000
     monkeypatch.setattr(topk, "_root_step", original)
     torch.testing.assert_close(out, soft_topk(scores, 100_000, 0.01, threshold=threshold), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8])
+def test_short_row_reductions_are_torchs_bit_for_bit(m, dtype):
+    """The column-by-column row sum (N:M rows of <= 4) adds in the order torch's sum(dim=1) does,
+    over entries spanning 16 orders of magnitude; the row max/min equal amax/amin, NaN included.
+    If a torch release changes its reduction order, this fails and _COLUMNS must go to 0."""
+    g = torch.Generator().manual_seed(m)
+    scale = torch.logspace(-8, 8, 7, dtype=torch.float64)[torch.randint(0, 7, (50_000, m), generator=g)]
+    x = (torch.randn(50_000, m, generator=g, dtype=torch.float64) * scale).to(dtype)
+    for rows in (x, torch.sigmoid(x), x * torch.rand(x.shape, generator=g, dtype=dtype)):
+        assert torch.equal(topk_module._row_sum(rows), rows.sum(dim=1))
+    x[::97, 0] = float("nan")
+    assert torch.equal(topk_module._row_extreme(x, torch.maximum).nan_to_num(7), x.amax(dim=1).nan_to_num(7))
+    assert torch.equal(topk_module._row_extreme(x, torch.minimum).nan_to_num(7), x.amin(dim=1).nan_to_num(7))
