@@ -246,3 +246,26 @@ def test_row_order_values_are_topks_values(m, dtype, extra, monkeypatch):
             got = select_module.row_order_values(scores, ranks)
         assert got.dtype == dtype and torch.equal(got.isnan(), want.isnan()), ranks
         assert torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0)), ranks
+
+
+def test_unit_mask_keeps_the_expansion_of_a_held_mask_only():
+    """A fixed mask set again keeps its expansion; one changed in place, a new tensor, or a mask
+    in an autograd graph (learned) is expanded again."""
+    from bench.core.masks import UnitMask
+
+    param = UnitMask(Block(1, 4), torch.Size((4, 8, 3, 3)))
+    unit = (torch.rand(4, 18) > 0.5).float()
+    param.set(unit)
+    first = param.mask
+    param.set(unit)
+    assert param.mask is first
+    unit[0, 0] = 1.0 - unit[0, 0]  # in place
+    param.set(unit)
+    assert param.mask is not first and torch.equal(param.mask, Block(1, 4).expand(unit, torch.Size((4, 8, 3, 3))))
+    learned = torch.rand(4, 18, requires_grad=True)
+    param.set(learned)
+    kept = param.mask
+    param.set(learned)
+    assert param.mask is not kept and param.mask.requires_grad
+    param.set(None)
+    assert param.mask is None

@@ -186,6 +186,21 @@ def test_hard_mask_pruner_is_dense_until_it_sets_a_mask_and_finalizes_exactly():
     assert set(weights_only_copy(pruner.state_dict())) == {"parameters", "mask"}
 
 
+def test_hard_mask_pruner_converts_a_held_mask_once_and_again_when_it_changes():
+    pruner = HardMaskPruner(PrunerConfig(), parse_pattern("unstructured"), 0.75)
+    pruner.attach(layers((4, 4), (2, 8)))
+    pruner.mask = pruner.finalize()
+    first = pruner.masks()
+    again = pruner.masks()
+    assert again is not first and all(again[n] is first[n] for n in first)  # held: the same floats
+    name = next(iter(pruner.mask))
+    pruner.mask[name][0] = ~pruner.mask[name][0]  # changed in place
+    changed = pruner.masks()
+    assert changed[name] is not first[name] and torch.equal(changed[name], pruner.mask[name].float())
+    pruner.mask = {n: m.clone() for n, m in pruner.mask.items()}  # replaced
+    assert all(pruner.masks()[n] is not changed[n] for n in changed)
+
+
 # -- schedules --------------------------------------------------------------------------------
 
 

@@ -69,9 +69,20 @@ class UnitMask(nn.Module):
         self.mask: Tensor | None = None
         self.straight_through = False
         self.support_only = False
+        self._source: tuple[Tensor, int] | None = None  # the unit mask ``mask`` was expanded from
 
     def set(self, unit_mask: Tensor | None) -> None:
-        self.mask = None if unit_mask is None else self.pattern.expand(unit_mask, self.shape)
+        """Expand ``unit_mask`` for the next forwards. A fixed mask set again (the same tensor,
+        unmodified, outside autograd: a hard mask held over steps) keeps its expansion, which
+        for blocks is a copy of the whole weight's size (3.8 ms per fmnist-resnet step)."""
+        if unit_mask is None:
+            self.mask = self._source = None
+            return
+        source = self._source
+        if source is not None and source[0] is unit_mask and source[1] == unit_mask._version:
+            return
+        self.mask = self.pattern.expand(unit_mask, self.shape)
+        self._source = None if unit_mask.requires_grad else (unit_mask, unit_mask._version)
 
     def forward(self, weight: Tensor) -> Tensor:
         if self.mask is None:

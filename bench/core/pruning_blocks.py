@@ -31,9 +31,21 @@ class HardMaskPruner(Pruner):
     def __init__(self, config, pattern, sparsity):
         super().__init__(config, pattern, sparsity)
         self.mask: dict[str, Tensor] | None = None
+        self._float: tuple[list, dict[str, Tensor]] | None = None  # (the bool masks and versions, their floats)
 
     def masks(self) -> dict[str, Tensor] | None:
-        return None if self.mask is None else {name: m.float() for name, m in self.mask.items()}
+        """``self.mask`` as floats; the same float tensors while the bool masks are the same,
+        unmodified tensors (a hard mask is held for many steps: no conversion per step, and the
+        masker keeps its expansion)."""
+        if self.mask is None:
+            return None
+        source = [(name, m, m._version) for name, m in self.mask.items()]
+        if self._float is not None and len(self._float[0]) == len(source):
+            if all(a[0] == b[0] and a[1] is b[1] and a[2] == b[2] for a, b in zip(self._float[0], source)):
+                return dict(self._float[1])
+        floats = {name: m.float() for name, m in self.mask.items()}
+        self._float = (source, floats)
+        return dict(floats)
 
     def finalize(self) -> dict[str, Tensor]:
         return self.mask if self.mask is not None else self.select(self.unit_rms())
