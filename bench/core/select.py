@@ -191,11 +191,10 @@ def row_order_values(scores: Tensor, ranks: tuple[int, ...]) -> Tensor:
 
 
 def _may_hold_nan(s: Tensor) -> bool:
-    """Whether the NaN-exact comparisons are needed: a host check is free on a CPU; elsewhere they
-    run without one (no sync in the training step)."""
-    return s.device.type != "cpu" or bool(
-        s.sum().isnan()
-    )  # a NaN makes the sum NaN (inf - inf: a harmless false alarm)
+    """Whether the NaN-exact comparisons are needed: on a CPU a host check is free, and a NaN
+    makes the sum NaN (so does inf - inf: a false alarm, still exact); elsewhere they run without
+    a check (no host sync in the training step)."""
+    return s.device.type != "cpu" or bool(s.sum().isnan())
 
 
 def nm_topk_layers(scores: dict[str, Tensor], n: int) -> dict[str, Tensor]:
