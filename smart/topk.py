@@ -37,11 +37,12 @@ _COLUMNS = 4  # rows of at most this many entries are reduced column by column
 
 
 def _row_sum(x: Tensor) -> Tensor:
-    """``x.sum(dim=1)`` of a 2-D tensor, bit for bit. For rows of 2 to 4 entries (N:M with M <= 4)
-    as explicit column additions, left to right -- the order torch's reduction uses for rows that
-    short (tests/test_topk.py checks the equality) -- at about a third of its time (a reduction
-    over rows of 4 pays a per-row cost: 1.17 -> 0.44 ms on 110,592 rows, one thread)."""
-    if not 2 <= x.shape[1] <= _COLUMNS:
+    """``x.sum(dim=1)`` of a 2-D tensor, bit for bit. On a CPU, for rows of 2 to 4 entries (N:M
+    with M <= 4), as explicit column additions, left to right -- the order torch's CPU reduction
+    uses for rows that short (tests/test_topk.py checks the equality) -- at about a third of its
+    time (a reduction over rows of 4 pays a per-row cost: 1.17 -> 0.44 ms on 110,592 rows, one
+    thread). Other devices keep their own reduction (and its order)."""
+    if not 2 <= x.shape[1] <= _COLUMNS or x.device.type != "cpu":
         return x.sum(dim=1)
     total = x[:, 0] + x[:, 1]
     for j in range(2, x.shape[1]):
@@ -107,7 +108,8 @@ def _root_step(z: Tensor, t: Tensor, k: Tensor, lo: Tensor, hi: Tensor, buffers:
     if z.shape[0] == 1:
         qf = torch.dot(q[0], f[0]).reshape(1)
     else:
-        qf = _row_sum(q * f) if z.shape[1] <= _COLUMNS else torch.linalg.vecdot(q, f, dim=1)
+        short = z.shape[1] <= _COLUMNS and z.device.type == "cpu"
+        qf = _row_sum(q * f) if short else torch.linalg.vecdot(q, f, dim=1)
     d2g = dg - 2 * qf.to(torch.float64)
     lo = torch.where(g < 0, t, lo)
     hi = torch.where(g > 0, t, hi)
