@@ -5,7 +5,9 @@
 * Step time: one process, every pruner attached to its own copy of the model exactly as the
   trainer does it (Masker + build_pruner + calibrate + attach, then per step on_step, masks,
   forward/backward with penalty, optimizer step, after_optimizer_step), plus two references:
-  ``dense`` (no masker) and ``masked`` (Masker with a fixed hard mask, no pruner). Measured
+  ``dense`` (no masker), ``masked`` (Masker with a fixed hard mask, no pruner) and ``scored``
+  (a learned score per unit through one sigmoid, SGD with momentum: the floor of SMART-like
+  pruners, which also train one score per unit and mask with its soft value). Measured
   INTERLEAVED: each round runs ``steps`` steps of every entry, the order rotating each round;
   reported per entry: median step time, and the median over rounds of (entry / dense) of the
   same round (paired), plus the ratio of total times (includes rare periodic costs). The timed
@@ -37,6 +39,7 @@ from pathlib import Path
 
 import torch
 import torch_pruning as tp
+from torch import nn
 
 from bench.core.errors import ConfigError
 from bench.core.masks import Masker, calibrate, find_prunable
@@ -76,6 +79,7 @@ QUICK = dict(
     latency_batches=(1, 128),
 )
 BATCH = 128
+REFERENCES = ("dense", "masked", "scored")  # entries without a target
 
 
 def log(msg: str) -> None:
@@ -123,6 +127,13 @@ class Entry:
                 scores = {layer.name: pat.unit_norms(layer.weight.detach()) for layer in self.masker.layers}
                 fixed = hard_topk(scores, pat, target, allocation=rule)
                 self.fixed = {n: m.float() for n, m in fixed.items()}
+            elif kind == "scored":  # one learned score per unit, as SMART's, through one sigmoid
+                gen = torch.Generator().manual_seed(0)
+                self.scores = {
+                    layer.name: nn.Parameter(torch.randn(layer.unit_shape, generator=gen).to(device))
+                    for layer in self.masker.layers
+                }
+                groups = [{"params": list(self.scores.values()), "lr": 0.05, "weight_decay": 0.0, "momentum": 0.9}]
             else:
                 self.pruner = build_pruner(kind, pat, target, {}, rule)
                 self.pruner.attach(self.masker.layers)
@@ -140,6 +151,8 @@ class Entry:
             )
         elif self.kind == "masked":
             self.masker.set_masks(self.fixed)
+        elif self.kind == "scored":
+            self.masker.set_masks({n: torch.sigmoid(s) for n, s in self.scores.items()}, affine_only=True)
         loss = self.task.loss(self.model, batch)
         if self.pruner is not None:
             loss = loss + self.pruner.penalty()
@@ -156,7 +169,7 @@ def entry_kinds(pattern: str, only: list[str] | None = None) -> list[str]:
     pruners = [
         name for name, cls in sorted(load_pruners().items()) if kind in cls.patterns and (not only or name in only)
     ]
-    return ["dense", "masked"] + pruners
+    return ["dense", "masked", "scored"] + pruners
 
 
 def _clock(device: torch.device):
@@ -376,7 +389,7 @@ def target_lines(steps: dict, topk: list, lat: dict) -> list[str]:
     lines = []
     for (task_name, pattern), rows in steps.items():
         for r in rows:
-            if "ratio_paired" not in r or r["entry"] in ("dense", "masked"):
+            if "ratio_paired" not in r or r["entry"] in REFERENCES:
                 continue
             limit = SMART_LIMIT if r["entry"] == "smart" else PRUNER_LIMIT
             lines.append(
@@ -428,7 +441,10 @@ def render(
         "## Training-step time relative to dense",
         "",
         "Batch 128 of 1x28x28, SGD step, pruner hooks as in the trainer; `masked` = fixed hard mask through the",
-        "parametrization, no pruner. ratio (paired) = median over rounds of entry/dense in the same round;",
+        "parametrization, no pruner; `scored` = the least a learned-score pruner does: one score per unit (SMART's",
+        "count), the mask sigmoid(score) through the same parametrization (as SMART's soft masks, channel gates on",
+        "the BN affine terms), the scores in their own SGD group with momentum (SMART's) -- no selection, no",
+        "exact-k solve, no penalty. ratio (paired) = median over rounds of entry/dense in the same round;",
         "ratio (total) = total time / dense total time. Targets: SMART <= 1.05, every other pruner <= 1.15.",
         "",
     ]
