@@ -72,6 +72,13 @@ def soft_mask(squared_scores: Tensor, threshold: Tensor, tau: float, spread: Ten
     return torch.sigmoid((squared_scores - t2) / scale)
 
 
+def squared_norms(units: Tensor) -> Tensor:
+    """(*unit_shape, size) -> s^2 of every unit (differentiable in w). A unit of one weight
+    (unstructured, N:M) gives its w^2 as is: a sum over one entry has the same value (w^2 >= +0)
+    but copies every weight."""
+    return units.pow(2).squeeze(-1) if units.shape[-1] == 1 else units.pow(2).sum(dim=-1)
+
+
 def layer_threshold(squared: Tensor, pruned: int) -> Tensor:
     """Midpoint between the largest pruned and the smallest kept score s = sqrt(s^2), from the
     squared scores (1 <= pruned < numel). The pair is selected on s^2 and its square roots taken:
@@ -146,7 +153,7 @@ class PDPPruner(Pruner):
     def masks(self) -> dict[str, Tensor] | None:
         if self.ramp == 0.0:
             return None
-        squared = {layer.name: self.pattern.units(layer.weight).pow(2).sum(dim=-1) for layer in self.layers}
+        squared = {layer.name: squared_norms(self.pattern.units(layer.weight)) for layer in self.layers}
         thresholds = self.thresholds({name: sq.detach() for name, sq in squared.items()})
         out = {}
         for name, sq in squared.items():

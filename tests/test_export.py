@@ -61,8 +61,9 @@ def test_cli_export_and_speed(channel_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["speed", row["run_id"], "--batch-sizes", "1,4", "--repeats", "3", "--warmup", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result["latency"]) == {"masked_dense", "shrunk"}
-    assert set(result["latency"]["shrunk"]) == {"1", "4"}
+    assert set(result["latency"]) == {"masked_dense", "shrunk", "masked_dense_frozen", "shrunk_frozen"}
+    assert set(result["latency"]["shrunk"]) == {"1", "4"} == set(result["latency"]["shrunk_frozen"])
+    assert result["ratios"]["shrunk_frozen"]["1"]["reference"] == "masked_dense_frozen"
     assert result["costs"]["params_shrunk"] < result["costs"]["params_dense"]
     assert (runs / "speed" / f"{row['run_id']}.json").exists()
 
