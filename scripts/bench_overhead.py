@@ -4,7 +4,7 @@
 
 * Step time: one process, every pruner attached to its own copy of the model exactly as the
   trainer does it (Masker + build_pruner + calibrate + attach, then per step on_step, masks,
-  forward/backward with penalty, optimizer step, after_optimizer_step), plus two references:
+  forward/backward with penalty, optimizer step, after_optimizer_step), plus three references:
   ``dense`` (no masker), ``masked`` (Masker with a fixed hard mask, no pruner) and ``scored``
   (a learned score per unit through one sigmoid, SGD with momentum: the floor of SMART-like
   pruners, which also train one score per unit and mask with its soft value). Measured
