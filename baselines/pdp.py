@@ -32,7 +32,7 @@ from torch import Tensor
 from bench.core.errors import ConfigError
 from bench.core.pruner import Progress, Pruner, PrunerConfig, check_choice, check_range, register_pruner
 from bench.core.schedules import LinearRamp
-from bench.core.select import global_topk, order_pair, row_order_values
+from bench.core.select import global_topk, order_pair, per_row_of_layers, row_order_values
 
 
 @dataclass(frozen=True)
@@ -138,12 +138,7 @@ class PDPPruner(Pruner):
         of M (N:M; the rows of all layers in one selection when they share dtype, device and M)
         or per layer (None while nothing is pruned)."""
         if self.budget_fixed:
-            values = list(squared.values())
-            if len({(v.dtype, v.device, v.shape[-1]) for v in values}) != 1:
-                return {name: row_thresholds(v, self.pattern.n) for name, v in squared.items()}
-            rows = [v.reshape(-1, v.shape[-1]) for v in values]
-            t = row_thresholds(torch.cat(rows), self.pattern.n).split([r.shape[0] for r in rows])
-            return {name: part.reshape(*v.shape[:-1], 1) for (name, v), part in zip(squared.items(), t)}
+            return per_row_of_layers(squared, lambda rows: row_thresholds(rows, self.pattern.n))
         out = {}
         for name, v in squared.items():
             pruned = self.pruned_now(name, v.numel())

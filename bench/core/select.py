@@ -180,7 +180,7 @@ def row_order_values(scores: Tensor, ranks: tuple[int, ...]) -> Tensor:
     otherwise from topk (which ranks NaN first). PDP's per-step N:M thresholds, ranks (1, 2) of
     110,592 rows of 4, one thread: 8.3-8.6 ms (topk) -> 1.9-2.0 ms."""
     s = scores.detach()
-    if not (2 <= s.shape[-1] <= _PAIRWISE_M and s.device.type == "cpu" and not bool(s.sum().isnan())):
+    if not 2 <= s.shape[-1] <= _PAIRWISE_M or _may_hold_nan(s):
         return torch.topk(s, max(ranks) + 1, dim=-1).values[..., list(ranks)]
     cols = list(s.unbind(-1))
     m = len(cols)
@@ -191,23 +191,29 @@ def row_order_values(scores: Tensor, ranks: tuple[int, ...]) -> Tensor:
 
 
 def _may_hold_nan(s: Tensor) -> bool:
-    """Whether the NaN-exact comparisons are needed: on a CPU a host check is free, and a NaN
-    makes the sum NaN (so does inf - inf: a false alarm, still exact); elsewhere they run without
-    a check (no host sync in the training step)."""
+    """Whether ``s`` may hold a NaN, so that the NaN-exact path is taken (the ranks' NaN
+    comparisons, topk instead of the sorting network): on a CPU a host check is free, and a NaN
+    makes the sum NaN (so does inf - inf: a false alarm, still exact); elsewhere always (no host
+    sync in the training step)."""
     return s.device.type != "cpu" or bool(s.sum().isnan())
 
 
-def nm_topk_layers(scores: dict[str, Tensor], n: int) -> dict[str, Tensor]:
-    """``nm_topk`` of every layer, the rows of all layers in one call (the pairwise ranks cost
-    a few dozen small operations per call, paid once instead of once per layer). The masks are
-    views into one tensor."""
+def per_row_of_layers(scores: dict[str, Tensor], fn) -> dict[str, Tensor]:
+    """``fn`` ((rows, M) -> (rows, K)) applied to the rows of M of every layer in one call (the
+    per-row selections cost a few dozen small operations per call, paid once instead of once per
+    layer); each layer gets its part back shaped (*its shape[:-1], K), a view into one tensor.
+    Layers that differ in dtype, device or M are done one by one."""
     values = [s.detach() for s in scores.values()]
     if len({(v.dtype, v.device, v.shape[-1]) for v in values}) != 1:
-        return {name: nm_topk(s, n) for name, s in scores.items()}
+        return {name: fn(v.reshape(-1, v.shape[-1])).reshape(*v.shape[:-1], -1) for name, v in zip(scores, values)}
     rows = [v.reshape(-1, v.shape[-1]) for v in values]
-    mask = nm_topk(torch.cat(rows), n)
-    parts = mask.split([r.shape[0] for r in rows])
-    return {name: part.reshape(v.shape) for name, part, v in zip(scores, parts, values)}
+    parts = fn(torch.cat(rows)).split([r.shape[0] for r in rows])
+    return {name: part.reshape(*v.shape[:-1], -1) for name, part, v in zip(scores, parts, values)}
+
+
+def nm_topk_layers(scores: dict[str, Tensor], n: int) -> dict[str, Tensor]:
+    """``nm_topk`` of every layer, the rows of all layers in one call (``per_row_of_layers``)."""
+    return per_row_of_layers(scores, lambda rows: nm_topk(rows, n))
 
 
 def global_topk(scores: dict[str, Tensor], keep: int, minimum: dict[str, int] | None = None) -> dict[str, Tensor]:

