@@ -74,6 +74,9 @@ class Task:
     # the training loop: "native" (bench.training.train) or "mmengine" (the task's train_dense / train_stages)
     loop: ClassVar[str] = "native"
     reports_all_metrics: ClassVar[bool] = False  # rows keep every number of evaluate_all (det/seg)
+    # full-size tasks on a user's copy: the official number of images per split ({"train", "val",
+    # "test"}, after any holdout), for cost estimates where the data is not on this machine
+    nominal_sizes: ClassVar[dict[str, int] | None] = None
 
     takes_data: ClassVar[bool] = False  # True: the dataset comes by path (``--data``; e.g. imagefolder)
     # where the run trains (bench.core.device; set by bench.runs.run.resolve, not part of the identity)

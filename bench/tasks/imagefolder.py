@@ -377,6 +377,8 @@ class ImagenetResnet50(ImageFolderTask):
     expected_classes = 1000
     workers = 8
     fingerprint_in_identity = False
+    # ILSVRC-2012: 1,281,167 train images less the 10 x 1000 held out as val; test = the 50,000 val images
+    nominal_sizes = {"train": 1_271_167, "val": 10_000, "test": 50_000}
     budget = Budget(
         dense_epochs=90,
         prune_epochs=30,

@@ -184,6 +184,7 @@ class Ade20kSeg(SegmentationTask):
     name = "ade20k-seg"
     description = "mmseg FCN R18-D8 on a user's ADE20K copy ($SMARTBENCH_ADE20K; GPU-scale, never run in CI)"
     config_name = "ade20k_seg.py"
+    nominal_sizes = {"train": 20_210, "val": 2_000, "test": 2_000}  # ADEChallengeData2016
     image_size = (512, 512)
     warmup_iters = 500
     budget = Budget(dense_epochs=40, prune_epochs=8, finetune_epochs=8, batch_size=16, lr=0.01, prune_lr=0.005)
@@ -206,6 +207,7 @@ class CityscapesSeg(SegmentationTask):
     name = "cityscapes-seg"
     description = "mmseg FCN R18-D8 on a user's Cityscapes copy ($SMARTBENCH_CITYSCAPES; GPU-scale, never run in CI)"
     config_name = "cityscapes_seg.py"
+    nominal_sizes = {"train": 2_975, "val": 500, "test": 500}  # gtFine train / val
     image_size = (512, 1024)
     warmup_iters = 500
     budget = Budget(dense_epochs=100, prune_epochs=20, finetune_epochs=20, batch_size=8, lr=0.01, prune_lr=0.005)

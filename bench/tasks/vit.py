@@ -111,6 +111,8 @@ class ImagenetDeiT(Task):
     include = BLOCK_LINEARS
     keep_first_last = False
     holdout = 10_000
+    # ILSVRC-2012: 1,281,167 train images less the 10,000 held out as val; test = the 50,000 val images
+    nominal_sizes = {"train": 1_271_167, "val": 10_000, "test": 50_000}
     workers = 8
     eval_batch = 256
     dense_optimizer = "AdamW"  # DeiT: AdamW, lr 5e-4 x batch / 512, weight decay 0.05
