@@ -110,3 +110,99 @@ def check_imagenet_root(path: str | Path, splits: Sequence[str] = ("train", "val
     for split in splits:
         found[split] = _require("ImageNet", root, IMAGENET_TREE, root / split, "*/*.JPEG")
     return found
+
+
+# -- content checks (before any training) -------------------------------------------------------
+# Each raises DataError with one message naming the problem and its fix. They read what a run would
+# trip over hours in: annotation categories, label ids, image/label pairs, split sizes.
+
+LABEL_SAMPLE = 64  # label files read per split (evenly spaced over the sorted list) by check_label_files
+
+
+def coco_categories(path: Path) -> list[dict]:
+    """The ``categories`` list of a COCO annotation file. The official files end with it, so the last
+    megabyte is tried first; the whole file is parsed only when it is not there."""
+    import json
+
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        file.seek(max(0, size - (1 << 20)))
+        tail = file.read().decode("utf-8", errors="replace")
+    at = tail.rfind('"categories"')
+    if at >= 0:
+        start = tail.find("[", at)
+        try:
+            value, _ = json.JSONDecoder().raw_decode(tail, start)
+            if isinstance(value, list):
+                return value
+        except ValueError:
+            pass  # "categories" inside a string, or cut: parse the whole file
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise DataError(
+            f"COCO annotation file {path} is not valid JSON ({err}); re-extract annotations_trainval2017.zip"
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("categories"), list):
+        raise DataError(f"COCO annotation file {path} has no 'categories' list; is it an instances_*.json file?")
+    return data["categories"]
+
+
+def check_coco_categories(path: Path, classes: Sequence[str]) -> None:
+    """The file's category names are exactly the task's classes (mmdet maps category ids by name)."""
+    names = [str(c.get("name")) for c in coco_categories(path) if isinstance(c, dict)]
+    missing, extra = sorted(set(classes) - set(names)), sorted(set(names) - set(classes))
+    if missing or extra or len(names) != len(set(names)):
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} of the task's classes missing ({', '.join(missing[:5])})")
+        if extra:
+            problems.append(f"{len(extra)} categories the task does not have ({', '.join(extra[:5])})")
+        if len(names) != len(set(names)):
+            problems.append("duplicate category names")
+        raise DataError(
+            f"COCO annotation file {path}: its categories do not match the task's {len(classes)} classes: "
+            f"{'; '.join(problems)}. Use the official instances_*2017.json (80 categories), or a task whose "
+            "classes are your categories"
+        )
+
+
+def sample_evenly(items: Sequence, count: int) -> list:
+    """``count`` items spread evenly over ``items`` (all of them when there are fewer)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
+
+
+def check_label_files(
+    name: str, files: Sequence[Path], allowed: set[int], fix: str, sample: int = LABEL_SAMPLE
+) -> None:
+    """Label maps (PNG) are single-channel and hold only ``allowed`` ids; ``sample`` files are read."""
+    import numpy as np
+    from PIL import Image
+
+    for path in sample_evenly(sorted(files), sample):
+        with Image.open(path) as image:
+            if image.mode not in ("L", "P", "I", "I;16"):
+                raise DataError(
+                    f"{name}: label file {path} is a {image.mode} image, expected one channel of class ids. {fix}"
+                )
+            ids = np.unique(np.asarray(image))
+        outside = sorted(int(i) for i in ids if int(i) not in allowed)
+        if outside:
+            raise DataError(
+                f"{name}: label file {path} holds ids {outside[:8]} outside the dataset's classes "
+                f"({min(allowed)}..{max(i for i in allowed if i != 255)}{' or 255' if 255 in allowed else ''}). {fix}"
+            )
+
+
+def check_pairs(name: str, images: dict[str, Path], labels: dict[str, Path], split: str, fix: str) -> None:
+    """Every image has its label file and every label file its image (keys: the shared file stem)."""
+    unlabelled, orphan = sorted(set(images) - set(labels)), sorted(set(labels) - set(images))
+    if unlabelled or orphan:
+        what = []
+        if unlabelled:
+            what.append(f"{len(unlabelled)} images without a label file (e.g. {images[unlabelled[0]]})")
+        if orphan:
+            what.append(f"{len(orphan)} label files without an image (e.g. {labels[orphan[0]]})")
+        raise DataError(f"{name} {split} split: {'; '.join(what)}. {fix}")

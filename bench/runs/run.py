@@ -328,6 +328,7 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
     """Dense (cached) -> prune + fine-tune -> audit -> metrics -> cost figures -> saved model."""
     task, spec, pruner = run.task, run.spec, run.pruner
     b = task.budget
+    task.check_data()  # a user's copy: wrong sizes or labels fail here, before any training or file
     with task.quiet():
         dense_path = dense_checkpoint_path(task, spec.seed, paths)
         if run.dense_state is not None:  # the user's checkpoint replaces dense training

@@ -156,6 +156,11 @@ class Task:
     def metric_of(self, results: dict[str, float]) -> float:
         return results[self.metric_name]
 
+    def check_data(self) -> None:
+        """Check a user's copy of the dataset before any training starts (split sizes, label ids,
+        annotation categories, image/label pairs): one DataError naming the problem and its fix.
+        Tasks whose data the project generates have nothing to check."""
+
     def trivial_metric(self) -> float | None:
         """The test metric of the task's trivial predictor (a model that learned nothing about the
         input: majority class, all background, no detections), or None where it is not known.

@@ -133,7 +133,7 @@ class ScenesDetLite(ScenesDetection):
 @register_task
 class CocoDet(DetectionTask):
     name = "coco-det"
-    description = "mmdet RetinaNet R18-FPN on a user's COCO 2017 copy ($SMARTBENCH_COCO; GPU-scale, never run in CI)"
+    description = "mmdet RetinaNet R18-FPN on a user's COCO 2017 copy ($SMARTBENCH_COCO; GPU-scale; CI runs it on a miniature copy)"
     config_name = "coco_det.py"
     # train2017 images that keep an annotation after mmdet's filter_empty_gt (of 118,287); val2017 5,000
     nominal_sizes = {"train": 117_266, "val": 5_000, "test": 5_000}
@@ -149,6 +149,12 @@ class CocoDet(DetectionTask):
 
     def data_identity(self) -> dict[str, Any]:
         return {"name": "coco2017", "files": self.dataset_hash()}
+
+    def check_data(self) -> None:
+        """Both annotation files name exactly the task's 80 classes (mmdet maps category ids by name)."""
+        found = layouts.check_coco_root(self.data_root())
+        for split in ("train", "val"):
+            layouts.check_coco_categories(found[f"{split}_ann"], self.classes())
 
     def dataset_hash(self) -> str:
         return layout_fingerprint(

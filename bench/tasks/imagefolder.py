@@ -218,6 +218,27 @@ class ImageFolderTask(Task):
             "test": test,
         }
 
+    def check_data(self) -> None:
+        """Every split non-empty; with a fixed holdout per class, every class keeps a training image."""
+        folders, scanned = self.folders(), self.scanned
+        if folders["val"] is None and self.holdout_per_class is not None:
+            need = self.holdout_per_class + 1
+            short = {name: len(files) for name, files in scanned["train"].items() if len(files) < need}
+            if short:
+                name, count = min(short.items(), key=lambda item: item[1])
+                raise DataError(
+                    f"{self.name}: {len(short)} of {len(scanned['train'])} classes in {folders['train']} have fewer "
+                    f"than {need} images (e.g. {name}: {count}); the val split holds out {self.holdout_per_class} "
+                    f"images of every class and training needs at least one more: add images to those classes"
+                )
+        for split in SPLITS:
+            if not self.samples[split]:
+                where = f"carved from {folders['train']}" if split == "val" and folders["val"] is None else "read"
+                raise DataError(
+                    f"{self.name}: the {split} split ({where}) is empty; every class needs at least 2 training "
+                    f"images to carve a val split, or give a val/ folder beside test/.\nExpected layout:\n{self.tree}"
+                )
+
     @property
     def resize(self) -> int:
         return self.eval_resize or round(self.image_size / 0.875)
@@ -338,7 +359,8 @@ class ImageFolder(ImageFolderTask):
 
 @register_task
 class ImagenetResnet50(ImageFolderTask):
-    """ResNet-50 on ImageNet-1k, the standard 90-epoch recipe; never run in CI.
+    """ResNet-50 on ImageNet-1k, the standard 90-epoch recipe. CI runs it end to end on a
+    miniature 1000-class copy at 16x16 (tests/test_fullsize.py).
 
     Data: ``--data PATH`` or ``$SMARTBENCH_IMAGENET`` (``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``,
     checked by :func:`bench.data.layouts.check_imagenet_root`; exactly ``expected_classes`` class

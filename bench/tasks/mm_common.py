@@ -101,6 +101,27 @@ def bind_data_root(cfg, root: Path) -> None:
             evaluator["ann_file"] = str(root / evaluator["ann_file"])
 
 
+def check_epoch_sampler(cfg, scope: str, config_name: str) -> None:
+    """ConfigError for a train sampler that never ends an epoch (mmengine's ``InfiniteSampler``, as in
+    mmseg's packaged iteration-based configs): our Runner counts epochs (``EpochBasedTrainLoop``),
+    so an infinite sampler would train the first epoch until the job is killed."""
+    from mmengine.dataset import InfiniteSampler
+    from mmengine.registry import DATA_SAMPLERS, DefaultScope
+
+    sampler = cfg.train_dataloader.get("sampler") or {}
+    kind = sampler.get("type", "DefaultSampler")
+    with DefaultScope.overwrite_default_scope(scope):
+        cls = kind if isinstance(kind, type) else DATA_SAMPLERS.get(kind)
+    if cls is None:
+        raise ConfigError(f"{config_name}: train_dataloader.sampler.type", f"unknown sampler {kind!r}")
+    if issubclass(cls, InfiniteSampler) or "Infinite" in cls.__name__:
+        raise ConfigError(
+            f"{config_name}: train_dataloader.sampler",
+            f"{cls.__name__} never ends an epoch and the training loop is epoch-based; "
+            "use dict(type='DefaultSampler', shuffle=True)",
+        )
+
+
 class MMTask(Task):
     """A task trained by mmengine's Runner on a config from ``bench/configs/mm``."""
 
@@ -153,6 +174,7 @@ class MMTask(Task):
             if self.model_overrides:
                 cfg.merge_from_dict({f"model.{key}": value for key, value in self.model_overrides.items()})
             self.adjust_config(cfg)
+            check_epoch_sampler(cfg, self.scope, self.config_name)
             return cfg
 
     @cached_property
@@ -170,6 +192,17 @@ class MMTask(Task):
         if self.model_overrides:
             config["model_overrides"] = self.model_overrides
         return {**super().identity(), "config": config, "data": self.data_identity(), "dense": dense}
+
+    def classes(self) -> tuple[str, ...]:
+        """The class names of the train dataset: its config's ``metainfo``, else its class's METAINFO."""
+        from mmengine.registry import DefaultScope
+
+        dataset = self.config.train_dataloader.dataset
+        if dataset.get("metainfo") and dataset.metainfo.get("classes"):
+            return tuple(dataset.metainfo["classes"])
+        registry = importlib.import_module(f"{self.scope}.registry")
+        with DefaultScope.overwrite_default_scope(self.scope):
+            return tuple(registry.DATASETS.get(dataset.type).METAINFO["classes"])
 
     def build_model(self) -> nn.Module:
         from mmengine.registry import DefaultScope

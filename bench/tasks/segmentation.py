@@ -182,7 +182,7 @@ class ScenesSegLite(ScenesSegmentation):
 @register_task
 class Ade20kSeg(SegmentationTask):
     name = "ade20k-seg"
-    description = "mmseg FCN R18-D8 on a user's ADE20K copy ($SMARTBENCH_ADE20K; GPU-scale, never run in CI)"
+    description = "mmseg FCN R18-D8 on a user's ADE20K copy ($SMARTBENCH_ADE20K; GPU-scale; CI runs it on a miniature copy)"
     config_name = "ade20k_seg.py"
     nominal_sizes = {"train": 20_210, "val": 2_000, "test": 2_000}  # ADEChallengeData2016
     image_size = (512, 512)
@@ -198,6 +198,16 @@ class Ade20kSeg(SegmentationTask):
     def data_identity(self) -> dict[str, Any]:
         return {"name": "ade20k", "files": self.dataset_hash()}
 
+    def check_data(self) -> None:
+        """Every image has its annotation; annotations hold ids 0 (other) .. 150 (a sample is read)."""
+        found = layouts.check_ade20k_root(self.data_root())
+        fix = "ADEChallengeData2016 annotations are one-channel PNGs with ids 0 (other) to 150; re-extract the release"
+        for split in ("train", "val"):
+            images = {p.stem: p for p in found[f"{split}_img"].glob("*.jpg")}
+            labels = {p.stem: p for p in found[f"{split}_ann"].glob("*.png")}
+            layouts.check_pairs("ADE20K", images, labels, split, fix)
+            layouts.check_label_files("ADE20K", list(labels.values()), set(range(151)), fix)
+
     def dataset_hash(self) -> str:
         return layout_fingerprint(self.data_root(), ["images/training", "images/validation"])
 
@@ -205,7 +215,7 @@ class Ade20kSeg(SegmentationTask):
 @register_task
 class CityscapesSeg(SegmentationTask):
     name = "cityscapes-seg"
-    description = "mmseg FCN R18-D8 on a user's Cityscapes copy ($SMARTBENCH_CITYSCAPES; GPU-scale, never run in CI)"
+    description = "mmseg FCN R18-D8 on a user's Cityscapes copy ($SMARTBENCH_CITYSCAPES; GPU-scale; CI runs it on a miniature copy)"
     config_name = "cityscapes_seg.py"
     nominal_sizes = {"train": 2_975, "val": 500, "test": 500}  # gtFine train / val
     image_size = (512, 1024)
@@ -220,6 +230,26 @@ class CityscapesSeg(SegmentationTask):
 
     def data_identity(self) -> dict[str, Any]:
         return {"name": "cityscapes", "files": self.dataset_hash()}
+
+    def check_data(self) -> None:
+        """Every picture has its ``*_gtFine_labelIds.png``; those hold label ids 0..33 (255: unlabelled
+        license plates), not train ids or colours (a sample is read)."""
+        found = layouts.check_cityscapes_root(self.data_root())
+        fix = (
+            "Use gtFine_trainvaltest's *_gtFine_labelIds.png (label ids 0..33; this task maps them to the 19 "
+            "train ids itself, do not convert them)"
+        )
+        for split in ("train", "val"):
+            images = {
+                str(p.relative_to(found[f"{split}_img"])).removesuffix("_leftImg8bit.png"): p
+                for p in found[f"{split}_img"].glob("*/*_leftImg8bit.png")
+            }
+            labels = {
+                str(p.relative_to(found[f"{split}_ann"])).removesuffix("_gtFine_labelIds.png"): p
+                for p in found[f"{split}_ann"].glob("*/*_gtFine_labelIds.png")
+            }
+            layouts.check_pairs("Cityscapes", images, labels, split, fix)
+            layouts.check_label_files("Cityscapes", list(labels.values()), set(range(34)) | {255}, fix)
 
     def dataset_hash(self) -> str:
         return layout_fingerprint(self.data_root(), ["leftImg8bit/train", "leftImg8bit/val"])

@@ -16,7 +16,8 @@ stage with AdamW (``dense_optimizer``), the pruning stages with SGD like every o
 
 ``imagenet-deit``: DeiT-Tiny (``--model timm:deit_small_patch16_224`` for DeiT-Small) on a
 user's ImageNet copy found through ``$SMARTBENCH_IMAGENET`` (layout checked by
-:func:`bench.data.layouts.check_imagenet_root`); never run in CI. See docs/vit-nm.md.
+:func:`bench.data.layouts.check_imagenet_root`). CI runs it end to end on a miniature 1000-class copy at 16x16
+(tests/test_fullsize.py); see docs/vit-nm.md.
 """
 
 from __future__ import annotations
@@ -111,6 +112,9 @@ class ImagenetDeiT(Task):
     include = BLOCK_LINEARS
     keep_first_last = False
     holdout = 10_000
+    num_classes = 1000
+    image_size = 224  # timm's img_size; train RandomResizedCrop and eval CenterCrop size
+    eval_resize = 256
     # ILSVRC-2012: 1,281,167 train images less the 10,000 held out as val; test = the 50,000 val images
     nominal_sizes = {"train": 1_271_167, "val": 10_000, "test": 50_000}
     workers = 8
@@ -135,10 +139,43 @@ class ImagenetDeiT(Task):
                 f"imagenet-deit takes a timm DeiT/ViT name (deit_tiny_patch16_224, "
                 f"deit_small_patch16_224, ...), got '{name}'",
             )
-        return timm.create_model(name, pretrained=False, num_classes=1000)
+        size = {} if self.image_size == 224 else {"img_size": self.image_size}
+        return timm.create_model(name, pretrained=False, num_classes=self.num_classes, **size)
 
     def example_input(self) -> Tensor:
-        return torch.zeros(2, 3, 224, 224)
+        return torch.zeros(2, 3, self.image_size, self.image_size)
+
+    def identity(self) -> dict:
+        identity = super().identity()
+        if self.image_size != 224:  # absent at the default: ids from before the field existed are unchanged
+            identity["image_size"] = self.image_size
+        return identity
+
+    def check_data(self) -> None:
+        """``num_classes`` class folders in train (the model's outputs), val's classes among them, and more
+        train images than the ``holdout`` (so the train split is not empty)."""
+        folders = imagenet_root()
+        classes = {}
+        for split in ("train", "val"):
+            with os.scandir(folders[split]) as entries:
+                classes[split] = {e.name: e.path for e in entries if e.is_dir()}
+        if len(classes["train"]) != self.num_classes:
+            raise DataError(
+                f"{self.name}: {len(classes['train'])} class folders in {folders['train']}, expected "
+                f"{self.num_classes} (ImageNet-1k: one folder per wnid)"
+            )
+        unknown = sorted(set(classes["val"]) - set(classes["train"]))
+        if unknown:
+            raise DataError(
+                f"{self.name}: val class folder(s) {', '.join(unknown[:5])} of {folders['val']} are not train "
+                "classes; sort val into the train wnid folders (e.g. with the devkit's valprep.sh)"
+            )
+        count = sum(len(os.listdir(path)) for path in classes["train"].values())
+        if count <= self.holdout:
+            raise DataError(
+                f"{self.name}: {count} train images in {folders['train']}, but {self.holdout} are held out as val: "
+                "the train split would be empty; use the full ImageNet train set"
+            )
 
     def dataset_hash(self) -> str:
         """Cheap identity of the user's copy: class list and image counts (no file hashing)."""
@@ -155,9 +192,9 @@ class ImagenetDeiT(Task):
         from torchvision import transforms as T
 
         if train:
-            steps = [T.RandomResizedCrop(224), T.RandomHorizontalFlip()]
+            steps = [T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip()]
         else:
-            steps = [T.Resize(256), T.CenterCrop(224)]
+            steps = [T.Resize(self.eval_resize), T.CenterCrop(self.image_size)]
         return T.Compose(steps + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     @cached_property

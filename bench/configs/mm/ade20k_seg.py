@@ -1,7 +1,8 @@
 # ADE20K (SceneParsing) on a user's copy ($SMARTBENCH_ADE20K or $SMARTBENCH_DATA/ADEChallengeData2016;
 # layout in bench/data/layouts.py): mmseg's FCN R18-D8 (the packaged R18 config, whose data part is
 # Cityscapes) with the dataset and pipelines of mmseg's packaged ADE20K configs, 512x512 crops,
-# 150 classes (label 0 = "other" is ignored: reduce_zero_label). GPU-scale recipe, never run in CI.
+# 150 classes (label 0 = "other" is ignored: reduce_zero_label). GPU-scale recipe; CI runs it on a
+# miniature copy at a small scale (tests/test_fullsize.py).
 base = "mmseg::fcn/fcn_r18-d8_4xb2-80k_cityscapes-512x1024.py"
 
 norm_cfg = dict(type="BN", requires_grad=True)  # SyncBN -> BN (DDP users may switch back to SyncBN)
@@ -41,6 +42,10 @@ def _split(name, pipeline):
     )
 
 
-train_dataloader = dict(dataset=_split("training", train_pipeline))
+# an epoch must end: the packaged base config's InfiniteSampler is for its iteration-based loop, ours
+# (mmengine's EpochBasedTrainLoop, bench/tasks/mm_common.py) counts epochs
+train_dataloader = dict(
+    sampler=dict(_delete_=True, type="DefaultSampler", shuffle=True), dataset=_split("training", train_pipeline)
+)
 val_dataloader = dict(dataset=_split("validation", test_pipeline))
 test_dataloader = dict(dataset=_split("validation", test_pipeline))  # no labelled test split: validation

@@ -1,7 +1,8 @@
 # Cityscapes on a user's copy ($SMARTBENCH_CITYSCAPES or $SMARTBENCH_DATA/cityscapes; layout in
 # bench/data/layouts.py): mmseg's FCN R18-D8 with its packaged Cityscapes pipelines (512x1024 crops).
 # Labels are read from the official *_gtFine_labelIds.png and mapped to the 19 train ids in the
-# pipeline (CityscapesTrainIds, bench/tasks/segmentation.py). GPU-scale recipe, never run in CI.
+# pipeline (CityscapesTrainIds, bench/tasks/segmentation.py). GPU-scale recipe; CI runs it on a
+# miniature copy at a small scale (tests/test_fullsize.py).
 base = "mmseg::fcn/fcn_r18-d8_4xb2-80k_cityscapes-512x1024.py"
 
 norm_cfg = dict(type="BN", requires_grad=True)  # SyncBN -> BN (DDP users may switch back to SyncBN)
@@ -41,6 +42,10 @@ def _split(name, pipeline):
     )
 
 
-train_dataloader = dict(dataset=_split("train", train_pipeline))
+# an epoch must end: the packaged base config's InfiniteSampler is for its iteration-based loop, ours
+# (mmengine's EpochBasedTrainLoop, bench/tasks/mm_common.py) counts epochs
+train_dataloader = dict(
+    sampler=dict(_delete_=True, type="DefaultSampler", shuffle=True), dataset=_split("train", train_pipeline)
+)
 val_dataloader = dict(dataset=_split("val", test_pipeline))
 test_dataloader = dict(dataset=_split("val", test_pipeline))  # no labelled test split: val

@@ -1,6 +1,6 @@
 # COCO 2017 detection on a user's copy ($SMARTBENCH_COCO or $SMARTBENCH_DATA/coco; layout in
 # bench/data/layouts.py): mmdet's RetinaNet R18-FPN with its packaged COCO pipelines (1333x800).
-# GPU-scale recipe, never run in CI. data_root is bound at run time; ann_file paths are relative to it.
+# GPU-scale recipe; CI runs it on a miniature copy at a small scale (tests/test_fullsize.py). data_root is bound at run time; ann_file paths are relative to it.
 base = "mmdet::retinanet/retinanet_r18_fpn_1x_coco.py"
 
 model = dict(
