@@ -17,13 +17,19 @@ device resolves to CUDA, whatever GPU index the spec names; gloo on the CPU):
   decisions even for pruners that use rank-local statistics; each rank's *own* final masks are digested and gathered first,
   and rank 0 writes them to ``runs/suites/<suite>/ddp/<run_id>.json`` (the test checks they
   already agree without the broadcast);
-* the dense model of (task, seed), if missing, is trained with DDP too; afterwards every rank
-  loads rank 0's copy, and a resumed run loads rank 0's checkpoint on every rank;
+* the dense model of (task, seed), if missing (and the cell names no ``dense_checkpoint`` of its own),
+  is trained with DDP too; afterwards every rank loads rank 0's copy, and a resumed run loads rank 0's
+  checkpoint on every rank;
 * ranks > 0 use a private runs folder (``runs/ddp/<run_id>/rank<r>``, deleted at the end) and
   W&B disabled: only rank 0 writes the result row, the checkpoints and the W&B run.
 
 The suite's claim on a cell (``bench.suites.suite.claim_cell``) is held by the process that starts
-torchrun (:func:`torchrun_cell`), for as long as torchrun runs; the ranks do not take it.
+torchrun (:func:`torchrun_cell`), for as long as torchrun runs; the ranks do not take it. When that
+process is interrupted (a submitit requeue, Ctrl-C) it stops torchrun and its ranks first.
+
+Slurm/submitit (:func:`submit_cells`): every job runs a :class:`CellJob`, which submitit requeues
+when the job is preempted or reaches its time limit; the requeued job resumes the cell from its
+last epoch checkpoint (docs/suites.md, "Preemption and time limits").
 
 The run id does not include the number of processes: a DDP run computes BatchNorm statistics
 per shard, so its numbers can differ slightly from a single-process run of the same cell.
@@ -226,7 +232,9 @@ def ddp_cell(payload: dict[str, Any]) -> int:
         if rank == 0:  # one dense model per (task, seed), also against concurrent cells (see suite_run)
             dense_lock = open(_mkparent(dense_real).with_name(dense_real.name + ".lock"), "a")
             fcntl.flock(dense_lock, fcntl.LOCK_EX)
-        have_dense, have_ckpt = _decide(dense_real.exists()), _decide(ckpt_real.exists())
+        # a user's dense checkpoint (spec.dense_checkpoint) replaces the cached dense model of (task, seed)
+        have_dense = run.dense_state is not None or _decide(dense_real.exists())
+        have_ckpt = _decide(ckpt_real.exists())
         if rank > 0:
             shutil.rmtree(private, ignore_errors=True)
         task = DistributedTask(run.task, rank, world)
@@ -237,7 +245,8 @@ def ddp_cell(payload: dict[str, Any]) -> int:
             dense_lock.close()  # releases the flock
             dense_lock = None
         if rank > 0:  # rank 0's dense model (BatchNorm buffers included) and checkpoint everywhere
-            shutil.copyfile(dense_real, _mkparent(dense_checkpoint_path(task, seed, paths)))
+            if run.dense_state is None:
+                shutil.copyfile(dense_real, _mkparent(dense_checkpoint_path(task, seed, paths)))
             if have_ckpt:
                 shutil.copyfile(ckpt_real, _mkparent(paths.checkpoint(run_id)))
         dist.barrier()
@@ -295,6 +304,10 @@ def torchrun_cell(payload: dict[str, Any], nproc: int) -> dict[str, Any]:
 
 
 def _torchrun_claimed_cell(payload: dict[str, Any], nproc: int) -> dict[str, Any]:
+    """The body of :func:`torchrun_cell`, run while this process holds the cell's claim. An exception
+    while torchrun runs (submitit's ``UncompletedJobError`` after the last time limit) stops torchrun
+    and its ranks and fails the cell; SystemExit (a submitit requeue) and KeyboardInterrupt stop them
+    and propagate, leaving the cell to resume from its checkpoint."""
     import subprocess
 
     run_id, suite = payload["run_id"], payload["suite"]
@@ -313,22 +326,91 @@ def _torchrun_claimed_cell(payload: dict[str, Any], nproc: int) -> dict[str, Any
     paths = payload_paths(payload)
     log_path = cell_log_path(suite, run_id, paths).with_suffix(".torchrun.log")
     with open(log_path, "a", encoding="utf-8") as out:
-        code = subprocess.run(
+        proc = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT), env=child_env(payload.get("threads"))
-        ).returncode
+        )
+        try:
+            code = proc.wait()
+            error = f"torchrun exited with {code} (log: {log_path})"
+        except Exception as err:  # e.g. submitit's UncompletedJobError after the last time limit
+            _stop_torchrun(proc)
+            code, error = None, f"{type(err).__name__}: {err}"
+        except BaseException:  # a submitit requeue (SystemExit from its signal handler), Ctrl-C: as a kill
+            _stop_torchrun(proc)
+            raise
     row = ResultStore(paths.store).get(run_id)
     wall = round(time.perf_counter() - started, 1)
     if code == 0 and row is not None:
         return done_outcome(run_id, row, wall)
-    error = f"torchrun exited with {code} (log: {log_path})"
     write_marker(suite, run_id, "failed", {**running_info(), "error": error}, paths)
     clear_marker(suite, run_id, "running", paths)
     return {"run_id": run_id, "ok": False, "error": error, "wall_s": wall}
 
 
+def _stop_torchrun(proc, grace_s: float = 60.0) -> None:
+    """Stop a torchrun launched by :func:`_torchrun_claimed_cell` and its ranks before this process
+    lets go of the cell's claim: SIGTERM (torchrun passes it to every rank, waits for them up to
+    30 s, then kills them), SIGKILL if torchrun is still there after ``grace_s``."""
+    import signal
+    import subprocess
+
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def slurm_job(payload: dict[str, Any], nproc: int) -> dict[str, Any]:
-    """What one submitit job runs: the cell in-process, or under torchrun for nproc > 1."""
+    """One cell in a submitit job: in this process, or under torchrun for nproc > 1."""
     return torchrun_cell(payload, nproc) if nproc > 1 else run_cell(payload)
+
+
+class CellJob:
+    """What one submitit job runs: :func:`slurm_job` of one payload, requeued on preemption or
+    time limit.
+
+    submitit's checkpointing protocol: when the job gets its preemption / time-limit signal
+    (SIGUSR2 on Slurm, sent ``signal_delay_s`` before the limit; the local executor's controller
+    sends it too), submitit calls :meth:`checkpoint`, pickles the ``DelayedSubmission`` it returns
+    in place of the submitted one and requeues the job, which then calls that object. The state that
+    matters is on disk, not in this object: the requeued job runs the same payload and the cell
+    resumes from its last epoch checkpoint (``runs/checkpoints/<run_id>.pt``, or mmengine's in
+    ``runs/mm/<run_id>``), as after any kill. The interrupted process's claim on the cell is an
+    ``flock`` that goes with the process (for nproc > 1 it first stops torchrun and its ranks).
+
+    ``requeues`` counts the requeues of this job. A requeued job whose cell already has its row
+    (the signal came after the row was written) returns the finished outcome from the row instead
+    of running anything. Time limits are requeued at most ``max_num_timeout`` times (submitit's
+    default: 3), preemptions without limit; after the last time limit submitit raises
+    ``UncompletedJobError`` inside the cell, which is recorded as the cell's failure (its epoch
+    checkpoint stays for the next ``suite run``)."""
+
+    def __init__(self, payload: dict[str, Any], nproc: int, requeues: int = 0):
+        self.payload, self.nproc, self.requeues = payload, nproc, requeues
+
+    def __call__(self) -> dict[str, Any]:
+        run_id, paths = self.payload["run_id"], payload_paths(self.payload)
+        if self.requeues:
+            row = ResultStore(paths.store).get(run_id)
+            with open(cell_log_path(self.payload["suite"], run_id, paths), "a", encoding="utf-8") as log:
+                if row is not None:
+                    log.write(
+                        f"requeued job (requeue {self.requeues}): the cell had finished; its row is the outcome\n"
+                    )
+                    clear_marker(self.payload["suite"], run_id, "running", paths)
+                    return done_outcome(run_id, row, float(row.get("wall_s", 0.0)))
+                log.write(f"requeued job (requeue {self.requeues}): running the cell again from its last checkpoint\n")
+        return slurm_job(self.payload, self.nproc)
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        """Called by submitit in the signal handler: the same payload, one more requeue."""
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(CellJob(self.payload, self.nproc, self.requeues + 1))
 
 
 @contextlib.contextmanager
@@ -356,7 +438,9 @@ def submit_cells(
     params: dict[str, Any],
     paths: RunPaths | None = None,
 ) -> None:
-    """One submitit job per cell, in two waves (first cell of every dense (task, seed), then the rest)."""
+    """One submitit job per cell (:class:`CellJob`: requeued on preemption or time limit, resuming
+    the cell from its last epoch checkpoint), in two waves (first cell of every dense (task, seed),
+    then the rest)."""
     import submitit
 
     folder = paths_or_env(paths).root / "suites" / suite.name / "submitit"
@@ -371,7 +455,7 @@ def submit_cells(
     executor.update_parameters(**settings)
     for wave in (first, rest):
         with _importable_checkout():
-            jobs = [(cell, executor.submit(slurm_job, payloads[cell.run_id], nproc)) for cell in wave]
+            jobs = [(cell, executor.submit(CellJob(payloads[cell.run_id], nproc))) for cell in wave]
         for cell, job in jobs:
             reporter.log(f"submitted {cell.run_id} as job {job.job_id}")
         while jobs:
