@@ -169,3 +169,33 @@ def test_preempted_torchrun_job_stops_its_ranks_and_resumes_to_the_uninterrupted
     """nproc > 1: the job process stops torchrun and its ranks (SIGTERM) before it lets go of the claim
     (no fine-tuning epoch: DDP on gloo is slow here)."""
     preempt_and_compare(tmp_path, monkeypatch, nproc=2, budget={"prune_epochs": 2, "finetune_epochs": 0})
+
+
+def test_an_interrupted_dense_stage_resumes_to_the_same_dense_model(tmp_path):
+    """The dense stage (90 epochs on ImageNet) is the longest: a killed or requeued job resumes it from
+    its last epoch checkpoint (``<cache>.resume``) and ends with the uninterrupted model, bit for bit."""
+    import dataclasses
+
+    from bench.training.train import train_dense
+
+    task = get_task("fmnist-tiny")
+    task.budget = dataclasses.replace(task.budget, dense_epochs=3)
+    reference = train_dense(task, 0, tmp_path / "reference.pt", log=lambda _m: None)
+
+    class Killed(Exception):
+        pass
+
+    def killed_in_epoch_3(message: str) -> None:
+        if message.startswith("dense epoch 3/"):
+            raise Killed
+
+    cut = tmp_path / "cut.pt"
+    with pytest.raises(Killed):
+        train_dense(task, 0, cut, log=killed_in_epoch_3)
+    assert not cut.exists() and (tmp_path / "cut.pt.resume").exists()
+    logs: list[str] = []
+    resumed = train_dense(task, 0, cut, log=logs.append)
+    assert "resumed after epoch 2" in logs and [m for m in logs if m.startswith("dense epoch")] == [logs[-1]]
+    assert resumed.state.keys() == reference.state.keys()
+    assert all(torch.equal(resumed.state[k], reference.state[k]) for k in reference.state)
+    assert not (tmp_path / "cut.pt.resume").exists()

@@ -344,7 +344,7 @@ class MMTask(Task):
         model = self.build_model()
         work_dir = path.with_suffix(".work")
         started = time.perf_counter()
-        self.fit_dense(model, self.budget.dense_epochs, seed, work_dir, log)
+        self.fit_dense(model, self.budget.dense_epochs, seed, work_dir, log, resume=True)  # epoch checkpoints
         train_s = round(time.perf_counter() - started, 1)
         log(f"dense training of {self.name} (seed {seed}): {train_s} s")
         dense = {

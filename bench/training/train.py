@@ -72,15 +72,19 @@ def set_stage_lr(optimizer: torch.optim.Optimizer, step: int, prune_steps: int, 
 
 
 def train_dense(task: Task, seed: int, path: Path, log: Callable[[str], None] = print) -> DenseModel:
-    """Train (or load the cached) dense model for (task, seed); the cache holds its state_dict."""
+    """Train (or load the cached) dense model for (task, seed); the cache holds its state_dict.
+    Training writes an epoch checkpoint beside the cache (``<cache>.resume``, removed once the cache
+    is written), so a killed or requeued job resumes the dense stage from its last finished epoch."""
     cached = load_or_discard(path, "dense checkpoint", log)
     if cached is not None:
         return DenseModel(cached)
     seed_everything(seed)
     model = task.build_model().to(task.device)
-    fit_dense(task, model, task.budget.dense_epochs, seed, log)
+    resume = path.with_name(path.name + ".resume")
+    fit_dense(task, model, task.budget.dense_epochs, seed, log, checkpoint=resume)
     state = cpu_state(model)
     atomic_save(state, path)
+    resume.unlink(missing_ok=True)
     return DenseModel(state)
 
 
