@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bench.cli.args import add_device_arguments
 
-EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv"}
+EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv", "html": "html"}
 
 
 # -- cell selection ----------------------------------------------------------------------------
@@ -130,9 +130,20 @@ def status_lines(suite, store=None, paths=None) -> list[str]:
 
 
 def cmd_plan(args) -> int:
+    from bench.core.paths import RunPaths
+    from bench.suites.estimate import estimate_lines, estimate_suite, positive_int
     from bench.suites.suite import load_and_expand
 
-    print("\n".join(plan_lines(select_cells(load_and_expand(args.name), args.only))))
+    # the estimate's inputs are checked before the suite is expanded (a bad value fails at once)
+    calibrate = None if args.calibrate is None else positive_int(args.calibrate, "--calibrate", "timed optimizer steps")
+    batch = None
+    if args.calibrate_batch is not None:
+        batch = positive_int(args.calibrate_batch, "--calibrate-batch", "images per calibration step")
+    suite = select_cells(load_and_expand(args.name, args.device, args.amp), args.only)
+    print("\n".join(plan_lines(suite)), flush=True)
+    if args.estimate or calibrate is not None or batch is not None:
+        estimate = estimate_suite(suite, args.device, calibrate, batch, RunPaths.from_env())
+        print("\n".join(estimate_lines(estimate)))
     return 0
 
 
@@ -150,6 +161,11 @@ def cmd_run(args) -> int:
     from bench.suites.suite_run import run_suite
 
     suite = select_cells(load_and_expand(args.name, args.device, args.amp), args.only)  # all validated first
+    if args.launcher == "slurm":  # the cost of what is about to be submitted, and the job settings it suggests
+        from bench.suites.estimate import estimate_lines, estimate_suite, slurm_lines
+
+        estimate = estimate_suite(suite, args.device, paths=RunPaths.from_env(), any_machine=True)
+        print("\n".join(estimate_lines(estimate) + slurm_lines(estimate, args.timeout_min, args.nproc)), flush=True)
     slurm = {
         "timeout_min": args.timeout_min,
         "slurm_partition": args.partition,
@@ -182,6 +198,8 @@ def cmd_table(args) -> int:
         raise ConfigError("--rows", f"no such file: {args.rows} (a JSON-lines file written by --raw)")
     if args.raw and not args.out:
         raise ConfigError("--raw", "needs --out (the folder the rows file is written to)")
+    if args.format == "html" and not args.out:
+        raise ConfigError("--out", "--format html writes DIR/index.html: give the folder with --out DIR")
     suite = load_and_expand(args.name)
     store = ResultStore(Path(args.rows)) if args.rows is not None else None
     if args.rows is not None:
@@ -205,6 +223,8 @@ def cmd_table(args) -> int:
     if frame.empty:
         print(f"suite {suite.name}: no finished cells yet (smartbench suite status {args.name})")
         return 1
+    if args.format == "html":
+        return write_page(args, suite, frame, store)
     tables = {suite.name: build_table(frame, suite)}
     if args.by_task:  # one table per task (a wide suite's columns do not fit one page)
         tables = {}
@@ -244,6 +264,34 @@ def cmd_table(args) -> int:
         folder = Path(args.out) if args.out else RunPaths.from_env().root / "tables" / suite.name
         for path in write_plots(frame, suite.name, folder):
             print(f"wrote {path}")
+    return 0
+
+
+def write_page(args, suite, frame, store) -> int:
+    """``--format html``: the suite's page, ``DIR/index.html`` (bench.reports.html)."""
+    from bench.core.errors import ConfigError
+    from bench.reports.html import inline_figures, render_html
+    from bench.reports.ranks import summary_markdown
+    from bench.reports.tables import build_table, provenance_markdown, suite_rows
+
+    if args.by_task:
+        raise ConfigError("--by-task", "not with --format html: the page filters its columns by task family")
+    rows = suite_rows(suite, store)
+    page = render_html(
+        build_table(frame, suite),
+        frame,
+        rows,
+        summary_markdown(frame, suite.name, args.reference),
+        provenance_markdown(rows, suite.name),
+        inline_figures(frame, suite.name),
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "index.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    print(f"wrote {path} ({len(page.encode()) / 1e6:.2f} MB)")
     return 0
 
 
@@ -316,6 +364,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     plan = actions.add_parser("plan", help="list the cells, their run ids and the budget; runs nothing")
     plan.add_argument("name", help=name_help)
     plan.add_argument("--only", action="append", metavar="KEY=V1[,V2]", help=only_help)
+    plan.add_argument(
+        "--estimate",
+        action="store_true",
+        help="also the expected cost of every unfinished cell and of the suite in GPU-hours (CPU-hours on the CPU), "
+        "from stored step times (runs/calibration.json) or a short calibration",
+    )
+    plan.add_argument(
+        "--calibrate",
+        default=None,
+        metavar="N",
+        help="time N optimizer steps (after 1 warm-up) of the dense model and of each pruner now, store them "
+        "(implies --estimate; default: stored measurements, else 3 steps)",
+    )
+    plan.add_argument(
+        "--calibrate-batch",
+        default=None,
+        metavar="B",
+        help="images per calibration step (default: the task's batch on CUDA; on the CPU at most 8 ImageNet-size "
+        "images for the dense step, 2 for the pruners; the dense step is scaled linearly to the task's batch)",
+    )
+    add_device_arguments(plan)
     plan.set_defaults(func=cmd_plan)
 
     status = actions.add_parser("status", help="one line per cell: run id, state, rows in the store")
@@ -372,7 +441,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     table = sub.add_parser("table", help="paper-style result table (and plots) of a suite")
     table.add_argument("name", help=name_help)
-    table.add_argument("--format", choices=("md", "latex", "csv"), default="md")
+    table.add_argument(
+        "--format",
+        choices=("md", "latex", "csv", "html"),
+        default="md",
+        help="html: one self-contained page, DIR/index.html (needs --out DIR)",
+    )
     table.add_argument("--out", default=None, help="folder for the table file (and plots); default: print the table")
     table.add_argument(
         "--plot",

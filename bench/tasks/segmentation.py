@@ -182,7 +182,9 @@ class ScenesSegLite(ScenesSegmentation):
 @register_task
 class Ade20kSeg(SegmentationTask):
     name = "ade20k-seg"
-    description = "mmseg FCN R18-D8 on a user's ADE20K copy ($SMARTBENCH_ADE20K; GPU-scale; CI runs it on a miniature copy)"
+    description = (
+        "mmseg FCN R18-D8 on a user's ADE20K copy ($SMARTBENCH_ADE20K; GPU-scale; CI runs it on a miniature copy)"
+    )
     config_name = "ade20k_seg.py"
     nominal_sizes = {"train": 20_210, "val": 2_000, "test": 2_000}  # ADEChallengeData2016
     image_size = (512, 512)
