@@ -23,9 +23,9 @@ output says which.
 
 **Step times** (:func:`time_steps`): on the chosen device, a freshly built model of the task takes
 ``WARMUP_STEPS`` untimed optimizer steps and then ``N`` timed ones (on CUDA their mean, with one
-device synchronisation before and one after the timed window, none in between: the pruners' steps
-issue no host syncs; on the CPU the median step, robust to a step slowed by another process)
-on synthetic inputs of the task's input shape: random images and labels through the task's own
+device synchronisation before and one after the timed window, none added in between: the host
+syncs a pruner's step makes itself are inside the measured time; on the CPU the median step,
+robust to a step slowed by another process) on synthetic inputs of the task's input shape: random images and labels through the task's own
 loss (cross-entropy on logits) for native tasks; for mmengine tasks the tensor-mode forward and
 the mean of its outputs as the loss (an approximation: no detection/segmentation head losses, no
 data preprocessing). Dense steps use the task's dense optimizer and lr schedule; pruner steps
