@@ -47,13 +47,7 @@ COCO_IDS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """mm models run many small ops: on a shared 2-core machine one thread is several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_image(path: Path, array: np.ndarray) -> None:
@@ -182,28 +176,28 @@ class MiniCocoDet(CocoDet):
             set_step(cfg[f"{split}_dataloader"].dataset.pipeline, "Resize", scale=(128, 96))
 
 
-class MiniAde20kSeg(Ade20kSeg):
+class MiniSegmentation:
+    """The packaged pipelines' resize / crop scale (2048 x H with H x W crops) made small."""
+
+    image_size: tuple[int, int]
+
+    def adjust_config(self, cfg) -> None:
+        cfg.model.data_preprocessor.size = self.image_size
+        scale = (256, self.image_size[0])
+        set_step(cfg.train_dataloader.dataset.pipeline, "RandomResize", scale=scale)
+        set_step(cfg.train_dataloader.dataset.pipeline, "RandomCrop", crop_size=self.image_size)
+        for split in ("val", "test"):
+            set_step(cfg[f"{split}_dataloader"].dataset.pipeline, "Resize", scale=scale)
+
+
+class MiniAde20kSeg(MiniSegmentation, Ade20kSeg):
     name = "mini-ade20k-seg"
     image_size = (64, 64)
 
-    def adjust_config(self, cfg) -> None:
-        cfg.model.data_preprocessor.size = self.image_size
-        set_step(cfg.train_dataloader.dataset.pipeline, "RandomResize", scale=(256, 64))
-        set_step(cfg.train_dataloader.dataset.pipeline, "RandomCrop", crop_size=self.image_size)
-        for split in ("val", "test"):
-            set_step(cfg[f"{split}_dataloader"].dataset.pipeline, "Resize", scale=(256, 64))
 
-
-class MiniCityscapesSeg(CityscapesSeg):
+class MiniCityscapesSeg(MiniSegmentation, CityscapesSeg):
     name = "mini-cityscapes-seg"
     image_size = (64, 128)
-
-    def adjust_config(self, cfg) -> None:
-        cfg.model.data_preprocessor.size = self.image_size
-        set_step(cfg.train_dataloader.dataset.pipeline, "RandomResize", scale=(256, 128))
-        set_step(cfg.train_dataloader.dataset.pipeline, "RandomCrop", crop_size=self.image_size)
-        for split in ("val", "test"):
-            set_step(cfg[f"{split}_dataloader"].dataset.pipeline, "Resize", scale=(256, 128))
 
 
 class MiniImagenetResnet50(ImagenetResnet50):
