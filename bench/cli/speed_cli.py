@@ -27,6 +27,8 @@ def cmd_speed(args) -> int:
 
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
         raise ConfigError("--threads/--repeats/--warmup", "need threads >= 1, repeats >= 1, warmup >= 0")
+    if args.runtime == "onnxruntime":
+        return speed_onnxruntime(args)
     device = str(resolve_device(args.device))
     paths = RunPaths.from_env()
     row = find_row(args.run_id, ResultStore(paths.store))
@@ -56,17 +58,7 @@ def cmd_speed(args) -> int:
         f"run {args.run_id} {row['task']} {row['pruner']} {row['pattern']} | {fp['cpu']} | torch {fp['torch']} | "
         f"threads {result['protocol']['threads']} | load {fp['load_avg_1m']}"
     )
-    for variant, by_batch in result["latency"].items():
-        for bs, stats in by_batch.items():
-            ratio = result["ratios"].get(variant, {}).get(bs)
-            extra = (
-                f"  x{ratio['ratio_of_medians']:.3f} of {ratio['reference']} (paired {ratio['paired_median']:.3f})"
-                if ratio
-                else ""
-            )
-            print(
-                f"  {variant:19s} batch {bs:>4s}: median {stats['median_ms']:.3f} ms  IQR {stats['iqr_ms']:.3f} ms{extra}"
-            )
+    print_latency(result)
     for variant, why in result["skipped"].items():
         print(f"  {variant:19s} skipped: {why}")
     folded = result["protocol"]["bn_folded"]
@@ -76,16 +68,98 @@ def cmd_speed(args) -> int:
     return 0
 
 
+def print_latency(result: dict) -> None:
+    """One line per (variant, batch size): median, IQR and p90, and the ratio to its reference."""
+    for variant, by_batch in result["latency"].items():
+        for bs, stats in by_batch.items():
+            ratio = result["ratios"].get(variant, {}).get(bs)
+            extra = (
+                f"  x{ratio['ratio_of_medians']:.3f} of {ratio['reference']} (paired {ratio['paired_median']:.3f})"
+                if ratio
+                else ""
+            )
+            print(
+                f"  {variant:19s} batch {bs:>4s}: median {stats['median_ms']:.3f} ms  IQR {stats['iqr_ms']:.3f} ms  "
+                f"p90 {stats['p90_ms']:.3f} ms{extra}"
+            )
+
+
+def speed_onnxruntime(args) -> int:
+    """``--runtime onnxruntime``: the run's dense-shaped and deployable ONNX exports timed in ONNX
+    Runtime (bench/deploy/ort_speed.py)."""
+    from bench.core.paths import RunPaths
+    from bench.deploy.ort_speed import measure_onnxruntime, write_result
+
+    if args.device not in ("auto", "cpu"):
+        raise ConfigError("--device", f"--runtime onnxruntime measures the CPU execution provider; got {args.device!r}")
+    paths = RunPaths.from_env()
+    result = measure_onnxruntime(
+        args.run_id, _batch_sizes(args.batch_sizes), args.threads, args.warmup, args.repeats, paths
+    )
+    out = write_result(result, args.run_id, args.out, paths)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+        return 0
+    fp, rt = result["fingerprint"], result["runtime"]
+    print(
+        f"run {args.run_id} | onnxruntime {rt['version']} {rt['provider']} | opset {rt['opset']} | {fp['cpu']} | "
+        f"intra-op threads {rt['intra_op_threads']} | load {fp['load_avg_1m']}"
+    )
+    print_latency(result)
+    flops = result["flops"]
+    print(
+        f"  FLOPs per sample: ort_dense {flops['ort_dense']:,}, ort_pruned {flops['ort_pruned']:,} (x{flops['ratio']:.3f})"
+    )
+    print(f"written {out}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from bench.core.paths import RunPaths
-    from bench.runs.export import export_run
 
-    summary = export_run(args.run_id, args.out, paths=RunPaths.from_env())
-    print(
-        f"exported run {summary['run_id']} -> {summary['out']}: {summary['params']:,} parameters "
-        f"(dense {summary['dense_params']:,}), {summary['shrunk_groups']} shrunk channel groups; "
-        f"load with bench.runs.export.load_exported(path)"
+    if args.format not in ("torch", "onnx"):
+        raise ConfigError("--format", f"'{args.format}' is not one of torch, onnx")
+    if args.format == "torch":
+        from bench.runs.export import export_run
+
+        summary = export_run(args.run_id, args.out, paths=RunPaths.from_env())
+        if args.json:
+            print(json.dumps(summary, sort_keys=True))
+            return 0
+        print(
+            f"exported run {summary['run_id']} -> {summary['out']}: {summary['params']:,} parameters "
+            f"(dense {summary['dense_params']:,}), {summary['shrunk_groups']} shrunk channel groups; "
+            f"load with bench.runs.export.load_exported(path)"
+        )
+        return 0
+    from bench.deploy.onnx_export import export_onnx
+
+    summary = export_onnx(
+        args.run_id,
+        Path(args.out),
+        paths=RunPaths.from_env(),
+        variant=args.variant,
+        opset=args.opset,
+        verify=not args.no_verify,
+        threads=args.threads,
     )
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+        return 0
+    shapes = ", ".join(f"{v['name']} {v['shape']}" for v in summary["inputs"])
+    print(
+        f"exported run {summary['run_id']} ({summary['pattern']}, {summary['variant']}) -> {summary['path']}: "
+        f"ONNX opset {summary['opset']}, input {shapes}, {summary['params']:,} parameters "
+        f"(dense {summary['dense_params']:,}), onnx.checker passed"
+    )
+    if summary["sidecar"]:
+        print(f"  sparsity sidecar: {summary['sidecar']}")
+    if "max_abs_error" in summary:
+        print(
+            f"  ONNX Runtime (CPU) vs PyTorch on the {summary['split']} split: max abs error "
+            f"{summary['max_abs_error']:.3g}, {summary['metric_name']} {summary['metric_ort']} vs "
+            f"{summary['metric_torch']} (diff {summary['metric_diff']:+g})"
+        )
     return 0
 
 
@@ -99,11 +173,33 @@ def add_parser(subparsers) -> None:
     speed.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     speed.add_argument("--out", default=None, help="JSON file (default runs/speed/RUN_ID.json)")
     speed.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    speed.add_argument(
+        "--runtime",
+        default="torch",
+        choices=("torch", "onnxruntime"),
+        help="torch: eager/frozen PyTorch variants (default) | onnxruntime: the run's ONNX exports in ONNX Runtime "
+        "(CPU), dense-shaped vs deployable (docs/deploy.md)",
+    )
     speed.set_defaults(func=cmd_speed)
 
     export = subparsers.add_parser(
-        "export", help="write a run's pruned model (shrunk for channel) with masks + metadata"
+        "export", help="write a run's pruned model (shrunk for channel) with masks + metadata, or as ONNX"
     )
     export.add_argument("run_id")
     export.add_argument("--out", required=True)
+    export.add_argument(
+        "--format", default="torch", help="torch (a .pt for load_exported; default) | onnx (docs/deploy.md)"
+    )
+    export.add_argument("--opset", type=int, default=17, help="onnx: the ONNX opset (default 17)")
+    export.add_argument(
+        "--variant",
+        default="pruned",
+        choices=("pruned", "masked"),
+        help="onnx: pruned (channel runs physically shrunk; default) | masked (dense shapes, masks baked in)",
+    )
+    export.add_argument(
+        "--no-verify", action="store_true", help="onnx: skip the ONNX Runtime comparison on the test split"
+    )
+    export.add_argument("--threads", type=int, default=None, help="onnx: ONNX Runtime threads of the comparison")
+    export.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     export.set_defaults(func=cmd_export)

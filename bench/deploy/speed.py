@@ -15,7 +15,7 @@ layers) in full.
 untimed calls per variant, then ``repeats`` rounds; each round times one call of every variant,
 *interleaved* (the order rotates each round) so load drift on a shared machine hits all variants
 alike. Each call is timed alone (``perf_counter``; on CUDA, synchronised CUDA events). Reported:
-median, 25th/75th percentiles and IQR in ms, per-sample median, and for every variant its ratio
+median, 25th/75th/90th percentiles and IQR in ms, per-sample median, and for every variant its ratio
 to the reference variant, both as a ratio of medians and as the median of per-round ratios
 (paired). A device fingerprint (CPU model, torch version, threads, CUDA device) goes with it.
 
@@ -173,10 +173,12 @@ def _timer(device: str) -> Callable[[Callable[[], Any]], float]:
 
 def summarize(times_ms: list[float]) -> dict[str, float]:
     q1, median, q3 = statistics.quantiles(times_ms, n=4, method="inclusive") if len(times_ms) > 1 else [times_ms[0]] * 3
+    p90 = statistics.quantiles(times_ms, n=10, method="inclusive")[8] if len(times_ms) > 1 else times_ms[0]
     return {
         "median_ms": round(median, 4),
         "p25_ms": round(q1, 4),
         "p75_ms": round(q3, 4),
+        "p90_ms": round(p90, 4),
         "iqr_ms": round(q3 - q1, 4),
         "min_ms": round(min(times_ms), 4),
         "repeats": len(times_ms),
