@@ -31,9 +31,10 @@ BUDGET = {"prune_epochs": 1, "finetune_epochs": 0}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Real short magnitude runs (1 prune epoch, no fine-tune) in a private runs folder, one thread."""
-    folder = tmp_path_factory.mktemp("runs")
+def runs(shared_runs_dir):
+    """Real short magnitude runs (1 prune epoch, no fine-tune), one thread, in the session's shared runs
+    folder (its dense models are cached there for every end-to-end test)."""
+    folder = shared_runs_dir
     patch = pytest.MonkeyPatch()
     patch.setenv("SMARTBENCH_RUNS", str(folder))
     patch.setenv("WANDB_MODE", "disabled")
