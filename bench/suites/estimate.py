@@ -64,6 +64,7 @@ estimate is for one cell at a time on the whole device.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import json
 import math
@@ -206,10 +207,10 @@ def time_steps(
     once before and once after the window), on the CPU the median step. ``pruner`` None: the dense recipe (the task's dense optimizer, cosine
     lr); else the pruning stage of ``pruner`` through the stage driver, as the native trainer
     steps it (``PruneTrainer.run``). ``steps_per_epoch``: the stage length the schedules see."""
-    from bench.core.device import autocast, flush_denormals, to_device
+    from bench.core.device import flush_denormals, to_device
     from bench.core.masks import Masker, covered_layers, find_prunable
     from bench.training.stages import StageDriver
-    from bench.training.train import make_dense_optimizer, make_optimizer, set_lr, set_stage_lr
+    from bench.training.train import dense_step, make_dense_optimizer, make_optimizer, stage_step
 
     flush_denormals()
     device, b = task.device, task.budget
@@ -236,24 +237,16 @@ def time_steps(
         driver.start_epoch(0)
         total = driver.epochs * per_epoch
     started, marks = 0.0, []  # marks: the end of every timed step (CPU)
-    for step in range(warmup + steps):
+
+    loss = functools.partial(loss_of, model, inputs)
+    for step in range(warmup + steps):  # the trainers' own steps (bench.training.train)
         if step == warmup:
             _sync(device)
             started = time.perf_counter()
         if driver is None:
-            set_lr(optimizer, step, total)
+            dense_step(task, optimizer, loss, step, total)
         else:
-            set_stage_lr(optimizer, step, driver.prune_steps, total, b)
-            driver.before_forward(step, 0)
-        with autocast(device, task.amp):
-            loss = loss_of(model, inputs)
-        if driver is not None and driver.pruning:
-            loss = loss + driver.penalty()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if driver is not None:
-            driver.after_optimizer_step(optimizer)
+            stage_step(task, driver, optimizer, loss, step, 0, total)
         if step >= warmup:
             marks.append(time.perf_counter())
     _sync(device)
@@ -261,7 +254,7 @@ def time_steps(
         seconds = (time.perf_counter() - started) / steps
     else:  # the median step: robust to a step slowed down by another process on the CPU
         seconds = statistics.median(np.diff([started, *marks]).tolist())
-    del model, optimizer, driver, inputs
+    del model, optimizer, driver, inputs, loss
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -116,12 +116,7 @@ def fit_dense(
     model.train()
     for epoch in range(start, epochs):
         for batch in task.train_batches(epoch, seed):
-            set_lr(optimizer, step, total)
-            with autocast(task.device, task.amp):
-                loss = task.loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = dense_step(task, optimizer, lambda batch=batch: task.loss(model, batch), step, total)
             step += 1
         log(f"{stage} epoch {epoch + 1}/{epochs} loss {loss.item():.4f}")
         if checkpoint is not None:
@@ -134,6 +129,37 @@ def fit_dense(
                 },
                 checkpoint,
             )
+
+
+def dense_step(task: Task, optimizer, loss_of: Callable[[], Tensor], step: int, total: int) -> Tensor:
+    """One optimizer step of the dense recipe (``fit_dense``; ``suite plan --estimate`` times it):
+    the cosine lr of ``step`` of ``total``, ``loss_of()`` under the task's autocast, backward, step."""
+    set_lr(optimizer, step, total)
+    with autocast(task.device, task.amp):
+        loss = loss_of()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def stage_step(
+    task: Task, driver, optimizer, loss_of: Callable[[], Tensor], step: int, epoch: int, total: int
+) -> Tensor:
+    """One optimizer step of the pruning / fine-tuning stages (``PruneTrainer.run``; ``suite plan
+    --estimate`` times it): the stage lr, the driver's ``before_forward``, the task loss plus the
+    pruner's penalty while pruning, backward, step, the driver's ``after_optimizer_step``. Returns
+    the task loss (without the penalty)."""
+    set_stage_lr(optimizer, step, driver.prune_steps, total, task.budget)
+    driver.before_forward(step, epoch)
+    with autocast(task.device, task.amp):
+        loss = loss_of()
+    objective = loss + driver.penalty() if driver.pruning else loss
+    optimizer.zero_grad(set_to_none=True)
+    objective.backward()
+    optimizer.step()
+    driver.after_optimizer_step(optimizer)
+    return loss
 
 
 class PruneTrainer:
@@ -166,15 +192,9 @@ class PruneTrainer:
             driver.start_epoch(epoch)
             for i, batch in enumerate(task.train_batches(epoch, self.seed)):
                 step = epoch * self.steps_per_epoch + i
-                set_stage_lr(optimizer, step, driver.prune_steps, self.total_steps, task.budget)
-                driver.before_forward(step, epoch)
-                with autocast(task.device, task.amp):
-                    loss = task.loss(model, batch)
-                total = loss + driver.penalty() if driver.pruning else loss
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-                driver.after_optimizer_step(optimizer)
+                loss = stage_step(
+                    task, driver, optimizer, lambda batch=batch: task.loss(model, batch), step, epoch, self.total_steps
+                )
             self.log(driver.epoch_line(epoch, loss.item()))
             self._save(optimizer, epoch + 1)
         return driver.finish()
