@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 KEYS = ["label", "task", "pattern", "sparsity"]
 SPEED_FIELDS = ("latency_ms",)
@@ -51,16 +56,25 @@ def style(label: str) -> dict:
     return {"color": colour, "marker": marker, "linestyle": line}
 
 
-def write_plots(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
-    """Every figure this module makes for the frame's rows; returns the PNG paths."""
+def figures(frame: pd.DataFrame, suite_name: str) -> Iterator[tuple[str, Figure]]:
+    """Every figure this module makes for the frame's rows, as (file name, figure); the caller saves
+    and closes each (PNG files: :func:`write_plots`; the web page: inline SVG, bench.reports.html)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    for draw in (curves, pareto, allocation, speed):
+        yield from draw(frame, suite_name)
+
+
+def write_plots(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
+    """Every figure of :func:`figures` as a PNG in ``folder``; returns the paths."""
+    import matplotlib.pyplot as plt
+
     folder.mkdir(parents=True, exist_ok=True)
-    written = curves(frame, suite_name, folder)
-    written += pareto(frame, suite_name, folder)
-    written += allocation(frame, suite_name, folder)
-    written += speed(frame, suite_name, folder)
+    written = []
+    for name, fig in figures(frame, suite_name):
+        written.append(_save(fig, folder / name))
+        plt.close(fig)
     return written
 
 
@@ -72,10 +86,9 @@ def _agg(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def curves(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
+def curves(frame: pd.DataFrame, suite_name: str) -> Iterator[tuple[str, Figure]]:
     import matplotlib.pyplot as plt
 
-    written = []
     for (task, pattern), part in _agg(frame).groupby(["task", "pattern"], sort=False):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for label, line in part.groupby("label", sort=False):
@@ -87,9 +100,7 @@ def curves(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
         ax.axhline(dense, color="black", linestyle="--", linewidth=1, label="dense")
         ax.set(xlabel="target sparsity", ylabel=part["metric_name"].iloc[0], title=f"{task} · {pattern}")
         ax.legend(fontsize=7)
-        written.append(_save(fig, folder / _file_name(suite_name, task, pattern)))
-        plt.close(fig)
-    return written
+        yield _file_name(suite_name, task, pattern), fig
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -113,14 +124,13 @@ def _points(ax, part: pd.DataFrame, x: str) -> pd.DataFrame:
     return points
 
 
-def pareto(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
+def pareto(frame: pd.DataFrame, suite_name: str) -> Iterator[tuple[str, Figure]]:
     import matplotlib.pyplot as plt
 
     if "flops_dense" not in frame or frame[["flops_dense", "flops_masked"]].isna().all().any():
-        return []
+        return
     rows = frame.dropna(subset=["flops_dense", "flops_masked"]).copy()
     rows["flops_kept"] = rows["flops_masked"] / rows["flops_dense"]
-    written = []
     for task, part in rows.groupby("task", sort=False):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         points = _points(ax, part, "flops_kept")
@@ -131,12 +141,10 @@ def pareto(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
         metric = part["metric_name"].iloc[0]
         ax.set(xlabel="FLOPs kept (masked / dense)", ylabel=metric, title=f"{task}: {metric} vs FLOPs")
         ax.legend(fontsize=7)
-        written.append(_save(fig, folder / _file_name(suite_name, task, "pareto-flops")))
-        plt.close(fig)
-    return written
+        yield _file_name(suite_name, task, "pareto-flops"), fig
 
 
-def allocation(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
+def allocation(frame: pd.DataFrame, suite_name: str) -> Iterator[tuple[str, Figure]]:
     """Per column: kept fraction per layer for every pruner (mean over seeds); controls that keep
     every unit (nomask) are left out, so the axis shows where the pruners differ."""
     import matplotlib.pyplot as plt
@@ -144,10 +152,9 @@ def allocation(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]
     from bench.reports.tables import reference_labels
 
     if "kept_by_layer" not in frame:
-        return []
+        return
     rows = frame[frame["kept_by_layer"].apply(lambda v: isinstance(v, dict) and bool(v))]
     rows = rows[~rows["label"].isin(reference_labels(frame))]
-    written = []
     for (task, pattern, sparsity), part in rows.groupby(["task", "pattern", "sparsity"], sort=False):
         layers = list(dict.fromkeys(name for kept in part["kept_by_layer"] for name in kept))
         fig, ax = plt.subplots(figsize=(max(5, 0.25 * len(layers)), 3.5))
@@ -164,15 +171,12 @@ def allocation(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]
             title=f"{task} · {pattern} · {sparsity:g}: per-layer allocation",
         )
         ax.legend(fontsize=6)
-        written.append(_save(fig, folder / _file_name(suite_name, task, pattern, f"{sparsity:g}", "allocation")))
-        plt.close(fig)
-    return written
+        yield _file_name(suite_name, task, pattern, f"{sparsity:g}", "allocation"), fig
 
 
-def speed(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
+def speed(frame: pd.DataFrame, suite_name: str) -> Iterator[tuple[str, Figure]]:
     import matplotlib.pyplot as plt
 
-    written = []
     for field in SPEED_FIELDS:
         if field not in frame or frame[field].isna().all():
             continue
@@ -182,9 +186,7 @@ def speed(frame: pd.DataFrame, suite_name: str, folder: Path) -> list[Path]:
             metric = part["metric_name"].iloc[0]
             ax.set(xlabel=field, ylabel=metric, title=f"{task}: {metric} vs {field}")
             ax.legend(fontsize=7)
-            written.append(_save(fig, folder / _file_name(suite_name, task, f"vs-{field}")))
-            plt.close(fig)
-    return written
+            yield _file_name(suite_name, task, f"vs-{field}"), fig
 
 
 def _file_name(*parts: str) -> str:
