@@ -370,6 +370,7 @@ def export_onnx(
     verify: bool = True,
     split: str = "test",
     threads: int | None = None,
+    deployable: Deployable | None = None,
 ) -> dict[str, Any]:
     """Write ``out`` (.onnx) for a stored run, and ``out`` + ``.sparsity.json`` for block / N:M runs;
     check it with ``onnx.checker``; with ``verify`` compare it in ONNX Runtime (:func:`verify_onnx`).
@@ -378,12 +379,13 @@ def export_onnx(
     ``variant``, ``opset``, ``exporter``, ``inputs`` / ``outputs`` (name and shape, ``"batch"`` for
     the dynamic axis), ``dynamic_axes``, ``params``, ``dense_params`` and, with ``verify``,
     ``split``, ``metric_name``, ``metric_torch``, ``metric_ort``, ``metric_diff``,
-    ``max_abs_error``, ``batches``."""
+    ``max_abs_error``, ``batches``. ``deployable``: the model of :func:`deploy_model` when the caller
+    already built it (it must be the run's ``variant``)."""
     import onnx
 
     if not 7 <= int(opset) <= 20:
         raise ConfigError("--opset", f"the TorchScript ONNX exporter takes opsets 7..20, got {opset}")
-    deployable = deploy_model(run_id, paths, variant)
+    deployable = deployable or deploy_model(run_id, paths, variant)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     input_name, output_names = deployable.input_name, deployable.output_names()

@@ -49,17 +49,19 @@ def measure_onnxruntime(
 
     paths = paths_or_env(paths)
     folder = paths.speed(run_id).with_name(f"{run_id}-onnx")
+    deployables = {
+        "ort_dense": deploy_model(run_id, paths, "masked"),
+        "ort_pruned": deploy_model(run_id, paths, "pruned"),
+    }
     exports = {
-        "ort_dense": export_onnx(run_id, folder / "dense.onnx", paths, variant="masked", verify=False),
-        "ort_pruned": export_onnx(run_id, folder / "pruned.onnx", paths, variant="pruned", verify=False),
+        name: export_onnx(
+            run_id, folder / f"{name.removeprefix('ort_')}.onnx", paths, d.variant, verify=False, deployable=d
+        )
+        for name, d in deployables.items()
     }
     sessions = {name: OrtModule(ort_session(summary["path"], threads)) for name, summary in exports.items()}
-    flops = {}
-    example = None
-    for name, variant in (("ort_dense", "masked"), ("ort_pruned", "pruned")):
-        deployable = deploy_model(run_id, paths, variant)
-        example = deployable.example
-        flops[name] = module_flops(deployable.module, example[:1])[0]
+    example = deployables["ort_pruned"].example
+    flops = {name: module_flops(d.module, d.example[:1])[0] for name, d in deployables.items()}
     result = latency(
         sessions,
         lambda bs: batch_input(example, bs),
