@@ -16,6 +16,7 @@ from bench.core.paths import RunPaths
 from bench.core.sparsity import parse_pattern
 from bench.runs.record import ResultStore
 from bench.runs.registry import build_pruner
+from bench.runs.run import configured_task
 from bench.suites import estimate as est
 from bench.suites.suite import load_and_expand
 
@@ -41,7 +42,7 @@ def write_suite(tmp_path: Path, spec: dict, name: str = "t") -> str:
 def store_step_times(paths: RunPaths, suite, seconds: dict[str, float], batch: int = BATCH) -> None:
     """Write stored measurements (seconds per step at ``batch``) for 'dense' and each pruner name."""
     cell = suite.cells[0]
-    task = est.cell_task(cell.spec, CPU)
+    task = configured_task(cell.spec, CPU)
     store = est.CalibrationStore(paths.root / est.CALIBRATION_FILE)
     machine = est.machine_key(CPU)
     for name, value in seconds.items():

@@ -141,10 +141,12 @@ def run_identity(
     return canonical, short_hash(canonical)
 
 
-def resolve(spec: RunSpec) -> ResolvedRun:
-    """Validate everything that can be validated before training; raises ConfigError."""
+def configured_task(spec: RunSpec, device: torch.device | None = None) -> Task:
+    """The spec's task with its device (``device``, else the spec's resolved), amp and budget
+    overrides; builds no model. ``suite plan --estimate`` passes its own device (a GPU suite is
+    planned on a login node without one)."""
     task = get_task(spec.task, spec.model, spec.data)
-    task.device = resolve_device(spec.device)
+    task.device = resolve_device(spec.device) if device is None else device
     if not isinstance(spec.amp, bool):
         raise ConfigError("amp", f"must be true or false, got {spec.amp!r}")
     task.amp = spec.amp
@@ -156,6 +158,12 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         task.budget = dataclasses.replace(task.budget, **budget)
     if task.budget.prune_epochs < 1:
         raise ConfigError("budget.prune_epochs", "must be >= 1")
+    return task
+
+
+def resolve(spec: RunSpec) -> ResolvedRun:
+    """Validate everything that can be validated before training; raises ConfigError."""
+    task = configured_task(spec)
     pattern = parse_pattern(spec.pattern)
     if isinstance(spec.sparsity, bool) or (spec.sparsity is not None and not isinstance(spec.sparsity, (int, float))):
         raise ConfigError("sparsity", f"must be a number in (0, 1), got {spec.sparsity!r}")

@@ -63,7 +63,6 @@ estimate is for one cell at a time on the whole device.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import gc
 import json
@@ -104,21 +103,6 @@ def positive_int(value: Any, field_name: str, what: str) -> int:
 
 
 # -- tasks and their sizes -----------------------------------------------------------------------
-def cell_task(spec, device: torch.device):
-    """The cell's task as ``bench.runs.run.resolve`` configures it (budget overrides, device, amp),
-    without building a model; works where the task's data is missing."""
-    from bench.tasks.registry import get_task
-
-    task = get_task(spec.task, spec.model, spec.data)
-    task.device, task.amp = device, bool(spec.amp)
-    budget = dict(spec.budget)
-    if "finetune_lr" in budget:
-        budget["finetune_lr"] = float(budget["finetune_lr"])
-    if budget:
-        task.budget = dataclasses.replace(task.budget, **budget)
-    return task
-
-
 @dataclass
 class Sizes:
     """Optimizer steps per training epoch and images of the val / test splits of one task."""
@@ -498,7 +482,7 @@ def estimate_suite(
     from bench.core.select import Allocation
     from bench.core.sparsity import parse_pattern
     from bench.runs.registry import build_pruner
-    from bench.runs.run import short_hash
+    from bench.runs.run import configured_task, short_hash
     from bench.suites.suite import cell_states
     from bench.tasks.registry import load_tasks
 
@@ -529,7 +513,7 @@ def estimate_suite(
         task_key = json.dumps([spec.task, spec.model, spec.data, spec.budget, spec.amp], sort_keys=True)
         try:
             if task_key not in tasks:
-                task = cell_task(spec, target)
+                task = configured_task(spec, target)
                 sizes[task_key], tasks[task_key] = task_sizes(task), task
             task, size = tasks[task_key], sizes[task_key]
             if size.steps_per_epoch is None:
