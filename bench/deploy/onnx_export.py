@@ -68,7 +68,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from bench.core.errors import ConfigError, DataError
 from bench.core.paths import RunPaths, paths_or_env
-from bench.core.sparsity import NM, Block, parse_pattern, weight_matrix
+from bench.core.sparsity import NM, Block, parse_pattern
 from bench.deploy.shrink import count_params, shrink_channels
 
 DEFAULT_OPSET = 17
@@ -295,18 +295,17 @@ def unit_grid(pattern, unit_mask: Tensor, weight_shape) -> np.ndarray:
 
 
 def masks_from_zeros(weight: np.ndarray, entry: dict[str, Any]) -> np.ndarray:
-    """The kept-unit grid of a sidecar ``entry`` derived from the exported weight's zeros: a block
-    is kept when any of its weights is non-zero; for N:M every non-zero weight is kept."""
-    matrix = weight_matrix(torch.from_numpy(np.array(weight, copy=True))).numpy()
-    nonzero = matrix != 0
+    """The kept-unit grid of a sidecar ``entry`` derived from the exported weight's zeros, through the
+    pattern's own unit layout (``Pattern.units``): a block is kept when any of its weights is
+    non-zero; for N:M every non-zero weight is kept."""
     if entry["pattern"] == "block":
-        rows, cols = entry["block"]
-        out_c, total = nonzero.shape
-        tiles = nonzero.reshape(out_c // rows, rows, total // cols, cols)
-        return tiles.any(axis=(1, 3))
-    if entry["pattern"] == "nm":
-        return nonzero
-    raise DataError(f"unknown sidecar pattern {entry['pattern']!r}")
+        pattern = parse_pattern("block:{}x{}".format(*entry["block"]))
+    elif entry["pattern"] == "nm":
+        pattern = parse_pattern("nm:{}:{}".format(*entry["nm"]))
+    else:
+        raise DataError(f"unknown sidecar pattern {entry['pattern']!r}")
+    units = pattern.units(torch.from_numpy(np.array(weight, copy=True)))
+    return (units != 0).any(-1).reshape(entry["grid"]).numpy()
 
 
 def sparsity_sidecar(deployable: Deployable, initializers: set[str]) -> dict[str, Any] | None:
