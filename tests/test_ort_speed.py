@@ -56,4 +56,120 @@ def test_onnxruntime_speed_refuses_a_gpu_device(channel_run, capsys, monkeypatch
     row, runs = channel_run
     monkeypatch.setenv("SMARTBENCH_RUNS", str(runs))
     assert main(["speed", row["run_id"], "--runtime", "onnxruntime", "--device", "cuda"]) == 2
-    assert "--device: --runtime onnxruntime measures the CPU execution provider" in capsys.readouterr().err
+    assert "--device: --runtime onnxruntime measures the CPU" in capsys.readouterr().err
+
+
+def test_openvino_latency_of_the_same_exports(channel_run, capsys, monkeypatch):
+    pytest.importorskip("openvino")
+    row, runs = channel_run
+    monkeypatch.setenv("SMARTBENCH_RUNS", str(runs))
+    args = ["speed", row["run_id"], "--runtime", "openvino", "--batch-sizes", "1,4", "--repeats", "3"]
+    assert main(args + ["--warmup", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    runtime = result["runtime"]
+    assert runtime["name"] == "openvino" and runtime["config"]["INFERENCE_NUM_THREADS"] == 1
+    assert runtime["config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert set(result["latency_ratio_ov"]) == {"1", "4"} and "latency_ratio_ort" not in result
+    assert result["flops"]["ort_pruned"] < 0.6 * result["flops"]["ort_dense"]
+    assert (runs / "speed" / f"{row['run_id']}.openvino.json").is_file()
+
+
+def test_openvino_computes_what_onnx_runtime_computes(channel_run, monkeypatch):
+    """The two runtimes run the same file: the same logits to fp32 rounding."""
+    pytest.importorskip("openvino")
+    import torch
+
+    from bench.deploy.onnx_export import OrtModule, export_onnx, ort_session
+    from bench.deploy.ort_speed import OpenVinoSession
+
+    row, runs = channel_run
+    monkeypatch.setenv("SMARTBENCH_RUNS", str(runs))
+    summary = export_onnx(row["run_id"], runs / "ov-check" / "pruned.onnx", verify=False)
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    ort = OrtModule(ort_session(summary["path"]))(x)
+    ov = OrtModule(OpenVinoSession(summary["path"]))(x)
+    assert ov.shape == ort.shape == (3, 10)
+    assert float((ov - ort).abs().max()) < 1e-4
+
+
+def test_runtime_results_reach_the_rows(channel_run, monkeypatch, tmp_path):
+    """runtime_fields reads the stored result (batch-1 ratio, every batch, versions); a row's own
+    values win over a stored measurement."""
+    from bench.deploy.ort_speed import result_path, runtime_fields, with_runtime_fields
+    from bench.runs.record import ResultStore
+
+    row, runs = channel_run
+    monkeypatch.setenv("SMARTBENCH_RUNS", str(runs))
+    stored = json.loads(result_path(row["run_id"], "onnxruntime").read_text())
+    fields = runtime_fields(row["run_id"])
+    assert fields["latency_ratio_ort"] == stored["latency_ratio_ort"]["1"]
+    ort = fields["runtime_latency"]["onnxruntime"]
+    assert ort["ratio"] == stored["latency_ratio_ort"] and ort["flops_ratio"] == stored["flops"]["ratio"]
+    assert ort["version"] == stored["runtime"]["version"] and ort["threads"] == 1
+    merged = list(with_runtime_fields([row, {"run_id": "nothing-measured"}, {**row, "latency_ratio_ort": 9.0}]))
+    assert merged[0]["latency_ratio_ort"] == fields["latency_ratio_ort"]
+    assert merged[1] == {"run_id": "nothing-measured"}
+    assert merged[2]["latency_ratio_ort"] == 9.0 and "onnxruntime" in merged[2]["runtime_latency"]
+    assert runtime_fields("nothing-measured") == {}
+    assert next(iter(ResultStore(runs / "results.jsonl").rows()), {}).get("latency_ratio_ort") is None  # store untouched
+
+
+def test_suite_speed_then_cost_table_and_latency_figure(shared_runs_dir, monkeypatch, tmp_path, capsys):
+    """`suite speed` measures every finished cell once (resumable), `table --cost` shows FLOPs kept
+    and the ORT ratio per cell, `--raw` rows carry the ratio, and `--plot` draws the latency twin of
+    the FLOPs Pareto figure."""
+    import yaml
+
+    monkeypatch.setenv("SMARTBENCH_RUNS", str(shared_runs_dir))
+    spec = {
+        "tasks": ["fmnist-tiny"],
+        "pruners": ["magnitude"],
+        "patterns": ["channel"],
+        "sparsities": [0.625],  # not the channel_run fixture's cell
+        "seeds": [0],
+        "budget": {"prune_epochs": 1, "finetune_epochs": 0},
+    }
+    suite = tmp_path / "ortsuite.yaml"
+    suite.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    assert main(["suite", "run", str(suite), "--no-progress"]) == 0
+    capsys.readouterr()
+    speed = ["suite", "speed", str(suite), "--batch-sizes", "1", "--repeats", "3", "--warmup", "1"]
+    assert main(speed) == 0
+    out = capsys.readouterr().out
+    assert "1 finished cell(s), 1 to measure in onnxruntime" in out and "measured 1, failed 0" in out
+    assert main(speed) == 0  # resumable: nothing left to measure
+    assert "0 to measure" in capsys.readouterr().out
+    assert main(["table", str(suite), "--cost", "--out", str(tmp_path / "t"), "--raw", "--plot"]) == 0
+    capsys.readouterr()
+    text = (tmp_path / "t" / "ortsuite.md").read_text()
+    rows = [json.loads(line) for line in (tmp_path / "t" / "ortsuite.rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["latency_ratio_ort"] > 0
+    kept = rows[0]["flops_masked"] / rows[0]["flops_dense"]
+    cost = text.split("### ortsuite: cost")[1]
+    assert f"F {kept:.2f} · ORT {rows[0]['latency_ratio_ort']:.2f}" in cost
+    assert "| dense " in cost and "F 1.00" in cost
+    assert (tmp_path / "t" / "ortsuite-fmnist-tiny-pareto-latency-ort.png").is_file()
+    csv_out = tmp_path / "csv"
+    assert main(["table", str(suite), "--format", "csv", "--out", str(csv_out)]) == 0
+    header = (csv_out / "ortsuite.csv").read_text().splitlines()[0].split(",")
+    assert header[-3:] == ["flops_kept", "latency_ratio_ort", "latency_ratio_ov"]
+
+
+def test_unknown_or_missing_runtime_is_one_clear_error(capsys, monkeypatch):
+    import builtins
+
+    from bench.core.errors import ConfigError
+    from bench.deploy.ort_speed import check_runtime
+
+    with pytest.raises(ConfigError, match="'tensorrt' is not one of torch, onnxruntime, openvino"):
+        check_runtime("tensorrt")
+    real_import = builtins.__import__
+
+    def no_openvino(name, *args, **kwargs):
+        if name == "openvino":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    with pytest.raises(ConfigError, match="openvino is not installed"):
+        check_runtime("openvino")

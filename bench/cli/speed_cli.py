@@ -27,8 +27,8 @@ def cmd_speed(args) -> int:
 
     if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
         raise ConfigError("--threads/--repeats/--warmup", "need threads >= 1, repeats >= 1, warmup >= 0")
-    if args.runtime == "onnxruntime":
-        return speed_onnxruntime(args)
+    if args.runtime != "torch":
+        return speed_runtime(args)
     device = str(resolve_device(args.device))
     paths = RunPaths.from_env()
     row = find_row(args.run_id, ResultStore(paths.store))
@@ -84,25 +84,25 @@ def print_latency(result: dict) -> None:
             )
 
 
-def speed_onnxruntime(args) -> int:
-    """``--runtime onnxruntime``: the run's dense-shaped and deployable ONNX exports timed in ONNX
-    Runtime (bench/deploy/ort_speed.py)."""
+def speed_runtime(args) -> int:
+    """``--runtime onnxruntime|openvino``: the run's dense-shaped and deployable ONNX exports timed
+    in that runtime on the CPU (bench/deploy/ort_speed.py)."""
     from bench.core.paths import RunPaths
-    from bench.deploy.ort_speed import measure_onnxruntime, write_result
+    from bench.deploy.ort_speed import check_runtime, measure_runtime, write_result
 
+    check_runtime(args.runtime)
     if args.device not in ("auto", "cpu"):
-        raise ConfigError("--device", f"--runtime onnxruntime measures the CPU execution provider; got {args.device!r}")
+        raise ConfigError("--device", f"--runtime {args.runtime} measures the CPU; got {args.device!r}")
+    sizes = _batch_sizes(args.batch_sizes)
     paths = RunPaths.from_env()
-    result = measure_onnxruntime(
-        args.run_id, _batch_sizes(args.batch_sizes), args.threads, args.warmup, args.repeats, paths
-    )
+    result = measure_runtime(args.run_id, args.runtime, sizes, args.threads, args.warmup, args.repeats, paths)
     out = write_result(result, args.run_id, args.out, paths)
     if args.json:
         print(json.dumps(result, sort_keys=True))
         return 0
     fp, rt = result["fingerprint"], result["runtime"]
     print(
-        f"run {args.run_id} | onnxruntime {rt['version']} {rt['provider']} | opset {rt['opset']} | {fp['cpu']} | "
+        f"run {args.run_id} | {rt['name']} {rt['version']} {rt['provider']} | opset {rt['opset']} | {fp['cpu']} | "
         f"intra-op threads {rt['intra_op_threads']} | load {fp['load_avg_1m']}"
     )
     print_latency(result)
@@ -176,9 +176,9 @@ def add_parser(subparsers) -> None:
     speed.add_argument(
         "--runtime",
         default="torch",
-        choices=("torch", "onnxruntime"),
-        help="torch: eager/frozen PyTorch variants (default) | onnxruntime: the run's ONNX exports in ONNX Runtime "
-        "(CPU), dense-shaped vs deployable (docs/deploy.md)",
+        choices=("torch", "onnxruntime", "openvino"),
+        help="torch: eager/frozen PyTorch variants (default) | onnxruntime, openvino: the run's ONNX exports in "
+        "that runtime (CPU), dense-shaped vs deployable (docs/deploy.md)",
     )
     speed.set_defaults(func=cmd_speed)
 

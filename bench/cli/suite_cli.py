@@ -155,6 +155,40 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_speed(args) -> int:
+    """Runtime latency of every finished cell that has no stored result for the runtime (resumable:
+    measured cells are skipped unless --redo); a cell whose export or measurement fails is reported
+    and the others go on."""
+    from bench.cli.speed_cli import _batch_sizes
+    from bench.core.errors import ConfigError
+    from bench.core.paths import RunPaths
+    from bench.deploy.ort_speed import RATIO_FIELD, check_runtime, measure_runtime, result_path, write_result
+    from bench.suites.suite import cell_states, load_and_expand
+
+    check_runtime(args.runtime)
+    sizes = _batch_sizes(args.batch_sizes)
+    if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
+        raise ConfigError("--threads/--repeats/--warmup", "need threads >= 1, repeats >= 1, warmup >= 0")
+    paths = RunPaths.from_env()
+    suite = select_cells(load_and_expand(args.name), args.only)
+    done = list(dict.fromkeys(cell.run_id for cell, state, _ in cell_states(suite, paths=paths) if state == "done"))
+    todo = [run_id for run_id in done if args.redo or not result_path(run_id, args.runtime, paths).is_file()]
+    print(f"suite {suite.name}: {len(done)} finished cell(s), {len(todo)} to measure in {args.runtime}")
+    failed = 0
+    for i, run_id in enumerate(todo, 1):
+        try:
+            result = measure_runtime(run_id, args.runtime, sizes, args.threads, args.warmup, args.repeats, paths)
+        except Exception as err:  # noqa: BLE001 — one cell's failure is reported; the others go on
+            failed += 1
+            print(f"[{i}/{len(todo)}] {run_id} failed: {type(err).__name__}: {err}")
+            continue
+        write_result(result, run_id, None, paths)
+        ratios = " ".join(f"b{bs} x{r:.3f}" for bs, r in result[RATIO_FIELD[args.runtime]].items())
+        print(f"[{i}/{len(todo)}] {run_id} latency ratio {ratios}, FLOPs x{result['flops']['ratio']:.3f}")
+    print(f"measured {len(todo) - failed}, failed {failed}")
+    return 1 if failed else 0
+
+
 def cmd_run(args) -> int:
     from bench.core.paths import RunPaths
     from bench.suites.suite import load_and_expand
@@ -225,11 +259,11 @@ def cmd_table(args) -> int:
         return 1
     if args.format == "html":
         return write_page(args, suite, frame, store)
-    tables = {suite.name: build_table(frame, suite)}
+    tables = {suite.name: build_table(frame, suite, cost=args.cost)}
     if args.by_task:  # one table per task (a wide suite's columns do not fit one page)
         tables = {}
         for task in dict.fromkeys(frame["task"]):
-            table = build_table(frame[frame["task"] == task], suite)
+            table = build_table(frame[frame["task"] == task], suite, cost=args.cost)
             table.suite_name = f"{suite.name} · {task}"
             tables[f"{suite.name}-{task}"] = table
     for stem, table in tables.items():
@@ -392,6 +426,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     status.add_argument("--only", action="append", metavar="KEY=V1[,V2]", help=only_help)
     status.set_defaults(func=cmd_status)
 
+    speed = actions.add_parser(
+        "speed",
+        help="runtime latency (pruned / dense export) of every finished cell without one; tables show it (--cost)",
+    )
+    speed.add_argument("name", help=name_help)
+    speed.add_argument("--only", action="append", metavar="KEY=V1[,V2]", help=only_help)
+    speed.add_argument("--runtime", default="onnxruntime", choices=("onnxruntime", "openvino"))
+    speed.add_argument("--batch-sizes", default="1,64")
+    speed.add_argument("--threads", type=int, default=1)
+    speed.add_argument("--warmup", type=int, default=5)
+    speed.add_argument("--repeats", type=int, default=30)
+    speed.add_argument("--redo", action="store_true", help="measure cells that already have a result again")
+    speed.set_defaults(func=cmd_speed)
+
     run = actions.add_parser("run", help="run every unfinished cell (resumable; finished cells are skipped)")
     run.add_argument("name", help=name_help)
     run.add_argument("--only", action="append", metavar="KEY=V1[,V2]", help=only_help)
@@ -452,6 +500,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--plot",
         action="store_true",
         help="also write PNG figures: metric vs sparsity, metric vs FLOPs (Pareto), per-layer allocation, vs speed",
+    )
+    table.add_argument(
+        "--cost",
+        action="store_true",
+        help="md/LaTeX: also the cost table -- FLOPs kept and the measured runtime latency ratios "
+        "(smartbench suite speed) of every cell",
     )
     table.add_argument(
         "--summary",

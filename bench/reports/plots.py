@@ -7,6 +7,10 @@
 * ``allocation``: per column, the fraction of units each pruner kept in every prunable layer
   (mean over seeds, from the per-layer audit), layers in model order. From the result store only:
   W&B summaries do not carry the audit (it is logged as a W&B Table).
+* ``pareto-latency-ort`` / ``pareto-latency-ov``: the same, against the measured runtime latency
+  of the exported pruned model ÷ the dense-shaped one at batch 1 (``latency_ratio_ort`` /
+  ``latency_ratio_ov``, ``smartbench suite speed``), where rows have it: the FLOPs figure's twin
+  that shows what a deployment runtime makes of the saving.
 * ``vs-<speed field>``: metric vs a measured speed figure (e.g. ``latency_ms``) where rows have one.
 
 Every pruner label has one colour and marker in every figure (:func:`style`): the built-in
@@ -124,24 +128,33 @@ def _points(ax, part: pd.DataFrame, x: str) -> pd.DataFrame:
     return points
 
 
+COST_AXES = (  # (column, axis label, title word, file suffix) of the Pareto figures
+    ("flops_kept", "FLOPs kept (masked / dense)", "FLOPs", "pareto-flops"),
+    ("latency_ratio_ort", "ONNX Runtime latency, pruned / dense (batch 1)", "ORT latency", "pareto-latency-ort"),
+    ("latency_ratio_ov", "OpenVINO latency, pruned / dense (batch 1)", "OpenVINO latency", "pareto-latency-ov"),
+)
+
+
 def pareto(frame: pd.DataFrame, suite_name: str) -> Iterator[tuple[str, Figure]]:
     import matplotlib.pyplot as plt
 
-    if "flops_dense" not in frame or frame[["flops_dense", "flops_masked"]].isna().all().any():
-        return
-    rows = frame.dropna(subset=["flops_dense", "flops_masked"]).copy()
-    rows["flops_kept"] = rows["flops_masked"] / rows["flops_dense"]
-    for task, part in rows.groupby("task", sort=False):
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        points = _points(ax, part, "flops_kept")
-        front = pareto_front(list(zip(points["x"], points["y"], strict=True)))
-        ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linewidth=0.8, label="front")
-        dense = part.drop_duplicates("seed")["dense_metric"].mean()
-        ax.plot([1.0], [dense], marker="*", color="black", markersize=10, linestyle="", label="dense")
-        metric = part["metric_name"].iloc[0]
-        ax.set(xlabel="FLOPs kept (masked / dense)", ylabel=metric, title=f"{task}: {metric} vs FLOPs")
-        ax.legend(fontsize=7)
-        yield _file_name(suite_name, task, "pareto-flops"), fig
+    frame = frame.copy()
+    if {"flops_dense", "flops_masked"} <= set(frame):
+        frame["flops_kept"] = frame["flops_masked"] / frame["flops_dense"]
+    for field, xlabel, word, suffix in COST_AXES:
+        if field not in frame or frame[field].isna().all():
+            continue
+        for task, part in frame.dropna(subset=[field]).groupby("task", sort=False):
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            points = _points(ax, part, field)
+            front = pareto_front(list(zip(points["x"], points["y"], strict=True)))
+            ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linewidth=0.8, label="front")
+            dense = part.drop_duplicates("seed")["dense_metric"].mean()
+            ax.plot([1.0], [dense], marker="*", color="black", markersize=10, linestyle="", label="dense")
+            metric = part["metric_name"].iloc[0]
+            ax.set(xlabel=xlabel, ylabel=metric, title=f"{task}: {metric} vs {word}")
+            ax.legend(fontsize=7)
+            yield _file_name(suite_name, task, suffix), fig
 
 
 def allocation(frame: pd.DataFrame, suite_name: str) -> Iterator[tuple[str, Figure]]:

@@ -48,7 +48,9 @@ ROW_FIELDS = (
     "collapsed",
     "flops_dense",
 )
-SPEED_FIELDS = ("latency_ms", "flops_masked")  # optional, added by the speed measurements when present
+# optional, added by the speed measurements when present (latency_ratio_*: bench.deploy.ort_speed.runtime_fields)
+SPEED_FIELDS = ("latency_ms", "flops_masked", "latency_ratio_ort", "latency_ratio_ov")
+COST_FIELDS = ("flops_kept", "latency_ratio_ort", "latency_ratio_ov")  # the --cost view, mean over seeds
 LOWER_IS_BETTER = {"error", "loss", "latency_ms"}
 ALPHA = 0.05
 SPARSITY_TOLERANCE = 5e-4
@@ -113,18 +115,28 @@ def _speed_value(row: dict[str, Any], field: str) -> Any:
 
 
 def rows_from_store(suite, store: ResultStore | None = None) -> pd.DataFrame:
-    return frame_from_rows((store or ResultStore()).rows(), suite)
+    """The frame of the store's rows; rows of the local store (``store`` None) gain the runtime
+    latencies measured since (runs/speed/, bench.deploy.ort_speed.with_runtime_fields), a rows
+    file given as ``store`` is read as it is."""
+    return frame_from_rows(_stored_rows(store), suite)
+
+
+def _stored_rows(store: ResultStore | None):
+    from bench.deploy.ort_speed import with_runtime_fields
+
+    return with_runtime_fields(ResultStore().rows()) if store is None else store.rows()
 
 
 def suite_rows(suite, store: ResultStore | None = None) -> list[dict[str, Any]]:
     """The complete store rows (per-layer audit, provenance, every metric) of ``suite``'s finished
-    cells, in the suite's cell order, each with its cell's ``label`` and allocation rule (rows
+    cells (the local store's with their runtime latencies, :func:`rows_from_store`), in the suite's
+    cell order, each with its cell's ``label`` and allocation rule (rows
     written before rows recorded it take their cell's, which their run id hashes): what
     ``smartbench table --raw`` commits next to a table, and what ``--rows`` reads back."""
     from bench.core.select import Allocation
     from bench.runs.registry import get_pruner_class
 
-    rows = {row.get("run_id"): row for row in (store or ResultStore()).rows()}
+    rows = {row.get("run_id"): row for row in _stored_rows(store)}
     out = []
     for cell in suite.cells:
         if cell.run_id in rows:
@@ -237,8 +249,14 @@ def _by_seed(frame: pd.DataFrame, label: str, task: str, pattern: str, sparsity:
 def summarize(frame: pd.DataFrame, suite=None) -> pd.DataFrame:
     """Per (label, task, pattern, sparsity): mean, std, n, expected n, achieved sparsity, best,
     separated (the dagger), p_value; plus the dense reference rows (label 'dense')."""
+    if {"flops_masked", "flops_dense"} <= set(frame):
+        frame = frame.assign(flops_kept=frame["flops_masked"] / frame["flops_dense"])
+    for name in COST_FIELDS:
+        if name not in frame:
+            frame[name] = math.nan
     grouped = frame.groupby(KEYS, sort=False)
     stats = grouped.agg(
+        **{name: (name, "mean") for name in COST_FIELDS},
         metric_name=("metric_name", "first"),
         mean=("metric", "mean"),
         std=("metric", "std"),
@@ -323,6 +341,7 @@ def _dense_rows(frame: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
             "n": int(dense.loc[col["task"], "count"]),
             "expected_n": max(int(dense.loc[col["task"], "count"]), int(planned[col["task"]])),
             "achieved_sparsity": 0.0,
+            **{name: 1.0 if name == "flops_kept" else math.nan for name in COST_FIELDS},
             "collapsed": 0,
             "best": False,
             "separated": False,
@@ -386,6 +405,7 @@ class Table:
     digits: int = 2
     mixed_dense: list[str] = field(default_factory=list)  # dense_mismatches of the rows
     row_notes: dict[str, str] = field(default_factory=dict)  # label -> what the row is (row_notes())
+    cost: bool = False  # also render the cost view (cost_text): FLOPs kept and runtime latency ratios
 
     def cell(self, label: str, column: tuple) -> pd.Series | None:
         s = self.stats
@@ -411,6 +431,25 @@ class Table:
         if row["n"] < row["expected_n"]:
             value += f" (n={int(row['n'])})"
         return value
+
+    def cost_text(self, row: pd.Series | None, fmt: str) -> str:
+        """``F 0.52 · ORT 0.61 · OV 0.58``: mean FLOPs kept and runtime latency ratios (what is measured)."""
+        parts = []
+        for name, short in (("flops_kept", "F"), ("latency_ratio_ort", "ORT"), ("latency_ratio_ov", "OV")):
+            value = None if row is None else row.get(name)
+            if value is not None and not pd.isna(value):
+                parts.append(f"{short} {value:.2f}")
+        if not parts:
+            return "–" if fmt == "md" else "--"
+        return (" $\\cdot$ " if fmt == "latex" else " · ").join(parts)
+
+    def cost_notes(self) -> list[str]:
+        return [
+            "Cost per cell, mean over seeds: F = forward FLOPs per sample of the kept weights ÷ the dense model's "
+            "(torch.utils.flop_counter); ORT / OV = latency of the pruned ÷ the dense-shaped exported model at "
+            "batch 1 in ONNX Runtime / OpenVINO on the CPU (`smartbench suite speed`), over the seeds measured; "
+            "channel runs are exported physically shrunk, the other patterns keep dense shapes (docs/deploy.md)."
+        ]
 
     @staticmethod
     def off_target(row: pd.Series) -> bool:
@@ -459,19 +498,31 @@ class Table:
         return {"md": self.markdown, "latex": self.latex, "csv": self.csv}[fmt]()
 
     def markdown(self) -> str:
+        text = self._markdown(self.suite_name, self.text, self.notes("md"))
+        if self.cost:
+            text += "\n" + self._markdown(f"{self.suite_name}: cost", self.cost_text, self.cost_notes())
+        return text
+
+    def _markdown(self, title: str, cell_text, notes: list[str]) -> str:
         header = ["pruner"] + [f"{t} · {p} · {s:g}" for t, p, s in self.columns]
-        body = [[label] + [self.text(self.cell(label, col), "md") for col in self.columns] for label in self.labels]
+        body = [[label] + [cell_text(self.cell(label, col), "md") for col in self.columns] for label in self.labels]
         frame = pd.DataFrame(body, columns=header)
-        notes = "\n".join(f"- {n}" for n in self.notes("md"))
-        return f"### {self.suite_name}\n\n{frame.to_markdown(index=False)}\n\n{notes}\n"
+        lines = "\n".join(f"- {n}" for n in notes)
+        return f"### {title}\n\n{frame.to_markdown(index=False)}\n\n{lines}\n"
 
     def latex(self) -> str:
+        text = self._latex(self.suite_name, self.text, self.notes("latex"))
+        if self.cost:
+            text += "\n" + self._latex(f"{self.suite_name}: cost", self.cost_text, self.cost_notes())
+        return text
+
+    def _latex(self, title: str, cell_text, notes: list[str]) -> str:
         tasks = _runs([c[0] for c in self.columns])
         patterns = _runs([(c[0], c[1]) for c in self.columns])
         lines = [
             "\\begin{table}[t]",
             "\\centering",
-            f"\\caption{{{latex_escape(self.suite_name)}}}",
+            f"\\caption{{{latex_escape(title)}}}",
             "\\begin{tabular}{l" + "c" * len(self.columns) + "}",
             "\\toprule",
         ]
@@ -485,7 +536,7 @@ class Table:
         lines.append("pruner & " + " & ".join(f"{c[2]:g}" for c in self.columns) + " \\\\")
         lines.append("\\midrule")
         for i, label in enumerate(self.labels):
-            cells = [self.text(self.cell(label, col), "latex") for col in self.columns]
+            cells = [cell_text(self.cell(label, col), "latex") for col in self.columns]
             lines.append(" & ".join([latex_escape(label)] + cells) + " \\\\")
             if i == 0 and label == "dense":
                 lines.append("\\midrule")
@@ -496,10 +547,11 @@ class Table:
             "‡": "$^\\ddagger$",
             ">=": "$\\geq$",
             "≈": "$\\approx$",
+            "÷": "$\\div$",
             " < ": " $<$ ",
             "§": "\\S{}",
         }
-        for note in self.notes("latex"):
+        for note in notes:
             text = latex_escape(note)
             for symbol, tex in symbols.items():
                 text = text.replace(symbol, tex)
@@ -520,6 +572,7 @@ class Table:
             "within_noise",
             "achieved_sparsity",
             "collapsed",
+            *COST_FIELDS,
         ]
         return self.stats[columns].to_csv(index=False)
 
@@ -551,8 +604,9 @@ def latex_escape(text: str) -> str:
     return re.sub(r"[\\_%&#${}~^]", lambda m: specials[m.group()], str(text))
 
 
-def build_table(frame: pd.DataFrame, suite=None) -> Table:
-    """Statistics + ordering (columns and rows in the suite's order of first appearance)."""
+def build_table(frame: pd.DataFrame, suite=None, cost: bool = False) -> Table:
+    """Statistics + ordering (columns and rows in the suite's order of first appearance); ``cost``:
+    markdown and LaTeX also render the cost view (:meth:`Table.cost_text`)."""
     stats = summarize(frame, suite)
     order = [c.column for c in suite.placed()] if suite is not None else []
     order += [tuple(r) for r in frame[["task", "pattern", "sparsity"]].itertuples(index=False)]
@@ -573,4 +627,5 @@ def build_table(frame: pd.DataFrame, suite=None) -> Table:
         labels,
         mixed_dense=dense_mismatches(frame),
         row_notes=row_notes([label for label in labels if label != "dense"], suite, frame),
+        cost=cost,
     )
