@@ -150,6 +150,8 @@ def test_cell_details_hold_seeds_run_ids_ci_and_mde(v2_page):
 def test_paired_difference_and_holm_against_scipy():
     from scipy.stats import t, ttest_rel
 
+    from bench.reports.stats import mde_sd_units
+
     first, second = {0: 1.0, 1: 2.5, 2: 2.0, 3: 4.0}, {0: 0.5, 1: 2.0, 2: 2.2, 3: 3.0}
     diff = paired_difference(first, second)
     d = [first[s] - second[s] for s in range(4)]
@@ -157,7 +159,7 @@ def test_paired_difference_and_holm_against_scipy():
     assert diff["mean"] == pytest.approx(mean) and diff["n"] == 4
     assert diff["ci"] == pytest.approx([mean - t.ppf(0.975, 3) * sd / 2, mean + t.ppf(0.975, 3) * sd / 2])
     assert diff["p"] == pytest.approx(ttest_rel(list(first.values()), list(second.values())).pvalue)
-    assert diff["mde"] == pytest.approx((t.ppf(0.975, 3) + t.ppf(0.8, 3)) * sd / 2)
+    assert diff["mde"] == pytest.approx(mde_sd_units(4) * sd)  # exact noncentral t (bench.reports.stats)
     assert paired_difference({0: 1.0}, {0: 2.0}) is None
     assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
 

@@ -9,8 +9,9 @@ shows, per cell, what a reader checks before believing a number, computed here f
 * the paired difference to the column's best over the seeds both finished, mean and 95% CI
   (Student t), its two-sided paired p (``tables.paired_p``) and that p Holm-corrected over every
   (cell, best) comparison of the table;
-* the minimum detectable effect of that comparison at 80% power, two-sided alpha 0.05:
-  ``(t(0.975, n-1) + t(0.8, n-1)) * sd_d / sqrt(n)`` -- what the column can and cannot detect.
+* the minimum detectable effect of that comparison at 80% power, two-sided alpha 0.05, from the
+  exact noncentral-t power of the paired t-test (``bench.reports.stats.mde``) -- what the column
+  can and cannot detect.
 
 Everything is in the file: inline CSS and JS, figures as inline SVG (matplotlib, text kept as
 text), no request to any network. Without JS the table is complete (the details open as
@@ -30,7 +31,9 @@ from typing import Any
 
 import pandas as pd
 
-from bench.reports.tables import ALPHA, Table, _by_seed, paired_p
+from bench.reports import stats
+from bench.reports.stats import holm
+from bench.reports.tables import ALPHA, Table, _by_seed
 
 POWER = 0.8
 
@@ -39,28 +42,11 @@ POWER = 0.8
 def paired_difference(first: dict[int, float], second: dict[int, float]) -> dict[str, Any] | None:
     """``first - second`` over the shared seeds: n, mean, 95% CI, paired p and the MDE at 80% power
     (None with fewer than 2 shared seeds)."""
-    from scipy.stats import t
-
-    seeds = sorted(set(first) & set(second))
-    if len(seeds) < 2:
+    diff = stats.paired_difference(first, second, 1 - ALPHA)
+    if diff is None:
         return None
-    diffs = [first[s] - second[s] for s in seeds]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    half = t.ppf(1 - ALPHA / 2, n - 1) * sd / math.sqrt(n)
-    mde = (t.ppf(1 - ALPHA / 2, n - 1) + t.ppf(POWER, n - 1)) * sd / math.sqrt(n)
-    return {"n": n, "mean": mean, "ci": [mean - half, mean + half], "p": paired_p(first, second), "mde": mde}
-
-
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p values, in the input order."""
-    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
-    adjusted, running = [0.0] * len(pvalues), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
-        adjusted[i] = running
-    return adjusted
+    mde = stats.mde(diff.sd, diff.n, ALPHA, POWER)
+    return {"n": diff.n, "mean": diff.mean, "ci": [diff.ci_low, diff.ci_high], "p": diff.p, "mde": mde}
 
 
 def controls_of(table: Table, frame: pd.DataFrame) -> set[str]:
