@@ -11,6 +11,8 @@ trained jointly with the weights (gradients reach a_l, c_l, the MLP and, through
 
     budget_weight * (kept units / all units - (1 - p))^2        (global; per-layer mean for scope=layer)
 
+(under a FLOPs budget, ``--budget flops``: kept and all units weighted by their layer's FLOPs per unit)
+
 N:M: forward mask = top-N of the logits per row of M (STE as above), no budget term.
 ``finalize``: exact top-k projection of the logits at the target (``self.select``).
 """
@@ -191,8 +193,13 @@ class AWGPruner(Pruner):
         if self.scope == "layer":
             gaps = torch.stack([(m.mean() - target) ** 2 for m in masks.values()])
             return self.config.budget_weight * gaps.mean()
-        kept = sum(m.sum() for m in masks.values())
-        total = sum(m.numel() for m in masks.values())
+        if self.allocation is not None and self.allocation.by_cost:  # the kept fraction of the FLOPs
+            costs = dict(zip(masks, self.allocation.layer_costs(masks)))
+            kept = sum(m.sum() * costs[name] for name, m in masks.items())
+            total = sum(m.numel() * costs[name] for name, m in masks.items())
+        else:
+            kept = sum(m.sum() for m in masks.values())
+            total = sum(m.numel() for m in masks.values())
         return self.config.budget_weight * (kept / total - target) ** 2
 
     def finalize(self) -> dict[str, Tensor]:

@@ -11,7 +11,9 @@ trained jointly with the weights (own optimiser group, lr ``gate_lr``) under the
 
 R = MACs (``resource=macs``, PaS): sum_l positions_l * sum_u b_u * size_u, with positions_l (output
 positions per sample) from ``bench.core.masks.calibrate``; or R = kept units (``resource=units``, the
-default: the benchmark's sparsity). U is ``mac_unit`` (0 = R_dense, so the penalty is
+default: the benchmark's sparsity). Under a FLOPs budget (``--budget flops``) R is what the budget
+counts whatever ``resource`` says: sum_l c_l * kept units_l, c_l = the layer's measured FLOPs per
+unit (bench.core.costs). U is ``mac_unit`` (0 = R_dense, so the penalty is
 alpha * (kept fraction - (1 - p))^2).
 N:M: per-weight gates, forward mask = top-N of g per row of M (STE), no penalty.
 ``finalize`` projects g to exactly the target (top-k) unless ``projection=False``.
@@ -77,7 +79,10 @@ class PaSPruner(Pruner):
         for layer in layers:
             units = self.pattern.units(layer.weight.detach().float())
             macs = self.config.resource == "macs"
-            self.unit_cost[layer.name] = float(layer.positions * units.shape[-1]) if macs else 1.0
+            if self.allocation is not None and self.allocation.budget == "flops":  # the budget's own unit cost
+                self.unit_cost[layer.name] = float(self.allocation.layer_costs([layer.name])[0])
+            else:
+                self.unit_cost[layer.name] = float(layer.positions * units.shape[-1]) if macs else 1.0
             if self.budget_fixed:  # N:M: rank by |w| at init (constant gates would tie in the top-N per row)
                 magnitude = units[..., 0].abs()
                 init = self.config.gate_init * magnitude / magnitude.mean().clamp_min(1e-12)

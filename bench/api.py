@@ -22,15 +22,17 @@ pattern against every layer, sparsity) before the first step, with the errors of
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
+from bench.core.costs import flops_audit, unit_costs
 from bench.core.errors import ConfigError
 from bench.core.masks import Masker, covered_layers, find_prunable
-from bench.core.select import Allocation
+from bench.core.select import Allocation, protocol_floor
 from bench.core.sparsity import parse_pattern, resolve_sparsity
 from bench.deploy.shrink import folded_copy
 from bench.runs.export import save_pruned
@@ -93,7 +95,10 @@ class Pruning:
 
     def audit(self) -> dict[str, Any]:
         """Per-layer and global sparsity of the final masks, and the pattern check."""
-        audit = self.masker.audit(self.finalize(), self.pruner.allocation)
+        allocation = self.pruner.allocation
+        audit = self.masker.audit(self.finalize(), allocation)
+        if allocation is not None and allocation.costs:  # a FLOPs budget: what it removed
+            audit.update(flops_audit(audit["layers"], allocation.costs), budget_kind=allocation.budget)
         if self.dense_layers:  # prunable layers the pattern cannot cover (bench.core.masks.covered_layers)
             audit["dense_layers"] = [{"layer": name, "reason": why} for name, why in self.dense_layers.items()]
         return audit
@@ -138,6 +143,7 @@ def prune(
     exclude: list[str] | None = None,
     keep_first_last: bool = True,
     allocation: str | dict | None = None,
+    budget: str = "params",
     log: Callable[[str], None] = lambda _message: None,
 ) -> Pruning:
     """Attach ``pruner`` to ``model`` for a pruning stage of ``steps`` optimizer steps.
@@ -149,6 +155,9 @@ def prune(
     a task (bench.core.masks.find_prunable). ``options``: the pruner's config overrides.
     ``allocation``: ``"uniform"``, ``"global"`` or ``{"policy": ..., "floor": ...}``, the
     benchmark's allocation rule (bench.core.select.Allocation; default: the pruner's own scope).
+    ``budget``: ``"params"`` (the sparsity counts units) or ``"flops"`` (it counts the covered
+    layers' forward FLOPs at ``example_input``'s size, kept to within one unit; without an
+    ``allocation``, the protocol's: global with the floor min(10 %, half the kept fraction)).
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ConfigError("steps", f"must be an integer >= 1, got {steps!r}")
@@ -156,7 +165,12 @@ def prune(
         raise ConfigError("example_input", "one input batch of the model is needed (masks trace the model once)")
     parsed = parse_pattern(pattern)
     target = resolve_sparsity(parsed, sparsity)
+    if budget not in ("params", "flops"):
+        raise ConfigError("budget", f"{budget!r} is not one of params, flops")
     rule = Allocation.from_value(allocation)
+    if budget == "flops":
+        rule = Allocation("global", protocol_floor(target)) if rule is None else rule
+        rule = dataclasses.replace(rule, budget="flops")
     instance = build_pruner(pruner, parsed, target, options, rule)
     if instance.trains_from_scratch:
         raise ConfigError(
@@ -168,6 +182,9 @@ def prune(
     if not names:
         raise ConfigError("include", "no prunable Conv2d/Linear layer selected")
     unit_counts, dense_layers = covered_layers(model, names, parsed)  # the rest stays dense (listed in the audit)
+    if rule is not None and rule.budget == "flops":
+        rule = rule.with_costs(unit_costs(model, unit_counts, example_input))
+        instance.allocation = rule
     if rule is not None:
         rule.check(unit_counts, parsed, target)
     masker = Masker(model, list(unit_counts), parsed, example_input)

@@ -18,9 +18,19 @@ five to ten -- while the result stays the unique root.
 Backward (implicit function theorem, q_i = f_i (1 - f_i)):
     dL/ds_j = (q_j / tau) * (u_j - sum_i u_i q_i / sum_i q_i),    u = dL/df
 With ``detach_t=True`` t is treated as a constant: dL/ds_j = (q_j / tau) * u_j.
+
+Exact cost (:func:`soft_topk_cost`, a FLOPs budget): sum_i c_i sigmoid(s_i/tau + t) = C with unit
+costs c_i > 0 is strictly increasing in t too, so it has the same unique root, solved by the same
+safeguarded Halley iteration on g(t) = sum c f - C, g' = sum c q, g'' = sum c q (1 - 2 f). Its
+backward: dt/ds_j = -(c_j q_j / tau) / sum_i c_i q_i, hence
+    dL/ds_j = (q_j / tau) * (u_j - c_j * sum_i u_i q_i / sum_i c_i q_i).
+The costs are divided by their mean first (the root and the mask do not change; the sums stay
+near the unit counts).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -233,6 +243,87 @@ def soft_topk(
     return (out, -t * tau) if return_threshold else out
 
 
+def _solve_cost(z: Tensor, c: Tensor, budget: float, tol: float, t0: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Solve sum_i c_i sigmoid(z_i + t) = budget for t (1-D z, costs c in float64): safeguarded Halley
+    in the bracket [-max z - 30, -min z + 30]; done when |g| <= max(tol, 8 eps) * max(1, budget)."""
+    lo = -z.max().to(torch.float64) - _BRACKET_MARGIN
+    hi = -z.min().to(torch.float64) + _BRACKET_MARGIN
+    if t0 is None:
+        frac = min(max(budget / float(c.sum()), 1e-6), 1 - 1e-6)
+        t0 = torch.tensor(math.log(frac) - math.log1p(-frac), dtype=torch.float64, device=z.device) - z.mean(
+            dtype=torch.float64
+        )
+    t = t0.to(torch.float64).reshape(()).clamp(lo, hi)
+    limit = max(tol, 8 * torch.finfo(z.dtype).eps) * max(1.0, budget)
+    for _ in range(_MAX_ITER):
+        f = torch.sigmoid(z + t.to(z.dtype))
+        q = f * (1 - f)
+        cf, cq = c * f.to(torch.float64), c * q.to(torch.float64)
+        g, dg = cf.sum() - budget, cq.sum()
+        d2g = dg - 2 * (cq * f.to(torch.float64)).sum()
+        lo, hi = torch.where(g < 0, t, lo), torch.where(g > 0, t, hi)
+        denominator = 2 * dg * dg - g * d2g
+        halley = t - 2 * g * dg / denominator.clamp_min(1e-300)
+        newton = t - g / dg.clamp_min(1e-300)
+        usable = dg > 1e-12
+        step = torch.where((halley > lo) & (halley < hi) & (denominator > 0) & usable, halley, newton)
+        t_next = torch.where((step > lo) & (step < hi) & usable, step, (lo + hi) / 2)
+        if bool(g.abs() <= limit) or (z.dtype != torch.float64 and bool(t_next.to(z.dtype) == t.to(z.dtype))):
+            return t, f, q
+        t = t_next
+    f = torch.sigmoid(z + t.to(z.dtype))
+    return t, f, f * (1 - f)
+
+
+class _SoftTopKCost(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores: Tensor, costs: Tensor, budget: float, tau: float, detach_t: bool, tol: float, t0):
+        t, f, q = _solve_cost(scores.detach() / tau, costs, budget, tol, t0)
+        ctx.save_for_backward(q, costs)
+        ctx.tau, ctx.detach_t = tau, detach_t
+        ctx.mark_non_differentiable(t)
+        return f, t
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor, _grad_t):
+        q, costs = ctx.saved_tensors
+        u = grad_out.to(q.dtype)
+        if ctx.detach_t:
+            return q * u / ctx.tau, None, None, None, None, None, None
+        cq = (costs * q.to(torch.float64)).sum()
+        mean_u = ((u * q).sum(dtype=torch.float64) / cq.clamp_min(torch.finfo(torch.float64).tiny)).to(q.dtype)
+        grad = (u - costs.to(q.dtype) * mean_u).mul_(q).mul_(1.0 / ctx.tau)
+        return grad, None, None, None, None, None, None
+
+
+def soft_topk_cost(
+    scores: Tensor,
+    costs: Tensor,
+    budget: float,
+    tau: float,
+    detach_t: bool = False,
+    tol: float = 1e-12,
+    threshold: Tensor | None = None,
+    return_threshold: bool = False,
+):
+    """Exact-cost soft mask sigmoid(scores/tau + t) of 1-D ``scores`` with sum(costs * mask) =
+    ``budget`` (module docstring); ``threshold``/``return_threshold`` as in :func:`soft_topk`."""
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    if scores.dim() != 1 or costs.shape != scores.shape:
+        raise ValueError(f"scores and costs must be 1-D of one shape, got {tuple(scores.shape)}, {tuple(costs.shape)}")
+    scale = costs.to(torch.float64).mean()
+    c = (costs.to(torch.float64) / scale).detach()
+    budget = float(budget / scale)
+    if not 0 < budget < float(c.sum()):
+        raise ValueError(f"the budget must lie strictly between 0 and the total cost, got {budget * float(scale)}")
+    rows = scores if scores.dtype in (torch.float32, torch.float64) else scores.float()
+    t0 = None if threshold is None else -threshold.to(torch.float64).reshape(()) / tau
+    out, t = _SoftTopKCost.apply(rows, c, budget, float(tau), bool(detach_t), float(tol), t0)
+    out = out.to(scores.dtype)
+    return (out, (-t * tau).reshape(1)) if return_threshold else out
+
+
 def _under_floor(soft: Tensor, sizes: list[int], minimum: Tensor) -> Tensor:
     """Bool per layer: its soft mass (the sum of its part of ``soft``, layers one after the other
     with ``sizes`` entries) is below its floor ``minimum``, as float64 sums decide it.
@@ -250,7 +341,9 @@ def _under_floor(soft: Tensor, sizes: list[int], minimum: Tensor) -> Tensor:
     return sums < minimum
 
 
-def _floored(flat: Tensor, sizes: list[int], k: int, minimum: list[int], tau: float, solve) -> Tensor:
+def _floored(
+    flat: Tensor, sizes: list[int], k: float, minimum: list[int], tau: float, solve, costs: Tensor | None = None
+) -> Tensor:
     """Global exact-k soft top-k of ``flat`` (layers of ``sizes`` one after the other) in which every
     layer keeps a soft mass of at least ``minimum[l]`` units; ``solve(scores, k, held)`` is the soft
     top-k at ``tau`` (``held``: the solve with units held, warm-started from its own last threshold,
@@ -261,7 +354,8 @@ def _floored(flat: Tensor, sizes: list[int], k: int, minimum: list[int], tau: fl
     k - held is solved again, exact-k, over every unit not held (the held ones are pushed 64 tau
     below the lowest score, where their sigmoid is < 1e-27, and then set to 1: no gather of the
     free units, which cost more than the solve at 4.9M scores); that can push another layer under
-    its floor, which is then held too (at most one more solve per layer). Where no floor binds,
+    its floor, which is then held too (at most one more solve per layer). With ``costs`` (one per
+    entry of ``flat``) ``k`` is a cost budget and the held units' costs come off it. Where no floor binds,
     the result is the plain solve bit for bit. As tau -> 0 its support is ``global_topk``'s with
     the same minimums: each bound layer's best ``minimum`` units, then the global ranking.
     ``flat`` (a fresh concatenation, owned by the call) is overwritten at the held units."""
@@ -281,7 +375,11 @@ def _floored(flat: Tensor, sizes: list[int], k: int, minimum: list[int], tau: fl
             # cut hold a few more, and the budget below shrinks by as many: the total stays k)
             held.append(top_indices(flat[offsets[layer] : offsets[layer + 1]], minimum[layer]) + offsets[layer])
         index = torch.cat(held)
-        budget, free = k - index.numel(), flat.numel() - index.numel()
+        if costs is None:
+            budget, free = k - index.numel(), flat.numel() - index.numel()
+        else:
+            spent = float(costs[index].sum())
+            budget, free = k - spent, float(costs.sum()) - spent
         if budget <= 0:
             soft = torch.zeros_like(flat).index_fill_(0, index, 1.0)
         elif budget >= free:
@@ -337,6 +435,24 @@ def soft_select(
         sizes = [v.numel() for v in values]
         if allocation is None:
             soft = solve("global", flat, keep_count(flat.numel(), sparsity))
+        elif allocation.by_cost:  # a FLOPs budget: exact cost, every unit weighted by its layer's cost
+            counts = dict(zip(names, sizes))
+            costs = torch.cat(
+                [
+                    torch.full((n,), c, dtype=torch.float64, device=flat.device)
+                    for n, c in zip(sizes, allocation.layer_costs(names))
+                ]
+            )
+            minimum = [allocation.minimum(c) for c in sizes]
+
+            def solve_cost(rows: Tensor, budget: float, held: bool) -> Tensor:
+                key = "global+held" if held else "global"
+                soft, thresholds[key] = soft_topk_cost(
+                    rows, costs, budget, tau, detach_t, threshold=thresholds.get(key), return_threshold=True
+                )
+                return soft
+
+            soft = _floored(flat, sizes, allocation.cost_target(counts, sparsity), minimum, tau, solve_cost, costs)
         else:
             counts = dict(zip(names, sizes))
             minimum = [allocation.minimum(c) for c in sizes]

@@ -42,12 +42,27 @@ def cmd_list(args) -> int:
     return 0
 
 
+def allocation_of(args) -> dict | None:
+    """``--allocation``/``--keep-floor``/``--budget`` as a RunSpec allocation. ``--budget flops``
+    without ``--allocation`` takes the protocol's rule: one global ranking with the keep floor
+    min(10 %, half the kept fraction) (``bench.core.select.protocol_floor``) unless --keep-floor."""
+    from bench.core.select import protocol_floor
+
+    if args.allocation is None and args.budget == "params":
+        return None
+    floor = args.keep_floor
+    if args.allocation is None and not floor:
+        floor = protocol_floor(args.sparsity) if args.sparsity is not None else 0.0
+    rule = {"policy": args.allocation or "global", "floor": floor}
+    return rule | ({"budget": args.budget} if args.budget != "params" else {})
+
+
 def cmd_run(args) -> int:
     from bench.core.paths import RunPaths
     from bench.runs.run import RunSpec, execute, resolve
 
-    if args.allocation is None and args.keep_floor:
-        raise ConfigError("--keep-floor", "needs --allocation uniform|global")
+    if args.allocation is None and args.keep_floor and args.budget == "params":
+        raise ConfigError("--keep-floor", "needs --allocation uniform|global (or --budget flops)")
     budget = {
         k: v
         for k, v in (
@@ -69,7 +84,7 @@ def cmd_run(args) -> int:
         budget=budget,
         data=args.data,
         dense_checkpoint=args.dense_checkpoint,
-        allocation=None if args.allocation is None else {"policy": args.allocation, "floor": args.keep_floor},
+        allocation=allocation_of(args),
         device=args.device,
         amp=args.amp,
     )
@@ -124,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--keep-floor", type=float, default=0.0, help="with --allocation: every layer keeps >= this fraction"
+    )
+    run.add_argument(
+        "--budget",
+        choices=("params", "flops"),
+        default="params",
+        help="what --sparsity removes: params (units of the covered layers; default) or flops (their forward "
+        "FLOPs at the task's input size, kept to within one unit; without --allocation: global with the "
+        "protocol's floor min(10%%, half the kept fraction)); part of the run id",
     )
     run.add_argument("--prune-epochs", type=int, default=None)
     run.add_argument("--finetune-epochs", type=int, default=None)

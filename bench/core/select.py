@@ -24,12 +24,20 @@ benchmark column; v1 runs have none and use each pruner's own ``scope`` on raw s
   are ranked as they are;
 * ``floor``: every layer keeps at least max(1, ceil(floor * G_l)) units, whatever the policy
   (N:M exempt: it keeps N per row anyway), also in ``keep_above``'s training-time masks.
+* ``budget``: what the sparsity counts. ``params`` (default): units (every unit of a pattern
+  holds equally many weights, so units = parameters of the covered layers). ``flops``: the
+  fraction of the covered layers' forward FLOPs removed. A unit's cost is its layer's FLOPs per
+  unit (``costs``: measured with ``torch.utils.flop_counter`` at the task's input size by the
+  pipeline, :func:`bench.core.masks.unit_costs`; within a layer every unit costs the same, so
+  ``uniform`` allocation is unchanged). ``global`` at ``flops`` keeps the floors, then units in
+  the ranking order until the kept cost is the nearest to C = (1 - r) * sum_l G_l c_l that a
+  prefix of the ranking reaches: exact to within half of one unit's cost (:func:`global_topk`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -38,38 +46,76 @@ from bench.core.errors import ConfigError
 from bench.core.sparsity import Pattern
 
 POLICIES = ("uniform", "global")
+BUDGETS = ("params", "flops")
+PROTOCOL_FLOOR_CAP = 0.1  # the protocol's keep floor: min(10 %, half the kept fraction)
+
+
+def protocol_floor(sparsity: float) -> float:
+    """The protocol's per-layer keep floor at ``sparsity``: min(0.1, (1 - sparsity) / 2)."""
+    return round(min(PROTOCOL_FLOOR_CAP, (1.0 - sparsity) / 2), 6)
 
 
 @dataclass(frozen=True)
 class Allocation:
-    """How a unit budget is spread over layers (module docstring); part of the run identity."""
+    """How a unit budget is spread over layers (module docstring); part of the run identity
+    (``costs`` is not: it is measured from the task's model when a run is set up)."""
 
     policy: str = "global"
     floor: float = 0.0  # minimum kept fraction of every layer's units
+    budget: str = "params"  # what the sparsity counts: params (units) | flops (the covered layers' FLOPs)
+    costs: dict | None = field(default=None, compare=False, repr=False)  # layer -> FLOPs per unit (flops)
 
     def __post_init__(self):
         if self.policy not in POLICIES:
             raise ConfigError("allocation.policy", f"{self.policy!r} is not one of {', '.join(POLICIES)}")
         if isinstance(self.floor, bool) or not isinstance(self.floor, (int, float)) or not 0.0 <= self.floor < 1.0:
             raise ConfigError("allocation.floor", f"must be a number in [0, 1), got {self.floor!r}")
+        if self.budget not in BUDGETS:
+            raise ConfigError("budget", f"{self.budget!r} is not one of {', '.join(BUDGETS)}")
+
+    @property
+    def by_cost(self) -> bool:
+        """True when a global ranking must meet a FLOPs budget (uniform keeps the same fraction of
+        every layer either way)."""
+        return self.budget == "flops" and self.policy == "global"
+
+    def with_costs(self, costs: dict[str, float]) -> Allocation:
+        return replace(self, costs=dict(costs))
+
+    def layer_costs(self, names) -> list[float]:
+        """FLOPs per unit of each named layer; a ConfigError when a flops budget has none measured."""
+        if self.costs is None or any(name not in self.costs for name in names):
+            missing = [name for name in names if self.costs is None or name not in self.costs]
+            raise ConfigError(
+                "budget", f"flops budget without measured unit costs for layer(s) {missing[:3]} (set by the pipeline)"
+            )
+        return [float(self.costs[name]) for name in names]
+
+    def cost_target(self, unit_counts: dict[str, int], sparsity: float) -> float:
+        """``flops``: the FLOPs the kept units of the covered layers may cost, (1 - r) * total."""
+        costs = self.layer_costs(unit_counts)
+        return (1.0 - sparsity) * sum(c * n for c, n in zip(costs, unit_counts.values()))
 
     @classmethod
     def from_value(cls, value) -> Allocation | None:
-        """None, a policy name, or a mapping {policy, floor} (suite YAML, RunSpec)."""
+        """None, a policy name, or a mapping {policy, floor, budget} (suite YAML, RunSpec)."""
         if value is None or isinstance(value, Allocation):
             return value
         if isinstance(value, str):
             return cls(value)
         if isinstance(value, dict):
-            unknown = set(value) - {"policy", "floor"}
+            unknown = set(value) - {"policy", "floor", "budget"}
             if unknown:
-                raise ConfigError("allocation", f"unknown field(s) {sorted(unknown)}; allowed: policy, floor")
+                raise ConfigError("allocation", f"unknown field(s) {sorted(unknown)}; allowed: policy, floor, budget")
             floor = value.get("floor", 0.0)
-            return cls(value.get("policy", "global"), float(floor) if isinstance(floor, int) else floor)
-        raise ConfigError("allocation", f"expected a policy name or {{policy, floor}}, got {value!r}")
+            floor = float(floor) if isinstance(floor, int) and not isinstance(floor, bool) else floor
+            return cls(value.get("policy", "global"), floor, value.get("budget", "params"))
+        raise ConfigError("allocation", f"expected a policy name or {{policy, floor, budget}}, got {value!r}")
 
     def to_dict(self) -> dict:
-        return {"policy": self.policy, "floor": self.floor}
+        """The identity fields; ``budget`` only when it is not the default (earlier run ids unchanged)."""
+        out = {"policy": self.policy, "floor": self.floor}
+        return out | ({"budget": self.budget} if self.budget != "params" else {})
 
     @property
     def scope(self) -> str:
@@ -94,6 +140,15 @@ class Allocation:
             return
         total = sum(unit_counts.values())
         floors = sum(self.minimum(c) for c in unit_counts.values())
+        if self.by_cost and self.costs is not None:
+            floor_cost = sum(self.minimum(n) * c for n, c in zip(unit_counts.values(), self.layer_costs(unit_counts)))
+            if floor_cost > self.cost_target(unit_counts, sparsity) * (1 + 1e-9):
+                raise ConfigError(
+                    "allocation.floor",
+                    f"floor {self.floor:g} keeps {floor_cost:.4g} FLOPs, more than the "
+                    f"{self.cost_target(unit_counts, sparsity):.4g} a FLOPs sparsity of {sparsity:g} leaves; lower the floor",
+                )
+            return
         if self.policy == "global" and floors > keep_count(total, sparsity):
             raise ConfigError(
                 "allocation.floor",
@@ -216,14 +271,25 @@ def nm_topk_layers(scores: dict[str, Tensor], n: int) -> dict[str, Tensor]:
     return per_row_of_layers(scores, lambda rows: nm_topk(rows, n))
 
 
-def global_topk(scores: dict[str, Tensor], keep: int, minimum: dict[str, int] | None = None) -> dict[str, Tensor]:
+def global_topk(
+    scores: dict[str, Tensor],
+    keep: int,
+    minimum: dict[str, int] | None = None,
+    costs: dict[str, float] | None = None,
+    cost_budget: float | None = None,
+) -> dict[str, Tensor]:
     """Keep the ``keep`` highest scores across all layers, at least ``minimum[name]`` (default 1)
-    in every layer: each layer's own best ``minimum`` first, then the rest by one global ranking."""
+    in every layer: each layer's own best ``minimum`` first, then the rest by one global ranking.
+
+    With ``costs`` (per layer, the cost of one of its units) and ``cost_budget``, ``keep`` is not
+    used: after the floors, units are kept in ranking order while the kept cost is the nearest to
+    ``cost_budget`` that a prefix of the ranking reaches (ties: the shorter prefix), all on the
+    scores' device (no host round trip)."""
     names = list(scores)
     device = scores[names[0]].device  # ranked where the scores live (no host round trip on a GPU)
     flat = [scores[name].detach().reshape(-1).to(device, torch.float64) for name in names]
     floors = [1 if minimum is None else minimum[name] for name in names]
-    if keep < sum(floors):
+    if costs is None and keep < sum(floors):
         raise ValueError(f"cannot keep {keep} units over {len(names)} layers (need >= {sum(floors)} for the floors)")
     offsets = [0]
     for f in flat:
@@ -237,7 +303,24 @@ def global_topk(scores: dict[str, Tensor], keep: int, minimum: dict[str, int] | 
             chosen[offsets[i] + torch.argsort(f, descending=True, stable=True)[: floors[i]]] = True
     rest = everything.masked_fill(chosen, float("-inf"))
     order = torch.argsort(rest, descending=True, stable=True)
-    chosen[order[: keep - sum(floors)]] = True
+    if costs is None:
+        chosen[order[: keep - sum(floors)]] = True
+    else:
+        unit_cost = torch.cat(
+            [
+                torch.full((f.numel(),), float(costs[name]), dtype=torch.float64, device=device)
+                for f, name in zip(flat, names)
+            ]
+        )
+        spent = (unit_cost * chosen).sum()  # the floors' cost
+        ranked_cost = unit_cost[order].masked_fill(chosen[order], 0.0)  # floors (ranked last) cost nothing again
+        cumulative = torch.cumsum(ranked_cost, 0)
+        left = cost_budget - spent
+        fits = (cumulative <= left).sum()  # units of the longest prefix within the budget
+        below = torch.where(fits > 0, cumulative[(fits - 1).clamp_min(0)], cumulative.new_zeros(()))
+        above = cumulative[fits.clamp_max(cumulative.numel() - 1)]
+        take = fits + ((fits < cumulative.numel()) & (above - left < left - below)).long()
+        chosen[order] |= torch.arange(order.numel(), device=device) < take
     return {
         name: chosen[offsets[i] : offsets[i + 1]].reshape(scores[name].shape).to(scores[name].device)
         for i, name in enumerate(names)
@@ -278,6 +361,9 @@ def hard_topk(
                 for name, s in scores.items()
             }
         ranked = scores if comparable else standardise_per_layer(scores)  # same devices as scores
+        if allocation.by_cost:
+            costs = dict(zip(counts, allocation.layer_costs(counts)))
+            return global_topk(ranked, 0, minimum, costs, allocation.cost_target(counts, sparsity))
         return global_topk(ranked, allocation.global_keep(counts, sparsity), minimum)
     if scope == "global":
         total = sum(s.numel() for s in scores.values())

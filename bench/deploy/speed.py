@@ -44,8 +44,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from bench.core.costs import module_flops, per_sample
 from bench.core.device import cpu_model
 from bench.core.sparsity import Pattern, parse_pattern
 from bench.deploy.shrink import count_params, folded_copy, random_like_input, shrink_channels
@@ -71,30 +71,6 @@ def device_fingerprint(device: str = "cpu") -> dict[str, Any]:
 
 
 # -- cost figures -------------------------------------------------------------------------
-def module_flops(model: nn.Module, example_input) -> tuple[int, dict[str, int]]:
-    """Total forward FLOPs and FLOPs per module name (children included), one eval forward."""
-    counter = FlopCounterMode(display=False)
-    was_training = model.training
-    model.eval()
-    try:
-        with counter, torch.no_grad():
-            model(**example_input) if isinstance(example_input, dict) else model(example_input)
-    finally:
-        model.train(was_training)
-    per_module = {}
-    for key, ops in counter.get_flop_counts().items():
-        if "." in key:  # keys are "<RootClass>.<module path>"
-            per_module[key.split(".", 1)[1]] = int(sum(ops.values()))
-    return int(counter.get_total_flops()), per_module
-
-
-def _per_sample(example_input) -> int:
-    """Batch size of the example: the tensor's first dim, or that of a dict's first tensor (mm ``inputs``)."""
-    tensors = list(example_input.values()) if isinstance(example_input, dict) else [example_input]
-    first = next((t for t in tensors if isinstance(t, Tensor) and t.dim() > 0), None)
-    return int(first.shape[0]) if first is not None else 1
-
-
 def cost_figures(
     model: nn.Module, masker, hard_masks: dict[str, Tensor], example_input, pattern: Pattern | str
 ) -> dict[str, Any]:
@@ -116,7 +92,7 @@ def cost_figures(
             raise KeyError(f"FlopCounterMode saw no call of prunable layer '{name}'")
         dropped_params += weight.numel() - kept
         dropped_flops += per_module[name] * (1.0 - kept / weight.numel())
-    batch = _per_sample(example_input)
+    batch = per_sample(example_input)
     figures = {
         "params_dense": params_dense,
         "params_masked": params_dense - dropped_params,

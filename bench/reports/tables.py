@@ -94,6 +94,8 @@ def _record(row: dict[str, Any], cell) -> dict[str, Any]:
     record = {field: row.get(field) for field in ROW_FIELDS}
     record.update({field: _speed_value(row, field) for field in SPEED_FIELDS})
     layers = (row.get("audit") or {}).get("layers") or []  # kept fraction per layer (allocation figure)
+    if row.get("budget_kind") == "flops":  # the target counts FLOPs: the achieved sparsity it is held to
+        record["achieved_sparsity"] = row.get("achieved_flops_sparsity")
     record["kept_by_layer"] = {
         entry["layer"]: entry["kept_units"] / entry["units"] for entry in layers if entry.get("units")
     }

@@ -26,12 +26,13 @@ from typing import Any
 import torch
 
 from bench.core.artifacts import load_artifact
+from bench.core.costs import flops_audit, unit_costs
 from bench.core.device import describe, resolve_device
 from bench.core.errors import ConfigError
 from bench.core.masks import Masker, covered_layers, find_prunable
 from bench.core.paths import RunPaths, paths_or_env
-from bench.core.schedules import OWN_FINETUNE_SCHEDULES
 from bench.core.pruner import Pruner
+from bench.core.schedules import OWN_FINETUNE_SCHEDULES
 from bench.core.select import Allocation
 from bench.core.sparsity import parse_pattern, resolve_sparsity
 from bench.deploy.speed import cost_figures
@@ -177,6 +178,10 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     unit_counts, dense_layers = covered_layers(
         model, find_prunable(model, task.include, task.exclude, task.keep_first_last), pattern
     )
+    if allocation is not None and allocation.budget == "flops":  # the unit costs the budget counts
+        with task.quiet():
+            allocation = allocation.with_costs(unit_costs(model, unit_counts, task.example_input()))
+        pruner.allocation = allocation
     if allocation is not None:
         allocation.check(unit_counts, pattern, sparsity)
     identity, dense_state = task.identity(), None
@@ -348,6 +353,10 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
         seed_everything(spec.seed)
         model = task.build_model()
         task.load_dense(model, dense.state)
+        allocation = pruner.allocation
+        layer_costs = allocation.costs if allocation is not None and allocation.costs else None
+        if layer_costs is None:  # every row reports the FLOPs sparsity of its covered layers
+            layer_costs = unit_costs(model, run.unit_counts, task.example_input())
         model.to(task.device)  # before the masker and the pruner exist: their tensors follow the layers
         dense_test = dense.metrics["test"] if dense.metrics else task.evaluate_all(model, "test")
         dense_val = dense.metrics["val"] if dense.metrics else task.evaluate_all(model, "val")
@@ -381,6 +390,7 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
             hard = PruneTrainer(task, model, driver, spec.seed, work_dir, log).run()
         prune_wall = time.perf_counter() - started
         audit = masker.audit(hard, pruner.allocation)
+        audit.update(flops_audit(audit["layers"], layer_costs))
         if dense_layers:  # left dense by the coverage rule (bench.core.masks.covered_layers)
             audit["dense_layers"] = [{"layer": name, "reason": why} for name, why in dense_layers.items()]
         val, test = task.evaluate_all(model, "val"), task.evaluate_all(model, "test")
@@ -411,6 +421,8 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
         "dense_metric": task.metric_of(dense_test),
         "dense_val_metric": task.metric_of(dense_val),
         "achieved_sparsity": audit["achieved_sparsity"],
+        "budget_kind": "params" if pruner.allocation is None else pruner.allocation.budget,
+        "achieved_flops_sparsity": round(audit["achieved_flops_sparsity"], 6),
         "weight_sparsity": audit["weight_sparsity"],
         "pattern_valid": audit["pattern_valid"],
         "prune_wall_s": round(prune_wall, 2),

@@ -23,14 +23,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 import bench.pruner
 import bench.runs.registry
+from bench.core.costs import flops_audit, unit_costs
 from bench.core.errors import ConfigError
-from bench.core.masks import Masker, calibrate, find_prunable
+from bench.core.masks import Masker, calibrate, covered_layers, find_prunable
 from bench.core.select import Allocation, expected_kept
 from bench.core.sparsity import OutputChannel, parse_pattern, resolve_sparsity
 from bench.pruner import ALL_PATTERNS, Pruner, PrunerConfig
@@ -212,6 +214,9 @@ def fresh_setup(case: KitCase, kill_at_epoch: int | None = None, allocation: All
     model = task.build_model()
     model.load_state_dict(dense_state())
     names = find_prunable(model, task.include, task.exclude, task.keep_first_last)
+    if allocation is not None and allocation.budget == "flops":  # as bench.runs.run.resolve measures them
+        counts, _ = covered_layers(model, names, parse_pattern(case.pattern))
+        allocation = allocation.with_costs(unit_costs(model, counts, task.example_input()))
     masker = Masker(model, names, parse_pattern(case.pattern), task.example_input())
     return task, model, masker, build(case, allocation)
 
@@ -535,6 +540,37 @@ def check_allocation_floor(case: KitCase, allocation: Allocation = KIT_ALLOCATIO
     assert audit["layers_at_floor"] == len(flagged)
 
 
+KIT_FLOPS = Allocation("global", 0.1, budget="flops")
+
+
+def check_exact_cost(case: KitCase, allocation: Allocation = KIT_FLOPS) -> None:
+    """Under a FLOPs budget the final masks keep the target fraction of the covered layers' FLOPs to
+    within half of one unit's cost (bench.core.select.global_topk), every layer at least its floor;
+    N:M keeps N of every M whatever the budget counts, so its FLOPs fraction is exact as well."""
+    run = run_case(case, allocation=allocation)
+    rule = run.pruner.allocation
+    counts = {layer.name: layer.num_units for layer in run.masker.layers}
+    kept = {name: int(run.hard[name].sum()) for name in counts}
+    if run.pruner.keeps_all:
+        assert kept == counts, f"{case.id}: a keeps_all control dropped units under a FLOPs budget"
+        return
+    costs = dict(zip(counts, rule.layer_costs(counts)))
+    total = sum(costs[n] * counts[n] for n in counts)
+    kept_cost = sum(costs[n] * kept[n] for n in counts)
+    audit = flops_audit(run.masker.audit(run.hard, rule)["layers"], costs)
+    assert audit["achieved_flops_sparsity"] == pytest.approx(1 - kept_cost / total)
+    if parse_pattern(case.pattern).per_row_budget:
+        assert kept_cost == pytest.approx(total * (1 - case.sparsity)), f"{case.id}: N:M kept {kept_cost} of {total}"
+        return
+    slack = max(costs.values()) / 2 + 1e-9 * total
+    target = (1 - case.sparsity) * total
+    assert abs(kept_cost - target) <= slack, (
+        f"{case.id}: kept {kept_cost:.0f} FLOPs, target {target:.0f} (+- {slack:.0f}, half the dearest unit)"
+    )
+    low = {n: k for n, k in kept.items() if k < rule.minimum(counts[n])}
+    assert not low, f"{case.id}: layers below the floor {rule.floor} under a FLOPs budget: {low}"
+
+
 def check_all(cls: type[Pruner], workdir: Path, sparsities: tuple[float, ...] = KIT_SPARSITIES) -> None:
     """Every check on one pruner class (used for generated and external pruners)."""
     check_declaration(cls)
@@ -546,6 +582,7 @@ def check_all(cls: type[Pruner], workdir: Path, sparsities: tuple[float, ...] = 
             continue
         check_tensors_follow_device(case)
         check_allocation_floor(case)
+        check_exact_cost(case)
         run = run_case(case)
         check_exact_sparsity(run)
         check_pattern_valid(run)

@@ -66,6 +66,11 @@ def test_allocation_floor_and_exact_count(case):
     harness.check_allocation_floor(case)
 
 
+@by_case([case for case in CASES if case.sparsity == 0.5])
+def test_exact_flops_cost(case):
+    harness.check_exact_cost(case)
+
+
 @by_case(CASES)
 def test_pruner_tensors_follow_the_layers_device(case):
     harness.check_tensors_follow_device(case)
