@@ -206,11 +206,19 @@ def test_plan_every_shipped_suite(name, runs_dir):
 @pytest.mark.parametrize("name", list_suites())
 def test_shipped_suites_list_every_builtin_pruner(name):
     """Every built-in method in every shipped suite; every control in leaderboard-v2, and in quick all
-    but scratch (its from-scratch cells would take quick to 14 min); nothing else besides the methods."""
+    but scratch (its from-scratch cells would take quick to 14 min); nothing else besides the methods.
+    A suite with a committed tuned file lists exactly the pruners it was tuned for: equal tuning
+    covers every label of its time, and a method added since (lamp) joins it only by tuning again."""
     pruners = load_pruners()
     builtin = {n for n, cls in pruners.items() if cls.__module__.split(".")[0] in ("smart", "baselines")}
     methods = {n for n in builtin if not pruners[n].control and not pruners[n].keeps_all}
-    names = {entry.name for block in load_suite(name).blocks for entry in block.pruners}
+    suite = load_suite(name)
+    names = {entry.name for block in suite.blocks for entry in block.pruners}
+    if suite.tune is not None and suite.tune.file.exists():
+        tuned = set(json.loads(suite.tune.file.read_text())["chosen"])
+        labels = {entry.label for block in suite.blocks for entry in block.pruners}
+        assert labels == tuned and names <= builtin
+        builtin = methods = names  # the pruners of its time
     assert methods <= names <= builtin
     if name == "leaderboard-v2":
         assert names == builtin

@@ -42,6 +42,7 @@ STYLES = {  # label -> (colour, marker, linestyle)
     "awg": ("#e377c2", "P", "-"),
     "acdc": ("#2ca02c", "X", "-"),
     "srste": ("#bcbd22", "*", "-"),
+    "lamp": ("#ff9896", "h", "-"),
     "random": ("#7f7f7f", "x", "--"),
     "nomask": ("#000000", "+", ":"),
     "scratch": ("#555555", "4", "--"),
