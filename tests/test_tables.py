@@ -221,6 +221,7 @@ def test_plots_with_and_without_speed(store, tmp_path):
     written = write_plots(frame, "synthetic", tmp_path / "plain")
     names = sorted(p.name for p in written)
     assert names == [
+        "synthetic-cd.png",  # the critical-difference diagram over the 3 columns
         "synthetic-fmnist-resnet-block_1x8-0.5-allocation.png",
         "synthetic-fmnist-resnet-block_1x8-0.9-allocation.png",
         "synthetic-fmnist-resnet-block_1x8.png",
@@ -339,8 +340,9 @@ def test_nomask_control_is_a_reference_row(store):
 
 
 def test_within_noise_marks_rows_the_paired_test_cannot_separate_from_the_best(store):
+    """The v2 marks (raw paired p; what the committed leaderboard-v2 tables show)."""
     suite = make_suite()
-    table = build_table(rows_from_store(suite, store), suite)
+    table = build_table(rows_from_store(suite, store), suite, marks="v2")
     # block 0.5: smart_adaptive's per-seed gaps to smart are 1, -0.5, 2.5 (p = 0.37); magnitude's 10, 10, 10
     assert bool(stats_of(table, "smart_adaptive", "block:1x8", 0.5)["within_noise"])
     assert not bool(stats_of(table, "magnitude", "block:1x8", 0.5)["within_noise"])
@@ -366,7 +368,7 @@ def test_mean_ranks_and_win_tie_loss(store):
     # against magnitude: constant gaps of 10 and 15 are wins; gaps 20, 28 over 2 seeds are not separated (p = 0.11)
     assert wtl.loc["magnitude", ["win", "tie", "loss", "columns"]].tolist() == [2, 1, 0, 3]
     assert wtl.loc["smart_adaptive", ["win", "tie", "loss"]].tolist() == [0, 3, 0]
-    text = summary_markdown(frame, "synthetic")
+    text = summary_markdown(frame, "synthetic", marks="v2")
     assert "| magnitude | 3 | 2 | 1 | 0 | 0 / 0 / 0 |" in text
     assert "- fmnist-resnet: test top1 90.00 / 91.00 / 92.00 (seeds 0, 1, 2; spread 2.00)" in text
     # per column (scipy.stats.ttest_rel): block 0.5 smart vs smart_adaptive, diffs 1, -0.5, 2.5: p = 0.368;
@@ -375,11 +377,40 @@ def test_mean_ranks_and_win_tie_loss(store):
     assert "| fmnist-resnet · block:1x8 · 0.5 | smart (3) | smart_adaptive | 0.368 | – | 0 |" in text
     assert "| fmnist-resnet · block:1x8 · 0.9 | smart (2) | smart_adaptive | 0.177 | – | 0 |" in text
     alone = frame[(frame["label"] == "smart") | (frame["pattern"] != "channel")]  # one competing label
-    assert "| fmnist-resnet · channel · 0.5 | smart (3) | – | – | – | 0 |" in summary_markdown(alone, "synthetic")
+    assert "| fmnist-resnet · channel · 0.5 | smart (3) | – | – | – | 0 |" in summary_markdown(
+        alone, "synthetic", marks="v2"
+    )
     as_random = frame.assign(label=frame["label"].replace("magnitude", "random"))
     assert "| fmnist-resnet · channel · 0.5 | smart (3) | smart_adaptive | – | 3 of 3 | 0 |" in summary_markdown(
-        as_random, "synthetic"
+        as_random, "synthetic", marks="v2"
     )
+
+
+def test_v3_summary_friedman_and_holm_verdicts(store):
+    """Friedman over the 3 columns all 3 labels have (ranks 1, 2, 3 / 1, 2, 3 / 1.5, 1.5, 3), the
+    Nemenyi CD, and smart's verdicts against each label Holm-corrected over its 6 comparisons."""
+    from scipy.stats import friedmanchisquare
+
+    from bench.reports.ranks import friedman_ranks, summary_markdown, verdicts_against
+
+    frame = rows_from_store(make_suite(), store)
+    result = friedman_ranks(frame)
+    means = {
+        label: [np.mean([v for v in METRICS[(label, p, s)] if v is not None]) for p, s in COLUMNS]
+        for label, _ in LABELS
+    }
+    assert result.statistic == pytest.approx(friedmanchisquare(*[[-m for m in v] for v in means.values()]).statistic)
+    assert result.mean_ranks == pytest.approx({"smart": 3.5 / 3, "smart_adaptive": 5.5 / 3, "magnitude": 3.0})
+    assert result.cd == pytest.approx(2.343 * math.sqrt(3 * 4 / (6 * 3)), abs=2e-3)
+    verdicts = verdicts_against(frame, "smart").set_index("against")
+    assert verdicts.attrs["family"] == 6
+    # magnitude: p = 0 at block 0.5 and channel (constant gaps) -> 2 wins; block 0.9 (p 0.105 x 4) inconclusive
+    assert verdicts.loc["magnitude", ["win", "loss", "equivalent", "inconclusive"]].tolist() == [2, 0, 0, 1]
+    # smart_adaptive: nothing separated; channel 0.5 (diffs -1, 1, 0: mean 0, sd 1) not within +-0.5 by TOST
+    assert verdicts.loc["smart_adaptive", ["win", "loss"]].tolist() == [0, 0]
+    text = summary_markdown(frame, "synthetic")
+    assert "over the 3 columns every one of the 3 competing pruners has" in text
+    assert "| magnitude | 3 | 2 | 0 | 0 | 1 | 0 |" in text and "Holm p" in text
 
 
 def test_mean_rank_ci_ignores_row_order_and_other_labels():
@@ -513,3 +544,35 @@ def test_provenance_summary_counts_rows_per_code_version_and_platform():
     assert "- worker time 0.00 h" in text  # no wall_s in these rows
     rows[0]["wall_s"], rows[1]["wall_s"] = 3600.0, 1800.0
     assert "- worker time 1.50 h (the rows' wall_s summed" in provenance_markdown(rows, "s")
+
+
+def test_v3_marks_holm_over_the_table_and_tost(store):
+    """Every non-best cell against its column's best; Holm over the 5 comparisons of the table:
+    raw p 0.368 (smart_adaptive, block 0.5: diffs -1, 0.5, -2.5), 0 (magnitude, block 0.5: -10 on
+    every seed), 0.177 and 0.105 (block 0.9 over seeds 0, 1), 0 (magnitude, channel: -15 on every
+    seed) -> adjusted 0.368, 0, 0.354, 0.315, 0."""
+    suite = make_suite()
+    table = build_table(rows_from_store(suite, store), suite)
+    adaptive = stats_of(table, "smart_adaptive", "block:1x8", 0.5)
+    assert adaptive["diff_to_best"] == pytest.approx(-1.0)
+    half = 4.302652729911275 * 1.5 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert (adaptive["ci_low"], adaptive["ci_high"]) == pytest.approx((-1 - half, -1 + half))
+    assert adaptive["p_vs_best"] == pytest.approx(ttest_rel([79, 81.5, 79.5], [80, 81, 82]).pvalue)
+    assert adaptive["p_holm"] == pytest.approx(adaptive["p_vs_best"])  # the largest p: x1
+    assert adaptive["verdict"] == "inconclusive"
+    assert stats_of(table, "magnitude", "block:1x8", 0.5)["verdict"] == "worse"
+    p9 = ttest_rel([40, 42], [60, 70]).pvalue
+    assert stats_of(table, "magnitude", "block:1x8", 0.9)["p_holm"] == pytest.approx(3 * p9)
+    assert stats_of(table, "magnitude", "channel", 0.5)["verdict"] == "worse"
+    for pattern, sparsity in COLUMNS:  # no best is separated after Holm (channel: a tie for best)
+        assert not any(bool(stats_of(table, label, pattern, sparsity)["separated"]) for label, _ in LABELS)
+    md = table.render("md")
+    assert "?" in next(line for line in md.splitlines() if line.startswith("| smart_adaptive "))
+    assert "†" not in md.split("\n- ")[0] and "Holm-corrected over the 5 comparisons" in md
+    assert "≡" not in md.split("\n- ")[0]
+    wide = build_table(rows_from_store(suite, store), suite, margin=5.0)  # TOST p 0.022 within +-5 points
+    assert stats_of(wide, "smart_adaptive", "block:1x8", 0.5)["verdict"] == "equivalent"
+    assert "**81.00 ± 1.00**" in wide.render("md") and "80.00 ± 1.32≡" in wide.render("md")
+    header = table.render("csv").splitlines()[0].split(",")
+    assert header[-8:] == ["diff_to_best", "ci_low", "ci_high", "p_vs_best", "p_holm", "tost_p", "verdict", "mde"]
+    assert "$^?$" in table.render("latex")

@@ -263,11 +263,22 @@ def render_html(
         "<label><input type='radio' name='view' value='metric' checked> metric</label>"
         "<label><input type='radio' name='view' value='retention'> retention (pruned ÷ dense)</label></fieldset>"
     )
+    if table.marks == "v2":
+        marks = (
+            "<li>†: the best beats the runner-up (paired t-test over shared seeds, p &lt; 0.05, uncorrected)</li>"
+            "<li>≈: not the best, not separated from it (p ≥ 0.05): not separated is not equivalent</li>"
+        )
+    else:
+        marks = (
+            "<li>†: the best is separated from the runner-up (paired t-test over shared seeds, Holm-corrected "
+            "over the table, p &lt; 0.05)</li>"
+            f"<li>≡: equivalent to the best within ±{table.margin:g} points (paired TOST, p &lt; 0.05)</li>"
+            "<li>?: inconclusive: neither separated from the best nor equivalent to it</li>"
+        )
     legend = (
         "<ul class='legend'><li><strong>bold</strong>: best of the column</li>"
-        "<li>†: the best beats the runner-up (paired t-test over shared seeds, p &lt; 0.05, uncorrected)</li>"
-        "<li>≈: not the best, not separated from it (p ≥ 0.05): not separated is not equivalent</li>"
-        "<li>‡: achieved sparsity off its target</li><li>§: collapsed on some seeds (trivial-predictor level)</li>"
+        + marks
+        + "<li>‡: achieved sparsity off its target</li><li>§: collapsed on some seeds (trivial-predictor level)</li>"
         "<li>(n=k): fewer seeds finished than planned</li>"
         "<li>Click a cell: its seeds, run ids, code version, the paired difference to the column's best "
         "with its 95% CI, p and Holm-corrected p over the table, and the MDE at 80% power.</li></ul>"

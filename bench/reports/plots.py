@@ -12,6 +12,8 @@
   ``latency_ratio_ov``, ``smartbench suite speed``), where rows have it: the FLOPs figure's twin
   that shows what a deployment runtime makes of the saving.
 * ``vs-<speed field>``: metric vs a measured speed figure (e.g. ``latency_ms``) where rows have one.
+* ``cd``: the critical-difference diagram (Demšar 2006) of the competing pruners' mean ranks over
+  the columns they all have, with the Friedman p and the Nemenyi CD (bench.reports.ranks.friedman_ranks).
 
 Every pruner label has one colour and marker in every figure (:func:`style`): the built-in
 pruners and controls a fixed one, any other label one derived from its name (stable across runs).
@@ -67,7 +69,7 @@ def figures(frame: pd.DataFrame, suite_name: str) -> Iterator[tuple[str, Figure]
     import matplotlib
 
     matplotlib.use("Agg")
-    for draw in (curves, pareto, allocation, speed):
+    for draw in (curves, pareto, allocation, speed, critical_difference):
         yield from draw(frame, suite_name)
 
 
@@ -201,6 +203,18 @@ def speed(frame: pd.DataFrame, suite_name: str) -> Iterator[tuple[str, Figure]]:
             ax.set(xlabel=field, ylabel=metric, title=f"{task}: {metric} vs {field}")
             ax.legend(fontsize=7)
             yield _file_name(suite_name, task, f"vs-{field}"), fig
+
+
+def critical_difference(frame: pd.DataFrame, suite_name: str) -> Iterator[tuple[str, Figure]]:
+    from bench.reports.cd_diagram import cd_figure
+    from bench.reports.ranks import friedman_ranks
+
+    result = friedman_ranks(frame)
+    if result is not None:
+        yield (
+            _file_name(suite_name, "cd"),
+            cd_figure(result, f"{suite_name}: mean rank over {result.n_columns} columns"),
+        )
 
 
 def _file_name(*parts: str) -> str:

@@ -14,6 +14,17 @@ count against every other (``smartbench table NAME --summary``).
   a paired t-test over the seeds both finished (bench.reports.tables.paired_p); p < 0.05 decides
   win or loss by the sign of the mean difference, else tie. Columns with fewer than 2 shared
   seeds cannot be tested: they are counted apart ("untested", with the sign of the difference).
+
+**Protocol v3** (``marks="v3"``, the default; ``"v2"`` gives the above, as committed for
+leaderboard-v2):
+
+* the per-column p is the table's Holm-adjusted one (bench.reports.tables, v3 marks);
+* win/loss: ``reference``'s paired p against each label in each shared column, Holm-corrected
+  over all of ``reference``'s comparisons; a comparison that is not separated is ``equivalent``
+  (paired TOST within ± margin) or ``inconclusive`` -- there is no "tie";
+* across columns, in place of the bootstrap over correlated columns: the Friedman test over the
+  columns every competing label has, mean ranks over those, and the Nemenyi critical difference
+  (Demšar 2006; bench.reports.stats.friedman, figure bench.reports.cd_diagram).
 """
 
 from __future__ import annotations
@@ -67,6 +78,63 @@ def mean_ranks(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     )
 
 
+def verdicts_against(frame: pd.DataFrame, reference: str = "smart", margin: float = 0.5) -> pd.DataFrame:
+    """v3: per other label, ``reference``'s win / loss (Holm over all its comparisons),
+    equivalent (TOST within ± ``margin``), inconclusive and untested columns."""
+    from bench.reports import stats as st
+
+    rows = competing(frame)
+    metric_of = frame.drop_duplicates("task").set_index("task")["metric_name"]
+    tests: list[tuple[str, float, float, dict, dict]] = []  # (label, p, better-is-positive diff, mine, theirs)
+    counts: dict[str, dict[str, int]] = {}
+    for label in dict.fromkeys(rows["label"]):
+        if label == reference:
+            continue
+        counts[label] = dict.fromkeys(("columns", "win", "loss", "equivalent", "inconclusive", "untested"), 0)
+        for column, _ in rows.groupby(COLUMN, sort=False):
+            mine, theirs = _by_seed(rows, reference, *column), _by_seed(rows, label, *column)
+            if not set(mine) & set(theirs):
+                continue
+            counts[label]["columns"] += 1
+            diff = st.paired_difference(mine, theirs)
+            if diff is None:
+                counts[label]["untested"] += 1
+                continue
+            sign = -1.0 if metric_of[column[0]] in LOWER_IS_BETTER else 1.0
+            tests.append((label, diff.p, sign * diff.mean, mine, theirs))
+    adjusted = st.holm([p for _, p, _, _, _ in tests])
+    for (label, _, better, mine, theirs), p in zip(tests, adjusted, strict=True):
+        if p < ALPHA and better != 0:
+            counts[label]["win" if better > 0 else "loss"] += 1
+        elif (st.tost_paired(mine, theirs, margin) or 1.0) < ALPHA:
+            counts[label]["equivalent"] += 1
+        else:
+            counts[label]["inconclusive"] += 1
+    out = pd.DataFrame([{"against": label, **c} for label, c in counts.items()])
+    out.attrs["family"] = len(tests)
+    return out
+
+
+def friedman_ranks(frame: pd.DataFrame):
+    """The Friedman test and Nemenyi CD over the columns every competing label has (None with
+    fewer than 3 labels or no such column)."""
+    from bench.reports import stats as st
+
+    ranks = column_ranks(frame)
+    metric_of = frame.drop_duplicates("task").set_index("task")["metric_name"]
+    lower = {t for t, m in metric_of.items() if m in LOWER_IS_BETTER}
+    scores: dict[str, dict[str, float]] = {}
+    for r in ranks.itertuples():
+        value = -r.metric if r.task in lower else r.metric
+        scores.setdefault(r.label, {})[f"{r.task} · {r.pattern} · {r.sparsity:g}"] = value
+    if len(scores) < 3:
+        return None
+    try:
+        return st.friedman(scores)
+    except ValueError:
+        return None
+
+
 def win_tie_loss(frame: pd.DataFrame, reference: str = "smart") -> pd.DataFrame:
     """Per other label: win, tie, loss (paired test, >= 2 shared seeds) and untested columns
     (``untested_better`` / ``untested_worse`` / ``untested_equal`` by the mean of the shared seeds)."""
@@ -98,13 +166,13 @@ def win_tie_loss(frame: pd.DataFrame, reference: str = "smart") -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def column_summary(frame: pd.DataFrame) -> pd.DataFrame:
+def column_summary(frame: pd.DataFrame, marks: str = "v3", margin: float = 0.5) -> pd.DataFrame:
     """Per column: seeds of the best, best and runner-up labels, the paired p between them and
     whether it separates them (the table's dagger), the random control's rank among the
     competing labels, and how many of the column's cells collapsed (any label, any seed)."""
     from bench.reports.tables import summarize
 
-    stats = summarize(frame)
+    stats = summarize(frame, marks=marks, margin=margin)
     ranks = column_ranks(frame)
     out = []
     for column, part in stats[~stats["reference"]].groupby(COLUMN, sort=True):  # task, pattern, sparsity
@@ -129,8 +197,12 @@ def column_summary(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def summary_markdown(frame: pd.DataFrame, suite_name: str, reference: str = "smart") -> str:
+def summary_markdown(
+    frame: pd.DataFrame, suite_name: str, reference: str = "smart", marks: str = "v3", margin: float = 0.5
+) -> str:
     """The rank summary, the win/tie/loss table and the per-column summary, as Markdown."""
+    if marks == "v3":
+        return _summary_v3(frame, suite_name, reference, margin)
     ranks = mean_ranks(frame)
     lines = [
         f"### {suite_name}: mean rank over columns",
@@ -167,18 +239,8 @@ def summary_markdown(frame: pd.DataFrame, suite_name: str, reference: str = "sma
             f"both finished, two-sided p < {ALPHA}; tie otherwise. Untested: fewer than 2 shared seeds "
             "(the sign of the difference is shown, no claim is made).",
         ]
-    dense = frame.dropna(subset=["dense_metric"]).drop_duplicates(["task", "seed"]).sort_values(["task", "seed"])
-    if len(dense):
-        lines += ["", f"### {suite_name}: dense models", ""]
-        for task, part in dense.groupby("task", sort=False):
-            values = part["dense_metric"].to_numpy(float)
-            per_seed = " / ".join(f"{v:.2f}" for v in values)
-            seeds = ", ".join(str(int(s)) for s in part["seed"])
-            lines.append(
-                f"- {task}: test {part['metric_name'].iloc[0]} {per_seed} (seeds {seeds}; spread "
-                f"{values.max() - values.min():.2f})"
-            )
-    columns = column_summary(frame)
+    lines += _dense_lines(frame, suite_name)
+    columns = column_summary(frame, "v2")
     if len(columns):
         tested = columns[columns["p_value"].notna()]
         lines += [
@@ -200,3 +262,90 @@ def summary_markdown(frame: pd.DataFrame, suite_name: str, reference: str = "sma
                 f"{rank} | {r.collapsed} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _dense_lines(frame: pd.DataFrame, suite_name: str) -> list[str]:
+    dense = frame.dropna(subset=["dense_metric"]).drop_duplicates(["task", "seed"]).sort_values(["task", "seed"])
+    lines = []
+    if len(dense):
+        lines += ["", f"### {suite_name}: dense models", ""]
+        for task, part in dense.groupby("task", sort=False):
+            values = part["dense_metric"].to_numpy(float)
+            per_seed = " / ".join(f"{v:.2f}" for v in values)
+            seeds = ", ".join(str(int(s)) for s in part["seed"])
+            lines.append(
+                f"- {task}: test {part['metric_name'].iloc[0]} {per_seed} (seeds {seeds}; spread "
+                f"{values.max() - values.min():.2f})"
+            )
+    return lines
+
+
+def _summary_v3(frame: pd.DataFrame, suite_name: str, reference: str, margin: float) -> str:
+    lines = []
+    result = friedman_ranks(frame)
+    if result is not None:
+        from bench.reports.stats import nemenyi_groups
+
+        lines += [
+            f"### {suite_name}: Friedman test and critical difference",
+            "",
+            f"Friedman chi-square {result.statistic:.2f}, p = {result.p:.3g}, over the {result.n_columns} columns "
+            f"every one of the {result.n_methods} competing pruners has; Nemenyi critical difference at "
+            f"alpha {ALPHA}: {result.cd:.2f} ranks (Demšar 2006).",
+            "",
+            "| pruner | mean rank |",
+            "|---|---|",
+        ]
+        for label, rank in sorted(result.mean_ranks.items(), key=lambda kv: (kv[1], kv[0])):
+            lines.append(f"| {label} | {rank:.2f} |")
+        groups = [g for g in nemenyi_groups(result.mean_ranks, result.cd) if len(g) > 1]
+        lines += [
+            "",
+            "- Rank 1 = best mean over seeds in a column (ties: average rank; reference controls that keep "
+            "every unit, e.g. nomask, do not compete). Pruners whose mean ranks differ by less than the CD "
+            "are not separated: " + ("; ".join("{" + ", ".join(g) + "}" for g in groups) or "none") + ".",
+        ]
+    if reference in set(frame["label"]):
+        table = verdicts_against(frame, reference, margin)
+        lines += [
+            "",
+            f"### {suite_name}: {reference} against each pruner",
+            "",
+            "| against | columns | win | loss | equivalent | inconclusive | untested |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in table.itertuples():
+            lines.append(
+                f"| {r.against} | {r.columns} | {r.win} | {r.loss} | {r.equivalent} | {r.inconclusive} | {r.untested} |"
+            )
+        lines += [
+            "",
+            f"- Win/loss: {reference}'s paired difference over the shared seeds, Holm-corrected over its "
+            f"{table.attrs.get('family', 0)} comparisons, adjusted p < {ALPHA}; equivalent: not separated and "
+            f"within ±{margin:g} points by a paired TOST (p < {ALPHA}); inconclusive: neither. Untested: fewer "
+            "than 2 shared seeds.",
+        ]
+    lines += _dense_lines(frame, suite_name)
+    columns = column_summary(frame, "v3", margin)
+    if len(columns):
+        tested = columns[columns["p_value"].notna()]
+        lines += [
+            "",
+            f"### {suite_name}: per column",
+            "",
+            f"The best is separated from the runner-up after Holm (adjusted p < {ALPHA}) in "
+            f"{int(tested['separated'].sum())} of the {len(tested)} columns where they share >= 2 seeds "
+            f"({len(columns)} columns in all). Collapsed cells: {int(columns['collapsed'].sum())}.",
+            "",
+            "| column | best (seeds) | runner-up | Holm p | random's rank | collapsed |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in columns.itertuples():
+            p = "–" if np.isnan(r.p_value) else f"{r.p_value:.3g}" + (" †" if r.separated else "")
+            rank = "–" if np.isnan(r.random_rank) else f"{r.random_rank:g} of {r.labels}"
+            runner = r.runner_up if isinstance(r.runner_up, str) else "–"
+            lines.append(
+                f"| {r.task} · {r.pattern} · {r.sparsity:g} | {r.best} ({r.best_n}) | {runner} | {p} | {rank} | "
+                f"{r.collapsed} |"
+            )
+    return "\n".join(lines).lstrip("\n") + "\n"

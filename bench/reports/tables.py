@@ -15,6 +15,25 @@ whose achieved sparsity differs from the target by more than 0.0005, listed in a
 section sign marks cells in which some seed *collapsed* (row flag ``collapsed``: test metric
 within 1 point of the task's trivial predictor), with the count per cell in a footnote.
 Higher is better for every metric except those in ``LOWER_IS_BETTER``.
+
+**Marks of protocol v3** (``marks="v3"``, the default; ``"v2"`` renders the v2 marks above, which
+the committed leaderboard-v2 tables were made with). Every competing cell that is not a column's
+best is compared with that best over their shared seeds (bench.reports.stats): the paired
+difference (cell - best) with its 95% CI, its two-sided paired p, and that p Holm-corrected over
+every such comparison of the table (the family: all (cell, best) pairs of all columns). Marks:
+
+* ``†`` on the best: the runner-up's Holm-adjusted p < 0.05 (the best is separated from every other
+  cell of its column, since the runner-up is the closest);
+* ``≡`` on a cell: equivalent to the best within ± ``margin`` metric points (paired TOST, p < 0.05)
+  and not separated from it;
+* ``?`` on a cell: inconclusive -- neither separated from the best after Holm nor equivalent
+  within the margin. "Not separated" is not "equal": only ``≡`` says equal;
+* no mark: separated from the best (worse, Holm-adjusted p < 0.05); cells with fewer than 2
+  shared seeds are not tested and get no mark.
+
+``‡`` and ``§`` are as in v2. The CSV gives every figure: ``diff_to_best``, ``ci_low``,
+``ci_high``, ``p_vs_best``, ``p_holm``, ``tost_p``, ``verdict``, and per column the minimum
+detectable effect of its best-vs-runner-up comparison at 80 % power (``mde``).
 """
 
 from __future__ import annotations
@@ -25,6 +44,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from bench.runs.record import ResultStore
@@ -53,6 +73,8 @@ SPEED_FIELDS = ("latency_ms", "flops_masked", "latency_ratio_ort", "latency_rati
 COST_FIELDS = ("flops_kept", "latency_ratio_ort", "latency_ratio_ov")  # the --cost view, mean over seeds
 LOWER_IS_BETTER = {"error", "loss", "latency_ms"}
 ALPHA = 0.05
+MARGIN = 0.5  # the equivalence margin (metric points) of the v3 marks
+MARKS = ("v3", "v2")
 SPARSITY_TOLERANCE = 5e-4
 KEYS = ["label", "task", "pattern", "sparsity"]
 
@@ -248,9 +270,14 @@ def _by_seed(frame: pd.DataFrame, label: str, task: str, pattern: str, sparsity:
     return {int(seed): float(metric) for seed, metric in zip(rows["seed"], rows["metric"]) if metric == metric}
 
 
-def summarize(frame: pd.DataFrame, suite=None) -> pd.DataFrame:
+def summarize(frame: pd.DataFrame, suite=None, marks: str = "v3", margin: float = MARGIN) -> pd.DataFrame:
     """Per (label, task, pattern, sparsity): mean, std, n, expected n, achieved sparsity, best,
-    separated (the dagger), p_value; plus the dense reference rows (label 'dense')."""
+    separated (the dagger), p_value; plus the dense reference rows (label 'dense'). ``marks``: the
+    v3 statistics (module docstring: Holm, TOST within ``margin``) or the v2 ones."""
+    if marks not in MARKS:
+        from bench.core.errors import ConfigError
+
+        raise ConfigError("--marks", f"{marks!r} is not one of {', '.join(MARKS)}")
     if {"flops_masked", "flops_dense"} <= set(frame):
         frame = frame.assign(flops_kept=frame["flops_masked"] / frame["flops_dense"])
     for name in COST_FIELDS:
@@ -293,8 +320,71 @@ def summarize(frame: pd.DataFrame, suite=None) -> pd.DataFrame:
             p = paired_p(best_seeds, _by_seed(frame, row["label"], *where))
             if row["mean"] != top and p is not None and p >= ALPHA:
                 stats.loc[index, "within_noise"] = True
+    for name in V3_FIELDS:
+        stats[name] = "" if name == "verdict" else math.nan
+    if marks == "v3":
+        _v3_marks(frame, stats, margin)
     dense = _dense_rows(frame, stats)
     return pd.concat([dense, stats], ignore_index=True)
+
+
+V3_FIELDS = ("diff_to_best", "ci_low", "ci_high", "p_vs_best", "p_holm", "tost_p", "verdict", "mde")
+
+
+def _v3_marks(frame: pd.DataFrame, stats: pd.DataFrame, margin: float) -> None:
+    """Protocol v3's statistics (module docstring), in place: every non-best competing cell against
+    its column's best, Holm over the table; ``separated`` / ``within_noise`` take the v3 meaning
+    (the best separated after Holm / the cell equivalent within ``margin``)."""
+    from bench.reports import stats as st
+
+    stats["separated"], stats["within_noise"], stats["p_value"] = False, False, math.nan
+    tests: list[tuple[int, float]] = []
+    seeds_of: dict[int, tuple[dict, dict]] = {}
+    runner_up: dict[int, int] = {}  # index of a column's best -> index of its runner-up
+    for _, idx in stats.groupby(["task", "pattern", "sparsity"], sort=False).groups.items():
+        column = stats.loc[idx]
+        column = column[~column["reference"]]
+        if column.empty:
+            continue
+        lower = column["metric_name"].iloc[0] in LOWER_IS_BETTER
+        ranked = column.sort_values("mean", ascending=lower)
+        best = ranked.iloc[0]
+        where = (best["task"], best["pattern"], best["sparsity"])
+        best_seeds = _by_seed(frame, best["label"], *where)
+        others = [i for i in ranked.index if not ranked.loc[i, "best"]]
+        if others and len(others) == len(ranked) - 1:  # a tie for best: no best is separated
+            runner_up[ranked.index[0]] = others[0]
+        for index in others:
+            seeds = _by_seed(frame, stats.loc[index, "label"], *where)
+            diff = st.paired_difference(seeds, best_seeds)
+            if diff is None:
+                continue
+            stats.loc[index, ["diff_to_best", "ci_low", "ci_high", "p_vs_best"]] = [
+                diff.mean,
+                diff.ci_low,
+                diff.ci_high,
+                diff.p,
+            ]
+            stats.loc[index, "tost_p"] = st.tost_paired(seeds, best_seeds, margin)
+            tests.append((index, diff.p))
+            seeds_of[index] = (best_seeds, seeds)
+        if ranked.index[0] in runner_up and others[0] in seeds_of:
+            sd = float(np.std([a - b for a, b in _paired(*seeds_of[others[0]])], ddof=1))
+            stats.loc[ranked.index[0], "mde"] = st.mde(sd, len(_paired(*seeds_of[others[0]])))
+    for (index, _), adjusted in zip(tests, st.holm([p for _, p in tests]), strict=True):
+        stats.loc[index, "p_holm"] = adjusted
+        verdict = st.verdict(*seeds_of[index], adjusted, margin, ALPHA)
+        stats.loc[index, "verdict"] = verdict
+        stats.loc[index, "within_noise"] = verdict == "equivalent"
+    for best, second in runner_up.items():
+        adjusted = stats.loc[second, "p_holm"]
+        if not pd.isna(adjusted):
+            stats.loc[best, "p_value"] = adjusted
+            stats.loc[best, "separated"] = bool(adjusted < ALPHA)
+
+
+def _paired(first: dict[int, float], second: dict[int, float]) -> list[tuple[float, float]]:
+    return [(first[s], second[s]) for s in sorted(set(first) & set(second))]
 
 
 def reference_labels(frame: pd.DataFrame) -> set[str]:
@@ -350,6 +440,7 @@ def _dense_rows(frame: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
             "p_value": math.nan,
             "within_noise": False,
             "reference": True,
+            **{name: "" if name == "verdict" else math.nan for name in V3_FIELDS},
         }
         for col in columns.to_dict("records")
     ]
@@ -408,6 +499,8 @@ class Table:
     mixed_dense: list[str] = field(default_factory=list)  # dense_mismatches of the rows
     row_notes: dict[str, str] = field(default_factory=dict)  # label -> what the row is (row_notes())
     cost: bool = False  # also render the cost view (cost_text): FLOPs kept and runtime latency ratios
+    marks: str = "v3"  # the statistics behind the marks (module docstring)
+    margin: float = MARGIN  # v3: the equivalence margin, metric points
 
     def cell(self, label: str, column: tuple) -> pd.Series | None:
         s = self.stats
@@ -424,8 +517,12 @@ class Table:
             value = f"\\textbf{{{value}}}" if fmt == "latex" else f"**{value}**"
         if row["separated"]:
             value += "$^\\dagger$" if fmt == "latex" else "†"
-        if row.get("within_noise", False):
+        if self.marks == "v2" and row.get("within_noise", False):
             value += "$^\\approx$" if fmt == "latex" else "≈"
+        if self.marks == "v3" and row.get("verdict") == "equivalent":
+            value += "$^\\equiv$" if fmt == "latex" else "≡"
+        if self.marks == "v3" and row.get("verdict") == "inconclusive":
+            value += "$^?$" if fmt == "latex" else "?"
         if self.off_target(row):
             value += "$^\\ddagger$" if fmt == "latex" else "‡"
         if row.get("collapsed", 0):
@@ -462,12 +559,24 @@ class Table:
     def notes(self, fmt: str) -> list[str]:
         metrics = ", ".join(f"{t}: {m}" for t, m in self.stats.drop_duplicates("task")[["task", "metric_name"]].values)
         bold = "bold" if fmt == "latex" else "**bold**"
-        notes = [
-            f"Metric ({metrics}); mean ± std over seeds, (n=k) where fewer seeds than planned finished; {bold}: best "
-            f"per column; †: the best beats the runner-up by a paired t-test over their shared seeds (same "
-            f"dense checkpoint per seed), two-sided p < {ALPHA} (>= 2 shared seeds); ≈: not the best, but "
-            f"within noise of it (the same paired test against the best gives p >= {ALPHA})."
-        ]
+        if self.marks == "v2":
+            notes = [
+                f"Metric ({metrics}); mean ± std over seeds, (n=k) where fewer seeds than planned finished; {bold}: "
+                f"best per column; †: the best beats the runner-up by a paired t-test over their shared seeds (same "
+                f"dense checkpoint per seed), two-sided p < {ALPHA} (>= 2 shared seeds); ≈: not the best, but "
+                f"within noise of it (the same paired test against the best gives p >= {ALPHA})."
+            ]
+        else:
+            family = int(self.stats["p_holm"].notna().sum()) if "p_holm" in self.stats else 0
+            notes = [
+                f"Metric ({metrics}); mean ± std over seeds, (n=k) where fewer seeds than planned finished; {bold}: "
+                f"best per column. Every other cell is compared with its column's best by a paired t-test over "
+                f"their shared seeds (same dense checkpoint per seed; >= 2 seeds), Holm-corrected over the "
+                f"{family} comparisons of this table: †: the best is separated from the runner-up (adjusted "
+                f"p < {ALPHA}); ≡: equivalent to the best within ±{self.margin:g} points (paired TOST, p < {ALPHA}); "
+                f"?: inconclusive, neither separated from the best nor equivalent to it (not separated is not "
+                f"equal); no mark: separated from the best. The CSV has every difference, CI and p."
+            ]
         if len(self.stats) and self.stats["collapsed"].fillna(0).astype(int).any():
             notes.append(
                 "§: collapsed on k of n seeds -- the test metric is within 1 point of the task's trivial "
@@ -549,6 +658,7 @@ class Table:
             "‡": "$^\\ddagger$",
             ">=": "$\\geq$",
             "≈": "$\\approx$",
+            "≡": "$\\equiv$",
             "÷": "$\\div$",
             " < ": " $<$ ",
             "§": "\\S{}",
@@ -575,6 +685,7 @@ class Table:
             "achieved_sparsity",
             "collapsed",
             *COST_FIELDS,
+            *(V3_FIELDS if self.marks == "v3" else ()),
         ]
         return self.stats[columns].to_csv(index=False)
 
@@ -606,10 +717,14 @@ def latex_escape(text: str) -> str:
     return re.sub(r"[\\_%&#${}~^]", lambda m: specials[m.group()], str(text))
 
 
-def build_table(frame: pd.DataFrame, suite=None, cost: bool = False) -> Table:
+def build_table(
+    frame: pd.DataFrame, suite=None, cost: bool = False, marks: str | None = None, margin: float = MARGIN
+) -> Table:
     """Statistics + ordering (columns and rows in the suite's order of first appearance); ``cost``:
-    markdown and LaTeX also render the cost view (:meth:`Table.cost_text`)."""
-    stats = summarize(frame, suite)
+    markdown and LaTeX also render the cost view (:meth:`Table.cost_text`); ``marks``: the suite's
+    (``marks:`` in its file, v3 by default) unless given."""
+    marks = marks or getattr(suite, "marks", "v3")
+    stats = summarize(frame, suite, marks, margin)
     order = [c.column for c in suite.placed()] if suite is not None else []
     order += [tuple(r) for r in frame[["task", "pattern", "sparsity"]].itertuples(index=False)]
     task_rank = {t: i for i, t in enumerate(dict.fromkeys(c[0] for c in order))}
@@ -630,4 +745,6 @@ def build_table(frame: pd.DataFrame, suite=None, cost: bool = False) -> Table:
         mixed_dense=dense_mismatches(frame),
         row_notes=row_notes([label for label in labels if label != "dense"], suite, frame),
         cost=cost,
+        marks=marks,
+        margin=margin,
     )

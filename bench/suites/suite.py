@@ -18,6 +18,7 @@ A suite file (``bench/configs/suites/NAME.yaml``, read with ``yaml.safe_load``):
       - {tasks: [fmnist-resnet], patterns: [channel], sparsities: [0.5]}
     requires_tasks_present: true     # false: `suite plan` also works for unregistered tasks
     plan_only: false                 # true: a recipe that `suite run` refuses
+    marks: v3                        # the statistics of its tables (bench.reports.tables; v2: as committed for v2)
 
 One *cell* is one run (task, pruner entry, pattern, sparsity, seed). Its run id comes from
 ``bench.runs.run.resolve`` (the canonical resolved config; see docs/suites.md). A pruner whose
@@ -82,6 +83,7 @@ TOP_FIELDS = (
     "plan_only",
     "wandb_project",
     "tune",
+    "marks",
 )
 PRUNER_FIELDS = ("name", "as", "options")
 KIND_NAMES = {
@@ -141,6 +143,7 @@ class Suite:
     requires_tasks_present: bool = True
     plan_only: bool = False
     wandb_project: str | None = None
+    marks: str = "v3"  # the statistics behind its tables' marks (bench.reports.tables.MARKS)
     cells: list[Cell] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # notes for cells a pruner cannot run
     tune: Any = None  # bench.suites.tuned.TuneSettings from the `tune:` key, or None
@@ -283,6 +286,8 @@ def load_suite(name: str, tuned: bool = True) -> Suite:
     for key in ("requires_tasks_present", "plan_only"):
         if not isinstance(raw.get(key, False), bool):
             raise ConfigError(f"suite.{key}", f"must be true or false, got {raw[key]!r}")
+    if raw.get("marks", "v3") not in ("v3", "v2"):
+        raise ConfigError("suite.marks", f"{raw['marks']!r} is not one of v3, v2")
     known = load_pruners()
     defaults = {k: raw[k] for k in BLOCK_FIELDS if k in raw}
     cells = raw.get("cells")
@@ -315,6 +320,7 @@ def load_suite(name: str, tuned: bool = True) -> Suite:
         requires_tasks_present=raw.get("requires_tasks_present", True) and not plan_only,
         plan_only=plan_only,
         wandb_project=raw.get("wandb_project"),
+        marks=raw.get("marks", "v3"),
         tune=tune,
         tuned=None if tune is None or not tuned else read_tuned(tune, suite_name),
     )
