@@ -43,6 +43,8 @@ class MagnitudeOnSchedule(HardMaskPruner):
 
 @register_pruner("magnitude")
 class OneShotMagnitude(MagnitudeOnSchedule):
+    transplantable = True  # one-shot: the transplant control's selection (allocation: from:RUN_ID)
+
     def __init__(self, config, pattern, sparsity):
         super().__init__(config, pattern, sparsity, OneShot(sparsity))
 

@@ -22,6 +22,7 @@ class RandomPruner(HardMaskPruner):
     table_note = "control: random unit scores fixed at attach, exact k under the same allocation rule"
     comparable_scores = True  # learned under one global budget (or random): ranked as they are
     control = True
+    transplantable = True  # one-shot: the transplant control's selection (allocation: from:RUN_ID)
     state_attrs = ("scores",)
 
     def attach(self, layers) -> None:

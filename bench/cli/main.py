@@ -50,6 +50,12 @@ def allocation_of(args) -> dict | None:
 
     if args.allocation is None and args.budget == "params":
         return None
+    if args.allocation is not None and args.allocation.startswith("from:"):
+        if args.keep_floor or args.budget != "params":
+            raise ConfigError("--allocation", "from:RUN_ID takes the source run's counts: no --keep-floor or --budget")
+        return {"policy": "from", "source": args.allocation.removeprefix("from:")}
+    if args.allocation is not None and args.allocation not in ("uniform", "global"):
+        raise ConfigError("--allocation", f"{args.allocation!r} is not one of uniform, global, from:RUN_ID")
     floor = args.keep_floor
     if args.allocation is None and not floor:
         floor = protocol_floor(args.sparsity) if args.sparsity is not None else 0.0
@@ -132,10 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arguments(run)
     run.add_argument(
         "--allocation",
-        choices=("uniform", "global"),
         default=None,
+        metavar="uniform|global|from:RUN_ID",
         help="the protocol's allocation rule: uniform per layer, or one global ranking of per-layer "
-        "standardised scores (default: none, each pruner's own scope as in v1); part of the run id",
+        "standardised scores, or from:RUN_ID, the transplant control (magnitude or random keeping that run's "
+        "per-layer unit counts); default: none, each pruner's own scope as in v1; part of the run id",
     )
     run.add_argument(
         "--keep-floor", type=float, default=0.0, help="with --allocation: every layer keeps >= this fraction"

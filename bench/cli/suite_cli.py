@@ -223,6 +223,7 @@ def cmd_run(args) -> int:
 def cmd_table(args) -> int:
     from bench.core.errors import ConfigError
     from bench.reports.plots import write_plots
+    from bench.reports.provenance import mixed_versions
     from bench.reports.ranks import summary_markdown
     from bench.reports.tables import build_table, provenance_markdown, rows_from_store, rows_from_wandb, suite_rows
     from bench.runs.record import ResultStore
@@ -232,6 +233,8 @@ def cmd_table(args) -> int:
         raise ConfigError("--rows", f"no such file: {args.rows} (a JSON-lines file written by --raw)")
     if args.raw and not args.out:
         raise ConfigError("--raw", "needs --out (the folder the rows file is written to)")
+    if not args.margin > 0:
+        raise ConfigError("--margin", f"must be a number of metric points > 0, got {args.margin:g}")
     if args.format == "html" and not args.out:
         raise ConfigError("--out", "--format html writes DIR/index.html: give the folder with --out DIR")
     suite = load_and_expand(args.name)
@@ -254,16 +257,28 @@ def cmd_table(args) -> int:
             )
     else:
         frame = rows_from_store(suite)
+    # a column averages the rows of one method version (bench.reports.provenance); the W&B source
+    # is not checked here (its rows are summaries, not the store's)
+    mixed = [] if args.rows is None and args.source == "wandb" else mixed_versions(suite_rows(suite, store))
+    if mixed and not args.allow_mixed_versions:
+        raise ConfigError(
+            "--allow-mixed-versions",
+            f"{len(mixed)} column(s) hold rows of more than one method_version of a pruner: "
+            + "; ".join(mixed)
+            + "; rerun the older cells or pass --allow-mixed-versions",
+        )
     if frame.empty:
         print(f"suite {suite.name}: no finished cells yet (smartbench suite status {args.name})")
         return 1
     if args.format == "html":
         return write_page(args, suite, frame, store)
-    tables = {suite.name: build_table(frame, suite, cost=args.cost)}
+    marks = args.marks or suite.marks
+    stats = {"cost": args.cost, "marks": marks, "margin": args.margin}
+    tables = {suite.name: build_table(frame, suite, **stats)}
     if args.by_task:  # one table per task (a wide suite's columns do not fit one page)
         tables = {}
         for task in dict.fromkeys(frame["task"]):
-            table = build_table(frame[frame["task"] == task], suite, cost=args.cost)
+            table = build_table(frame[frame["task"] == task], suite, **stats)
             table.suite_name = f"{suite.name} · {task}"
             tables[f"{suite.name}-{task}"] = table
     for stem, table in tables.items():
@@ -284,7 +299,7 @@ def cmd_table(args) -> int:
         tmp.replace(path)
         print(f"wrote {path} ({len(rows)} rows)")
     if args.summary:
-        summary = summary_markdown(frame, suite.name, args.reference)
+        summary = summary_markdown(frame, suite.name, args.reference, marks, args.margin)
         summary += "\n" + provenance_markdown(suite_rows(suite, store), suite.name)
         if args.out:
             path = Path(args.out) / f"{suite.name}-summary.md"
@@ -312,10 +327,10 @@ def write_page(args, suite, frame, store) -> int:
         raise ConfigError("--by-task", "not with --format html: the page filters its columns by task family")
     rows = suite_rows(suite, store)
     page = render_html(
-        build_table(frame, suite),
+        build_table(frame, suite, marks=args.marks or suite.marks, margin=args.margin),
         frame,
         rows,
-        summary_markdown(frame, suite.name, args.reference),
+        summary_markdown(frame, suite.name, args.reference, args.marks or suite.marks, args.margin),
         provenance_markdown(rows, suite.name),
         inline_figures(frame, suite.name),
     )
@@ -514,6 +529,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     table.add_argument("--reference", default="smart", help="the label whose win/tie/loss --summary counts")
     table.add_argument(
+        "--marks",
+        choices=("v3", "v2"),
+        default=None,
+        help="the statistics behind the marks: v3 (Holm over the table, TOST equivalence, inconclusive) or v2 "
+        "(raw paired p, as leaderboard-v2 was committed); default: the suite's `marks:` (v3)",
+    )
+    table.add_argument(
+        "--margin",
+        type=float,
+        default=0.5,
+        help="v3: the equivalence margin in metric points (≡ = within +-margin of the best by a paired TOST)",
+    )
+    table.add_argument(
         "--from",
         dest="source",
         choices=("store", "wandb"),
@@ -536,5 +564,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--rows",
         default=None,
         help="read the rows from this JSON-lines file (e.g. a committed --raw file), not the store",
+    )
+    table.add_argument(
+        "--allow-mixed-versions",
+        action="store_true",
+        help="tabulate columns whose rows of one pruner label carry different method_versions "
+        "(refused by default: rerun the older cells)",
     )
     table.set_defaults(func=cmd_table)

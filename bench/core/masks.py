@@ -277,7 +277,7 @@ class Masker:
         With the protocol's ``allocation`` (bench.core.select.Allocation; not for N:M), each layer
         says whether it was cut down to its floor (``at_floor``) and the audit counts them."""
         rows, kept_units, total_units, zero_w, total_w, valid = [], 0, 0, 0, 0, True
-        floors = allocation is not None and not self.pattern.per_row_budget
+        floors = allocation is not None and not self.pattern.per_row_budget and allocation.policy != "from"
         for layer in self.layers:
             unit_mask = unit_masks[layer.name].bool()
             weight_mask = self.pattern.expand(unit_mask.float(), layer.module.parametrizations.weight.original.shape)

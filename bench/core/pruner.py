@@ -166,10 +166,19 @@ class Pruner:
     # under one global budget, or random); False (scores from weight norms): the protocol's
     # ``global`` allocation standardises them per layer first (bench.core.select).
     comparable_scores: ClassVar[bool] = False
+    # True for one-shot pruners whose final selection is ``select`` on their own scores (magnitude,
+    # random): they can run as the transplant control, ``allocation: from:RUN_ID`` (another run's
+    # per-layer counts, this pruner's choice of units within each layer)
+    transplantable: ClassVar[bool] = False
     # Attributes that state_dict() saves and load_state_dict() restores, besides parameters().
     # Each class names its own; they add up along the class hierarchy. Values: tensors, numbers,
     # strings, None, lists/tuples/dicts of those, or objects with state_dict/load_state_dict.
     state_attrs: ClassVar[tuple[str, ...]] = ()
+    # The version of the method's behaviour: bump it (2, 3, ...) whenever a change alters what the
+    # pruner does (masks, metrics: its golden outputs, tests/golden). It enters the run id when it is
+    # not 1 (bench.runs.run.run_identity), so rows of the old and the new behaviour never share an
+    # id, and every row records it (docs/adding-a-pruner.md, "Versioning a method").
+    method_version: ClassVar[int] = 1
 
     def __init__(self, config: PrunerConfig, pattern: Pattern, sparsity: float):
         if pattern.kind not in self.patterns:

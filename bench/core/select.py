@@ -24,6 +24,11 @@ benchmark column; v1 runs have none and use each pruner's own ``scope`` on raw s
   are ranked as they are;
 * ``floor``: every layer keeps at least max(1, ceil(floor * G_l)) units, whatever the policy
   (N:M exempt: it keeps N per row anyway), also in ``keep_above``'s training-time masks.
+* ``from`` (``source``: a run id; the transplant control): every layer keeps exactly the number
+  of units that run kept in it (``counts``, read from its row's audit by the pipeline), chosen by
+  this run's own scores -- magnitude or random with another run's allocation, which says whether
+  a method's win comes from its allocation or from its selection. For one-shot pruners only
+  (``Pruner.transplantable``); floors and budget are the source's.
 * ``budget``: what the sparsity counts. ``params`` (default): units (every unit of a pattern
   holds equally many weights, so units = parameters of the covered layers). ``flops``: the
   fraction of the covered layers' forward FLOPs removed. A unit's cost is its layer's FLOPs per
@@ -45,7 +50,7 @@ from torch import Tensor
 from bench.core.errors import ConfigError
 from bench.core.sparsity import Pattern
 
-POLICIES = ("uniform", "global")
+POLICIES = ("uniform", "global", "from")
 BUDGETS = ("params", "flops")
 PROTOCOL_FLOOR_CAP = 0.1  # the protocol's keep floor: min(10 %, half the kept fraction)
 
@@ -64,10 +69,19 @@ class Allocation:
     floor: float = 0.0  # minimum kept fraction of every layer's units
     budget: str = "params"  # what the sparsity counts: params (units) | flops (the covered layers' FLOPs)
     costs: dict | None = field(default=None, compare=False, repr=False)  # layer -> FLOPs per unit (flops)
+    source: str | None = None  # ``from``: the run id whose per-layer counts are transplanted
+    counts: dict | None = field(default=None, compare=False, repr=False)  # ``from``: layer -> units kept
 
     def __post_init__(self):
         if self.policy not in POLICIES:
             raise ConfigError("allocation.policy", f"{self.policy!r} is not one of {', '.join(POLICIES)}")
+        if (self.policy == "from") != (isinstance(self.source, str) and bool(self.source)):
+            raise ConfigError(
+                "allocation.source",
+                "policy 'from' needs source: the run id whose per-layer counts it transplants"
+                if self.policy == "from"
+                else f"a source is only read by policy 'from', not {self.policy!r}",
+            )
         if isinstance(self.floor, bool) or not isinstance(self.floor, (int, float)) or not 0.0 <= self.floor < 1.0:
             raise ConfigError("allocation.floor", f"must be a number in [0, 1), got {self.floor!r}")
         if self.budget not in BUDGETS:
@@ -81,6 +95,17 @@ class Allocation:
 
     def with_costs(self, costs: dict[str, float]) -> Allocation:
         return replace(self, costs=dict(costs))
+
+    def with_counts(self, counts: dict[str, int]) -> Allocation:
+        return replace(self, counts={name: int(n) for name, n in counts.items()})
+
+    def transplanted(self, name: str) -> int:
+        """``from``: the units layer ``name`` keeps (the source run's count)."""
+        if self.counts is None or name not in self.counts:
+            raise ConfigError(
+                "allocation.source", f"no count for layer {name!r} from run {self.source} (set by the pipeline)"
+            )
+        return self.counts[name]
 
     def layer_costs(self, names) -> list[float]:
         """FLOPs per unit of each named layer; a ConfigError when a flops budget has none measured."""
@@ -98,28 +123,35 @@ class Allocation:
 
     @classmethod
     def from_value(cls, value) -> Allocation | None:
-        """None, a policy name, or a mapping {policy, floor, budget} (suite YAML, RunSpec)."""
+        """None, a policy name, ``from:RUN_ID``, or a mapping {policy, floor, budget, source} (suite
+        YAML, RunSpec)."""
         if value is None or isinstance(value, Allocation):
             return value
         if isinstance(value, str):
+            if value.startswith("from:"):
+                return cls("from", source=value.removeprefix("from:"))
             return cls(value)
         if isinstance(value, dict):
-            unknown = set(value) - {"policy", "floor", "budget"}
+            unknown = set(value) - {"policy", "floor", "budget", "source"}
             if unknown:
-                raise ConfigError("allocation", f"unknown field(s) {sorted(unknown)}; allowed: policy, floor, budget")
+                raise ConfigError(
+                    "allocation", f"unknown field(s) {sorted(unknown)}; allowed: policy, floor, budget, source"
+                )
             floor = value.get("floor", 0.0)
             floor = float(floor) if isinstance(floor, int) and not isinstance(floor, bool) else floor
-            return cls(value.get("policy", "global"), floor, value.get("budget", "params"))
+            return cls(value.get("policy", "global"), floor, value.get("budget", "params"), source=value.get("source"))
         raise ConfigError("allocation", f"expected a policy name or {{policy, floor, budget}}, got {value!r}")
 
     def to_dict(self) -> dict:
         """The identity fields; ``budget`` only when it is not the default (earlier run ids unchanged)."""
+        if self.policy == "from":
+            return {"policy": "from", "source": self.source}
         out = {"policy": self.policy, "floor": self.floor}
         return out | ({"budget": self.budget} if self.budget != "params" else {})
 
     @property
     def scope(self) -> str:
-        return "layer" if self.policy == "uniform" else "global"
+        return "global" if self.policy == "global" else "layer"
 
     def minimum(self, units: int) -> int:
         """Units a layer of ``units`` always keeps."""
@@ -135,7 +167,21 @@ class Allocation:
         return max(floors, keep_count(sum(unit_counts.values()), sparsity))
 
     def check(self, unit_counts: dict[str, int], pattern: Pattern, sparsity: float) -> None:
-        """ConfigError before training when the floors cannot be met at the target."""
+        """ConfigError before training when the floors cannot be met at the target (``from``: when the
+        source's counts do not fit this run's layers)."""
+        if self.policy == "from":
+            if self.counts is not None:
+                bad = {
+                    n: self.counts.get(n) for n, units in unit_counts.items() if not 1 <= self.counts.get(n, 0) <= units
+                }
+                if bad or set(self.counts) != set(unit_counts):
+                    raise ConfigError(
+                        "allocation.source",
+                        f"run {self.source}'s per-layer counts do not fit this run's layers "
+                        f"(missing or out of range: {dict(list(bad.items())[:3])}; layers {len(self.counts)} vs "
+                        f"{len(unit_counts)}): transplant between runs of one task and pattern",
+                    )
+            return
         if pattern.per_row_budget:
             return
         total = sum(unit_counts.values())
@@ -352,6 +398,8 @@ def hard_topk(
     if pattern.per_row_budget:
         keep = pattern.n if target is None else nm_keep(pattern, sparsity, target)
         return nm_topk_layers(scores, keep)
+    if allocation is not None and allocation.policy == "from":  # the transplant: the source's count per layer
+        return {name: global_topk({name: s}, allocation.transplanted(name))[name] for name, s in scores.items()}
     if allocation is not None:
         counts = {name: s.numel() for name, s in scores.items()}
         minimum = {name: allocation.minimum(c) for name, c in counts.items()}
@@ -402,6 +450,8 @@ def expected_kept(
     if pattern.per_row_budget:
         return sum(c // pattern.m * pattern.n for c in unit_counts.values())
     if allocation is not None:
+        if allocation.policy == "from":
+            return sum(allocation.transplanted(name) for name in unit_counts)
         if allocation.policy == "uniform":
             return sum(allocation.layer_keep(c, sparsity) for c in unit_counts.values())
         return allocation.global_keep(unit_counts, sparsity)

@@ -177,6 +177,8 @@ def provenance_markdown(rows: list[dict[str, Any]], suite_name: str) -> str:
     threads, device) and the span of their finish times -- the provenance a committed table states."""
     from collections import Counter
 
+    from bench.reports.provenance import version_lines
+
     code, platform, finished = Counter(), Counter(), []
     for row in rows:
         prov = row.get("provenance") or {}
@@ -189,6 +191,9 @@ def provenance_markdown(rows: list[dict[str, Any]], suite_name: str) -> str:
     lines += [
         f"- {n} row(s) at {sha}" + (" (uncommitted changes)" if dirty else "") for (sha, dirty), n in code.most_common()
     ]
+    diffs = Counter(str((row.get("provenance") or {}).get("git_diff_sha256"))[:12] for row in rows)
+    lines += [f"- {n} row(s) with uncommitted changes of diff hash {h}" for h, n in diffs.most_common() if h != "None"]
+    lines += version_lines(rows)
     lines += [
         f"- {n} row(s) on {cpu}, torch {torch}, {threads} thread(s), device {device}"
         for (cpu, torch, threads, device), n in platform.most_common()

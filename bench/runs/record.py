@@ -9,6 +9,7 @@ the next append repairs. One row per finished run, never two.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -38,12 +39,75 @@ def _git(*args: str) -> str:
         return ""
 
 
+# `git diff` output pinned against the user's git config (colour, external drivers, rename
+# detection, diff algorithm, prefixes), so one uncommitted state gives one text on every machine
+DIFF_ARGS = (
+    "diff",
+    "HEAD",
+    "--binary",
+    "--no-color",
+    "--no-ext-diff",
+    "--no-textconv",
+    "--no-renames",
+    "--diff-algorithm=myers",
+    "--src-prefix=a/",
+    "--dst-prefix=b/",
+)
+LARGE_UNTRACKED = 16 * 2**20  # an untracked file above this many bytes enters the hash by name and size
+
+
+def _git_bytes(root: Path, *args: str) -> bytes | None:
+    """``git args`` run in ``root``: its raw stdout, None when git is missing or fails (not a checkout...)."""
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def tree_diff_sha256(root: Path = REPO_ROOT) -> str | None:
+    """sha256 of the uncommitted state of the git checkout at ``root``: the output of ``git diff
+    HEAD`` (tracked files, staged or not; :data:`DIFF_ARGS`) plus the name and contents of every
+    untracked file git does not ignore (``git ls-files --others --exclude-standard``; one above
+    :data:`LARGE_UNTRACKED` bytes by name and size). Two rows made from the same uncommitted state
+    share it. None for a clean tree, and where ``root`` is no git checkout."""
+    diff = _git_bytes(root, *DIFF_ARGS)
+    listed = _git_bytes(root, "ls-files", "--others", "--exclude-standard", "-z")
+    if diff is None or listed is None:
+        return None
+    names = sorted(name for name in listed.split(b"\0") if name)
+    if not diff and not names:
+        return None
+    digest = hashlib.sha256(b"git diff HEAD\0%d\0" % len(diff))
+    digest.update(diff)
+    for name in names:
+        digest.update(b"\0untracked\0%d\0%s\0" % (len(name), name))
+        path = Path(root) / os.fsdecode(name)
+        try:
+            size = path.stat().st_size
+            if size > LARGE_UNTRACKED:
+                digest.update(b"large %d" % size)
+                continue
+            digest.update(b"%d\0" % size)
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError:
+            digest.update(b"unreadable")
+    return digest.hexdigest()
+
+
 # The code version this process imported, taken once at import: a long-running worker whose
-# checkout moves on (a commit during a suite) keeps reporting the code it actually runs.
+# checkout moves on (a commit during a suite) keeps reporting the code it actually runs. A tree
+# with uncommitted changes or untracked files also records their hash (tree_diff_sha256; once per
+# process, like the rest), so rows of one uncommitted state can be told from rows of another.
 CODE_VERSION = {
     "git_sha": _git("rev-parse", "HEAD") or "unknown",
     "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
 }
+_DIFF_SHA256 = tree_diff_sha256(REPO_ROOT) if CODE_VERSION["git_sha"] != "unknown" else None
+if _DIFF_SHA256 is not None:
+    CODE_VERSION["git_diff_sha256"] = _DIFF_SHA256
 
 
 def provenance(dataset_hash: str) -> dict[str, Any]:

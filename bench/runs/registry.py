@@ -54,6 +54,15 @@ def build_pruner(
 ) -> Pruner:
     """The configured pruner; ``allocation``: the protocol's allocation rule (None: v1, the pruner's scope)."""
     cls = get_pruner_class(name)
+    if allocation is not None and allocation.policy == "from" and not cls.transplantable:
+        allowed = ", ".join(sorted(n for n, c in load_pruners().items() if c.transplantable))
+        raise ConfigError(
+            "allocation",
+            f"from:RUN_ID transplants another run's per-layer counts into a one-shot selection; pruner '{name}' "
+            f"selects during training. Allowed: {allowed}",
+        )
+    if allocation is not None and allocation.policy == "from" and pattern.per_row_budget:
+        raise ConfigError("allocation", f"from:RUN_ID has nothing to transplant under {pattern}: N:M keeps N per row")
     config = cls.Config.from_dict(options or {}, owner=name)
     pruner = cls(config, pattern, sparsity)
     pruner.allocation = allocation

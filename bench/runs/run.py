@@ -121,7 +121,12 @@ def run_identity(
     """The one place a run id is computed: (canonical spec, its 12-hex-digit hash).
 
     ``pruner.config`` holds values already canonicalised by their declared type
-    (``PrunerConfig.from_dict``), so YAML and CLI spellings of one config give one id."""
+    (``PrunerConfig.from_dict``), so YAML and CLI spellings of one config give one id. The
+    pruner's ``method_version`` enters the spec only when it is not 1: every id made before
+    methods had versions stays valid, and a bumped method's rows never share an id with the old."""
+    version = pruner.method_version
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError("method_version", f"pruner '{pruner_name}' declares {version!r}: must be an integer >= 1")
     canonical = {
         "version": SPEC_VERSION,
         "task": task_identity,
@@ -133,6 +138,8 @@ def run_identity(
     }
     if pruner.allocation is not None:  # absent for v1 runs: their ids are unchanged
         canonical["allocation"] = pruner.allocation.to_dict()
+    if version != 1:  # absent at version 1: ids made before methods had versions are unchanged
+        canonical["method_version"] = version
     if pruner.keeps_all:
         # a control that masks nothing (nomask) trains the same model whatever the column: its id
         # leaves out the pattern, sparsity and allocation, so one run per (task, budget, seed) serves
@@ -190,6 +197,27 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         identity["dense_checkpoint"] = {"sha256": digest}  # absent otherwise: v1 ids unchanged
     canonical, run_id = run_identity(identity, spec.pruner, pruner, spec.seed)
     return ResolvedRun(spec, task, pruner, sparsity, canonical, run_id, dense_state, unit_counts, dense_layers)
+
+
+def transplant_counts(
+    source: str, task: Task, pattern, seed: int, store: ResultStore | None = None
+) -> dict[str, int]:
+    """The per-layer kept units of run ``source`` (its row's audit), for ``allocation: from:source``:
+    a ConfigError, before training, when that run is not in the store or is not of this task,
+    pattern and seed (its counts would not fit, or would come from another dense model)."""
+    row = (store or ResultStore()).get(source)
+    if row is None:
+        raise ConfigError(
+            "allocation.source", f"run {source} is not in the result store: run it before its transplant control"
+        )
+    theirs = (row.get("task"), row.get("pattern"), row.get("seed"))
+    if theirs != (task.name, str(pattern), seed):
+        raise ConfigError(
+            "allocation.source",
+            f"run {source} is {theirs[0]} / {theirs[1]} / seed {theirs[2]}; its transplant must be "
+            f"{task.name} / {pattern} / seed {seed}",
+        )
+    return {layer["layer"]: int(layer["kept_units"]) for layer in (row.get("audit") or {}).get("layers", [])}
 
 
 def check_input(task: Task, model) -> None:
@@ -318,6 +346,7 @@ def execute(
         "seed": spec.seed,
         "wall_s": round(time.perf_counter() - started, 2),
         "pruner_config": run.pruner.config.to_dict(),
+        "method_version": run.canonical.get("method_version", 1),  # the pruner's, as its run id hashes it
         "budget": dataclasses.asdict(task.budget),
         "provenance": provenance(task.dataset_hash()),
         "device": describe(task.device),
@@ -342,6 +371,11 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
     task, spec, pruner = run.task, run.spec, run.pruner
     b = task.budget
     task.check_data()  # a user's copy: wrong sizes or labels fail here, before any training or file
+    if pruner.allocation is not None and pruner.allocation.policy == "from":  # the transplant's counts, now
+        rule = pruner.allocation  # (not at resolve: a suite plans its transplant cells before their sources ran)
+        counts = transplant_counts(rule.source, task, pruner.pattern, spec.seed, ResultStore(paths.store))
+        pruner.allocation = rule.with_counts(counts)
+        pruner.allocation.check(run.unit_counts, pruner.pattern, run.sparsity)
     with task.quiet():
         dense_path = dense_checkpoint_path(task, spec.seed, paths)
         if run.dense_state is not None:  # the user's checkpoint replaces dense training

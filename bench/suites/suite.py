@@ -376,6 +376,7 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
                                     if "finetune_schedule" in chosen:  # the family's, chosen by the no-mask control
                                         budget["finetune_schedule"] = chosen["finetune_schedule"]
                         for seed in block.seeds:
+                            allocation = _transplant_source(block, suite.cells, task, str(pattern), sparsity, seed)
                             spec = RunSpec(
                                 task=task,
                                 pruner=entry.name,
@@ -385,7 +386,7 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
                                 model=block.model,
                                 pruner_options=dict(options),
                                 budget=dict(budget),
-                                allocation=block.allocation,
+                                allocation=allocation,
                                 data=block.data,
                                 dense_checkpoint=block.dense_checkpoint,
                                 device=device,
@@ -424,6 +425,31 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
     suite.placements = list(placements.values())
     suite.untuned = sorted(untuned)
     return suite
+
+
+def _transplant_source(block: Block, cells: list[Cell], task: str, pattern: str, sparsity: float, seed: int):
+    """The block's allocation, with a transplant's source label (``{policy: from, source: LABEL}``)
+    replaced by the run id of that label's cell at the same task, pattern, sparsity and seed -- a
+    cell of an earlier block (the transplant reads its row when it runs; the runner runs it last)."""
+    allocation = block.allocation
+    if not (isinstance(allocation, dict) and allocation.get("policy") == "from"):
+        return allocation
+    label = allocation["source"]
+    for cell in cells:
+        spec = cell.spec
+        if (cell.label, spec.task, spec.pattern, spec.sparsity, spec.seed) == (
+            label,
+            task,
+            pattern,
+            round(sparsity, 10),
+            seed,
+        ):
+            return {"policy": "from", "source": cell.run_id}
+    raise ConfigError(
+        f"{block.where}.allocation.source",
+        f"no cell of label '{label}' at {task} {pattern} {sparsity:g} seed {seed} in an earlier block: "
+        "a transplant names the label of a pruner listed before it, at the same columns and seeds",
+    )
 
 
 def spec_only_id(spec: RunSpec) -> str:

@@ -13,7 +13,8 @@ One cell (claim, markers, log, run) is bench/suites/cell.py. The dense model of 
 once: cells are ordered so the first cell of every
 (task, seed) comes first, and the process that finds the dense checkpoint missing holds an
 exclusive ``flock`` on ``runs/dense/<ckpt>.lock`` while it runs its cell; the others wait for it.
-Slurm launches in two waves (first cell of every (task, seed), then the rest).
+Slurm launches in two waves (first cell of every (task, seed), then the rest). Transplant controls
+(``allocation: from``) run last, in a wave of their own, after the cells whose counts they read.
 
 Several runners of one suite at once (two terminals, a Slurm array beside a local run) share the
 work: the process that runs a cell (worker, Slurm job, or the parent of a torchrun job) first
@@ -60,6 +61,13 @@ def _init_worker(threads: int) -> None:
 
 
 # -- ordering and progress ---------------------------------------------------------------------
+def is_transplant(cell: Cell) -> bool:
+    """A transplant control (``allocation: {policy: from, source: RUN_ID}``): it runs after every
+    other cell of the suite, since it reads its source run's row (bench.runs.run.transplant_counts)."""
+    allocation = cell.spec.allocation
+    return isinstance(allocation, dict) and allocation.get("policy") == "from"
+
+
 def first_wave(cells: list[Cell]) -> tuple[list[Cell], list[Cell]]:
     """(first cell of every dense (task, seed) in suite order, the rest grouped by dense model).
 
@@ -162,7 +170,8 @@ def run_suite(
         if state == "done":  # a kill between the row's append and the marker's removal leaves one behind
             clear_marker(suite.name, cell.run_id, "running", paths)
             clear_marker(suite.name, cell.run_id, "failed", paths)
-    first, rest = first_wave(todo)
+    transplants = [cell for cell in todo if is_transplant(cell)]  # they read their sources' rows: after them
+    first, rest = first_wave([cell for cell in todo if not is_transplant(cell)])
     with Reporter(len(todo), progress, suite.name, paths) as reporter:
         reporter.log(
             f"suite {suite.name}: {len(states)} cells, {len(states) - len(todo) - len(busy)} done, "
@@ -170,34 +179,43 @@ def run_suite(
         )
         for cell in busy:
             reporter.log(f"skip   {cell.run_id}: running in another process (marker {cell.run_id}.running)")
-        if launcher == "slurm":
-            per_job = (slurm or {}).get("cpus_per_task")  # threads of a job: its CPUs, else torch's default
-            payloads = {
-                c.run_id: payload_for(c, suite, project, per_job and max(1, per_job // nproc), paths) for c in todo
-            }
-            submit_cells(suite, first, rest, payloads, reporter, nproc, cluster, slurm or {}, paths)
-        elif launcher == "torchrun":
-            threads = max(1, cpu_count() // (workers * nproc))
-            _pool(
-                ThreadPoolExecutor(workers),
-                first + rest,
-                reporter,
-                lambda pool, c: pool.submit(torchrun_cell, payload_for(c, suite, project, threads, paths), nproc),
-            )
-        elif workers == 1:  # in this process, with its thread count
-            for cell in first + rest:
-                reporter.done(cell, run_cell(payload_for(cell, suite, project, None, paths), echo=reporter.log))
-        else:
-            threads = max(1, cpu_count() // workers)
-            pool = ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(threads,)
-            )
-            _pool(
-                pool,
-                first + rest,
-                reporter,
-                lambda p, c: p.submit(run_cell, payload_for(c, suite, project, threads, paths)),
-            )
+        for wave_first, wave_rest in ((first, rest), ([], transplants)):
+            if not wave_first and not wave_rest:
+                continue
+            if launcher == "slurm":
+                per_job = (slurm or {}).get("cpus_per_task")  # threads of a job: its CPUs, else torch's default
+                payloads = {
+                    c.run_id: payload_for(c, suite, project, per_job and max(1, per_job // nproc), paths)
+                    for c in wave_first + wave_rest
+                }
+                submit_cells(suite, wave_first, wave_rest, payloads, reporter, nproc, cluster, slurm or {}, paths)
+            elif launcher == "torchrun":
+                threads = max(1, cpu_count() // (workers * nproc))
+                _pool(
+                    ThreadPoolExecutor(workers),
+                    wave_first + wave_rest,
+                    reporter,
+                    lambda pool, c, t=threads: pool.submit(
+                        torchrun_cell, payload_for(c, suite, project, t, paths), nproc
+                    ),
+                )
+            elif workers == 1:  # in this process, with its thread count
+                for cell in wave_first + wave_rest:
+                    reporter.done(cell, run_cell(payload_for(cell, suite, project, None, paths), echo=reporter.log))
+            else:
+                threads = max(1, cpu_count() // workers)
+                pool = ProcessPoolExecutor(
+                    workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_init_worker,
+                    initargs=(threads,),
+                )
+                _pool(
+                    pool,
+                    wave_first + wave_rest,
+                    reporter,
+                    lambda p, c, t=threads: p.submit(run_cell, payload_for(c, suite, project, t, paths)),
+                )
         if reporter.skipped:
             reporter.log(f"{len(reporter.skipped)} cell(s) skipped: claimed or done by another runner")
         if reporter.failed:

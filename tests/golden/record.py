@@ -2,8 +2,22 @@
 
 ``python tests/golden/record.py`` (from the repository root) runs every case and updates this
 machine's platform in ``tests/golden/golden.json`` (the mm cases only where mm* is installed);
-``tests/golden/test_golden.py`` runs the same cases. Record only when a change is *meant* to change
-behaviour, and say so in the commit message.
+``--pruner NAME`` (repeatable) runs only that pruner's cases. ``tests/golden/test_golden.py`` runs
+the same cases. Record only when a change is *meant* to change behaviour, and say so in the commit
+message.
+
+Method versions (docs/adding-a-pruner.md, "Versioning a method"): the file also stores, per pruner,
+the ``method_version`` its cases were recorded at (``method_versions``), and the recorder writes the
+version the pruner's class declares. A behaviour change therefore goes with a bump: the recorder
+**refuses** (raises :class:`RecordingRefused`, nothing of that case is written) to overwrite a
+pruner's recorded numbers with different ones unless its ``method_version`` was increased. After a
+bump the pruner's first case drops every recording of it, on every platform (they are of the old
+behaviour; other platforms re-record, or compare within tolerance against this one), so the whole
+file always holds one version per pruner; a version that goes down is refused. ``--force`` lets a
+re-record that changes no behaviour (a dependency or kernel change on an already recorded
+platform) overwrite changed numbers at the same version. ``test_golden.py`` fails when a class
+declares another version than the recorded one, and when outputs differ from the recording (a
+change without a bump).
 
 Bit-identical holds only on one platform: same seed and thread count, and the same float kernels --
 torch's version, ATen's CPU capability and the CPU's vector/matrix extensions (oneDNN and MKL pick
@@ -22,6 +36,7 @@ magnitude on the mmseg micro task of ``tests/test_mm.py`` (channel 0.5) when mm*
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import sys
@@ -60,18 +75,107 @@ def load_golden() -> dict[str, dict[str, dict]]:
     return json.loads(GOLDEN.read_text())["platforms"] if GOLDEN.exists() else {}
 
 
+def load_versions() -> dict[str, int]:
+    """{pruner: the method_version its golden cases were recorded at}."""
+    return json.loads(GOLDEN.read_text()).get("method_versions", {}) if GOLDEN.exists() else {}
+
+
+def pruner_of(key: str) -> str:
+    """The pruner of a case key ``task/pruner/pattern``."""
+    parts = key.split("/")
+    return parts[1] if len(parts) > 1 else key
+
+
+def rerecord_hint(key: str) -> str:
+    pruner = pruner_of(key)
+    return (
+        f"outputs changed without a bump? A behaviour change must bump method_version and re-record "
+        f"(python tests/golden/record.py --pruner {pruner}, after raising {pruner}'s method_version); "
+        "a change meant to alter nothing is a regression"
+    )
+
+
+def differences(old: dict, new: dict) -> str:
+    fields = sorted(set(old) | set(new))
+    return ", ".join(f"{f} {old.get(f)!r} -> {new.get(f)!r}" for f in fields if old.get(f) != new.get(f))
+
+
 def check(key: str, got: dict, golden: dict[str, dict[str, dict]], here: str) -> str:
     """Assert ``got`` against the recordings of case ``key``; returns how (exact / within tolerance)."""
     if key in golden.get(here, {}):
-        assert got == golden[here][key], f"{key} on {here}"
+        assert got == golden[here][key], f"{key} on {here}: {differences(golden[here][key], got)}; {rerecord_hint(key)}"
         return "exact"
     refs = {name: cases[key] for name, cases in golden.items() if key in cases}
     assert refs, f"no recording of {key} on any platform: run tests/golden/record.py"
     for name, ref in refs.items():
-        assert got["achieved_sparsity"] == ref["achieved_sparsity"], f"{key}: sparsity vs {name}"
+        assert got["achieved_sparsity"] == ref["achieved_sparsity"], (
+            f"{key}: sparsity {got['achieved_sparsity']} vs {ref['achieved_sparsity']} on {name}; {rerecord_hint(key)}"
+        )
         for field in ("metric", "val_metric"):
-            assert abs(got[field] - ref[field]) <= TOLERANCE, f"{key}: {field} {got[field]} vs {ref[field]} on {name}"
+            assert abs(got[field] - ref[field]) <= TOLERANCE, (
+                f"{key}: {field} {got[field]} vs {ref[field]} on {name}; {rerecord_hint(key)}"
+            )
     return f"within {TOLERANCE} points of {len(refs)} platform(s) (no recording for {here})"
+
+
+def version_problem(pruner: str, recorded: int | None, declared: int) -> str | None:
+    """Why the golden recording of ``pruner`` does not fit the version its class declares; None if it does."""
+    if recorded is None:
+        return f"golden.json records no method_version for pruner {pruner}: re-record (python tests/golden/record.py)"
+    if recorded == declared:
+        return None
+    why = (
+        "a method_version never goes down (revert golden.json together with the bump)"
+        if declared < recorded
+        else f"re-record and bump: python tests/golden/record.py --pruner {pruner} writes its outputs at {declared}"
+    )
+    return (
+        f"pruner {pruner}'s golden outputs were recorded at method_version {recorded} "
+        f"but the class declares {declared}: {why}"
+    )
+
+
+class RecordingRefused(Exception):
+    """The recorder would overwrite a pruner's golden numbers with others without a method_version bump."""
+
+
+def record_case(doc: dict, here: str, key: str, numbers: dict, declared: int, force: bool = False) -> str:
+    """Write case ``key``'s ``numbers`` for platform ``here`` into ``doc`` (golden.json's content:
+    ``{"method_versions", "platforms"}``) at the pruner's ``declared`` method_version; returns what
+    happened. Raises :class:`RecordingRefused` when the numbers differ from this platform's
+    recording and the version was not increased (unless ``force``: a re-record that changes no
+    behaviour), and when the version went down. A bump drops every recording of the pruner first."""
+    pruner = pruner_of(key)
+    versions = doc.setdefault("method_versions", {})
+    platforms = doc.setdefault("platforms", {})
+    recorded = versions.get(pruner, 1)  # a file from before versions: everything was version 1
+    if declared < recorded:
+        raise RecordingRefused(
+            f"{key}: pruner {pruner} declares method_version {declared} but its golden outputs were "
+            f"recorded at {recorded}; a method_version never goes down"
+        )
+    if declared > recorded:  # a bump: every recording of the pruner is of the old behaviour
+        for cases in platforms.values():
+            for stale in [k for k in cases if pruner_of(k) == pruner]:
+                del cases[stale]
+        outcome = f"recorded at method_version {declared} (was {recorded}; its old recordings dropped)"
+    else:
+        old = platforms.get(here, {}).get(key)
+        if old is None:
+            outcome = "new"
+        elif old == numbers:
+            outcome = "unchanged"
+        elif force:
+            outcome = f"overwritten with --force ({differences(old, numbers)})"
+        else:
+            raise RecordingRefused(
+                f"{key} on {here}: the outputs changed ({differences(old, numbers)}) but pruner {pruner}'s "
+                f"method_version is still {declared}. A behaviour change must bump {pruner}.method_version "
+                "(then re-record); a re-record that changes no behaviour passes --force"
+            )
+    versions[pruner] = declared
+    platforms.setdefault(here, {})[key] = numbers
+    return outcome
 
 
 BUILTIN = ("acdc", "awg", "gmp", "magnitude", "pas", "pdp", "smart", "srste")
@@ -155,16 +259,28 @@ def run_case(case: dict, runs: Path) -> dict:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     import os
     import tempfile
 
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--pruner", action="append", default=None, help="only this pruner's cases (repeatable)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite changed numbers at an unchanged method_version (a re-record that changes no behaviour)",
+    )
+    args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "disabled")
     root = Path(__file__).resolve().parents[2]
     sys.path[:0] = [str(root), str(root / "tests")]
-    golden = load_golden()
+    from bench.runs.registry import load_pruners
+
+    doc = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+    doc.setdefault("platforms", {})  # cases not run here (and other platforms) are kept
     here = platform()
-    results = golden.setdefault(here, {})  # cases not run here (and other platforms) are kept
+    pruners = load_pruners()
+    written = 0
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp) / "runs"
         os.environ["SMARTBENCH_RUNS"] = str(runs)
@@ -175,11 +291,22 @@ def main() -> int:
             cases += MM_CASES
         except ImportError as err:
             print(f"skipping the mm cases: {err}", file=sys.stderr)
+        if args.pruner:
+            unknown = sorted(set(args.pruner) - {case["pruner"] for case in cases})
+            if unknown:
+                parser.error(f"no golden cases for {', '.join(unknown)}")
+            cases = [case for case in cases if case["pruner"] in args.pruner]
         for case in cases:
-            results[case_key(case)] = run_case(case, runs)
-            print(case_key(case), results[case_key(case)], flush=True)
-            GOLDEN.write_text(json.dumps({"platforms": golden}, indent=1, sort_keys=True) + "\n")  # after every case
-    print(f"wrote {len(results)} cases of platform {here!r} to {GOLDEN}")
+            key, numbers = case_key(case), run_case(case, runs)
+            try:
+                outcome = record_case(doc, here, key, numbers, pruners[case["pruner"]].method_version, args.force)
+            except RecordingRefused as err:
+                print(f"refused: {err}", file=sys.stderr)
+                return 1
+            written += 1
+            print(key, numbers, outcome, flush=True)
+            GOLDEN.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")  # after every case
+    print(f"wrote {written} cases of platform {here!r} to {GOLDEN}")
     return 0
 
 
