@@ -576,3 +576,44 @@ def test_v3_marks_holm_over_the_table_and_tost(store):
     header = table.render("csv").splitlines()[0].split(",")
     assert header[-8:] == ["diff_to_best", "ci_low", "ci_high", "p_vs_best", "p_holm", "tost_p", "verdict", "mde"]
     assert "$^?$" in table.render("latex")
+
+
+def test_tracks_are_named_and_never_mixed(store):
+    """Cells under uniform allocation form the criterion track, global (and transplants) the
+    allocation track; a table holds one track and names it in its title and notes."""
+    from bench.core.errors import ConfigError
+    from bench.reports.tables import frame_from_rows, track_of, tracks_in
+
+    assert [track_of(a) for a in (None, "uniform", {"policy": "global"}, {"policy": "from", "source": "x"})] == [
+        "",
+        "criterion",
+        "allocation",
+        "allocation",
+    ]
+    suite = Suite("tracked", Path("tracked.yaml"), "", blocks=[])
+    rows = []
+    for policy in ("uniform", "global"):
+        for row in synthetic_rows()[:-1]:
+            spec = RunSpec(
+                task=TASK,
+                pruner=row["pruner"],
+                pattern=row["pattern"],
+                sparsity=row["target_sparsity"],
+                seed=row["seed"],
+                allocation={"policy": policy, "floor": 0.0},
+            )
+            label = next(
+                lab for (lab, p, s), vals in METRICS.items() if row["run_id"] == run_id(lab, p, s, row["seed"])
+            )
+            suite.cells.append(Cell(spec, label, f"{policy}-{row['run_id']}"))
+            rows.append({**row, "run_id": f"{policy}-{row['run_id']}"})
+    frame = frame_from_rows(rows, suite)
+    assert tracks_in(frame) == ["criterion", "allocation"]
+    with pytest.raises(ConfigError, match="one table per track"):
+        build_table(frame, suite)
+    table = build_table(frame[frame["track"] == "criterion"], suite)
+    md = table.render("md")
+    assert (
+        md.startswith("### tracked · criterion track") and "Criterion track: every layer keeps the same fraction" in md
+    )
+    assert "Allocation track" in build_table(frame[frame["track"] == "allocation"], suite).render("md")

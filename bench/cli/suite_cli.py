@@ -220,12 +220,32 @@ def cmd_run(args) -> int:
     )
 
 
+def by_track(frame, name: str):
+    """(name, rows) per protocol track of the frame: the name itself with one track, else
+    ``<name>-<track>`` (summaries and figures never mix the tracks)."""
+    from bench.reports.tables import tracks_in
+
+    tracks = tracks_in(frame)
+    if len(tracks) == 1:
+        yield name, frame
+        return
+    for track in tracks:
+        yield f"{name}-{track or 'v1'}", frame[frame["track"].fillna("") == track]
+
+
 def cmd_table(args) -> int:
     from bench.core.errors import ConfigError
     from bench.reports.plots import write_plots
     from bench.reports.provenance import mixed_versions
     from bench.reports.ranks import summary_markdown
-    from bench.reports.tables import build_table, provenance_markdown, rows_from_store, rows_from_wandb, suite_rows
+    from bench.reports.tables import (
+        build_table,
+        provenance_markdown,
+        rows_from_store,
+        rows_from_wandb,
+        suite_rows,
+        tracks_in,
+    )
     from bench.runs.record import ResultStore
     from bench.suites.suite import load_and_expand
 
@@ -270,17 +290,27 @@ def cmd_table(args) -> int:
     if frame.empty:
         print(f"suite {suite.name}: no finished cells yet (smartbench suite status {args.name})")
         return 1
+    if args.track is not None:  # one protocol track only
+        if args.track not in tracks_in(frame):
+            raise ConfigError(
+                "--track", f"no rows of track {args.track!r}; the rows hold {', '.join(tracks_in(frame))}"
+            )
+        frame = frame[frame["track"] == args.track]
     if args.format == "html":
         return write_page(args, suite, frame, store)
     marks = args.marks or suite.marks
     stats = {"cost": args.cost, "marks": marks, "margin": args.margin}
-    tables = {suite.name: build_table(frame, suite, **stats)}
-    if args.by_task:  # one table per task (a wide suite's columns do not fit one page)
-        tables = {}
-        for task in dict.fromkeys(frame["task"]):
-            table = build_table(frame[frame["task"] == task], suite, **stats)
-            table.suite_name = f"{suite.name} · {task}"
-            tables[f"{suite.name}-{task}"] = table
+    tables = {}
+    for track in tracks_in(frame):  # one table per protocol track (criterion / allocation), each named
+        part = frame[frame["track"].fillna("") == track] if "track" in frame else frame
+        stem = f"{suite.name}-{track}" if len(tracks_in(frame)) > 1 else suite.name
+        if not args.by_task:
+            tables[stem] = build_table(part, suite, **stats)
+            continue
+        for task in dict.fromkeys(part["task"]):  # one table per task (a wide suite's columns do not fit one page)
+            table = build_table(part[part["task"] == task], suite, **stats)
+            table.suite_name = f"{suite.name} · {task}" + (f" · {table.track} track" if table.track else "")
+            tables[f"{stem}-{task}"] = table
     for stem, table in tables.items():
         text = table.render(args.format)
         if args.out:
@@ -299,7 +329,10 @@ def cmd_table(args) -> int:
         tmp.replace(path)
         print(f"wrote {path} ({len(rows)} rows)")
     if args.summary:
-        summary = summary_markdown(frame, suite.name, args.reference, marks, args.margin)
+        summary = "\n".join(  # per protocol track: ranks and verdicts never mix the tracks
+            summary_markdown(part, name, args.reference, marks, args.margin)
+            for name, part in by_track(frame, suite.name)
+        )
         summary += "\n" + provenance_markdown(suite_rows(suite, store), suite.name)
         if args.out:
             path = Path(args.out) / f"{suite.name}-summary.md"
@@ -311,7 +344,7 @@ def cmd_table(args) -> int:
         from bench.core.paths import RunPaths
 
         folder = Path(args.out) if args.out else RunPaths.from_env().root / "tables" / suite.name
-        for path in write_plots(frame, suite.name, folder):
+        for path in (p for name, part in by_track(frame, suite.name) for p in write_plots(part, name, folder)):
             print(f"wrote {path}")
     return 0
 
@@ -534,6 +567,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="the statistics behind the marks: v3 (Holm over the table, TOST equivalence, inconclusive) or v2 "
         "(raw paired p, as leaderboard-v2 was committed); default: the suite's `marks:` (v3)",
+    )
+    table.add_argument(
+        "--track",
+        choices=("criterion", "allocation"),
+        default=None,
+        help="only the rows of this protocol track (uniform allocation / global allocation and transplants); "
+        "default: every track, one table each (the web page needs one)",
     )
     table.add_argument(
         "--margin",

@@ -116,8 +116,10 @@ def verdicts_against(frame: pd.DataFrame, reference: str = "smart", margin: floa
 
 
 def friedman_ranks(frame: pd.DataFrame):
-    """The Friedman test and Nemenyi CD over the columns every competing label has (None with
-    fewer than 3 labels or no such column)."""
+    """The Friedman test and Nemenyi CD of the competing labels that have the most columns (labels
+    run in fewer columns -- an N:M-only method, a channel-only control, an ablation -- are left
+    out: the test needs complete blocks), over the columns those share (None with fewer than 3
+    such labels or no shared column)."""
     from bench.reports import stats as st
 
     ranks = column_ranks(frame)
@@ -127,6 +129,8 @@ def friedman_ranks(frame: pd.DataFrame):
     for r in ranks.itertuples():
         value = -r.metric if r.task in lower else r.metric
         scores.setdefault(r.label, {})[f"{r.task} · {r.pattern} · {r.sparsity:g}"] = value
+    widest = max((len(v) for v in scores.values()), default=0)
+    scores = {label: v for label, v in scores.items() if len(v) == widest}  # the labels in the most columns
     if len(scores) < 3:
         return None
     try:
@@ -286,12 +290,14 @@ def _summary_v3(frame: pd.DataFrame, suite_name: str, reference: str, margin: fl
     if result is not None:
         from bench.reports.stats import nemenyi_groups
 
+        left = set(competing(frame)["label"]) - set(result.mean_ranks)
         lines += [
             f"### {suite_name}: Friedman test and critical difference",
             "",
             f"Friedman chi-square {result.statistic:.2f}, p = {result.p:.3g}, over the {result.n_columns} columns "
             f"every one of the {result.n_methods} competing pruners has; Nemenyi critical difference at "
-            f"alpha {ALPHA}: {result.cd:.2f} ranks (Demšar 2006).",
+            f"alpha {ALPHA}: {result.cd:.2f} ranks (Demšar 2006)."
+            + (f" Left out (fewer columns): {', '.join(sorted(left))}." if left else ""),
             "",
             "| pruner | mean rank |",
             "|---|---|",

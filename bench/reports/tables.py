@@ -96,7 +96,7 @@ def frame_from_rows(rows: Iterable[dict[str, Any]], suite) -> pd.DataFrame:
             continue
         for cell in cells[row["run_id"]]:
             records.append(_record(row, cell))
-    columns = KEYS + [f for f in ROW_FIELDS + SPEED_FIELDS if f not in KEYS] + ["kept_by_layer"]
+    columns = KEYS + [f for f in ROW_FIELDS + SPEED_FIELDS if f not in KEYS] + ["kept_by_layer", "track"]
     frame = pd.DataFrame.from_records(records, columns=columns)
     frame = frame.drop_duplicates(["run_id", "task", "pattern", "sparsity"])
     for name in (
@@ -122,6 +122,7 @@ def _record(row: dict[str, Any], cell) -> dict[str, Any]:
         entry["layer"]: entry["kept_units"] / entry["units"] for entry in layers if entry.get("units")
     }
     record.update(
+        track=track_of(cell.spec.allocation),
         label=cell.label,
         task=cell.spec.task,
         pattern=cell.spec.pattern,
@@ -129,6 +130,33 @@ def _record(row: dict[str, Any], cell) -> dict[str, Any]:
         seed=cell.spec.seed,
     )
     return record
+
+
+TRACKS = {  # allocation policy -> the protocol's track (docs/suites.md, "Tracks")
+    "uniform": "criterion",
+    "global": "allocation",
+    "from": "allocation",  # the transplant control sits beside the method whose counts it keeps
+}
+TRACK_NOTES = {
+    "criterion": "criterion track: every layer keeps the same fraction of its units (uniform allocation), "
+    "so a column compares which units each method ranks best",
+    "allocation": "allocation track: one global ranking under the protocol's allocation rule at the same budget, "
+    "so a column scores the whole method, its allocation included; a transplant row (allocation from another "
+    "run) keeps that run's per-layer counts with its own selection",
+}
+
+
+def track_of(allocation) -> str:
+    """The track of a cell's allocation rule (a dict or policy name); '' for v1 cells (no rule)."""
+    if allocation is None:
+        return ""
+    policy = allocation.get("policy", "global") if isinstance(allocation, dict) else str(allocation).split(":")[0]
+    return TRACKS.get(policy, "")
+
+
+def tracks_in(frame: pd.DataFrame) -> list[str]:
+    """The tracks of a frame's rows, in order of first appearance ('' = v1 rows)."""
+    return list(dict.fromkeys(frame["track"].fillna(""))) if "track" in frame else [""]
 
 
 def _speed_value(row: dict[str, Any], field: str) -> Any:
@@ -506,6 +534,7 @@ class Table:
     cost: bool = False  # also render the cost view (cost_text): FLOPs kept and runtime latency ratios
     marks: str = "v3"  # the statistics behind the marks (module docstring)
     margin: float = MARGIN  # v3: the equivalence margin, metric points
+    track: str = ""  # the protocol track of every row (TRACKS), '' for v1 rows; named in the title and notes
 
     def cell(self, label: str, column: tuple) -> pd.Series | None:
         s = self.stats
@@ -595,6 +624,8 @@ class Table:
             )
         if self.row_notes:
             notes.append("Rows: " + "; ".join(f"{label} = {text}" for label, text in self.row_notes.items()) + ".")
+        if self.track in TRACK_NOTES:
+            notes.append(TRACK_NOTES[self.track][0].upper() + TRACK_NOTES[self.track][1:] + ".")
         if self.mixed_dense:
             notes.append(
                 "WARNING: rows of one (task, seed) report different dense test metrics, so their cells did "
@@ -729,6 +760,14 @@ def build_table(
     markdown and LaTeX also render the cost view (:meth:`Table.cost_text`); ``marks``: the suite's
     (``marks:`` in its file, v3 by default) unless given."""
     marks = marks or getattr(suite, "marks", "v3")
+    tracks = tracks_in(frame)
+    if len(tracks) > 1:
+        from bench.core.errors import ConfigError
+
+        raise ConfigError(
+            "--track",
+            f"the rows hold the tracks {', '.join(t or 'v1' for t in tracks)}: one table per track (--track NAME)",
+        )
     stats = summarize(frame, suite, marks, margin)
     order = [c.column for c in suite.placed()] if suite is not None else []
     order += [tuple(r) for r in frame[["task", "pattern", "sparsity"]].itertuples(index=False)]
@@ -742,8 +781,10 @@ def build_table(
     cells = [c.label for c in suite.cells] if suite is not None else []
     labels = list(dict.fromkeys(declared + cells + list(frame["label"])))  # the suite's pruner order
     labels = ["dense"] + [label for label in labels if label in set(stats["label"])]
+    title = suite.name if suite is not None else "results"
+    track = tracks[0] if marks == "v3" else ""  # v2 tables (leaderboard-v2, as committed) name no track
     return Table(
-        suite.name if suite is not None else "results",
+        f"{title} · {track} track" if track else title,
         stats,
         columns,
         labels,
@@ -752,4 +793,5 @@ def build_table(
         cost=cost,
         marks=marks,
         margin=margin,
+        track=track,
     )
