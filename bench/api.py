@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from bench.core.costs import flops_audit, unit_costs
 from bench.core.errors import ConfigError
 from bench.core.masks import Masker, covered_layers, find_prunable
-from bench.core.select import Allocation, protocol_floor
+from bench.core.select import Allocation, protocol_allocation, protocol_floor
 from bench.core.sparsity import parse_pattern, resolve_sparsity
 from bench.deploy.shrink import folded_copy
 from bench.runs.export import save_pruned
@@ -142,7 +142,7 @@ def prune(
     include: list[str] | None = None,
     exclude: list[str] | None = None,
     keep_first_last: bool = True,
-    allocation: str | dict | None = None,
+    allocation: str | dict | None = "protocol",
     budget: str = "params",
     log: Callable[[str], None] = lambda _message: None,
 ) -> Pruning:
@@ -153,8 +153,9 @@ def prune(
     input statistics some pruners use (default: ``[example_input]``), run through
     ``forward(model, batch)``. ``include``/``exclude``/``keep_first_last`` choose the layers as in
     a task (bench.core.masks.find_prunable). ``options``: the pruner's config overrides.
-    ``allocation``: ``"uniform"``, ``"global"`` or ``{"policy": ..., "floor": ...}``, the
-    benchmark's allocation rule (bench.core.select.Allocation; default: the pruner's own scope).
+    ``allocation``: ``"protocol"`` (default: one global ranking with the keep floor min(10 %, half
+    the kept fraction), bench.core.select.protocol_allocation), ``"uniform"``, ``"global"``,
+    ``{"policy": ..., "floor": ...}``, or ``"v1"``/None (the pruner's own scope, no floor).
     ``budget``: ``"params"`` (the sparsity counts units) or ``"flops"`` (it counts the covered
     layers' forward FLOPs at ``example_input``'s size, kept to within one unit; without an
     ``allocation``, the protocol's: global with the floor min(10 %, half the kept fraction)).
@@ -167,7 +168,7 @@ def prune(
     target = resolve_sparsity(parsed, sparsity)
     if budget not in ("params", "flops"):
         raise ConfigError("budget", f"{budget!r} is not one of params, flops")
-    rule = Allocation.from_value(allocation)
+    rule = Allocation.from_value(protocol_allocation(allocation, target))
     if budget == "flops":
         rule = Allocation("global", protocol_floor(target)) if rule is None else rule
         rule = dataclasses.replace(rule, budget="flops")

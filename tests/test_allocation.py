@@ -113,3 +113,30 @@ def test_floor_above_what_the_sparsity_leaves_is_refused_before_training():
         resolve(dataclasses.replace(SPEC, allocation={"policy": "global", "floor": 0.6}))
     with pytest.raises(ConfigError, match=r"^allocation.floor: floor 0.6 is above"):
         resolve(dataclasses.replace(SPEC, allocation={"policy": "uniform", "floor": 0.6}))
+
+
+def test_the_protocol_rule_is_the_default_and_v1_stays_available(shared_runs_dir, monkeypatch, capsys):
+    """`smartbench run` without --allocation takes the protocol's rule (global, floor min(10 %, half
+    the kept fraction)), so magnitude channel 90 % keeps >= 5 % of every layer; `--allocation v1`
+    is the old default, which empties a layer down to a few units."""
+    import json
+    import math
+
+    from bench.cli.main import main
+    from bench.core.select import protocol_allocation, protocol_floor
+
+    assert protocol_allocation("protocol", 0.9) == {"policy": "global", "floor": 0.05}
+    assert protocol_allocation("v1", 0.9) is None and protocol_allocation("uniform", 0.9) == "uniform"
+    assert protocol_floor(0.5) == 0.1 and protocol_floor(0.98) == 0.01
+    monkeypatch.setenv("SMARTBENCH_RUNS", str(shared_runs_dir))
+    base = ["run", "--task", "fmnist-tiny", "--pruner", "magnitude", "--pattern", "channel", "--sparsity", "0.9"]
+    base += ["--prune-epochs", "1", "--finetune-epochs", "0", "--json"]
+    rows = {}
+    for name, extra in (("protocol", []), ("v1", ["--allocation", "v1"])):
+        assert main(base + extra) == 0
+        rows[name] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rows["protocol"]["allocation"] == {"policy": "global", "floor": 0.05} and "allocation" not in rows["v1"]
+    fractions = {name: [l["kept_units"] / l["units"] for l in row["audit"]["layers"]] for name, row in rows.items()}
+    floors = [math.ceil(0.05 * l["units"]) for l in rows["protocol"]["audit"]["layers"]]
+    assert all(l["kept_units"] >= f for l, f in zip(rows["protocol"]["audit"]["layers"], floors))
+    assert min(fractions["v1"]) < 0.05 <= min(fractions["protocol"])  # the v1 default collapses a layer

@@ -43,22 +43,32 @@ def cmd_list(args) -> int:
 
 
 def allocation_of(args) -> dict | None:
-    """``--allocation``/``--keep-floor``/``--budget`` as a RunSpec allocation. ``--budget flops``
-    without ``--allocation`` takes the protocol's rule: one global ranking with the keep floor
-    min(10 %, half the kept fraction) (``bench.core.select.protocol_floor``) unless --keep-floor."""
-    from bench.core.select import protocol_floor
+    """``--allocation``/``--keep-floor``/``--budget`` as a RunSpec allocation. Without
+    ``--allocation`` the protocol's rule (bench.core.select.protocol_allocation): one global
+    ranking with the keep floor min(10 %, half the kept fraction), or ``--keep-floor``'s;
+    ``--allocation v1``: no rule (each pruner's own scope, as the v1 runs)."""
+    from bench.core.select import protocol_allocation, protocol_floor
 
-    if args.allocation is None and args.budget == "params":
+    if args.allocation == "v1":
+        if args.keep_floor or args.budget != "params":
+            raise ConfigError("--allocation", "v1 (each pruner's own scope) takes no --keep-floor or --budget flops")
         return None
+    sparsity = args.sparsity
+    if sparsity is None:  # N:M: its own sparsity (1 - N/M); the floor does not bind it
+        from bench.core.sparsity import parse_pattern
+
+        sparsity = parse_pattern(args.pattern).fixed_sparsity
+    if args.allocation is None and not args.keep_floor and args.budget == "params":
+        return protocol_allocation("protocol", sparsity)  # the default: the benchmark's rule
     if args.allocation is not None and args.allocation.startswith("from:"):
         if args.keep_floor or args.budget != "params":
             raise ConfigError("--allocation", "from:RUN_ID takes the source run's counts: no --keep-floor or --budget")
         return {"policy": "from", "source": args.allocation.removeprefix("from:")}
     if args.allocation is not None and args.allocation not in ("uniform", "global"):
-        raise ConfigError("--allocation", f"{args.allocation!r} is not one of uniform, global, from:RUN_ID")
+        raise ConfigError("--allocation", f"{args.allocation!r} is not one of uniform, global, from:RUN_ID, v1")
     floor = args.keep_floor
     if args.allocation is None and not floor:
-        floor = protocol_floor(args.sparsity) if args.sparsity is not None else 0.0
+        floor = protocol_floor(sparsity) if sparsity is not None else 0.0
     rule = {"policy": args.allocation or "global", "floor": floor}
     return rule | ({"budget": args.budget} if args.budget != "params" else {})
 
@@ -67,8 +77,6 @@ def cmd_run(args) -> int:
     from bench.core.paths import RunPaths
     from bench.runs.run import RunSpec, execute, resolve
 
-    if args.allocation is None and args.keep_floor and args.budget == "params":
-        raise ConfigError("--keep-floor", "needs --allocation uniform|global (or --budget flops)")
     budget = {
         k: v
         for k, v in (
@@ -139,10 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--allocation",
         default=None,
-        metavar="uniform|global|from:RUN_ID",
-        help="the protocol's allocation rule: uniform per layer, or one global ranking of per-layer "
-        "standardised scores, or from:RUN_ID, the transplant control (magnitude or random keeping that run's "
-        "per-layer unit counts); default: none, each pruner's own scope as in v1; part of the run id",
+        metavar="uniform|global|from:RUN_ID|v1",
+        help="the allocation rule: uniform per layer, or one global ranking of per-layer standardised scores, "
+        "or from:RUN_ID, the transplant control (magnitude or random keeping that run's per-layer unit counts), "
+        "or v1 (each pruner's own scope, no floor); default: the protocol's, global with the keep floor "
+        "min(10%%, half the kept fraction); part of the run id",
     )
     run.add_argument(
         "--keep-floor", type=float, default=0.0, help="with --allocation: every layer keeps >= this fraction"

@@ -60,6 +60,20 @@ def protocol_floor(sparsity: float) -> float:
     return round(min(PROTOCOL_FLOOR_CAP, (1.0 - sparsity) / 2), 6)
 
 
+def protocol_allocation(value, sparsity: float | None):
+    """What a user-facing allocation setting means (``smartbench run``, ``bench.prune``, suites):
+    ``"protocol"`` (their default) is the benchmark's rule, one global ranking with the keep floor
+    min(10 %, half the kept fraction), ``{"policy": "global", "floor": protocol_floor(sparsity)}``
+    (N:M, which keeps N per row anyway: floor 0), so a first run cannot empty a layer; ``"v1"`` is
+    no rule (each pruner's own scope on raw scores, one unit per layer at least: the v1 runs);
+    anything else is returned as it is (a policy name, a mapping, ``from:RUN_ID``)."""
+    if value == "protocol":
+        return {"policy": "global", "floor": 0.0 if sparsity is None else protocol_floor(sparsity)}
+    if value == "v1":
+        return None
+    return value
+
+
 @dataclass(frozen=True)
 class Allocation:
     """How a unit budget is spread over layers (module docstring); part of the run identity

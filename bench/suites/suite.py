@@ -10,8 +10,9 @@ A suite file (``bench/configs/suites/NAME.yaml``, read with ``yaml.safe_load``):
     sparsities: [0.5, 0.9]           # used by the non-N:M patterns
     seeds: [0, 1, 2]
     budget: {prune_epochs: 1, finetune_epochs: 1}   # optional override of the task budget
-    allocation: {policy: global, floor: 0.1}          # optional: the protocol's allocation rule
-                                                      # (bench.core.select.Allocation); none = v1
+    allocation: {policy: global, floor: 0.1}          # optional: the allocation rule (bench.core.select.
+                                                      # Allocation); default: the protocol's, global with
+                                                      # the floor min(10%, half the kept fraction); v1: none
     data: /path/to/images                             # optional: dataset folder (imagefolder tasks)
     dense_checkpoint: /path/to/dense.pt               # optional: start every cell from this model
     cells:                           # optional blocks; each overrides any of the keys above
@@ -55,7 +56,7 @@ import yaml
 
 from bench.core.errors import ConfigError, DataError, SmartbenchError
 from bench.core.paths import RunPaths, paths_or_env
-from bench.core.select import Allocation
+from bench.core.select import Allocation, protocol_allocation
 from bench.core.sparsity import parse_pattern, resolve_sparsity
 from bench.runs.record import ResultStore
 from bench.runs.run import RunSpec, check_budget_overrides, dense_key, resolve, run_identity, short_hash
@@ -112,7 +113,7 @@ class Block:
     budget: dict[str, int]
     model: str | None
     where: str  # "suite" or "suite.cells[i]", for error messages
-    allocation: dict | None = None  # Allocation.to_dict(), or None (v1)
+    allocation: dict | str | None = None  # Allocation.to_dict(), "v1", or None / "protocol" (the default)
     data: str | None = None  # dataset folder of tasks that read one by path (imagefolder...)
     dense_checkpoint: str | None = None  # the user's dense model for every cell of the block
 
@@ -240,8 +241,9 @@ def _block(raw: dict, defaults: dict, where: str, known: dict[str, type]) -> Blo
     model = values.get("model")
     if model is not None and not isinstance(model, str):
         raise ConfigError(f"{where}.model", f"must be a string such as timm:resnet18, got {model!r}")
+    raw_allocation = values.get("allocation")
     try:
-        allocation = Allocation.from_value(values.get("allocation"))
+        allocation = None if raw_allocation in (None, "protocol", "v1") else Allocation.from_value(raw_allocation)
     except ConfigError as err:
         raise ConfigError(f"{where}.{err.field}", str(err)[len(err.field) + 2 :]) from None
     paths = {}
@@ -259,7 +261,8 @@ def _block(raw: dict, defaults: dict, where: str, known: dict[str, type]) -> Blo
         dict(budget),
         model,
         where,
-        None if allocation is None else allocation.to_dict(),
+        # missing: the protocol's rule, decided per sparsity when the cells are made; v1: none
+        raw_allocation if raw_allocation in (None, "protocol", "v1") and allocation is None else allocation.to_dict(),
         paths["data"],
         paths["dense_checkpoint"],
     )
@@ -376,7 +379,11 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
                                     if "finetune_schedule" in chosen:  # the family's, chosen by the no-mask control
                                         budget["finetune_schedule"] = chosen["finetune_schedule"]
                         for seed in block.seeds:
-                            allocation = _transplant_source(block, suite.cells, task, str(pattern), sparsity, seed)
+                            allocation = protocol_allocation(
+                                _transplant_source(block, suite.cells, task, str(pattern), sparsity, seed)
+                                or "protocol",
+                                sparsity,
+                            )
                             spec = RunSpec(
                                 task=task,
                                 pruner=entry.name,
