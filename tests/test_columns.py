@@ -76,3 +76,52 @@ def test_one_control_run_serves_every_pattern_of_a_task(tmp_path):
         ("block:1x8", {0.5: 5.0, 0.9: 5.0}),
         ("channel", {0.5: 5.0, 0.9: 5.0}),
     ]
+
+
+def test_power_criterion_keeps_columns_whose_mde_is_within_the_margin():
+    """Pilot seeds 0-2: sigma_d of (magnitude - random) per candidate; MDE at 3 seeds = 3.264 sigma_d."""
+    cells = []
+    for seed in (0, 1, 2):
+        cells.append(
+            SimpleNamespace(
+                run_id=f"n{seed}",
+                label="nomask",
+                spec=SimpleNamespace(task="t", pattern="channel", sparsity=0.5, seed=seed),
+            )
+        )
+        for s in (0.5, 0.8, 0.9):
+            for label in ("magnitude-uniform", "random-uniform"):
+                cells.append(
+                    SimpleNamespace(
+                        run_id=f"{label[0]}{s}-{seed}",
+                        label=label,
+                        spec=SimpleNamespace(task="t", pattern="channel", sparsity=s, seed=seed),
+                    )
+                )
+    val = {f"n{seed}": 80.0 for seed in (0, 1, 2)}
+    noise = {0.5: (0.0, 0.1, -0.1), 0.8: (0.0, 1.0, -1.0), 0.9: (0.0, 0.05, -0.05)}  # magnitude - random per seed
+    gap = {0.5: 0.2, 0.8: 5.0, 0.9: 9.0}
+    for s in (0.5, 0.8, 0.9):
+        for seed in (0, 1, 2):
+            val[f"m{s}-{seed}"] = 80.0 - gap[s]
+            val[f"r{s}-{seed}"] = 80.0 - gap[s] - 1.0 - noise[s][seed]
+    rows = {k: {"val_metric": v} for k, v in val.items()}
+    (choice,) = choose_columns(cells, rows, margin=0.5, planned_seeds=3)
+    assert choice["power"][0.8]["sigma_d"] == pytest.approx(1.0)
+    assert choice["power"][0.8]["mde"] == pytest.approx(3.264, abs=2e-3)  # > 0.5: out
+    assert choice["power"][0.9]["mde"] == pytest.approx(3.264 * 0.05, abs=1e-3)  # in
+    assert choice["chosen"] == [0.9]  # 0.5 fails the gap band, 0.8 the power criterion
+    assert choose_columns(cells, rows)[0]["chosen"] == [0.5, 0.8, 0.9]  # without: v2's rule
+    text = report([choice], 1.0, 15.0)
+    assert "0.8: sigma_d 1.00, MDE 3.26 at 3 seeds" in text and "whose MDE at 3 seeds" in text
+
+
+def test_pilot_seeds_add_the_random_pruner(tmp_path):
+    path = tmp_path / "s.yaml"
+    spec = {"tasks": ["fmnist-tiny"], "pruners": ["smart"], "patterns": ["channel"], "seeds": [0], "sparsities": [0.5]}
+    path.write_text(yaml.safe_dump({**spec, "budget": {"prune_epochs": 1, "finetune_epochs": 1}}))
+    suite = column_suite(load_suite(str(path)), (0.9,), pilot_seeds=(0, 1))
+    got = sorted({(c.label, c.spec.seed) for c in suite.cells})
+    assert ("random-uniform", 1) in got and ("magnitude-uniform", 0) in got and ("nomask", 1) in got
+    with pytest.raises(ConfigError, match="--pilot-seeds"):
+        column_suite(load_suite(str(path)), (0.9,), pilot_seeds=(0, 0))

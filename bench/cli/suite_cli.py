@@ -422,7 +422,16 @@ def cmd_columns(args) -> int:
         raise ConfigError("--candidates", f"expected comma-separated sparsities, got {args.candidates!r}") from None
     if not 0 <= args.low < args.high:
         raise ConfigError("--low", f"need 0 <= --low < --high, got {args.low} and {args.high}")
-    columns = select_cells(column_suite(load_suite(args.name, tuned=False), candidates, args.device), args.only)
+    try:
+        pilot = tuple(int(v) for v in args.pilot_seeds.split(","))
+    except ValueError:
+        raise ConfigError("--pilot-seeds", f"expected comma-separated seeds, got {args.pilot_seeds!r}") from None
+    if args.margin is not None and (args.margin <= 0 or len(pilot) < 2):
+        raise ConfigError("--margin", "the power criterion needs a margin > 0 and >= 2 --pilot-seeds (e.g. 0,1,2)")
+    if args.planned_seeds < 2 or args.seed_cap < args.planned_seeds:
+        raise ConfigError("--planned-seeds", "need 2 <= --planned-seeds <= --seed-cap")
+    suite = load_suite(args.name, tuned=False)
+    columns = select_cells(column_suite(suite, candidates, args.device, pilot), args.only)
     paths = RunPaths.from_env()
     if not args.report_only:
         code = run_suite(columns, workers=args.workers, progress=not args.no_progress, paths=paths)
@@ -430,7 +439,10 @@ def cmd_columns(args) -> int:
             return code
     store = ResultStore(paths.store)
     rows = store.get_many(cell.run_id for cell in columns.cells)
-    print(report(choose_columns(columns.placed(), rows, args.low, args.high), args.low, args.high))
+    choices = choose_columns(
+        columns.placed(), rows, args.low, args.high, args.margin, args.planned_seeds, args.seed_cap
+    )
+    print(report(choices, args.low, args.high))
     return 0
 
 
@@ -529,6 +541,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     columns.add_argument("--low", type=float, default=1.0, help="smallest val gap (points) a column must show")
     columns.add_argument("--high", type=float, default=15.0, help="largest val gap (points) a column may show")
     columns.add_argument("--only", action="append", metavar="KEY=V1[,V2]", help="e.g. --only task=fmnist-resnet")
+    columns.add_argument("--pilot-seeds", default="0", help="seeds of the pilot runs (>= 2 for the power criterion)")
+    columns.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help="the power criterion: a column enters only when its MDE at --planned-seeds is within this many points",
+    )
+    columns.add_argument("--planned-seeds", type=int, default=3, help="seeds a column will run (power criterion)")
+    columns.add_argument("--seed-cap", type=int, default=10, help="the most seeds the report would suggest")
     columns.add_argument("--workers", type=int, default=1)
     columns.add_argument("--report-only", action="store_true", help="report from the store; run nothing")
     add_device_arguments(columns)

@@ -12,6 +12,16 @@ control (default 1-15), and 50% is always a column. N:M columns are fixed by the
 The runs are cells of a suite named ``<NAME>-columns`` (resumable, rows in the store); the report
 lists every candidate's gap, so the suite file can quote the measurement that justified its
 columns.
+
+**Power criterion** (protocol v3; ``--pilot-seeds 0,1,2 --margin M --planned-seeds N``): with two or
+more pilot seeds, a second method-agnostic pruner, uniform random (``random-uniform``), runs beside
+uniform magnitude, and each candidate's pilot sigma_d is the standard deviation over the pilot seeds
+of the paired validation difference magnitude - random: the seed-to-seed noise of a difference
+between two pruners at that column. A candidate enters only when, besides the gap band, its minimum
+detectable effect at ``N`` seeds (two-sided paired t-test, alpha 0.05, 80 % power, exact noncentral
+t: bench.reports.stats.mde) is within the margin; 50 % is not exempt then. The report gives, per
+candidate, the gap (mean over the pilot seeds), sigma_d, the MDE at ``N`` seeds and the seeds that
+would reach the margin (capped by ``--seed-cap``).
 """
 
 from __future__ import annotations
@@ -26,13 +36,16 @@ DEFAULT_CANDIDATES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 ALWAYS = 0.5
 
 
-def column_suite(suite, candidates: tuple[float, ...], device: str = "auto"):
+def column_suite(suite, candidates: tuple[float, ...], device: str = "auto", pilot_seeds: tuple[int, ...] = (0,)):
     """The ``<NAME>-columns`` suite: magnitude (uniform allocation, no floor) and nomask at every
-    candidate sparsity of every (task, non-N:M pattern) of ``suite``, seed 0, each block's budget."""
+    candidate sparsity of every (task, non-N:M pattern) of ``suite``, each block's budget, at the
+    pilot seeds (default seed 0); with 2 or more pilot seeds also uniform random (power criterion)."""
     from bench.suites.suite import PrunerEntry, Suite, expand
 
     if not candidates or any(not 0 < s < 1 for s in candidates):
         raise ConfigError("--candidates", f"must be sparsities in (0, 1), got {list(candidates)}")
+    if not pilot_seeds or len(set(pilot_seeds)) != len(pilot_seeds) or min(pilot_seeds) < 0:
+        raise ConfigError("--pilot-seeds", f"must be distinct seeds >= 0, got {list(pilot_seeds)}")
     blocks, seen = [], set()
     for block in suite.blocks:
         patterns = [p for p in block.patterns if parse_pattern(p).fixed_sparsity is None]
@@ -44,12 +57,14 @@ def column_suite(suite, candidates: tuple[float, ...], device: str = "auto"):
                 common = dict(
                     tasks=[task],
                     patterns=[pattern],
-                    seeds=[0],
+                    seeds=list(pilot_seeds),
                     allocation={"policy": "uniform", "floor": 0.0},
                     where=f"{block.where} (columns: {task} {pattern})",
                 )
                 sparsities = sorted(set(candidates) | {ALWAYS})
                 magnitude = [PrunerEntry("magnitude", "magnitude-uniform")]
+                if len(pilot_seeds) >= 2:  # the power criterion's second pruner
+                    magnitude.append(PrunerEntry("random", "random-uniform"))
                 blocks.append(replace(block, sparsities=sparsities, pruners=magnitude, **common))
                 # the control keeps every unit: one run (its id leaves out pattern and sparsity) serves
                 # every candidate of every pattern of the task (``Suite.placements``)
@@ -59,23 +74,62 @@ def column_suite(suite, candidates: tuple[float, ...], device: str = "auto"):
     return expand(Suite(f"{suite.name}-columns", suite.path, f"column rule of {suite.name}", blocks), device)
 
 
-def choose_columns(cells, rows: dict[str, dict], low: float = 1.0, high: float = 15.0) -> list[dict[str, Any]]:
-    """Per (task, pattern): every candidate's validation gap (nomask - magnitude) and the chosen
-    sparsities (low <= gap <= high, plus 50%)."""
+def choose_columns(
+    cells,
+    rows: dict[str, dict],
+    low: float = 1.0,
+    high: float = 15.0,
+    margin: float | None = None,
+    planned_seeds: int = 3,
+    seed_cap: int = 10,
+) -> list[dict[str, Any]]:
+    """Per (task, pattern): every candidate's validation gap (nomask - magnitude, mean over the
+    pilot seeds both finished) and the chosen sparsities (low <= gap <= high, plus 50%); with a
+    ``margin`` (the power criterion, module docstring) also sigma_d, the MDE at ``planned_seeds``
+    and the seeds needed, and a candidate enters only when its MDE is within the margin."""
+    from bench.reports import stats
+
     val: dict[tuple, float] = {}
     for cell in cells:
         row = rows.get(cell.run_id)
         if row is not None:
-            val[(cell.spec.task, cell.spec.pattern, cell.spec.sparsity, cell.label)] = float(row["val_metric"])
+            key = (cell.spec.task, cell.spec.pattern, cell.spec.sparsity, cell.label, getattr(cell.spec, "seed", 0))
+            val[key] = float(row["val_metric"])
     out = []
     for task, pattern in dict.fromkeys((c.spec.task, c.spec.pattern) for c in cells):
-        gaps = {}
+        gaps, power = {}, {}
         mine = [c for c in cells if (c.spec.task, c.spec.pattern) == (task, pattern) and c.label != "nomask"]
+        seeds = sorted({getattr(c.spec, "seed", 0) for c in mine})
         for s in sorted({c.spec.sparsity for c in mine}):
-            mag, ctrl = val.get((task, pattern, s, "magnitude-uniform")), val.get((task, pattern, ALWAYS, "nomask"))
-            gaps[s] = None if mag is None or ctrl is None else ctrl - mag
-        chosen = [s for s, gap in gaps.items() if s == ALWAYS or (gap is not None and low <= gap <= high)]
-        out.append({"task": task, "pattern": pattern, "gaps": gaps, "chosen": chosen})
+            pairs = [
+                (val[(task, pattern, ALWAYS, "nomask", seed)], val[(task, pattern, s, "magnitude-uniform", seed)])
+                for seed in seeds
+                if (task, pattern, ALWAYS, "nomask", seed) in val
+                and (task, pattern, s, "magnitude-uniform", seed) in val
+            ]
+            gaps[s] = sum(c - m for c, m in pairs) / len(pairs) if pairs else None
+            if margin is not None:
+                mag = {seed: val.get((task, pattern, s, "magnitude-uniform", seed)) for seed in seeds}
+                rnd = {seed: val.get((task, pattern, s, "random-uniform", seed)) for seed in seeds}
+                diff = stats.paired_difference(
+                    {k: v for k, v in mag.items() if v is not None}, {k: v for k, v in rnd.items() if v is not None}
+                )
+                if diff is None:
+                    power[s] = None
+                else:
+                    needed, reached = stats.seeds_needed(diff.sd, margin, minimum=3, cap=seed_cap)
+                    mde = stats.mde(diff.sd, planned_seeds)
+                    power[s] = {"sigma_d": diff.sd, "mde": mde, "seeds_needed": needed, "reached": reached}
+        chosen = [
+            s
+            for s, gap in gaps.items()
+            if (s == ALWAYS and margin is None or (gap is not None and low <= gap <= high))
+            and (margin is None or (power.get(s) is not None and power[s]["mde"] <= margin))
+        ]
+        choice = {"task": task, "pattern": pattern, "gaps": gaps, "chosen": chosen}
+        if margin is not None:
+            choice |= {"power": power, "margin": margin, "planned_seeds": planned_seeds}
+        out.append(choice)
     return out
 
 
@@ -84,8 +138,24 @@ def report(choices: list[dict[str, Any]], low: float, high: float) -> str:
         f"column rule: sparsities where uniform magnitude loses {low:g}-{high:g} val points against the "
         "no-mask control (same budget, seed 0), plus 0.5",
     ]
+    power_rule = next((c for c in choices if "power" in c), None)
+    if power_rule is not None:
+        lines[0] = (
+            f"column rule: sparsities where uniform magnitude loses {low:g}-{high:g} val points against the "
+            f"no-mask control (mean over the pilot seeds) and whose MDE at {power_rule['planned_seeds']} seeds "
+            f"(paired magnitude - random, 80% power) is within {power_rule['margin']:g} points"
+        )
     for choice in choices:
         gaps = ", ".join(f"{s:g}: {'n/a' if g is None else f'{g:+.2f}'}" for s, g in choice["gaps"].items())
         lines.append(f"  {choice['task']} {choice['pattern']}: gap {gaps}")
+        for s, p in choice.get("power", {}).items():
+            if p is None:
+                lines.append(f"    {s:g}: no pilot sigma_d (fewer than 2 pilot seeds finished)")
+            else:
+                more = "" if p["reached"] else " (not reached at the cap)"
+                lines.append(
+                    f"    {s:g}: sigma_d {p['sigma_d']:.2f}, MDE {p['mde']:.2f} at {choice['planned_seeds']} seeds, "
+                    f"seeds for MDE <= {choice['margin']:g}: {p['seeds_needed']}{more}"
+                )
         lines.append(f"    sparsities: [{', '.join(f'{s:g}' for s in choice['chosen'])}]")
     return "\n".join(lines)
