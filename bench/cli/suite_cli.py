@@ -72,6 +72,11 @@ def plan_lines(suite) -> list[str]:
     for note in suite.skipped:
         lines.append(f"  skipped: {note}")
     if suite.tune is not None:
+        from bench.suites.tuned import held_out_warning
+
+        warning = held_out_warning(suite)  # a ConfigError instead with held_out_seed: true
+        if warning:
+            lines.append(f"  tuning: {warning}")
         if suite.tuned is None:
             lines.append(
                 f"  tuning: not tuned yet ({suite.tune.file} missing): cells use the defaults; "
@@ -393,7 +398,13 @@ def cmd_tune(args) -> int:
             for line in plan_lines(choice):
                 print(line)
             print("then the trials, each family with its chosen schedule (shown: the block's own):")
-        trials, _ = trial_suite(suite, suite.tune, args.device, args.amp)
+        extra = ()
+        if args.extend_edges:  # the one step beyond the grid's edge for the pairs that won there
+            from bench.suites.tune import edge_trials
+            from bench.suites.tuned import read_tuned
+
+            extra = edge_trials(read_tuned(suite.tune, suite.name) or {}, suite.tune)
+        trials, _ = trial_suite(suite, suite.tune, args.device, args.amp, extra=extra)
         for line in plan_lines(trials):
             print(line)
         return 0
@@ -405,6 +416,7 @@ def cmd_tune(args) -> int:
         amp=args.amp,
         progress=not args.no_progress,
         paths=RunPaths.from_env(),
+        extend_edges=args.extend_edges,
     )
 
 
@@ -525,6 +537,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     tune.add_argument("name", help=name_help)
     tune.add_argument("--plan", action="store_true", help="list the trials and their run ids; run nothing")
+    tune.add_argument(
+        "--extend-edges",
+        action="store_true",
+        help="one more trial one lr step beyond the grid's edge for every (label, family) whose choice won there",
+    )
     tune.add_argument("--workers", type=int, default=1, help="trials in parallel (processes sharing the CPU threads)")
     add_device_arguments(tune)
     tune.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")

@@ -51,6 +51,7 @@ class PrunerConfig:
     scope: str = "global"  # budget: one top-k over all layers, or per layer
     # the key knobs `smartbench tune` searches (bench.suites.tune): field -> candidate values,
     # the default among them; the protocol adds the retraining lr multiplier to every pruner's space
+    # the knobs `smartbench tune` searches, MOST IMPORTANT FIRST (a suite's `tune: {knobs: K}` keeps the first K)
     search_space: ClassVar[dict[str, tuple]] = {}
 
     def __post_init__(self):

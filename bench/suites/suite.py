@@ -315,7 +315,7 @@ def load_suite(name: str, tuned: bool = True) -> Suite:
                 )
     plan_only = raw.get("plan_only", False)
     tune = parse_settings(raw.get("tune"), path)
-    return Suite(
+    loaded = Suite(
         suite_name,
         path,
         str(raw.get("description", "")),
@@ -327,6 +327,10 @@ def load_suite(name: str, tuned: bool = True) -> Suite:
         tune=tune,
         tuned=None if tune is None or not tuned else read_tuned(tune, suite_name),
     )
+    from bench.suites.tuned import held_out_warning
+
+    held_out_warning(loaded)  # held_out_seed: true with an evaluated tune.seed is refused here, before any cell
+    return loaded
 
 
 # -- expansion into cells ----------------------------------------------------------------------

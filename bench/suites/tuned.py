@@ -12,10 +12,23 @@ from bench.core.errors import ConfigError
 from bench.core.schedules import OWN_FINETUNE_SCHEDULES
 from bench.core.sparsity import parse_pattern
 
-FILE_VERSION = 1
+# 2 (protocol v3): adds per (label, family) space_size and coverage, held_out, edge_wins and the
+# edge extension; version-1 files (leaderboard-v2, smoke) are read as before
+FILE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MIN_TRIALS = 4
 DEFAULT_LR_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0)
-TUNE_FIELDS = ("trials", "file", "lr_multipliers", "seed", "columns", "schedules")
+TUNE_FIELDS = (
+    "trials",
+    "file",
+    "lr_multipliers",
+    "seed",
+    "columns",
+    "schedules",
+    "knobs",
+    "stratify_lr",
+    "held_out_seed",
+)
 COLUMN_FIELDS = ("task", "pattern", "sparsity")
 
 
@@ -29,6 +42,10 @@ class TuneSettings:
     # fine-tuning schedule families the no-mask control chooses among per task family before the
     # trials (bench.suites.tune); empty: every cell keeps its block's own schedule
     schedules: tuple[str, ...] = ()
+    # protocol v3 (their defaults are v2's behaviour, so older suites and files are unchanged):
+    knobs: int | None = None  # search only the first `knobs` entries of Config.search_space; None: all
+    stratify_lr: bool = False  # a (label, family)'s trials cycle through the lr multipliers
+    held_out_seed: bool = False  # tune.seed must not be an evaluation seed (else a ConfigError)
 
     def identity(self) -> dict[str, Any]:
         """What a tuned file must match to be used (a changed setting makes it stale)."""
@@ -40,6 +57,12 @@ class TuneSettings:
         }
         if self.schedules:  # absent without a choice: files tuned before the field existed stay valid
             identity["schedules"] = list(self.schedules)
+        # the same for the v3 settings that change the trials: absent at their defaults.
+        # held_out_seed changes no trial (only what is refused), so it is not part of the identity.
+        if self.knobs is not None:
+            identity["knobs"] = self.knobs
+        if self.stratify_lr:
+            identity["stratify_lr"] = True
         return identity
 
 
@@ -94,6 +117,17 @@ def parse_settings(raw: Any, suite_path: Path) -> TuneSettings | None:
             "suite.tune.schedules",
             f"must list at least two distinct fine-tuning schedules of {', '.join(OWN_FINETUNE_SCHEDULES)}, got {schedules!r}",
         )
+    knobs = raw.get("knobs")
+    if knobs is not None and (isinstance(knobs, bool) or not isinstance(knobs, int) or knobs < 0):
+        raise ConfigError(
+            "suite.tune.knobs",
+            f"must be an integer >= 0 (the first KNOBS entries of each pruner's search_space), got {knobs!r}",
+        )
+    flags = {}
+    for key in ("stratify_lr", "held_out_seed"):
+        flags[key] = raw.get(key, False)
+        if not isinstance(flags[key], bool):
+            raise ConfigError(f"suite.tune.{key}", f"must be true or false, got {flags[key]!r}")
     path = Path(file)
     return TuneSettings(
         trials,
@@ -102,6 +136,41 @@ def parse_settings(raw: Any, suite_path: Path) -> TuneSettings | None:
         seed,
         tuple(columns),
         tuple(schedules),
+        knobs,
+        flags["stratify_lr"],
+        flags["held_out_seed"],
+    )
+
+
+def evaluation_seeds(suite) -> list[int]:
+    """Every seed a cell of the suite runs with (its blocks' ``seeds``), sorted."""
+    return sorted({seed for block in suite.blocks for seed in block.seeds})
+
+
+def held_out(suite) -> bool:
+    """Whether the suite tunes on a seed it never evaluates (protocol v3)."""
+    return suite.tune is not None and suite.tune.seed not in evaluation_seeds(suite)
+
+
+def held_out_warning(suite) -> str | None:
+    """None when ``tune.seed`` is held out (or the suite has no ``tune:``); otherwise the warning
+    that names the seed -- or, with ``held_out_seed: true``, a ConfigError (protocol v3).
+
+    ``smartbench tune`` (bench.suites.tune) calls it; ``suite plan`` and ``load_suite`` are the
+    other places meant to (the warning, and the error before any cell runs)."""
+    if suite.tune is None or held_out(suite):
+        return None
+    seed = suite.tune.seed
+    if suite.tune.held_out_seed:
+        raise ConfigError(
+            "suite.tune.seed",
+            f"tune.seed {seed} is also an evaluation seed; protocol v3 tunes on a seed never evaluated: "
+            "set tune.seed to one not in seeds",
+        )
+    return (
+        f"warning: tune.seed {seed} is also an evaluation seed (seeds {', '.join(map(str, evaluation_seeds(suite)))}): "
+        f"the chosen trials are the suite's own seed-{seed} cells, picked on the seed they are "
+        "scored on; protocol v3 tunes on a held-out seed (set tune.seed to one not in seeds, held_out_seed: true)"
     )
 
 
@@ -113,21 +182,31 @@ def tunes_retraining_lr(budget: dict[str, Any], task_budget) -> bool:
     return budget.get("finetune_schedule") in OWN_FINETUNE_SCHEDULES and epochs >= 1
 
 
-def read_tuned(settings: TuneSettings, suite_name: str) -> dict[str, dict[str, Any]] | None:
-    """The chosen configs {label: {family: chosen}} of a suite's tuned file; None if there is none
-    yet; ConfigError if it is unreadable or was tuned with other settings (stale)."""
+def read_payload(settings: TuneSettings, suite_name: str) -> dict[str, Any] | None:
+    """The whole tuned file of a suite (any readable version); None if there is none yet;
+    ConfigError if it is unreadable or was tuned with other settings (stale)."""
     if not settings.file.exists():
         return None
     try:
         payload = json.loads(settings.file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError("suite.tune.file", f"{settings.file} is not readable JSON: {err}") from None
-    if payload.get("version") != FILE_VERSION or payload.get("suite") != suite_name:
-        raise ConfigError("suite.tune.file", f"{settings.file} is not a version-{FILE_VERSION} file of '{suite_name}'")
+    if payload.get("version") not in READABLE_VERSIONS or payload.get("suite") != suite_name:
+        raise ConfigError(
+            "suite.tune.file",
+            f"{settings.file} is not a version-{'/'.join(map(str, READABLE_VERSIONS))} file of '{suite_name}'",
+        )
     if payload.get("settings") != settings.identity():
         raise ConfigError(
             "suite.tune.file",
             f"{settings.file} was tuned with other settings ({payload.get('settings')}); "
             f"rerun `smartbench tune {suite_name}`",
         )
-    return payload["chosen"]
+    return payload
+
+
+def read_tuned(settings: TuneSettings, suite_name: str) -> dict[str, dict[str, Any]] | None:
+    """The chosen configs {label: {family: chosen}} of a suite's tuned file; None if there is none
+    yet; ConfigError if it is unreadable or was tuned with other settings (stale)."""
+    payload = read_payload(settings, suite_name)
+    return None if payload is None else payload["chosen"]
