@@ -13,6 +13,7 @@ import yaml
 from bench.cli.main import main
 from bench.core.errors import ConfigError
 from bench.core.paths import RunPaths
+from bench.core.select import Allocation
 from bench.core.sparsity import parse_pattern
 from bench.runs.record import ResultStore
 from bench.runs.registry import build_pruner
@@ -48,7 +49,8 @@ def store_step_times(paths: RunPaths, suite, seconds: dict[str, float], batch: i
     for name, value in seconds.items():
         pruner = None
         if name != "dense":
-            pruner = build_pruner(name, parse_pattern(cell.spec.pattern), cell.spec.sparsity)
+            rule = Allocation.from_value(cell.spec.allocation)  # the suite's (the protocol's by default)
+            pruner = build_pruner(name, parse_pattern(cell.spec.pattern), cell.spec.sparsity, allocation=rule)
         entry = {"seconds": value, "batch": batch, "steps": 5, "measured": "2026-12-01T00:00:00"}
         store.put(est.config_key(task, batch, pruner), machine, entry)
 

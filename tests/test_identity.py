@@ -7,6 +7,7 @@ import yaml
 
 from bench.cli.main import main
 from bench.core.errors import ConfigError
+from bench.core.select import protocol_allocation
 from bench.core.sparsity import parse_pattern
 from bench.runs.registry import build_pruner
 from bench.runs.run import RunSpec, resolve
@@ -31,11 +32,14 @@ def suite_ids(tmp_path, options) -> list[str]:
 
 def test_yaml_int_and_cli_string_give_one_id(tmp_path):
     """``options: {tau0: 2}`` (YAML int) and ``--opt tau0=2`` (string) are the same float 2.0."""
-    cli = resolve(RunSpec("fmnist-tiny", "smart", "block:1x8", 0.5, 0, pruner_options={"tau0": "2"})).run_id
+    rule = protocol_allocation("protocol", 0.5)  # what `smartbench run` and a suite block default to
+    cli = resolve(RunSpec("fmnist-tiny", "smart", "block:1x8", 0.5, 0, pruner_options={"tau0": "2"}, allocation=rule))
+    cli = cli.run_id
     assert suite_ids(tmp_path, {"tau0": 2}) == [cli]
     assert suite_ids(tmp_path, {"tau0": 2.0}) == [cli]
-    assert resolve(RunSpec("fmnist-tiny", "smart", "block:1x8", 0.5, 0, pruner_options={"tau0": "2.0"})).run_id == cli
-    default = resolve(RunSpec("fmnist-tiny", "smart", "block:1x8", 0.5, 0)).run_id
+    spec = RunSpec("fmnist-tiny", "smart", "block:1x8", 0.5, 0, pruner_options={"tau0": "2.0"}, allocation=rule)
+    assert resolve(spec).run_id == cli
+    default = resolve(RunSpec("fmnist-tiny", "smart", "block:1x8", 0.5, 0, allocation=rule)).run_id
     assert default != cli and suite_ids(tmp_path, {"tau0": 1}) == [default]
 
 

@@ -359,16 +359,17 @@ def write_page(args, suite, frame, store) -> int:
     from bench.core.errors import ConfigError
     from bench.reports.html import inline_figures, render_html
     from bench.reports.ranks import summary_markdown
-    from bench.reports.tables import build_table, provenance_markdown, suite_rows
+    from bench.reports.tables import MARGIN, build_table, provenance_markdown, suite_rows
 
     if args.by_task:
         raise ConfigError("--by-task", "not with --format html: the page filters its columns by task family")
     rows = suite_rows(suite, store)
+    marks, margin = getattr(args, "marks", None) or suite.marks, getattr(args, "margin", MARGIN)
     page = render_html(
-        build_table(frame, suite, marks=args.marks or suite.marks, margin=args.margin),
+        build_table(frame, suite, marks=marks, margin=margin),
         frame,
         rows,
-        summary_markdown(frame, suite.name, args.reference, args.marks or suite.marks, args.margin),
+        summary_markdown(frame, suite.name, args.reference, marks, margin),
         provenance_markdown(rows, suite.name),
         inline_figures(frame, suite.name),
     )

@@ -297,7 +297,7 @@ class CalibrationStore:
 
 def config_key(task, batch: int, pruner=None) -> str:
     """What a step time depends on besides the machine: task, model, input shape, amp, batch, and
-    ``dense`` or the pruner (name, full config, pattern, allocation rule)."""
+    ``dense`` or the pruner (name, full config, pattern, allocation policy and budget)."""
     example = task.example_input()
     shape = (example["inputs"] if isinstance(example, dict) else example).shape[1:]
     key: dict[str, Any] = {
@@ -314,7 +314,11 @@ def config_key(task, batch: int, pruner=None) -> str:
             "pruner": pruner.name,
             "config": pruner.config.to_dict(),
             "pattern": str(pruner.pattern),
-            "allocation": None if pruner.allocation is None else pruner.allocation.to_dict(),
+            # the rule's policy and budget, not its floor: the protocol's floor moves with the sparsity,
+            # and one measurement serves every sparsity of a pattern (as it serves every level)
+            "allocation": None
+            if pruner.allocation is None
+            else {k: v for k, v in pruner.allocation.to_dict().items() if k != "floor"},
         }
     return json.dumps(key, sort_keys=True, default=str)
 
