@@ -244,28 +244,36 @@ def summary_markdown(
             "(the sign of the difference is shown, no claim is made).",
         ]
     lines += _dense_lines(frame, suite_name)
-    columns = column_summary(frame, "v2")
-    if len(columns):
-        tested = columns[columns["p_value"].notna()]
-        lines += [
-            "",
-            f"### {suite_name}: per column",
-            "",
-            f"The best is separated from the runner-up (paired test, p < {ALPHA}) in {int(tested['separated'].sum())} "
-            f"of the {len(tested)} columns where they share >= 2 seeds ({len(columns)} columns in all). "
-            f"Collapsed cells: {int(columns['collapsed'].sum())}.",
-            "",
-            "| column | best (seeds) | runner-up | paired p | random's rank | collapsed |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in columns.itertuples():
-            p = "–" if np.isnan(r.p_value) else f"{r.p_value:.3g}" + (" †" if r.separated else "")
-            rank = "–" if np.isnan(r.random_rank) else f"{r.random_rank:g} of {r.labels}"
-            lines.append(
-                f"| {r.task} · {r.pattern} · {r.sparsity:g} | {r.best} ({r.best_n}) | {r.runner_up if isinstance(r.runner_up, str) else '–'} | {p} | "
-                f"{rank} | {r.collapsed} |"
-            )
+    lines += _column_lines(column_summary(frame, "v2"), suite_name, "(paired test, p < {alpha})", "paired p")
     return "\n".join(lines) + "\n"
+
+
+def _column_lines(columns: pd.DataFrame, suite_name: str, test: str, p_header: str) -> list[str]:
+    """The per-column section: best (seeds), runner-up, their p (``p_header``; † separated by
+    ``test``), random's rank and the collapsed cells."""
+    if not len(columns):
+        return []
+    tested = columns[columns["p_value"].notna()]
+    lines = [
+        "",
+        f"### {suite_name}: per column",
+        "",
+        f"The best is separated from the runner-up {test.format(alpha=ALPHA)} in {int(tested['separated'].sum())} "
+        f"of the {len(tested)} columns where they share >= 2 seeds ({len(columns)} columns in all). "
+        f"Collapsed cells: {int(columns['collapsed'].sum())}.",
+        "",
+        f"| column | best (seeds) | runner-up | {p_header} | random's rank | collapsed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in columns.itertuples():
+        p = "–" if np.isnan(r.p_value) else f"{r.p_value:.3g}" + (" †" if r.separated else "")
+        rank = "–" if np.isnan(r.random_rank) else f"{r.random_rank:g} of {r.labels}"
+        runner = r.runner_up if isinstance(r.runner_up, str) else "–"
+        lines.append(
+            f"| {r.task} · {r.pattern} · {r.sparsity:g} | {r.best} ({r.best_n}) | {runner} | {p} | {rank} | "
+            f"{r.collapsed} |"
+        )
+    return lines
 
 
 def _dense_lines(frame: pd.DataFrame, suite_name: str) -> list[str]:
@@ -332,26 +340,7 @@ def _summary_v3(frame: pd.DataFrame, suite_name: str, reference: str, margin: fl
             "than 2 shared seeds.",
         ]
     lines += _dense_lines(frame, suite_name)
-    columns = column_summary(frame, "v3", margin)
-    if len(columns):
-        tested = columns[columns["p_value"].notna()]
-        lines += [
-            "",
-            f"### {suite_name}: per column",
-            "",
-            f"The best is separated from the runner-up after Holm (adjusted p < {ALPHA}) in "
-            f"{int(tested['separated'].sum())} of the {len(tested)} columns where they share >= 2 seeds "
-            f"({len(columns)} columns in all). Collapsed cells: {int(columns['collapsed'].sum())}.",
-            "",
-            "| column | best (seeds) | runner-up | Holm p | random's rank | collapsed |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in columns.itertuples():
-            p = "–" if np.isnan(r.p_value) else f"{r.p_value:.3g}" + (" †" if r.separated else "")
-            rank = "–" if np.isnan(r.random_rank) else f"{r.random_rank:g} of {r.labels}"
-            runner = r.runner_up if isinstance(r.runner_up, str) else "–"
-            lines.append(
-                f"| {r.task} · {r.pattern} · {r.sparsity:g} | {r.best} ({r.best_n}) | {runner} | {p} | {rank} | "
-                f"{r.collapsed} |"
-            )
+    lines += _column_lines(
+        column_summary(frame, "v3", margin), suite_name, "after Holm (adjusted p < {alpha})", "Holm p"
+    )
     return "\n".join(lines).lstrip("\n") + "\n"
