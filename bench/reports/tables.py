@@ -331,13 +331,7 @@ def summarize(frame: pd.DataFrame, suite=None, marks: str = "v3", margin: float 
     planned = _planned_seeds(suite, frame)
     stats["expected_n"] = [planned.get(tuple(k), n) for k, n in zip(stats[KEYS].itertuples(index=False), stats["n"])]
     stats["best"], stats["separated"], stats["p_value"], stats["within_noise"] = False, False, math.nan, False
-    for _, idx in stats.groupby(["task", "pattern", "sparsity"], sort=False).groups.items():
-        column = stats.loc[idx]
-        column = column[~column["reference"]]
-        if column.empty:
-            continue
-        lower = column["metric_name"].iloc[0] in LOWER_IS_BETTER
-        ranked = column.sort_values("mean", ascending=lower)
+    for column, ranked in _ranked_columns(stats):
         top = ranked["mean"].iloc[0]
         stats.loc[column.index[column["mean"] == top], "best"] = True
         a = ranked.iloc[0]
@@ -374,13 +368,7 @@ def _v3_marks(frame: pd.DataFrame, stats: pd.DataFrame, margin: float) -> None:
     tests: list[tuple[int, float]] = []
     seeds_of: dict[int, tuple[dict, dict]] = {}
     runner_up: dict[int, int] = {}  # index of a column's best -> index of its runner-up
-    for _, idx in stats.groupby(["task", "pattern", "sparsity"], sort=False).groups.items():
-        column = stats.loc[idx]
-        column = column[~column["reference"]]
-        if column.empty:
-            continue
-        lower = column["metric_name"].iloc[0] in LOWER_IS_BETTER
-        ranked = column.sort_values("mean", ascending=lower)
+    for _, ranked in _ranked_columns(stats):
         best = ranked.iloc[0]
         where = (best["task"], best["pattern"], best["sparsity"])
         best_seeds = _by_seed(frame, best["label"], *where)
@@ -414,6 +402,17 @@ def _v3_marks(frame: pd.DataFrame, stats: pd.DataFrame, margin: float) -> None:
         if not pd.isna(adjusted):
             stats.loc[best, "p_value"] = adjusted
             stats.loc[best, "separated"] = bool(adjusted < ALPHA)
+
+
+def _ranked_columns(stats: pd.DataFrame):
+    """(column's competing rows, the same ranked best first) per (task, pattern, sparsity) that has
+    any competing row (reference controls such as nomask left out)."""
+    for _, idx in stats.groupby(["task", "pattern", "sparsity"], sort=False).groups.items():
+        column = stats.loc[idx]
+        column = column[~column["reference"]]
+        if not column.empty:
+            lower = column["metric_name"].iloc[0] in LOWER_IS_BETTER
+            yield column, column.sort_values("mean", ascending=lower)
 
 
 def _paired(first: dict[int, float], second: dict[int, float]) -> list[tuple[float, float]]:
