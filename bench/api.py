@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from bench.core.costs import flops_audit, unit_costs
 from bench.core.errors import ConfigError
 from bench.core.masks import Masker, covered_layers, find_prunable
-from bench.core.select import Allocation, protocol_allocation, protocol_floor
+from bench.core.select import Allocation, protocol_allocation
 from bench.core.sparsity import parse_pattern, resolve_sparsity
 from bench.deploy.shrink import folded_copy
 from bench.runs.export import save_pruned
@@ -170,7 +170,7 @@ def prune(
         raise ConfigError("budget", f"{budget!r} is not one of params, flops")
     rule = Allocation.from_value(protocol_allocation(allocation, target))
     if budget == "flops":
-        rule = Allocation("global", protocol_floor(target)) if rule is None else rule
+        rule = rule or Allocation.from_value(protocol_allocation("protocol", target))  # v1 has no budget
         rule = dataclasses.replace(rule, budget="flops")
     instance = build_pruner(pruner, parsed, target, options, rule)
     if instance.trains_from_scratch:

@@ -121,6 +121,13 @@ def _root_step(z: Tensor, t: Tensor, k: Tensor, lo: Tensor, hi: Tensor, buffers:
         short = z.shape[1] <= _COLUMNS and z.device.type == "cpu"
         qf = _row_sum(q * f) if short else torch.linalg.vecdot(q, f, dim=1)
     d2g = dg - 2 * qf.to(torch.float64)
+    t_next, lo, hi = _safeguarded_step(t, g, dg, d2g, lo, hi)
+    return f, q, g, t_next, lo, hi
+
+
+def _safeguarded_step(t: Tensor, g: Tensor, dg: Tensor, d2g: Tensor, lo: Tensor, hi: Tensor):
+    """(next t, lo, hi): the bracket shrunk to the sign of g, then Halley's step, else Newton's
+    when Halley leaves the bracket or its denominator is not positive, else bisection (float64)."""
     lo = torch.where(g < 0, t, lo)
     hi = torch.where(g > 0, t, hi)
     denominator = 2 * dg * dg - g * d2g
@@ -129,7 +136,7 @@ def _root_step(z: Tensor, t: Tensor, k: Tensor, lo: Tensor, hi: Tensor, buffers:
     usable = dg > 1e-12
     step = torch.where((halley > lo) & (halley < hi) & (denominator > 0) & usable, halley, newton)
     inside = (step > lo) & (step < hi) & usable
-    return f, q, g, torch.where(inside, step, (lo + hi) / 2), lo, hi
+    return torch.where(inside, step, (lo + hi) / 2), lo, hi
 
 
 def _solve(z: Tensor, k: Tensor, tol: float, t0: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -261,13 +268,7 @@ def _solve_cost(z: Tensor, c: Tensor, budget: float, tol: float, t0: Tensor | No
         cf, cq = c * f.to(torch.float64), c * q.to(torch.float64)
         g, dg = cf.sum() - budget, cq.sum()
         d2g = dg - 2 * (cq * f.to(torch.float64)).sum()
-        lo, hi = torch.where(g < 0, t, lo), torch.where(g > 0, t, hi)
-        denominator = 2 * dg * dg - g * d2g
-        halley = t - 2 * g * dg / denominator.clamp_min(1e-300)
-        newton = t - g / dg.clamp_min(1e-300)
-        usable = dg > 1e-12
-        step = torch.where((halley > lo) & (halley < hi) & (denominator > 0) & usable, halley, newton)
-        t_next = torch.where((step > lo) & (step < hi) & usable, step, (lo + hi) / 2)
+        t_next, lo, hi = _safeguarded_step(t, g, dg, d2g, lo, hi)
         if bool(g.abs() <= limit) or (z.dtype != torch.float64 and bool(t_next.to(z.dtype) == t.to(z.dtype))):
             return t, f, q
         t = t_next

@@ -47,7 +47,7 @@ def allocation_of(args) -> dict | None:
     ``--allocation`` the protocol's rule (bench.core.select.protocol_allocation): one global
     ranking with the keep floor min(10 %, half the kept fraction), or ``--keep-floor``'s;
     ``--allocation v1``: no rule (each pruner's own scope, as the v1 runs)."""
-    from bench.core.select import protocol_allocation, protocol_floor
+    from bench.core.select import protocol_allocation
 
     if args.allocation == "v1":
         if args.keep_floor or args.budget != "params":
@@ -58,18 +58,16 @@ def allocation_of(args) -> dict | None:
         from bench.core.sparsity import parse_pattern
 
         sparsity = parse_pattern(args.pattern).fixed_sparsity
-    if args.allocation is None and not args.keep_floor and args.budget == "params":
-        return protocol_allocation("protocol", sparsity)  # the default: the benchmark's rule
     if args.allocation is not None and args.allocation.startswith("from:"):
         if args.keep_floor or args.budget != "params":
             raise ConfigError("--allocation", "from:RUN_ID takes the source run's counts: no --keep-floor or --budget")
         return {"policy": "from", "source": args.allocation.removeprefix("from:")}
     if args.allocation is not None and args.allocation not in ("uniform", "global"):
         raise ConfigError("--allocation", f"{args.allocation!r} is not one of uniform, global, from:RUN_ID, v1")
-    floor = args.keep_floor
-    if args.allocation is None and not floor:
-        floor = protocol_floor(sparsity) if sparsity is not None else 0.0
-    rule = {"policy": args.allocation or "global", "floor": floor}
+    if args.allocation is None:  # the default: the benchmark's rule, its floor unless --keep-floor
+        rule = protocol_allocation("protocol", sparsity) | ({"floor": args.keep_floor} if args.keep_floor else {})
+    else:
+        rule = {"policy": args.allocation, "floor": args.keep_floor}
     return rule | ({"budget": args.budget} if args.budget != "params" else {})
 
 

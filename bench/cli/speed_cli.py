@@ -18,6 +18,12 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def check_timing(args) -> None:
+    """--threads/--repeats/--warmup of a latency measurement, before anything runs."""
+    if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
+        raise ConfigError("--threads/--repeats/--warmup", "need threads >= 1, repeats >= 1, warmup >= 0")
+
+
 def cmd_speed(args) -> int:
     from bench.core.device import resolve_device
     from bench.core.paths import RunPaths
@@ -25,8 +31,7 @@ def cmd_speed(args) -> int:
     from bench.runs.export import find_row, load_saved, pruned_model
     from bench.runs.record import ResultStore
 
-    if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
-        raise ConfigError("--threads/--repeats/--warmup", "need threads >= 1, repeats >= 1, warmup >= 0")
+    check_timing(args)
     if args.runtime != "torch":
         return speed_runtime(args)
     device = str(resolve_device(args.device))

@@ -164,16 +164,14 @@ def cmd_speed(args) -> int:
     """Runtime latency of every finished cell that has no stored result for the runtime (resumable:
     measured cells are skipped unless --redo); a cell whose export or measurement fails is reported
     and the others go on."""
-    from bench.cli.speed_cli import _batch_sizes
-    from bench.core.errors import ConfigError
+    from bench.cli.speed_cli import _batch_sizes, check_timing
     from bench.core.paths import RunPaths
     from bench.deploy.ort_speed import RATIO_FIELD, check_runtime, measure_runtime, result_path, write_result
     from bench.suites.suite import cell_states, load_and_expand
 
     check_runtime(args.runtime)
     sizes = _batch_sizes(args.batch_sizes)
-    if args.threads < 1 or args.repeats < 1 or args.warmup < 0:
-        raise ConfigError("--threads/--repeats/--warmup", "need threads >= 1, repeats >= 1, warmup >= 0")
+    check_timing(args)
     paths = RunPaths.from_env()
     suite = select_cells(load_and_expand(args.name), args.only)
     done = list(dict.fromkeys(cell.run_id for cell, state, _ in cell_states(suite, paths=paths) if state == "done"))
@@ -306,9 +304,7 @@ def cmd_table(args) -> int:
     marks = args.marks or suite.marks
     stats = {"cost": args.cost, "marks": marks, "margin": args.margin}
     tables = {}
-    for track in tracks_in(frame):  # one table per protocol track (criterion / allocation), each named
-        part = frame[frame["track"].fillna("") == track] if "track" in frame else frame
-        stem = f"{suite.name}-{track}" if len(tracks_in(frame)) > 1 else suite.name
+    for stem, part in by_track(frame, suite.name):  # one table per protocol track, each named
         if not args.by_task:
             tables[stem] = build_table(part, suite, **stats)
             continue

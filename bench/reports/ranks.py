@@ -104,12 +104,11 @@ def verdicts_against(frame: pd.DataFrame, reference: str = "smart", margin: floa
             tests.append((label, diff.p, sign * diff.mean, mine, theirs))
     adjusted = st.holm([p for _, p, _, _, _ in tests])
     for (label, _, better, mine, theirs), p in zip(tests, adjusted, strict=True):
-        if p < ALPHA and better != 0:
+        verdict = st.verdict(mine, theirs, p, margin, ALPHA)  # "worse": separated, whichever the sign
+        if verdict == "worse":
             counts[label]["win" if better > 0 else "loss"] += 1
-        elif (st.tost_paired(mine, theirs, margin) or 1.0) < ALPHA:
-            counts[label]["equivalent"] += 1
         else:
-            counts[label]["inconclusive"] += 1
+            counts[label][verdict] += 1
     out = pd.DataFrame([{"against": label, **c} for label, c in counts.items()])
     out.attrs["family"] = len(tests)
     return out

@@ -334,6 +334,8 @@ def summarize(frame: pd.DataFrame, suite=None, marks: str = "v3", margin: float 
     for column, ranked in _ranked_columns(stats):
         top = ranked["mean"].iloc[0]
         stats.loc[column.index[column["mean"] == top], "best"] = True
+        if marks != "v2":  # v3: _v3_marks below
+            continue
         a = ranked.iloc[0]
         where = (a["task"], a["pattern"], a["sparsity"])
         if len(ranked) >= 2 and ranked["mean"].iloc[1] != top:
