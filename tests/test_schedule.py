@@ -77,9 +77,11 @@ def test_bad_budgets_name_the_field(budget, field):
     assert err.value.field == field
 
 
-def test_mmengine_restart_sets_the_native_lrs():
+@pytest.mark.parametrize("family", ["SGD", "AdamW"])
+def test_mmengine_restart_sets_the_native_lrs(family):
     """The mm hook drives a restart schedule with the native loop's set_stage_lr: the same lr at
-    every iteration, for the weights and for a pruner's own group (scaled from its own peak)."""
+    every iteration, for the weights and for a pruner's own group (scaled from its own peak), with
+    either stage optimizer (AdamW's: the weights' AdamW and the pruner's SGD stepped as one)."""
     pytest.importorskip("mmengine")
     from types import SimpleNamespace
 
@@ -96,7 +98,8 @@ def test_mmengine_restart_sets_the_native_lrs():
         after_optimizer_step=lambda optimizer: None,
     )
     hook = PruningHook(driver, budget)
-    wrapper = hook.optim_wrapper(torch.nn.Linear(2, 2), budget.prune_lr, 0.9, 0.0)
+    task = SimpleNamespace(budget=budget, stage_optimizer=family, dense_weight_decay=0.05)
+    wrapper = hook.optim_wrapper(torch.nn.Linear(2, 2), task)
     runner = SimpleNamespace(optim_wrapper=wrapper, train_dataloader=[None] * 5, epoch=0, iter=0)
     weights, scores = [], []
     for step in range(20):

@@ -39,7 +39,7 @@ from bench.deploy.speed import cost_figures
 from bench.runs.export import save_pruned
 from bench.runs.record import ResultStore, log_wandb, provenance
 from bench.runs.registry import build_pruner
-from bench.tasks.base import DenseModel, Task
+from bench.tasks.base import STAGE_OPTIMIZER_CHOICES, DenseModel, Task
 from bench.tasks.registry import get_task
 from bench.training.stages import StageDriver
 from bench.training.train import PruneTrainer, fit_dense, seed_everything, train_dense
@@ -48,7 +48,7 @@ SPEC_VERSION = 1
 # a run whose test metric is within this many metric points of the task's trivial predictor
 # (majority class, all background, no detections) learned nothing usable: the row says "collapsed"
 COLLAPSE_MARGIN = 1.0
-BUDGET_FIELDS = ("prune_epochs", "finetune_epochs", "finetune_schedule", "finetune_lr")
+BUDGET_FIELDS = ("prune_epochs", "finetune_epochs", "finetune_schedule", "finetune_lr", "prune_lr", "stage_optimizer")
 FINETUNE_SCHEDULES = ("shared", *OWN_FINETUNE_SCHEDULES)
 
 
@@ -62,7 +62,10 @@ def check_budget_overrides(budget: Any, where: str = "budget") -> None:
         if key == "finetune_schedule":
             if value not in FINETUNE_SCHEDULES:
                 raise ConfigError(f"{where}.{key}", f"{value!r} is not one of {', '.join(FINETUNE_SCHEDULES)}")
-        elif key == "finetune_lr":
+        elif key == "stage_optimizer":
+            if value not in STAGE_OPTIMIZER_CHOICES:
+                raise ConfigError(f"{where}.{key}", f"{value!r} is not one of {', '.join(STAGE_OPTIMIZER_CHOICES)}")
+        elif key in ("finetune_lr", "prune_lr"):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"{where}.{key}", f"must be a number > 0, got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -84,7 +87,7 @@ class RunSpec:
     seed: int = 0
     model: str | None = None
     pruner_options: dict[str, Any] = field(default_factory=dict)
-    budget: dict[str, Any] = field(default_factory=dict)  # overrides: epochs, finetune schedule (BUDGET_FIELDS)
+    budget: dict[str, Any] = field(default_factory=dict)  # overrides: epochs, lrs, schedule, stage optimizer (BUDGET_FIELDS)
     data: str | None = None  # dataset folder of tasks that read one by path (imagefolder...)
     dense_checkpoint: str | None = None  # the user's dense model, instead of training one
     # the protocol's allocation rule (bench.core.select.Allocation): "uniform" | "global" or
@@ -160,8 +163,9 @@ def configured_task(spec: RunSpec, device: torch.device | None = None) -> Task:
     task.amp = spec.amp
     check_budget_overrides(spec.budget)
     budget = dict(spec.budget)
-    if "finetune_lr" in budget:
-        budget["finetune_lr"] = float(budget["finetune_lr"])
+    for key in ("finetune_lr", "prune_lr"):
+        if key in budget:
+            budget[key] = float(budget[key])
     if budget:
         task.budget = dataclasses.replace(task.budget, **budget)
     if task.budget.prune_epochs < 1:
@@ -305,7 +309,7 @@ def train_from_scratch(
 def dense_key(task: Task, seed: int) -> str:
     """Identity of the dense model of (task, seed): the task without its pruning-stage budget."""
     identity = task.identity()
-    stage_fields = ("prune_epochs", "finetune_epochs", "prune_lr", "finetune_schedule", "finetune_lr")
+    stage_fields = ("prune_epochs", "finetune_epochs", "prune_lr", "finetune_schedule", "finetune_lr", "stage_optimizer")
     identity["budget"] = {k: v for k, v in identity["budget"].items() if k not in stage_fields}
     return short_hash({"task": identity, "seed": seed})
 

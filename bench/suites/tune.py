@@ -7,7 +7,7 @@ data; each trial row also holds its test metric, as every row does, but the choi
     tune:
       trials: 4                        # per (pruner entry, family); >= 4
       file: quick.tuned.json           # where the chosen configs go; relative to the suite file
-      lr_multipliers: [0.25, 0.5, 1, 2]   # the retraining lr: finetune_lr = m x the task's prune_lr
+      lr_multipliers: [0.25, 0.5, 1, 2]   # the retraining lr: finetune_lr = m x the cell's prune_lr
       seed: 0
       columns:                         # optional; default: per family, the first column a pruner runs
         - {task: fmnist-tiny, pattern: block:1x8, sparsity: 0.9}
@@ -336,7 +336,7 @@ def schedule_suite(suite, settings: TuneSettings, device: str = "auto", amp: boo
             of[label] = (family, schedule)
             for column in usable:
                 budget, defaults = budgets.tuning(column)
-                budget.update(finetune_schedule=schedule, finetune_lr=round(defaults.prune_lr, 10))
+                budget.update(finetune_schedule=schedule, finetune_lr=round(budget.get("prune_lr", defaults.prune_lr), 10))
                 blocks.append(_trial_block(column[3], column, settings, PrunerEntry("nomask", label), budget))
     schedules = Suite(f"{suite.name}-schedules", suite.path, f"fine-tuning schedule choice of {suite.name}", blocks)
     return expand(schedules, device, amp), of
@@ -389,7 +389,7 @@ def trial_suite(suite, settings: TuneSettings, device: str = "auto", amp: bool =
                     budget["finetune_schedule"] = schedules[family]
                 for trial in trials:
                     by_label[trial.cell_label] = trial
-                    cell_budget = {**budget, "finetune_lr": round(trial.lr_multiplier * defaults.prune_lr, 10)}
+                    cell_budget = {**budget, "finetune_lr": round(trial.lr_multiplier * budget.get("prune_lr", defaults.prune_lr), 10)}
                     options = {**entry.options, **trial.options}
                     blocks.append(
                         _trial_block(

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from bench.core.errors import ConfigError
 
+STAGE_OPTIMIZER_CHOICES = ("dense", "SGD")  # Budget.stage_optimizer
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -27,7 +29,9 @@ class Budget:
     finetune_epochs: int
     batch_size: int
     lr: float  # dense training peak lr (SGD, cosine)
-    prune_lr: float  # peak lr of the pruning + fine-tuning stages (cosine over both)
+    # peak lr of the pruning + fine-tuning stages (cosine over both), in the units of the stage
+    # optimizer: tasks whose recipe is AdamW set 0.2 x their dense lr (the SGD tasks' 0.02 / 0.1)
+    prune_lr: float
     weight_decay: float = 5e-4
     momentum: float = 0.9
     calib_batches: int = 4
@@ -38,11 +42,17 @@ class Budget:
     # to 0 over the other half (bench.core.schedules.stage_lr)
     finetune_schedule: str = "shared"
     finetune_lr: float | None = None
+    # the weights' optimizer in the pruning and fine-tuning stages (protocol v3, one recipe per task):
+    # "dense" = the family of the task's dense recipe (Task.stage_optimizer; prune_lr is then in that
+    # family's units); "SGD" = SGD whatever the dense recipe (v1 / v2: leaderboard-v2 declares it)
+    stage_optimizer: str = "dense"
 
     def identity(self) -> dict:
         """The fields that define the budget; the schedule fields only when not at their v1 defaults
-        (so the ids of v1 runs are unchanged)."""
+        (so the ids of v1 runs are unchanged). The stage optimizer enters resolved, through
+        ``Task.identity`` (only when it is not SGD)."""
         fields = dict(self.__dict__)
+        del fields["stage_optimizer"]
         if fields["finetune_schedule"] == "shared" and fields["finetune_lr"] is None:
             del fields["finetune_schedule"], fields["finetune_lr"]
         return fields
@@ -68,7 +78,8 @@ class Task:
     keep_first_last: bool = True
     # dense training from scratch: "SGD" (momentum and weight decay of the Budget) or "AdamW"
     # (weight decay ``dense_weight_decay``), peak lr ``Budget.lr``, cosine. The pruning and
-    # fine-tuning stages always use SGD, the same for every pruner.
+    # fine-tuning stages train the weights with the same family (``stage_optimizer``), the same for
+    # every pruner and control (bench.training.optim).
     dense_optimizer: ClassVar[str] = "SGD"
     dense_weight_decay: ClassVar[float] = 0.05
     # the training loop: "native" (bench.training.train) or "mmengine" (the task's train_dense / train_stages)
@@ -99,11 +110,24 @@ class Task:
         The dense optimizer enters only when it is not the default SGD, and ``amp`` only when on,
         so the ids of SGD fp32 tasks are those from before the fields existed."""
         identity = {"task": self.name, "model": self.model_name, "budget": self.budget.identity()}
+        if self.stage_optimizer != "SGD":  # absent for SGD stages: the ids of v1 / v2 runs are unchanged
+            identity["budget"]["stage_optimizer"] = self.stage_optimizer
         if self.dense_optimizer != "SGD":
             identity["dense_optimizer"] = {"type": self.dense_optimizer, "weight_decay": self.dense_weight_decay}
         if self.amp:  # absent when off: ids from before the field existed are unchanged
             identity["amp"] = "bf16"
         return identity
+
+    @property
+    def stage_optimizer(self) -> str:
+        """The weights' optimizer family in the pruning and fine-tuning stages: the dense recipe's
+        (``dense_optimizer``) unless the budget says ``stage_optimizer: SGD`` (the v1 / v2 recipe)."""
+        choice = self.budget.stage_optimizer
+        if choice not in STAGE_OPTIMIZER_CHOICES:
+            raise ConfigError(
+                "budget.stage_optimizer", f"{choice!r} is not one of {', '.join(STAGE_OPTIMIZER_CHOICES)}"
+            )
+        return self.dense_optimizer if choice == "dense" else choice
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError

@@ -85,7 +85,7 @@ class ScenesDetTiny(ScenesDetection):
     # lr as scenes-det and 10 dense epochs (the quick suite's critical path): val bbox_mAP, seed 0,
     # 10.4 with (5e-4, 10 epochs) against 10.6 with (2e-3, 12 epochs)
     budget = Budget(
-        dense_epochs=10, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.0005, prune_lr=0.005, weight_decay=1e-4
+        dense_epochs=10, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.0005, prune_lr=1e-4, weight_decay=1e-4
     )
 
 
@@ -97,7 +97,7 @@ class ScenesDet(ScenesDetection):
     # dense AdamW lr chosen on the val split (seed 0, 16 epochs): 2e-3 -> 0.5 bbox_mAP (the tiny task's
     # lr fails at 2000 scenes), 1e-3 -> 25.0, 5e-4 -> 26.4
     budget = Budget(
-        dense_epochs=16, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.0005, prune_lr=0.005, weight_decay=1e-4
+        dense_epochs=16, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.0005, prune_lr=1e-4, weight_decay=1e-4
     )
 
 
@@ -126,7 +126,7 @@ class ScenesDetLite(ScenesDetection):
         "bbox_head.feat_channels": 64,
     }
     budget = Budget(
-        dense_epochs=16, prune_epochs=6, finetune_epochs=3, batch_size=16, lr=0.0005, prune_lr=0.005, weight_decay=1e-4
+        dense_epochs=16, prune_epochs=6, finetune_epochs=3, batch_size=16, lr=0.0005, prune_lr=1e-4, weight_decay=1e-4
     )
 
 

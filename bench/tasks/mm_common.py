@@ -411,9 +411,7 @@ class MMTask(Task):
         own = b.finetune_schedule != "shared"  # the hook sets the lr (set_stage_lr, as native)
         hook = PruningHook(driver, b if own else None)
         autocast_device = str(self.device) if self.amp else None
-        optim_wrapper = hook.optim_wrapper(  # no clipping, as native
-            model, b.prune_lr, b.momentum, b.weight_decay, autocast_device=autocast_device
-        )
+        optim_wrapper = hook.optim_wrapper(model, self, autocast_device=autocast_device)  # no clipping, as native
         discard_unreadable_checkpoint(work_dir, log)
         with quiet_stdout():
             runner = self.runner(

@@ -146,7 +146,7 @@ class ScenesSegTiny(ScenesSegmentation):
     spec = ScenesSpec(n_train=1000, n_val=200, n_test=300, size=64, seed=0)
     # dense AdamW lr chosen on the val split (seed 0, 12 epochs, half-width model): 2e-3 -> 14.23 mIoU
     # (close to all-background, 7.6), 5e-3 -> 30.03, 1e-2 -> 34.58
-    budget = Budget(dense_epochs=12, prune_epochs=1, finetune_epochs=1, batch_size=16, lr=0.01, prune_lr=0.005)
+    budget = Budget(dense_epochs=12, prune_epochs=1, finetune_epochs=1, batch_size=16, lr=0.01, prune_lr=2e-3)
 
 
 @register_task
@@ -154,7 +154,7 @@ class ScenesSeg(ScenesSegmentation):
     name = "scenes-seg"
     description = "mmseg FCN R18-D8 (half width) on 2k 64x64 FMNIST-Scenes (mIoU, 11 classes)"
     spec = ScenesSpec(n_train=2000, n_val=300, n_test=500, size=64, seed=0)
-    budget = Budget(dense_epochs=16, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.002, prune_lr=0.005)
+    budget = Budget(dense_epochs=16, prune_epochs=2, finetune_epochs=1, batch_size=16, lr=0.002, prune_lr=4e-4)
 
 
 @register_task
@@ -176,7 +176,7 @@ class ScenesSegLite(ScenesSegmentation):
         "auxiliary_head.in_channels": 64,
         "auxiliary_head.channels": 16,
     }
-    budget = Budget(dense_epochs=16, prune_epochs=6, finetune_epochs=3, batch_size=16, lr=0.01, prune_lr=0.005)
+    budget = Budget(dense_epochs=16, prune_epochs=6, finetune_epochs=3, batch_size=16, lr=0.01, prune_lr=2e-3)
 
 
 @register_task

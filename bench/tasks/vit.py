@@ -12,7 +12,10 @@ Fashion-MNIST tasks (1x28x28, 7x7 patches -> 16 tokens + class token) reuse the 
 with M in {4, 8, 16} tiles every covered layer and the 2:4 kernels accept every weight);
 ``--model timm:NAME`` swaps in another timm ViT, built with ``img_size=28, patch_size=7`` and
 its own width/depth. Trained from scratch by the project's trainer (cosine schedule): the dense
-stage with AdamW (``dense_optimizer``), the pruning stages with SGD like every other task.
+stage with AdamW (``dense_optimizer``), and so are the pruning and fine-tuning stages (protocol
+v3's one recipe per task, ``Budget.stage_optimizer``; v1 and v2 trained them with SGD at
+prune_lr 0.01). The stages' peak lr is 0.2 x the dense peak lr (the classification tasks' ratio,
+0.02 / 0.1), not tuned: a suite's lr multipliers search around it.
 
 ``imagenet-deit``: DeiT-Tiny (``--model timm:deit_small_patch16_224`` for DeiT-Small) on a
 user's ImageNet copy found through ``$SMARTBENCH_IMAGENET`` (layout checked by
@@ -64,7 +67,7 @@ class FmnistViT(FashionMNISTViT):
     # dense: AdamW lr 1e-3, wd 0.05 -- 84.86 val top-1 vs 82.82 with SGD lr 0.05 (seed 0, 15 epochs, val split)
     dense_optimizer = "AdamW"
     budget = Budget(
-        dense_epochs=15, prune_epochs=2, finetune_epochs=2, batch_size=64, lr=1e-3, prune_lr=0.01, weight_decay=1e-4
+        dense_epochs=15, prune_epochs=2, finetune_epochs=2, batch_size=64, lr=1e-3, prune_lr=2e-4, weight_decay=1e-4
     )
 
 
@@ -78,7 +81,7 @@ class FmnistViTTiny(FashionMNISTViT):
     test_size = 1_000
     dense_optimizer = "AdamW"  # 68.4 val top-1 vs 65.2 with SGD lr 0.05 (seed 0, val split)
     budget = Budget(
-        dense_epochs=6, prune_epochs=2, finetune_epochs=1, batch_size=32, lr=1e-3, prune_lr=0.01, weight_decay=1e-4
+        dense_epochs=6, prune_epochs=2, finetune_epochs=1, batch_size=32, lr=1e-3, prune_lr=2e-4, weight_decay=1e-4
     )
 
 
@@ -126,7 +129,7 @@ class ImagenetDeiT(Task):
         finetune_epochs=20,
         batch_size=256,
         lr=2.5e-4,
-        prune_lr=0.01,
+        prune_lr=5e-5,
         weight_decay=5e-5,
         calib_batches=8,
     )

@@ -11,7 +11,8 @@ The Runner is the loop; :class:`bench.training.stages.StageDriver` (the same obj
 - :class:`PenaltyOptimWrapper` (registered in ``OPTIM_WRAPPERS``) is the optimizer wrapper the
   Runner steps: it adds ``driver.penalty()`` to the model loss before the backward pass and calls
   ``driver.after_optimizer_step(optimizer)`` right after every ``optimizer.step()``.
-- :meth:`PruningHook.optim_wrapper` builds the SGD optimizer with the pruner's
+- :meth:`PruningHook.optim_wrapper` builds the stages' optimizer (the task's recipe family,
+  bench.training.optim) with the pruner's
   ``param_groups()`` as their own groups *before* the Runner is built, because mmengine builds
   its LR schedulers from the optimizer's groups before any hook runs; this way the pruner's
   groups follow the same cosine schedule as the weights, as in the native loop. A ``restart``
@@ -42,6 +43,7 @@ from torch import Tensor, nn
 
 from bench.core.artifacts import CorruptArtifact, load_artifact
 from bench.core.device import autocast
+from bench.training.optim import stage_optimizer
 from bench.training.stages import StageDriver
 from bench.training.train import set_stage_lr
 
@@ -183,17 +185,24 @@ class PruningHook(SafeCheckpointHook):
     def optim_wrapper(
         self,
         model: nn.Module,
-        lr: float,
-        momentum: float,
-        weight_decay: float,
+        task,
         clip_grad: dict | None = None,
         autocast_device: str | None = None,
     ) -> PenaltyOptimWrapper:
-        """SGD over the model's trainable parameters plus the pruner's own groups."""
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}] + self.driver.param_groups()
-        for g in groups:  # the peak lr of each group (set_stage_lr scales from it)
-            g["base_lr"] = g.get("lr", lr)
-        optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        """The stages' optimizer (``bench.training.optim.stage_optimizer``: the task's recipe family
+        over the model's trainable weights at ``Budget.prune_lr``, plus the pruner's own groups),
+        every group with its peak ``base_lr`` (set_stage_lr scales from it)."""
+        b = task.budget
+        weights = [p for p in model.parameters() if p.requires_grad]
+        optimizer = stage_optimizer(
+            task.stage_optimizer,
+            weights,
+            self.driver.param_groups(),
+            b.prune_lr,
+            b.momentum,
+            b.weight_decay,
+            task.dense_weight_decay,
+        )
         wrapper = PenaltyOptimWrapper(optimizer, clip_grad=clip_grad, autocast_device=autocast_device)
         wrapper.extra_loss = self.driver.penalty
         wrapper.after_step = self.driver.after_optimizer_step

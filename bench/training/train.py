@@ -22,6 +22,7 @@ from bench.core.device import autocast
 from bench.core.errors import ConfigError
 from bench.core.schedules import cosine_lr, stage_lr
 from bench.tasks.base import DenseModel, Task
+from bench.training.optim import stage_optimizer
 from bench.training.stages import StageDriver
 
 __all__ = ["PruneTrainer", "atomic_save", "cpu_state", "fit_dense", "seed_everything", "train_dense"]
@@ -40,18 +41,22 @@ def cpu_state(model: nn.Module) -> dict[str, Tensor]:
 
 
 def make_optimizer(model: nn.Module, task: Task, lr: float, extra_groups: list[dict]) -> torch.optim.Optimizer:
+    """The pruning and fine-tuning stages' optimizer: the task's recipe family over the model's
+    weights at peak ``lr``, the pruner's groups ``extra_groups`` (bench.training.optim)."""
     b = task.budget
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}] + extra_groups
-    for g in groups:
-        g["base_lr"] = g.get("lr", lr)
-    return torch.optim.SGD(groups, lr=lr, momentum=b.momentum, weight_decay=b.weight_decay)
+    weights = [p for p in model.parameters() if p.requires_grad]
+    return stage_optimizer(
+        task.stage_optimizer, weights, extra_groups, lr, b.momentum, b.weight_decay, task.dense_weight_decay
+    )
 
 
 def make_dense_optimizer(model: nn.Module, task: Task, lr: float | None = None) -> torch.optim.Optimizer:
     """The task's dense-training optimizer (Task.dense_optimizer), peak lr ``lr`` (default Budget.lr)."""
     lr = task.budget.lr if lr is None else lr
     if task.dense_optimizer == "SGD":
-        return make_optimizer(model, task, lr, [])
+        b = task.budget
+        group = {"params": [p for p in model.parameters() if p.requires_grad], "base_lr": lr}
+        return torch.optim.SGD([group], lr=lr, momentum=b.momentum, weight_decay=b.weight_decay)
     if task.dense_optimizer != "AdamW":
         raise ConfigError("dense_optimizer", f"{task.name}: unknown {task.dense_optimizer!r}; allowed: SGD, AdamW")
     group = {"params": [p for p in model.parameters() if p.requires_grad], "base_lr": lr}
