@@ -189,3 +189,20 @@ def test_cd_figure_draws_names_groups_and_p():
         assert len(bars) == sum(len(g) > 1 for g in nemenyi_groups(result.mean_ranks, result.cd))
     finally:
         plt.close(fig)
+
+
+def test_plateau_compares_the_last_fifth_gain_with_the_seed_spread():
+    from bench.reports.stats import plateau
+
+    curves = {0: {8: 80.0, 10: 80.5}, 1: {8: 79.0, 10: 81.5}, 2: {8: 81.0, 10: 82.0}}
+    result = plateau(curves, 10)
+    assert result.gains == {0: 0.5, 1: 2.5, 2: 1.0} and result.finals == {0: 80.5, 1: 81.5, 2: 82.0}
+    assert result.mean_gain == pytest.approx(4.0 / 3) and result.spread == pytest.approx(0.7637626, abs=1e-6)
+    assert not result.converged  # 1.33 points gained in the last 20% > 0.76 between seeds
+    flat = plateau({0: {8: 80.4, 10: 80.5}, 1: {8: 81.5, 10: 81.5}, 2: {8: 81.8, 10: 82.0}}, 10)
+    assert flat.converged and flat.mean_gain == pytest.approx(0.1)
+    assert plateau({0: {13: 1.0, 16: 2.0}, 1: {13: 1.0, 16: 3.0}}, 16).gains == {0: 1.0, 1: 2.0}  # 16 - round(3.2)
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        plateau({0: {8: 1.0, 10: 1.0}}, 10)
+    with pytest.raises(ValueError, match="needs epochs 8 and 10"):
+        plateau({0: {10: 1.0}, 1: {8: 1.0, 10: 1.0}}, 10)

@@ -251,3 +251,32 @@ def verdict(
     if p_tost < alpha:
         return "equivalent"
     return "inconclusive"
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """A dense recipe's plateau check (protocol v3): per seed, the val gain over the last
+    ``fraction`` of its epochs; the seed spread (sample SD of the final val metric); converged when
+    the mean gain is below the spread."""
+
+    gains: dict[int, float]  # seed -> val(last epoch) - val(epoch at 1 - fraction)
+    finals: dict[int, float]  # seed -> val at the last epoch
+    mean_gain: float
+    spread: float
+    converged: bool
+
+
+def plateau(curves: dict[int, dict[int, float]], epochs: int, fraction: float = 0.2) -> Plateau:
+    """``curves``: seed -> {epochs done: val metric}, each holding ``epochs`` and
+    ``epochs - round(fraction * epochs)``; at least 2 seeds (a spread needs them)."""
+    if len(curves) < 2:
+        raise ValueError("a plateau check needs at least 2 seeds (the seed spread)")
+    start = epochs - max(1, round(fraction * epochs))
+    gains, finals = {}, {}
+    for seed, curve in sorted(curves.items()):
+        if start not in curve or epochs not in curve:
+            raise ValueError(f"seed {seed}: the curve needs epochs {start} and {epochs}, has {sorted(curve)}")
+        gains[seed], finals[seed] = curve[epochs] - curve[start], curve[epochs]
+    mean_gain = float(np.mean(list(gains.values())))
+    spread = float(np.std(list(finals.values()), ddof=1))
+    return Plateau(gains, finals, mean_gain, spread, mean_gain < spread)

@@ -367,11 +367,13 @@ class MMTask(Task):
         lr: float | None = None,
         resume: bool = False,
         stage: str = "dense",
+        on_epoch: Callable[[int], None] | None = None,
     ) -> None:
         """Train ``model`` with the task's dense recipe (its optimizer at peak ``lr``, default
         Budget.lr; linear warm-up; cosine over ``epochs``; gradient clipping) in mmengine's Runner,
         resumable from ``work_dir`` when ``resume``. Masks installed in the model stay applied
-        (the from-scratch control, bench.runs.run)."""
+        (the from-scratch control, bench.runs.run). ``on_epoch(epochs_done)`` is called after every
+        epoch (the Runner puts the model back in train mode at the next epoch's start)."""
         from bench.training.mm_hook import EpochLogHook, SafeCheckpointHook
 
         optim_wrapper = dict(
@@ -396,7 +398,7 @@ class MMTask(Task):
                 optim_wrapper,
                 schedule,
                 seed,
-                [EpochLogHook(log, stage, epochs)] + ([SafeCheckpointHook(log)] if resume else []),
+                [EpochLogHook(log, stage, epochs, on_epoch)] + ([SafeCheckpointHook(log)] if resume else []),
                 resume=resume,
                 checkpoints=resume,
                 name=f"{self.name}-{stage}-{seed}-{time.time_ns()}",

@@ -256,10 +256,11 @@ def discard_unreadable_checkpoint(work_dir: Path, log: Callable[[str], None]) ->
 
 @HOOKS.register_module()
 class EpochLogHook(Hook):
-    """One log line per epoch (mmengine's own logger runs at ERROR level in our Runners)."""
+    """One log line per epoch (mmengine's own logger runs at ERROR level in our Runners), then
+    ``on_epoch(epochs_done)`` when given."""
 
-    def __init__(self, log: Callable[[str], None], stage: str, epochs: int):
-        self.log, self.stage, self.epochs = log, stage, epochs
+    def __init__(self, log: Callable[[str], None], stage: str, epochs: int, on_epoch: Callable[[int], None] | None = None):
+        self.log, self.stage, self.epochs, self.on_epoch = log, stage, epochs, on_epoch
         self.loss = float("nan")
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
@@ -268,3 +269,5 @@ class EpochLogHook(Hook):
 
     def after_train_epoch(self, runner) -> None:
         self.log(f"{self.stage} epoch {runner.epoch + 1}/{self.epochs} loss {self.loss:.4f}")
+        if self.on_epoch is not None:
+            self.on_epoch(runner.epoch + 1)

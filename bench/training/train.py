@@ -102,11 +102,13 @@ def fit_dense(
     lr: float | None = None,
     checkpoint: Path | None = None,
     stage: str = "dense",
+    on_epoch: Callable[[int], None] | None = None,
 ) -> None:
     """Train ``model`` (on ``task.device``) with the task's dense recipe -- its optimizer, peak ``lr``
     (default Budget.lr), one cosine over ``epochs`` -- resumable from ``checkpoint`` (written at
     every epoch end) when given. Masks installed in the model (a Masker's parametrizations) stay
-    applied: the from-scratch control trains its narrow model this way (bench.runs.run)."""
+    applied: the from-scratch control trains its narrow model this way (bench.runs.run).
+    ``on_epoch(epochs_done)`` is called after every epoch (scripts/dense_plateau.py evaluates there)."""
     total = epochs * task.steps_per_epoch()
     optimizer = make_dense_optimizer(model, task, lr)
     start = 0
@@ -124,6 +126,9 @@ def fit_dense(
             loss = dense_step(task, optimizer, lambda batch=batch: task.loss(model, batch), step, total)
             step += 1
         log(f"{stage} epoch {epoch + 1}/{epochs} loss {loss.item():.4f}")
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
+            model.train()
         if checkpoint is not None:
             atomic_save(
                 {
