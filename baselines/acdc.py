@@ -145,8 +145,9 @@ class ACDCPruner(HardMaskPruner):
             params = [p for group in optimizer.param_groups for p in group["params"]]
         else:
             params = [layer.weight for layer in self.layers]
-        for param in params:
-            buffer = optimizer.state.get(param, {}).get("momentum_buffer")
+        for param in params:  # SGD's momentum buffer; AdamW's first moment (AdamW stages, protocol v3)
+            state = optimizer.state.get(param, {})
+            buffer = state.get("momentum_buffer", state.get("exp_avg"))
             if buffer is not None:
                 buffer.zero_()
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bench.core.pruner import Pruner, register_pruner
+from bench.core.pruner import ALL_PATTERNS, Pruner, register_pruner
 from bench.core.select import Allocation
 
 
@@ -45,3 +45,27 @@ class ScratchControl(Pruner):
 
     def masks(self) -> dict[str, Tensor] | None:
         return {name: mask.float() for name, mask in self.finalize().items()}
+
+
+@register_pruner("scratch-full")
+class FullWidthScratchControl(ScratchControl):
+    """Control: the full-width dense model trained from scratch with the scratch recipe -- the
+    scratch control at sparsity 0, the ceiling a ``scratch`` row is read against.
+
+    ``scratch`` trains a narrowed model for ``dense + prune + finetune`` epochs, more than the dense
+    reference saw; where it beats ``nomask`` (the dense checkpoint trained on for prune + finetune
+    epochs) the question is whether narrowing helped or the longer from-scratch recipe did. This
+    row answers it: the same recipe (dense optimizer, warm-up, clipping, the dense peak lr times the
+    cell's retraining lr multiplier, the same total epochs, the run's seed's initialisation) on the
+    unpruned model. Like ``nomask`` it keeps every unit (``keeps_all``): one run per (task, budget,
+    seed) fills every column, any pattern."""
+
+    table_note = "control: the full-width model trained from scratch with the scratch recipe (dense + prune + fine-tune epochs; one run per task and seed, shown in every column)"
+    patterns = ALL_PATTERNS
+    keeps_all = True
+
+    def finalize(self) -> dict[str, Tensor]:
+        return {
+            layer.name: torch.ones(layer.unit_shape, dtype=torch.bool, device=layer.weight.device)
+            for layer in self.layers
+        }
