@@ -146,3 +146,17 @@ def test_acdc_momentum_reset_zeroes_adamws_first_moment():
     for p in weights:
         assert not opt.state[p]["exp_avg"].any() and opt.state[p]["exp_avg_sq"].any()
     assert not opt.state[scores[0]]["momentum_buffer"].any()
+
+
+def test_mmengine_schedules_the_stage_optimizer():
+    """mmengine's OptimWrapper and param schedulers accept the AdamW stages' optimizer (its base-lr
+    tracking reads ``defaults["lr"]``) and scale both parts' groups."""
+    pytest.importorskip("mmengine")
+    from mmengine.optim import CosineAnnealingLR, OptimWrapper
+
+    weights, scores = _params(4)
+    opt = stage_optimizer("AdamW", weights, [{"params": scores, "lr": 0.1}], 1e-3, 0.9, 0.0, 0.05)
+    scheduler = CosineAnnealingLR(OptimWrapper(opt), T_max=2, by_epoch=False)
+    scheduler.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-4, 0.05])
+    assert [g["lr"] for g in opt.parts[0].param_groups + opt.parts[1].param_groups] == pytest.approx([5e-4, 0.05])

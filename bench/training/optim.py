@@ -56,6 +56,10 @@ class StageOptimizer(torch.optim.Optimizer):
         self.parts = [weights] + ([own] if own is not None else [])
         # the parts' own group dicts: an lr set here (schedules) is the lr the part steps with
         super().__init__([g for part in self.parts for g in part.param_groups], {})
+        # the weights' optimizer's defaults (set after init: they must not be merged into the other
+        # part's groups): mmengine's OptimWrapper tracks the base lr of a multi-group optimizer from
+        # ``defaults["lr"]``
+        self.defaults = dict(weights.defaults)
         self.state = _JointState(self.parts)
 
     @torch.no_grad()
