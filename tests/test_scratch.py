@@ -83,7 +83,7 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path):
     assert (resumed["metric"], resumed["val_metric"]) == (whole["metric"], whole["val_metric"])
 
 
-def test_the_full_width_ceiling_is_the_scratch_recipe_at_sparsity_0_one_run_per_task_and_seed(tmp_path):
+def test_the_full_width_ceiling_is_the_scratch_recipe_at_sparsity_0_one_run_per_task_and_seed(shared_runs_dir):
     """``scratch-full``: the unpruned model, re-initialised, trained with scratch's recipe (same epochs,
     same lr); one run id whatever the column; it keeps every unit. It never sees the dense weights,
     so its numbers equal a plain dense-recipe training of the seed's initialisation for those epochs."""
@@ -94,7 +94,7 @@ def test_the_full_width_ceiling_is_the_scratch_recipe_at_sparsity_0_one_run_per_
         for pattern, sparsity in (("channel", 0.5), ("block:1x8", 0.9), ("nm:2:4", None))
     ]
     assert len({resolve(spec).run_id for spec in specs}) == 1
-    row = execute(resolve(specs[0]), log=QUIET, paths=RunPaths(tmp_path), wandb=False)
+    row = execute(resolve(specs[0]), log=QUIET, paths=RunPaths(shared_runs_dir), wandb=False)  # the shared dense model
     assert row["trained_from_scratch"] == {"epochs": 5, "lr": 0.05, "optimizer": "SGD"}
     assert row["achieved_sparsity"] == 0.0
     task = get_task("fmnist-tiny")

@@ -413,6 +413,24 @@ def test_v3_summary_friedman_and_holm_verdicts(store):
     assert "| magnitude | 3 | 2 | 0 | 0 | 1 | 0 |" in text and "Holm p" in text
 
 
+def test_a_task_whose_dense_reference_is_not_at_a_plateau_stays_out_of_the_v3_aggregates(store, monkeypatch):
+    """Task.dense_plateau False: no Friedman ranks nor win/loss over its columns, which keep their
+    per-column lines; measured True or unmeasured: they enter."""
+    from bench.reports.ranks import aggregated, summary_markdown
+    from bench.tasks.registry import load_tasks
+
+    frame = rows_from_store(make_suite(), store)
+    (task,) = set(frame["task"])
+    assert aggregated(frame)[1] == [] and len(aggregated(frame)[0]) == len(frame)
+    monkeypatch.setattr(load_tasks()[task], "dense_plateau", False)
+    kept, out = aggregated(frame)
+    assert out == [task] and kept.empty
+    text = summary_markdown(frame, "synthetic")
+    assert f"Left out of the aggregates below (their columns stay in the tables and the per-column lines): {task}" in text
+    assert "Friedman" not in text and "against each pruner" not in text
+    assert "Holm p" in text  # the per-column summary is still there
+
+
 def test_mean_rank_ci_ignores_row_order_and_other_labels():
     """A store rewritten in another order (rows replaced in place vs appended) gives the same
     summary; a label's CI does not move when another label joins or leaves the frame."""

@@ -114,6 +114,18 @@ def verdicts_against(frame: pd.DataFrame, reference: str = "smart", margin: floa
     return out
 
 
+def aggregated(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """(the rows whose columns enter the v3 aggregates, the tasks left out): a task whose dense
+    reference was measured short of a plateau (``Task.dense_plateau is False``) stays in the
+    per-column tables and lines but not in the Friedman ranks nor the win/loss counts. Tasks not
+    registered here, or not measured, enter."""
+    from bench.tasks.registry import load_tasks
+
+    tasks = load_tasks()
+    out = sorted(t for t in set(frame["task"]) if t in tasks and tasks[t].dense_plateau is False)
+    return frame[~frame["task"].isin(out)], out
+
+
 def friedman_ranks(frame: pd.DataFrame):
     """The Friedman test and Nemenyi CD of the competing labels that have the most columns (labels
     run in fewer columns -- an N:M-only method, a channel-only control, an ablation -- are left
@@ -293,7 +305,16 @@ def _dense_lines(frame: pd.DataFrame, suite_name: str) -> list[str]:
 
 def _summary_v3(frame: pd.DataFrame, suite_name: str, reference: str, margin: float) -> str:
     lines = []
-    result = friedman_ranks(frame)
+    columns_frame = frame
+    frame, unconverged = aggregated(frame)
+    if unconverged:
+        lines += [
+            f"Left out of the aggregates below (their columns stay in the tables and the per-column lines): "
+            f"{', '.join(unconverged)} -- the dense reference is not at a plateau (`Task.dense_plateau`, "
+            "scripts/dense_plateau.py), so a comparison there measures the recipe as much as the pruner.",
+            "",
+        ]
+    result = friedman_ranks(frame) if len(frame) else None
     if result is not None:
         from bench.reports.stats import nemenyi_groups
 
@@ -318,7 +339,7 @@ def _summary_v3(frame: pd.DataFrame, suite_name: str, reference: str, margin: fl
             "every unit, e.g. nomask, do not compete). Pruners whose mean ranks differ by less than the CD "
             "are not separated: " + ("; ".join("{" + ", ".join(g) + "}" for g in groups) or "none") + ".",
         ]
-    if reference in set(frame["label"]):
+    if len(frame) and reference in set(frame["label"]):
         table = verdicts_against(frame, reference, margin)
         lines += [
             "",
@@ -338,8 +359,8 @@ def _summary_v3(frame: pd.DataFrame, suite_name: str, reference: str, margin: fl
             f"within ±{margin:g} points by a paired TOST (p < {ALPHA}); inconclusive: neither. Untested: fewer "
             "than 2 shared seeds.",
         ]
-    lines += _dense_lines(frame, suite_name)
+    lines += _dense_lines(columns_frame, suite_name)
     lines += _column_lines(
-        column_summary(frame, "v3", margin), suite_name, "after Holm (adjusted p < {alpha})", "Holm p"
+        column_summary(columns_frame, "v3", margin), suite_name, "after Holm (adjusted p < {alpha})", "Holm p"
     )
     return "\n".join(lines).lstrip("\n") + "\n"

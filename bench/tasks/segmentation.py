@@ -177,6 +177,11 @@ class ScenesSegLite(ScenesSegmentation):
         "auxiliary_head.channels": 16,
     }
     budget = Budget(dense_epochs=16, prune_epochs=6, finetune_epochs=3, batch_size=16, lr=0.01, prune_lr=2e-3)
+    # Plateau check (protocol v3; `python scripts/dense_plateau.py scenes-seg-lite`, 2026-12-07): val mIoU
+    # after 13 / 16 epochs 31.86 / 32.84, 32.00 / 33.33, 30.19 / 32.17 (seeds 0-2): +1.43 mIoU over the
+    # last 20% of the epochs against a seed spread (SD) of 0.58 -- not at a plateau; its columns stay
+    # out of the v3 aggregates until a longer recipe is measured at one.
+    dense_plateau = False
 
 
 @register_task
