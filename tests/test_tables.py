@@ -635,3 +635,22 @@ def test_tracks_are_named_and_never_mixed(store):
         md.startswith("### tracked · criterion track") and "Criterion track: every layer keeps the same fraction" in md
     )
     assert "Allocation track" in build_table(frame[frame["track"] == "allocation"], suite).render("md")
+
+
+def test_a_flops_budget_row_is_held_to_its_target_within_one_unit(tmp_path):
+    """``budget: flops`` rows: ‡ only when the achieved FLOPs sparsity is off by more than the dearest
+    unit's share of the covered FLOPs (the selection is exact to within one unit); params rows keep
+    the fixed tolerance."""
+
+    def notes(name, achieved):
+        store = ResultStore(tmp_path / f"{name}.jsonl")
+        for row in synthetic_rows():
+            if (row["pattern"], row["target_sparsity"], row["pruner"]) == ("channel", 0.5, "smart"):
+                row = {**row, "budget_kind": "flops", "achieved_flops_sparsity": achieved[row["seed"] % 2]}
+                layer = {**row["audit"]["layers"][0], "flops_per_unit": 5.0}  # one unit: 5 / 1000 = 0.005
+                row["audit"] = {**row["audit"], "flops_covered": 1000.0, "layers": [layer]}
+            store.append(row)
+        return build_table(rows_from_store(make_suite(), store), make_suite()).notes("md")
+
+    assert not any("smart on fmnist-resnet channel 0.5" in note for note in notes("within", (0.501, 0.503)))
+    assert "‡ smart on fmnist-resnet channel 0.5: achieved sparsity 0.5200 (target 0.5)." in notes("off", (0.52, 0.52))

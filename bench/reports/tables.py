@@ -75,7 +75,7 @@ LOWER_IS_BETTER = {"error", "loss", "latency_ms"}
 ALPHA = 0.05
 MARGIN = 0.5  # the equivalence margin (metric points) of the v3 marks
 MARKS = ("v3", "v2")
-SPARSITY_TOLERANCE = 5e-4
+SPARSITY_TOLERANCE = 5e-4  # a row off its target by more is marked ‡ (a FLOPs-budget row: by more than one unit, its dearest)
 KEYS = ["label", "task", "pattern", "sparsity"]
 
 
@@ -96,7 +96,7 @@ def frame_from_rows(rows: Iterable[dict[str, Any]], suite) -> pd.DataFrame:
             continue
         for cell in cells[row["run_id"]]:
             records.append(_record(row, cell))
-    columns = KEYS + [f for f in ROW_FIELDS + SPEED_FIELDS if f not in KEYS] + ["kept_by_layer", "track"]
+    columns = KEYS + [f for f in ROW_FIELDS + SPEED_FIELDS if f not in KEYS] + ["kept_by_layer", "track", "sparsity_tolerance"]
     frame = pd.DataFrame.from_records(records, columns=columns)
     frame = frame.drop_duplicates(["run_id", "task", "pattern", "sparsity"])
     for name in (
@@ -105,6 +105,7 @@ def frame_from_rows(rows: Iterable[dict[str, Any]], suite) -> pd.DataFrame:
         "achieved_sparsity",
         "target_sparsity",
         "sparsity",
+        "sparsity_tolerance",
         "flops_dense",
     ) + SPEED_FIELDS:
         frame[name] = pd.to_numeric(frame[name], errors="coerce")
@@ -116,8 +117,14 @@ def _record(row: dict[str, Any], cell) -> dict[str, Any]:
     record = {field: row.get(field) for field in ROW_FIELDS}
     record.update({field: _speed_value(row, field) for field in SPEED_FIELDS})
     layers = (row.get("audit") or {}).get("layers") or []  # kept fraction per layer (allocation figure)
+    record["sparsity_tolerance"] = SPARSITY_TOLERANCE
     if row.get("budget_kind") == "flops":  # the target counts FLOPs: the achieved sparsity it is held to
         record["achieved_sparsity"] = row.get("achieved_flops_sparsity")
+        # exact to within one unit (protocol v3): the dearest unit's share of the covered FLOPs
+        covered = (row.get("audit") or {}).get("flops_covered")
+        dearest = max((entry.get("flops_per_unit") or 0 for entry in layers), default=0)
+        if covered and dearest:
+            record["sparsity_tolerance"] = max(SPARSITY_TOLERANCE, dearest / covered)
     record["kept_by_layer"] = {
         entry["layer"]: entry["kept_units"] / entry["units"] for entry in layers if entry.get("units")
     }
@@ -324,6 +331,7 @@ def summarize(frame: pd.DataFrame, suite=None, marks: str = "v3", margin: float 
         std=("metric", "std"),
         n=("metric", "count"),
         achieved_sparsity=("achieved_sparsity", "mean"),
+        sparsity_tolerance=("sparsity_tolerance", "max"),
         collapsed=("collapsed", lambda flags: int(sum(bool(f) for f in flags if f is not None and f == f))),
     ).reset_index()
     references = reference_labels(frame)
@@ -589,7 +597,9 @@ class Table:
     def off_target(row: pd.Series) -> bool:
         if row["label"] == "dense" or bool(row.get("reference", False)):  # references prune nothing by design
             return False
-        return abs(row["achieved_sparsity"] - row["sparsity"]) > SPARSITY_TOLERANCE
+        tolerance = row.get("sparsity_tolerance")
+        tolerance = SPARSITY_TOLERANCE if tolerance is None or tolerance != tolerance else tolerance
+        return abs(row["achieved_sparsity"] - row["sparsity"]) > tolerance
 
     def notes(self, fmt: str) -> list[str]:
         metrics = ", ".join(f"{t}: {m}" for t, m in self.stats.drop_duplicates("task")[["task", "metric_name"]].values)
