@@ -17,10 +17,9 @@ bit for bit under two different columns).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from bench.core.pruner import Pruner, register_pruner
+from bench.core.pruner import Pruner, every_unit_kept, register_pruner
 
 
 @register_pruner("nomask")
@@ -30,7 +29,4 @@ class NoMaskControl(Pruner):
     keeps_all = True
 
     def finalize(self) -> dict[str, Tensor]:
-        return {
-            layer.name: torch.ones(layer.unit_shape, dtype=torch.bool, device=layer.weight.device)
-            for layer in self.layers
-        }
+        return every_unit_kept(self.layers)

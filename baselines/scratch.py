@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bench.core.pruner import ALL_PATTERNS, Pruner, register_pruner
+from bench.core.pruner import ALL_PATTERNS, Pruner, every_unit_kept, register_pruner
 from bench.core.select import Allocation
 
 
@@ -65,7 +65,4 @@ class FullWidthScratchControl(ScratchControl):
     keeps_all = True
 
     def finalize(self) -> dict[str, Tensor]:
-        return {
-            layer.name: torch.ones(layer.unit_shape, dtype=torch.bool, device=layer.weight.device)
-            for layer in self.layers
-        }
+        return every_unit_kept(self.layers)

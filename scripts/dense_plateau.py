@@ -76,8 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     gains = ", ".join(f"{result.gains[s]:+.2f}" for s in seeds)
     finals = ", ".join(f"{result.finals[s]:.2f}" for s in seeds)
     print(f"final val {task.metric_name} (seeds {args.seeds}): {finals}")
-    print(f"gain over the last 20% of epochs: {gains}; mean {result.mean_gain:+.2f}; seed spread (SD) {result.spread:.2f}")
-    print(f"verdict: {'at a plateau' if result.converged else 'NOT at a plateau'} ({time.perf_counter() - started:.0f} s)")
+    print(
+        f"gain over the last 20% of epochs: {gains}; mean {result.mean_gain:+.2f}; seed spread (SD) {result.spread:.2f}"
+    )
+    print(
+        f"verdict: {'at a plateau' if result.converged else 'NOT at a plateau'} ({time.perf_counter() - started:.0f} s)"
+    )
     if args.out:
         Path(args.out).write_text(
             json.dumps(

@@ -33,7 +33,9 @@ def test_adamw_stages_step_the_weights_with_adamw_and_the_pruner_groups_with_sgd
     """The combined optimizer equals a plain AdamW on the weights and a plain SGD on the scores, step
     for step, and an lr set through its param_groups (the schedules') reaches both."""
     weights, scores = _params(0)
-    combined = stage_optimizer("AdamW", weights, [{"params": scores, "lr": 0.5, "momentum": 0.9}], 1e-3, 0.9, 5e-4, 0.05)
+    combined = stage_optimizer(
+        "AdamW", weights, [{"params": scores, "lr": 0.5, "momentum": 0.9}], 1e-3, 0.9, 5e-4, 0.05
+    )
     assert isinstance(combined, StageOptimizer)
     assert [g["base_lr"] for g in combined.param_groups] == [1e-3, 0.5]
     ref_w, ref_s = _params(0)

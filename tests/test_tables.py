@@ -426,7 +426,9 @@ def test_a_task_whose_dense_reference_is_not_at_a_plateau_stays_out_of_the_v3_ag
     kept, out = aggregated(frame)
     assert out == [task] and kept.empty
     text = summary_markdown(frame, "synthetic")
-    assert f"Left out of the aggregates below (their columns stay in the tables and the per-column lines): {task}" in text
+    assert (
+        f"Left out of the aggregates below (their columns stay in the tables and the per-column lines): {task}" in text
+    )
     assert "Friedman" not in text and "against each pruner" not in text
     assert "Holm p" in text  # the per-column summary is still there
 

@@ -355,6 +355,11 @@ def _snapshot(value: Any) -> Any:
 PRUNERS: dict[str, type[Pruner]] = {}
 
 
+def every_unit_kept(layers) -> dict[str, Tensor]:
+    """The final masks of a control that keeps every unit (``keeps_all``: nomask, scratch-full)."""
+    return {layer.name: torch.ones(layer.unit_shape, dtype=torch.bool, device=layer.weight.device) for layer in layers}
+
+
 def register_pruner(name: str):
     """Class decorator: ``@register_pruner("mymethod")``."""
 

@@ -75,7 +75,9 @@ LOWER_IS_BETTER = {"error", "loss", "latency_ms"}
 ALPHA = 0.05
 MARGIN = 0.5  # the equivalence margin (metric points) of the v3 marks
 MARKS = ("v3", "v2")
-SPARSITY_TOLERANCE = 5e-4  # a row off its target by more is marked ‡ (a FLOPs-budget row: by more than one unit, its dearest)
+SPARSITY_TOLERANCE = (
+    5e-4  # a row off its target by more is marked ‡ (a FLOPs-budget row: by more than one unit, its dearest)
+)
 KEYS = ["label", "task", "pattern", "sparsity"]
 
 
@@ -96,7 +98,11 @@ def frame_from_rows(rows: Iterable[dict[str, Any]], suite) -> pd.DataFrame:
             continue
         for cell in cells[row["run_id"]]:
             records.append(_record(row, cell))
-    columns = KEYS + [f for f in ROW_FIELDS + SPEED_FIELDS if f not in KEYS] + ["kept_by_layer", "track", "sparsity_tolerance"]
+    columns = (
+        KEYS
+        + [f for f in ROW_FIELDS + SPEED_FIELDS if f not in KEYS]
+        + ["kept_by_layer", "track", "sparsity_tolerance"]
+    )
     frame = pd.DataFrame.from_records(records, columns=columns)
     frame = frame.drop_duplicates(["run_id", "task", "pattern", "sparsity"])
     for name in (

@@ -379,7 +379,9 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
                                 if key not in defaults:
                                     defaults[key] = get_task(*key).budget
                                 if tunes_retraining_lr(budget, defaults[key]):
-                                    budget["finetune_lr"] = round(chosen["lr_multiplier"] * budget.get("prune_lr", defaults[key].prune_lr), 10)
+                                    budget["finetune_lr"] = round(
+                                        chosen["lr_multiplier"] * budget.get("prune_lr", defaults[key].prune_lr), 10
+                                    )
                                     if "finetune_schedule" in chosen:  # the family's, chosen by the no-mask control
                                         budget["finetune_schedule"] = chosen["finetune_schedule"]
                         for seed in block.seeds:

@@ -259,7 +259,9 @@ class EpochLogHook(Hook):
     """One log line per epoch (mmengine's own logger runs at ERROR level in our Runners), then
     ``on_epoch(epochs_done)`` when given."""
 
-    def __init__(self, log: Callable[[str], None], stage: str, epochs: int, on_epoch: Callable[[int], None] | None = None):
+    def __init__(
+        self, log: Callable[[str], None], stage: str, epochs: int, on_epoch: Callable[[int], None] | None = None
+    ):
         self.log, self.stage, self.epochs, self.on_epoch = log, stage, epochs, on_epoch
         self.loss = float("nan")
 
