@@ -9,6 +9,11 @@ last 20% of the epochs, the seed spread (sample SD of the final val metric) and 
 recipe is at a plateau when the mean gain is below the spread (``bench.reports.stats.plateau``).
 Nothing is cached: the task's dense cache and the result store are not touched. The numbers in the
 tasks' docstrings come from this script.
+
+The tail test is necessary, not sufficient: under a cosine schedule the last epochs run at a small
+lr and gain little whatever the model's state. Run it again with ``--epochs`` twice the task's: a
+recipe is at a plateau when that longer recipe's final val is also within the seed spread of this
+one's (scenes-det-lite passes the tail test at 16 epochs and gains 5.9 mAP at 32).
 """
 
 from __future__ import annotations
