@@ -656,3 +656,35 @@ def test_a_flops_budget_row_is_held_to_its_target_within_one_unit(tmp_path):
 
     assert not any("smart on fmnist-resnet channel 0.5" in note for note in notes("within", (0.501, 0.503)))
     assert "‡ smart on fmnist-resnet channel 0.5: achieved sparsity 0.5200 (target 0.5)." in notes("off", (0.52, 0.52))
+
+
+def test_a_transplant_row_is_not_held_to_the_columns_target(store):
+    """A transplant keeps its source's per-layer counts; a source at matched FLOPs leaves it at another
+    unit sparsity than the column's (SMART at block 90% FLOPs: 94.2% of the units), which is no miss."""
+    import dataclasses
+
+    suite = make_suite()
+    for cell in suite.cells:  # every label a transplant: one track in the table
+        cell.spec = dataclasses.replace(cell.spec, allocation={"policy": "from", "source": "abc"})
+    rows = [dict(r, achieved_sparsity=0.95) if r["pruner"] == "magnitude" else r for r in store.rows()]
+    other = ResultStore(store.path.with_name("transplant.jsonl"))
+    for row in rows:
+        other.append(row)
+    notes = build_table(rows_from_store(suite, other), suite).notes("md")
+    assert not any(note.startswith("‡ magnitude") for note in notes)
+    assert any(
+        note.startswith("‡ magnitude")
+        for note in build_table(rows_from_store(make_suite(), other), make_suite()).notes("md")
+    )
+
+
+def test_a_label_on_both_tracks_plans_its_seeds_once_per_track(store):
+    """The same label and column on the criterion and the allocation track (two cells per seed):
+    a track's table expects 3 seeds, not 6, so complete cells carry no (n=k)."""
+    import dataclasses
+
+    suite = make_suite()
+    for cell in list(suite.cells):
+        suite.cells.append(Cell(dataclasses.replace(cell.spec, allocation="uniform"), cell.label, cell.run_id + "-u"))
+    md = build_table(rows_from_store(suite, store), suite).render("md")
+    assert "81.00 ± 1.00" in md and "(n=3)" not in md and "(n=2)" in md  # smart block 0.9 has 2 of 3 seeds

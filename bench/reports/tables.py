@@ -124,7 +124,10 @@ def _record(row: dict[str, Any], cell) -> dict[str, Any]:
     record.update({field: _speed_value(row, field) for field in SPEED_FIELDS})
     layers = (row.get("audit") or {}).get("layers") or []  # kept fraction per layer (allocation figure)
     record["sparsity_tolerance"] = SPARSITY_TOLERANCE
-    if row.get("budget_kind") == "flops":  # the target counts FLOPs: the achieved sparsity it is held to
+    source = cell.spec.allocation if isinstance(cell.spec.allocation, dict) else {}
+    if source.get("policy") == "from":  # a transplant keeps its source's per-layer counts (checked when
+        record["sparsity_tolerance"] = math.inf  # it starts), not the column's target by its own measure
+    elif row.get("budget_kind") == "flops":  # the target counts FLOPs: the achieved sparsity it is held to
         record["achieved_sparsity"] = row.get("achieved_flops_sparsity")
         # exact to within one unit (protocol v3): the dearest unit's share of the covered FLOPs
         covered = (row.get("audit") or {}).get("flops_covered")
@@ -458,11 +461,11 @@ def _std(row) -> float:
 def _planned_seeds(suite, frame: pd.DataFrame) -> dict[tuple, int]:
     if suite is None:
         return {}
-    planned: dict[tuple, int] = {}
+    seeds: dict[tuple, set[int]] = {}  # distinct seeds: a label on both tracks plans each seed once per track
     for cell in suite.placed():
         key = (cell.label, cell.spec.task, cell.spec.pattern, cell.spec.sparsity)
-        planned[key] = planned.get(key, 0) + 1
-    return planned
+        seeds.setdefault(key, set()).add(cell.spec.seed)
+    return {key: len(s) for key, s in seeds.items()}
 
 
 def _dense_rows(frame: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
