@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.reports.stats import plateau  # noqa: E402
+from bench.reports.stats import plateau, tail_start  # noqa: E402
 from bench.tasks.registry import get_task  # noqa: E402
 from bench.training.train import fit_dense, seed_everything  # noqa: E402
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if epochs < 2:
         parser.error("--epochs: at least 2 (the check compares two epochs)")
     task.budget = dataclasses.replace(task.budget, dense_epochs=epochs)
-    at = {epochs - max(1, round(0.2 * epochs)), epochs}
+    at = {tail_start(epochs), epochs}
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"{args.task}: dense {task.dense_optimizer} lr {task.budget.lr:g}, {epochs} epochs, val at {sorted(at)}")
     started = time.perf_counter()

@@ -263,15 +263,24 @@ class Plateau:
     finals: dict[int, float]  # seed -> val at the last epoch
     mean_gain: float
     spread: float
-    converged: bool
+
+    @property
+    def converged(self) -> bool:
+        return self.mean_gain < self.spread
+
+
+def tail_start(epochs: int, fraction: float = 0.2) -> int:
+    """The epoch the plateau check's tail starts after: ``epochs - round(fraction * epochs)``, at
+    least one epoch before the last."""
+    return epochs - max(1, round(fraction * epochs))
 
 
 def plateau(curves: dict[int, dict[int, float]], epochs: int, fraction: float = 0.2) -> Plateau:
     """``curves``: seed -> {epochs done: val metric}, each holding ``epochs`` and
-    ``epochs - round(fraction * epochs)``; at least 2 seeds (a spread needs them)."""
+    ``tail_start(epochs, fraction)``; at least 2 seeds (a spread needs them)."""
     if len(curves) < 2:
         raise ValueError("a plateau check needs at least 2 seeds (the seed spread)")
-    start = epochs - max(1, round(fraction * epochs))
+    start = tail_start(epochs, fraction)
     gains, finals = {}, {}
     for seed, curve in sorted(curves.items()):
         if start not in curve or epochs not in curve:
@@ -279,4 +288,4 @@ def plateau(curves: dict[int, dict[int, float]], epochs: int, fraction: float = 
         gains[seed], finals[seed] = curve[epochs] - curve[start], curve[epochs]
     mean_gain = float(np.mean(list(gains.values())))
     spread = float(np.std(list(finals.values()), ddof=1))
-    return Plateau(gains, finals, mean_gain, spread, mean_gain < spread)
+    return Plateau(gains, finals, mean_gain, spread)

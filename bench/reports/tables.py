@@ -75,9 +75,8 @@ LOWER_IS_BETTER = {"error", "loss", "latency_ms"}
 ALPHA = 0.05
 MARGIN = 0.5  # the equivalence margin (metric points) of the v3 marks
 MARKS = ("v3", "v2")
-SPARSITY_TOLERANCE = (
-    5e-4  # a row off its target by more is marked ‡ (a FLOPs-budget row: by more than one unit, its dearest)
-)
+# a row off its target by more is marked ‡ (a FLOPs-budget row: by more than one unit, its dearest)
+SPARSITY_TOLERANCE = 5e-4
 KEYS = ["label", "task", "pattern", "sparsity"]
 
 

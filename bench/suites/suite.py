@@ -60,7 +60,7 @@ from bench.core.select import Allocation, protocol_allocation
 from bench.core.sparsity import parse_pattern, resolve_sparsity
 from bench.runs.record import ResultStore
 from bench.runs.run import RunSpec, check_budget_overrides, dense_key, resolve, run_identity, short_hash
-from bench.suites.tuned import parse_settings, read_tuned, tunes_retraining_lr
+from bench.suites.tuned import parse_settings, read_tuned, retraining_lr, tunes_retraining_lr
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "configs" / "suites"  # package data
 BLOCK_FIELDS = (
@@ -379,8 +379,8 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
                                 if key not in defaults:
                                     defaults[key] = get_task(*key).budget
                                 if tunes_retraining_lr(budget, defaults[key]):
-                                    budget["finetune_lr"] = round(
-                                        chosen["lr_multiplier"] * budget.get("prune_lr", defaults[key].prune_lr), 10
+                                    budget["finetune_lr"] = retraining_lr(
+                                        chosen["lr_multiplier"], budget, defaults[key]
                                     )
                                     if "finetune_schedule" in chosen:  # the family's, chosen by the no-mask control
                                         budget["finetune_schedule"] = chosen["finetune_schedule"]

@@ -66,6 +66,7 @@ from bench.suites.tuned import (
     held_out,
     held_out_warning,
     read_payload,
+    retraining_lr,
     tunes_retraining_lr,
 )
 
@@ -336,9 +337,7 @@ def schedule_suite(suite, settings: TuneSettings, device: str = "auto", amp: boo
             of[label] = (family, schedule)
             for column in usable:
                 budget, defaults = budgets.tuning(column)
-                budget.update(
-                    finetune_schedule=schedule, finetune_lr=round(budget.get("prune_lr", defaults.prune_lr), 10)
-                )
+                budget.update(finetune_schedule=schedule, finetune_lr=retraining_lr(1.0, budget, defaults))
                 blocks.append(_trial_block(column[3], column, settings, PrunerEntry("nomask", label), budget))
     schedules = Suite(f"{suite.name}-schedules", suite.path, f"fine-tuning schedule choice of {suite.name}", blocks)
     return expand(schedules, device, amp), of
@@ -391,10 +390,7 @@ def trial_suite(suite, settings: TuneSettings, device: str = "auto", amp: bool =
                     budget["finetune_schedule"] = schedules[family]
                 for trial in trials:
                     by_label[trial.cell_label] = trial
-                    cell_budget = {
-                        **budget,
-                        "finetune_lr": round(trial.lr_multiplier * budget.get("prune_lr", defaults.prune_lr), 10),
-                    }
+                    cell_budget = {**budget, "finetune_lr": retraining_lr(trial.lr_multiplier, budget, defaults)}
                     options = {**entry.options, **trial.options}
                     blocks.append(
                         _trial_block(

@@ -182,6 +182,12 @@ def tunes_retraining_lr(budget: dict[str, Any], task_budget) -> bool:
     return budget.get("finetune_schedule") in OWN_FINETUNE_SCHEDULES and epochs >= 1
 
 
+def retraining_lr(multiplier: float, budget: dict[str, Any], task_budget) -> float:
+    """A cell's ``finetune_lr``: ``multiplier`` x its ``prune_lr`` (the block's override, else the
+    task's ``Budget.prune_lr``)."""
+    return round(multiplier * budget.get("prune_lr", task_budget.prune_lr), 10)
+
+
 def read_payload(settings: TuneSettings, suite_name: str) -> dict[str, Any] | None:
     """The whole tuned file of a suite (any readable version); None if there is none yet;
     ConfigError if it is unreadable or was tuned with other settings (stale)."""

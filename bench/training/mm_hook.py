@@ -43,9 +43,8 @@ from torch import Tensor, nn
 
 from bench.core.artifacts import CorruptArtifact, load_artifact
 from bench.core.device import autocast
-from bench.training.optim import stage_optimizer
 from bench.training.stages import StageDriver
-from bench.training.train import set_stage_lr
+from bench.training.train import make_optimizer, set_stage_lr
 
 CHECKPOINT_KEY = "smartbench"
 
@@ -189,20 +188,10 @@ class PruningHook(SafeCheckpointHook):
         clip_grad: dict | None = None,
         autocast_device: str | None = None,
     ) -> PenaltyOptimWrapper:
-        """The stages' optimizer (``bench.training.optim.stage_optimizer``: the task's recipe family
-        over the model's trainable weights at ``Budget.prune_lr``, plus the pruner's own groups),
-        every group with its peak ``base_lr`` (set_stage_lr scales from it)."""
-        b = task.budget
-        weights = [p for p in model.parameters() if p.requires_grad]
-        optimizer = stage_optimizer(
-            task.stage_optimizer,
-            weights,
-            self.driver.param_groups(),
-            b.prune_lr,
-            b.momentum,
-            b.weight_decay,
-            task.dense_weight_decay,
-        )
+        """The native loop's stages' optimizer (``bench.training.train.make_optimizer``: the task's
+        recipe family over the model's trainable weights at ``Budget.prune_lr``, plus the pruner's
+        own groups), every group with its peak ``base_lr`` (set_stage_lr scales from it)."""
+        optimizer = make_optimizer(model, task, task.budget.prune_lr, self.driver.param_groups())
         wrapper = PenaltyOptimWrapper(optimizer, clip_grad=clip_grad, autocast_device=autocast_device)
         wrapper.extra_loss = self.driver.penalty
         wrapper.after_step = self.driver.after_optimizer_step
