@@ -1,5 +1,6 @@
-"""The protocol's allocation rule (bench.core.select.Allocation): uniform / global on per-layer
-standardised scores, the per-layer keep floor, validation before training, run identity, audit."""
+"""The protocol's allocation rule (bench.core.select.Allocation): uniform / global (every pruner's
+scores raw; v2's ``mixed`` ranking standardised weight scores per layer), the per-layer keep floor,
+validation before training, run identity, audit."""
 
 from __future__ import annotations
 
@@ -32,8 +33,17 @@ def test_raw_global_ranking_empties_the_small_scale_layer():
     assert kept(hard_topk(scales_apart(), CHANNEL, 0.75)) == {"wide": 4, "narrow": 16}
 
 
-def test_global_allocation_ranks_standardised_scores():
-    masks = hard_topk(scales_apart(), CHANNEL, 0.75, allocation=Allocation("global"))
+def test_global_allocation_ranks_every_pruners_scores_raw():
+    """Protocol v3's one rule: the same ranking for comparable and weight-derived scores."""
+    raw = kept(hard_topk(scales_apart(), CHANNEL, 0.75))
+    for comparable in (False, True):
+        masks = hard_topk(scales_apart(), CHANNEL, 0.75, allocation=Allocation("global"), comparable=comparable)
+        assert kept(masks) == raw == {"wide": 4, "narrow": 16}
+
+
+def test_mixed_ranking_standardises_weight_scores_per_layer():
+    """Leaderboard v2's rule, kept so its rows reproduce: weight scores z-scored per layer."""
+    masks = hard_topk(scales_apart(), CHANNEL, 0.75, allocation=Allocation("global", ranking="mixed"))
     counts = kept(masks)
     assert sum(counts.values()) == 20  # round(0.25 * 80)
     assert 10 <= counts["wide"] <= 20 and 1 <= counts["narrow"] <= 8  # about a quarter of each
@@ -42,10 +52,26 @@ def test_global_allocation_ranks_standardised_scores():
         assert scores[name][mask].min() >= scores[name][~mask].max()
 
 
-def test_comparable_scores_are_ranked_as_they_are():
+def test_mixed_ranking_leaves_comparable_scores_as_they_are():
     raw = hard_topk(scales_apart(), CHANNEL, 0.75)
-    same = hard_topk(scales_apart(), CHANNEL, 0.75, allocation=Allocation("global"), comparable=True)
+    mixed = Allocation("global", ranking="mixed")
+    same = hard_topk(scales_apart(), CHANNEL, 0.75, allocation=mixed, comparable=True)
     assert kept(same) == kept(raw)
+
+
+def test_ranking_in_the_identity_only_where_it_selects_differently():
+    """v2's ``mixed`` ids are unchanged (no field); raw global ids carry it; uniform ignores it."""
+    assert Allocation("global", 0.1, ranking="mixed").to_dict() == {"policy": "global", "floor": 0.1}
+    assert Allocation("global", 0.1).to_dict() == {"policy": "global", "floor": 0.1, "ranking": "raw"}
+    assert Allocation("uniform", ranking="mixed").to_dict() == Allocation("uniform").to_dict()
+    for rule in (
+        Allocation("global", 0.1, ranking="mixed"),
+        Allocation("global", budget="flops"),
+        Allocation("uniform"),
+    ):
+        assert Allocation.from_value(rule.spec()) == rule
+    with pytest.raises(ConfigError, match=r"allocation\.ranking: 'z' is not one of raw, mixed"):
+        Allocation.from_value({"policy": "global", "ranking": "z"})
 
 
 def test_uniform_allocation_is_per_layer():
@@ -56,7 +82,7 @@ def test_uniform_allocation_is_per_layer():
 def test_floor_holds_every_layer_and_the_total_is_exact():
     allocation = Allocation("global", 0.2)
     scores = scales_apart()
-    scores["narrow"] = scores["narrow"] - 10  # standardised, it still competes; raw ranking would cut it
+    scores["narrow"] = scores["narrow"] - 10  # ranked raw, every unit of it loses: the floor holds it
     masks = hard_topk(scores, CHANNEL, 0.75, allocation=allocation, comparable=True)
     counts = kept(masks)
     assert counts["narrow"] == math.ceil(0.2 * 16) == 4  # held at its floor
@@ -103,8 +129,11 @@ def test_identity_v1_unchanged_and_allocation_part_of_it():
     v1 = resolve(SPEC)
     assert "allocation" not in v1.canonical
     glob = resolve(dataclasses.replace(SPEC, allocation={"policy": "global", "floor": 0.1}))
-    assert glob.canonical["allocation"] == {"policy": "global", "floor": 0.1}
+    assert glob.canonical["allocation"] == {"policy": "global", "floor": 0.1, "ranking": "raw"}
     assert glob.run_id != v1.run_id
+    mixed = resolve(dataclasses.replace(SPEC, allocation={"policy": "global", "floor": 0.1, "ranking": "mixed"}))
+    assert mixed.canonical["allocation"] == {"policy": "global", "floor": 0.1}  # v2's ids
+    assert mixed.run_id not in (v1.run_id, glob.run_id)
     assert resolve(dataclasses.replace(SPEC, allocation="uniform")).run_id not in (v1.run_id, glob.run_id)
 
 
@@ -135,7 +164,8 @@ def test_the_protocol_rule_is_the_default_and_v1_stays_available(shared_runs_dir
     for name, extra in (("protocol", []), ("v1", ["--allocation", "v1"])):
         assert main(base + extra) == 0
         rows[name] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert rows["protocol"]["allocation"] == {"policy": "global", "floor": 0.05} and "allocation" not in rows["v1"]
+    protocol = {"policy": "global", "floor": 0.05, "ranking": "raw"}
+    assert rows["protocol"]["allocation"] == protocol and "allocation" not in rows["v1"]
     fractions = {name: [l["kept_units"] / l["units"] for l in row["audit"]["layers"]] for name, row in rows.items()}
     floors = [math.ceil(0.05 * l["units"]) for l in rows["protocol"]["audit"]["layers"]]
     assert all(l["kept_units"] >= f for l, f in zip(rows["protocol"]["audit"]["layers"], floors))

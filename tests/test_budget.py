@@ -54,7 +54,7 @@ def test_hard_topk_flops_budget_is_exact_to_half_a_unit_and_uniform_is_unchanged
 
 
 def test_allocation_identity_and_errors():
-    assert Allocation("global", 0.1).to_dict() == {"policy": "global", "floor": 0.1}  # earlier run ids unchanged
+    assert Allocation("global", 0.1, ranking="mixed").to_dict() == {"policy": "global", "floor": 0.1}  # v2's ids
     assert Allocation("global", 0.1, budget="flops").to_dict()["budget"] == "flops"
     assert Allocation.from_value({"policy": "global", "budget": "flops"}).budget == "flops"
     assert Allocation("global", budget="flops").with_costs({"x": 1.0}) == Allocation("global", budget="flops")
@@ -119,7 +119,12 @@ def test_run_with_a_flops_budget_meets_it_to_one_unit(shared_runs_dir, monkeypat
     assert main(args + ["--sparsity", "0.75", "--prune-epochs", "1", "--finetune-epochs", "0", "--json"]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     audit = row["audit"]
-    assert row["budget_kind"] == "flops" and row["allocation"] == {"policy": "global", "floor": 0.1, "budget": "flops"}
+    assert row["budget_kind"] == "flops" and row["allocation"] == {
+        "policy": "global",
+        "floor": 0.1,
+        "budget": "flops",
+        "ranking": "raw",
+    }
     dearest = max(layer["flops_per_unit"] for layer in audit["layers"])
     assert abs(audit["flops_kept"] - 0.25 * audit["flops_covered"]) <= dearest / 2 + 1
     assert row["achieved_flops_sparsity"] == pytest.approx(0.75, abs=dearest / audit["flops_covered"])

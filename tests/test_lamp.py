@@ -130,7 +130,7 @@ def test_global_allocation_is_layer_adaptive_and_exact(pattern):
     assert sum(kept(masks).values()) == round(0.3 * total) == expected_kept(counts, lamp.pattern, sparsity, "global")
     assert masker.audit(masks)["achieved_sparsity"] == 1 - round(0.3 * total) / total
     assert kept(masks) != kept(one_shot(uniform))  # not round(0.3 * G_l) in every layer
-    assert kept(masks) != kept(one_shot(magnitude))  # nor magnitude's standardised global ranking
+    assert kept(masks) != kept(one_shot(magnitude))  # nor magnitude's raw global ranking
 
 
 def test_kept_fractions_lamp_vs_magnitude_unstructured():
@@ -138,7 +138,8 @@ def test_kept_fractions_lamp_vs_magnitude_unstructured():
     fractions = {}
     for label, pruner, allocation in (
         ("lamp", "lamp", "global"),
-        ("magnitude-standardised", "magnitude", "global"),
+        ("magnitude-raw", "magnitude", "global"),
+        ("magnitude-standardised", "magnitude", {"policy": "global", "ranking": "mixed"}),
         ("uniform", "magnitude", "uniform"),
     ):
         built, _ = attached(mlp(), pruner, "unstructured", 0.7, allocation)
@@ -147,6 +148,7 @@ def test_kept_fractions_lamp_vs_magnitude_unstructured():
     # fan-in 32 normal, 64 cubed normal (heavy-tailed), 128 uniform; 2048, 8192, 2048 weights
     assert fractions == {
         "lamp": {"2": 0.6245, "4": 0.1188, "6": 0.7002},
+        "magnitude-raw": {"2": 0.3721, "4": 0.3406, "6": 0.0654},
         "magnitude-standardised": {"2": 0.4141, "4": 0.2266, "6": 0.4795},
         "uniform": {"2": 0.2998, "4": 0.3, "6": 0.2998},
     }

@@ -425,7 +425,7 @@ def test_suite_cells_carry_a_dense_checkpoint_and_an_allocation(tmp_path):
 
     checkpoint = tmp_path / "dense.pt"
     torch.save(get_task("fmnist-tiny").build_model().state_dict(), checkpoint)
-    allocation = {"policy": "global", "floor": 0.1}
+    allocation = {"policy": "global", "floor": 0.1, "ranking": "raw"}
     suite = expand(
         load_suite(write_suite(tmp_path, {**TINY, "dense_checkpoint": str(checkpoint), "allocation": allocation}))
     )

@@ -50,8 +50,10 @@ def allocation_of(args) -> dict | None:
     from bench.core.select import protocol_allocation
 
     if args.allocation == "v1":
-        if args.keep_floor or args.budget != "params":
-            raise ConfigError("--allocation", "v1 (each pruner's own scope) takes no --keep-floor or --budget flops")
+        if args.keep_floor or args.budget != "params" or args.ranking != "raw":
+            raise ConfigError(
+                "--allocation", "v1 (each pruner's own scope) takes no --keep-floor, --budget flops or --ranking"
+            )
         return None
     sparsity = args.sparsity
     if sparsity is None:  # N:M: its own sparsity (1 - N/M); the floor does not bind it
@@ -59,8 +61,10 @@ def allocation_of(args) -> dict | None:
 
         sparsity = parse_pattern(args.pattern).fixed_sparsity
     if args.allocation is not None and args.allocation.startswith("from:"):
-        if args.keep_floor or args.budget != "params":
-            raise ConfigError("--allocation", "from:RUN_ID takes the source run's counts: no --keep-floor or --budget")
+        if args.keep_floor or args.budget != "params" or args.ranking != "raw":
+            raise ConfigError(
+                "--allocation", "from:RUN_ID takes the source run's counts: no --keep-floor, --budget or --ranking"
+            )
         return {"policy": "from", "source": args.allocation.removeprefix("from:")}
     if args.allocation is not None and args.allocation not in ("uniform", "global"):
         raise ConfigError("--allocation", f"{args.allocation!r} is not one of uniform, global, from:RUN_ID, v1")
@@ -68,6 +72,10 @@ def allocation_of(args) -> dict | None:
         rule = protocol_allocation("protocol", sparsity) | ({"floor": args.keep_floor} if args.keep_floor else {})
     else:
         rule = {"policy": args.allocation, "floor": args.keep_floor}
+    if args.ranking != "raw":
+        if rule["policy"] != "global":
+            raise ConfigError("--ranking", f"only a global allocation ranks across layers, not {rule['policy']!r}")
+        rule["ranking"] = args.ranking
     return rule | ({"budget": args.budget} if args.budget != "params" else {})
 
 
@@ -146,10 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--allocation",
         default=None,
         metavar="uniform|global|from:RUN_ID|v1",
-        help="the allocation rule: uniform per layer, or one global ranking of per-layer standardised scores, "
+        help="the allocation rule: uniform per layer, or one global ranking (of the scores chosen by --ranking), "
         "or from:RUN_ID, the transplant control (magnitude or random keeping that run's per-layer unit counts), "
         "or v1 (each pruner's own scope, no floor); default: the protocol's, global with the keep floor "
         "min(10%%, half the kept fraction); part of the run id",
+    )
+    run.add_argument(
+        "--ranking",
+        choices=("raw", "mixed"),
+        default="raw",
+        help="what a global allocation ranks: raw, every pruner's scores as it defines them (the protocol's), or "
+        "mixed, leaderboard v2's rule (weight-norm scores standardised per layer, learned ones raw); part of the run id",
     )
     run.add_argument(
         "--keep-floor", type=float, default=0.0, help="with --allocation: every layer keeps >= this fraction"

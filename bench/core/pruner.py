@@ -163,9 +163,10 @@ class Pruner:
     # the model, installs ``finalize()``'s masks and trains it with the task's dense recipe for the
     # dense + prune + finetune epochs (bench.runs.run); a user's own loop (bench.api) refuses it
     trains_from_scratch: ClassVar[bool] = False
-    # True when the unit scores given to ``select`` are comparable across layers as they are (learned
-    # under one global budget, or random); False (scores from weight norms): the protocol's
-    # ``global`` allocation standardises them per layer first (bench.core.select).
+    # True when the unit scores given to ``select`` were built to be comparable across layers
+    # (learned under one global budget, LAMP's normalisation, random draws). Read only by
+    # leaderboard v2's ``ranking: mixed`` rule, which z-scores the others per layer first; the
+    # protocol's ``raw`` rule ranks every pruner's scores as they are (bench.core.select).
     comparable_scores: ClassVar[bool] = False
     # True for one-shot pruners whose final selection is ``select`` on their own scores (magnitude,
     # random): they can run as the transplant control, ``allocation: from:RUN_ID`` (another run's

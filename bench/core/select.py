@@ -17,11 +17,18 @@ lives here and nowhere else.
 benchmark column; v1 runs have none and use each pruner's own ``scope`` on raw scores):
 
 * ``uniform``: every layer keeps round((1 - r) * G_l) units (= ``scope="layer"``);
-* ``global``: one ranking over all layers, of scores made comparable first: scores computed from
-  weights (norms; a BatchNorm after a layer makes their scale arbitrary per layer) are
-  standardised per layer, (s - mean_l) / std_l; learned scores that a pruner trains under one
-  global budget (SMART's scores, AWG's logits, PaS's gates, random draws: ``comparable=True``)
-  are ranked as they are;
+* ``global``: one ranking over all layers. Which scores it ranks is the ``ranking`` rule, one
+  rule for every pruner of a column (protocol v3, issue 32 item 2; docs/allocation.md):
+
+  - ``raw`` (the protocol's, and the default): every pruner's final unit scores exactly as the
+    pruner defines them. A score's cross-layer meaning is part of the method, stated in the
+    pruner's docs: magnitude ranks the unit norms over all layers (global magnitude pruning,
+    Blalock et al. 2020), LAMP normalises them per layer by its own rule, SMART, AWG and PaS rank
+    the scores they learned under one global budget;
+  - ``mixed`` (leaderboard v2's, kept so its rows reproduce): scores computed from weights are
+    standardised per layer first, (s - mean_l) / std_l, and the learned ones of the pruners that
+    declare ``comparable_scores`` (SMART, AWG, PaS, LAMP, random) are ranked as they are. Two rules
+    in one column: weight scorers got a near-uniform allocation, learned scorers their own;
 * ``floor``: every layer keeps at least max(1, ceil(floor * G_l)) units, whatever the policy
   (N:M exempt: it keeps N per row anyway), also in ``keep_above``'s training-time masks.
 * ``from`` (``source``: a run id; the transplant control): every layer keeps exactly the number
@@ -52,6 +59,7 @@ from bench.core.sparsity import Pattern
 
 POLICIES = ("uniform", "global", "from")
 BUDGETS = ("params", "flops")
+RANKINGS = ("raw", "mixed")  # ``global``: every pruner's scores as defined | v2's per-layer z-scores of weight scores
 PROTOCOL_FLOOR_CAP = 0.1  # the protocol's keep floor: min(10 %, half the kept fraction)
 
 
@@ -85,6 +93,7 @@ class Allocation:
     costs: dict | None = field(default=None, compare=False, repr=False)  # layer -> FLOPs per unit (flops)
     source: str | None = None  # ``from``: the run id whose per-layer counts are transplanted
     counts: dict | None = field(default=None, compare=False, repr=False)  # ``from``: layer -> units kept
+    ranking: str = "raw"  # ``global``: raw (protocol v3) | mixed (v2: weight scores z-scored per layer)
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -100,6 +109,13 @@ class Allocation:
             raise ConfigError("allocation.floor", f"must be a number in [0, 1), got {self.floor!r}")
         if self.budget not in BUDGETS:
             raise ConfigError("budget", f"{self.budget!r} is not one of {', '.join(BUDGETS)}")
+        if self.ranking not in RANKINGS:
+            raise ConfigError("allocation.ranking", f"{self.ranking!r} is not one of {', '.join(RANKINGS)}")
+
+    def standardises(self, comparable: bool) -> bool:
+        """True when a global ranking z-scores a pruner's scores per layer first: only under v2's
+        ``mixed`` rule, for scores the pruner does not declare comparable."""
+        return self.policy == "global" and self.ranking == "mixed" and not comparable
 
     @property
     def by_cost(self) -> bool:
@@ -137,8 +153,8 @@ class Allocation:
 
     @classmethod
     def from_value(cls, value) -> Allocation | None:
-        """None, a policy name, ``from:RUN_ID``, or a mapping {policy, floor, budget, source} (suite
-        YAML, RunSpec)."""
+        """None, a policy name, ``from:RUN_ID``, or a mapping {policy, floor, budget, source, ranking}
+        (suite YAML, RunSpec)."""
         if value is None or isinstance(value, Allocation):
             return value
         if isinstance(value, str):
@@ -146,22 +162,35 @@ class Allocation:
                 return cls("from", source=value.removeprefix("from:"))
             return cls(value)
         if isinstance(value, dict):
-            unknown = set(value) - {"policy", "floor", "budget", "source"}
+            unknown = set(value) - {"policy", "floor", "budget", "source", "ranking"}
             if unknown:
                 raise ConfigError(
-                    "allocation", f"unknown field(s) {sorted(unknown)}; allowed: policy, floor, budget, source"
+                    "allocation", f"unknown field(s) {sorted(unknown)}; allowed: policy, floor, budget, source, ranking"
                 )
             floor = value.get("floor", 0.0)
             floor = float(floor) if isinstance(floor, int) and not isinstance(floor, bool) else floor
-            return cls(value.get("policy", "global"), floor, value.get("budget", "params"), source=value.get("source"))
+            return cls(
+                value.get("policy", "global"),
+                floor,
+                value.get("budget", "params"),
+                source=value.get("source"),
+                ranking=value.get("ranking", "raw"),
+            )
         raise ConfigError("allocation", f"expected a policy name or {{policy, floor, budget}}, got {value!r}")
 
     def to_dict(self) -> dict:
-        """The identity fields; ``budget`` only when it is not the default (earlier run ids unchanged)."""
+        """The identity fields; ``budget`` only when it is not the default, ``ranking`` only under a
+        global policy, and only when raw (so the ids of v2's ``mixed`` runs are unchanged; under
+        ``uniform`` the two rules select the same units). :meth:`spec` is the round-trippable form."""
         if self.policy == "from":
             return {"policy": "from", "source": self.source}
         out = {"policy": self.policy, "floor": self.floor}
-        return out | ({"budget": self.budget} if self.budget != "params" else {})
+        out |= {"budget": self.budget} if self.budget != "params" else {}
+        return out | ({"ranking": "raw"} if self.policy == "global" and self.ranking == "raw" else {})
+
+    def spec(self) -> dict:
+        """:meth:`to_dict` with the ranking always stated: ``from_value(a.spec()) == a``."""
+        return self.to_dict() | ({"ranking": self.ranking} if self.policy == "global" else {})
 
     @property
     def scope(self) -> str:
@@ -408,7 +437,8 @@ def hard_topk(
 
     ``target``: the run's final sparsity when ``sparsity`` is a level on the way there; only N:M
     reads it (``nm_keep``), everything else keeps round((1 - sparsity) * G). ``allocation``
-    replaces ``scope`` (and adds the floor); ``comparable``: the scores need no standardising."""
+    replaces ``scope`` (and adds the floor); ``comparable``: the pruner declares its scores
+    comparable across layers (read only by v2's ``mixed`` ranking)."""
     if pattern.per_row_budget:
         keep = pattern.n if target is None else nm_keep(pattern, sparsity, target)
         return nm_topk_layers(scores, keep)
@@ -422,7 +452,7 @@ def hard_topk(
                 name: global_topk({name: s}, allocation.layer_keep(counts[name], sparsity), minimum)[name]
                 for name, s in scores.items()
             }
-        ranked = scores if comparable else standardise_per_layer(scores)  # same devices as scores
+        ranked = standardise_per_layer(scores) if allocation.standardises(comparable) else scores
         if allocation.by_cost:
             costs = dict(zip(counts, allocation.layer_costs(counts)))
             return global_topk(ranked, 0, minimum, costs, allocation.cost_target(counts, sparsity))

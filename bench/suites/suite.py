@@ -262,7 +262,7 @@ def _block(raw: dict, defaults: dict, where: str, known: dict[str, type]) -> Blo
         model,
         where,
         # missing: the protocol's rule, decided per sparsity when the cells are made; v1: none
-        raw_allocation if allocation is None else allocation.to_dict(),
+        raw_allocation if allocation is None else allocation.spec(),
         paths["data"],
         paths["dense_checkpoint"],
     )
