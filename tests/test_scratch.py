@@ -1,5 +1,6 @@
 """The width-scaled from-scratch control: uniform width at the column's count, re-initialised,
-trained with the dense recipe for the total epochs, independent of the dense weights, resumable."""
+trained with the dense recipe for the dense + prune epochs, then fine-tuned as every label is (the
+retraining lr multiplier on that stage only), independent of the dense weights, resumable."""
 
 from __future__ import annotations
 
@@ -55,8 +56,9 @@ def scratch_row(runs, dense_checkpoint=None, log=QUIET):
 
 def test_trains_the_seeds_initialisation_for_the_total_epochs_whatever_the_dense_weights(tmp_path):
     row = scratch_row(tmp_path / "a")
-    # fmnist-tiny: 3 dense + 1 prune + 1 finetune epochs; dense lr 0.1 x (finetune_lr / prune_lr = 0.5)
-    assert row["trained_from_scratch"] == {"epochs": 5, "lr": 0.05, "optimizer": "SGD"}
+    # fmnist-tiny: 3 dense + 1 prune epochs from scratch at the dense lr 0.1 (no multiplier), then
+    # 1 fine-tuning epoch at finetune_lr 0.01 (the multiplier 0.5 x prune_lr 0.02)
+    assert row["trained_from_scratch"] == {"epochs": 4, "lr": 0.1, "optimizer": "SGD", "finetune_epochs": 1}
     assert row["achieved_sparsity"] == 0.5 and row["pattern_valid"]
     assert "metric_before_finetune" not in row  # no hard switch: nothing before fine-tuning
     assert row["metric"] > 60.0  # it learned (majority class: 10.x)
@@ -68,26 +70,36 @@ def test_trains_the_seeds_initialisation_for_the_total_epochs_whatever_the_dense
     assert (mine["metric"], mine["val_metric"]) == (row["metric"], row["val_metric"])  # never saw the weights
 
 
-def test_a_killed_run_resumes_to_the_same_result(tmp_path):
-    whole = scratch_row(tmp_path / "whole")
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    return scratch_row(tmp_path_factory.mktemp("whole"))
 
-    def die_in_epoch_three(message: str) -> None:
-        if message.startswith("scratch epoch 3/"):
-            raise KeyboardInterrupt  # after epoch 2's checkpoint, before epoch 3's
+
+@pytest.mark.parametrize(
+    "dies_at, resumed_after",
+    [("scratch epoch 3/", "resumed after epoch 2"), ("finetune epoch 1/", "resumed after epoch 4")],
+    ids=["in-the-from-scratch-part", "in-the-fine-tuning-stage"],
+)
+def test_a_killed_run_resumes_to_the_same_result(tmp_path, whole, dies_at, resumed_after):
+    def die(message: str) -> None:
+        if message.startswith(dies_at):
+            raise KeyboardInterrupt  # before that epoch's checkpoint
 
     with pytest.raises(KeyboardInterrupt):
-        scratch_row(tmp_path / "killed", log=die_in_epoch_three)
+        scratch_row(tmp_path, log=die)
     lines: list[str] = []
-    resumed = scratch_row(tmp_path / "killed", log=lines.append)
-    assert "resumed after epoch 2" in lines and not any(line.startswith("scratch epoch 1/") for line in lines)
+    resumed = scratch_row(tmp_path, log=lines.append)
+    assert resumed_after in lines and not any(line.startswith("scratch epoch 1/") for line in lines)
     assert (resumed["metric"], resumed["val_metric"]) == (whole["metric"], whole["val_metric"])
 
 
 def test_the_full_width_ceiling_is_the_scratch_recipe_at_sparsity_0_one_run_per_task_and_seed(shared_runs_dir):
     """``scratch-full``: the unpruned model, re-initialised, trained with scratch's recipe (same epochs,
-    same lr); one run id whatever the column; it keeps every unit. It never sees the dense weights,
-    so its numbers equal a plain dense-recipe training of the seed's initialisation for those epochs."""
-    from bench.training.train import fit_dense, seed_everything
+    same lrs); one run id whatever the column; it keeps every unit. It never sees the dense weights,
+    so its numbers equal a plain dense-recipe training of the seed's initialisation for the dense +
+    prune epochs followed by the fine-tuning stage of every label (``nomask``'s, from that model)."""
+    from bench.training.stages import StageDriver
+    from bench.training.train import PruneTrainer, fit_dense, seed_everything
 
     specs = [
         RunSpec("fmnist-tiny", "scratch-full", pattern, sparsity, 0, budget=BUDGET)
@@ -95,10 +107,36 @@ def test_the_full_width_ceiling_is_the_scratch_recipe_at_sparsity_0_one_run_per_
     ]
     assert len({resolve(spec).run_id for spec in specs}) == 1
     row = execute(resolve(specs[0]), log=QUIET, paths=RunPaths(shared_runs_dir), wandb=False)  # the shared dense model
-    assert row["trained_from_scratch"] == {"epochs": 5, "lr": 0.05, "optimizer": "SGD"}
+    assert row["trained_from_scratch"] == {"epochs": 4, "lr": 0.1, "optimizer": "SGD", "finetune_epochs": 1}
     assert row["achieved_sparsity"] == 0.0
-    task = get_task("fmnist-tiny")
+    run = resolve(RunSpec("fmnist-tiny", "nomask", "channel", 0.5, 0, budget=BUDGET))
+    task = run.task  # the budget's stage fields applied
     seed_everything(0)
     model = task.build_model()
-    fit_dense(task, model, 5, 0, QUIET, lr=0.05)
+    task.initialise(model)
+    fit_dense(task, model, 4, 0, QUIET, lr=0.1)
+    masker = Masker(model, list(run.unit_counts), parse_pattern("channel"), task.masker_example(model, []))
+    pruner = build_pruner(
+        "nomask", parse_pattern("channel"), 0.5, allocation=Allocation.from_value(run.spec.allocation)
+    )
+    driver = StageDriver(pruner, masker, 0, 1, QUIET, budget=task.budget)
+    driver.setup(task.calibration_batches(), task.forward)
+    PruneTrainer(task, model, driver, 0, None, QUIET).run()
     assert task.evaluate(model, "test") == row["metric"]
+
+
+def test_the_v2_recipe_stays_available_as_method_version_1(tmp_path):
+    """``scratch_recipe: single`` (leaderboard v2 declares it): one dense-recipe cosine over every
+    epoch at the dense lr times the retraining multiplier, no fine-tuning stage; its run id is the
+    one v2's rows carry (no method_version in it), the default's is not."""
+    single = RunSpec("fmnist-tiny", "scratch", "channel", 0.5, 0, budget=BUDGET | {"scratch_recipe": "single"})
+    run = resolve(single)
+    assert "method_version" not in run.canonical and "scratch_recipe" not in run.canonical["task"]["budget"]
+    stages = resolve(RunSpec("fmnist-tiny", "scratch", "channel", 0.5, 0, budget=BUDGET))
+    assert stages.canonical["method_version"] == 2 and stages.run_id != run.run_id
+    lines: list[str] = []
+    row = execute(run, log=lines.append, paths=RunPaths(tmp_path), wandb=False)
+    assert row["trained_from_scratch"] == {"epochs": 5, "lr": 0.05, "optimizer": "SGD"} and row["method_version"] == 1
+    assert not any(line.startswith("finetune epoch") for line in lines)
+    with pytest.raises(ConfigError, match="budget.scratch_recipe: 'twice' is not one of stages, single"):
+        resolve(RunSpec("fmnist-tiny", "scratch", "channel", 0.5, 0, budget={"scratch_recipe": "twice"}))

@@ -309,7 +309,7 @@ def test_table_command_writes_files(tmp_path, runs_dir, capsys):
     raw = [json.loads(line) for line in (out / "mini.rows.jsonl").read_text().splitlines()]
     assert [r["run_id"] for r in raw] == [c.run_id for c in suite.cells[:-1]]
     assert raw[0]["label"] == suite.cells[0].label and "audit" in raw[0] and raw[0]["provenance"]
-    assert all(r["allocation"] == {"policy": "global", "floor": 0.1} for r in raw)  # from the cell (rows lack it)
+    assert all(r["allocation"] == {"policy": "global", "floor": 0.1, "ranking": "raw"} for r in raw)  # the cell's
     table_md = (out / "mini.md").read_text()
     store.path.unlink()
     assert main(["table", str(path), "--format", "md"]) == 1  # the store is empty now

@@ -156,6 +156,8 @@ class Pruner:
     # what a table row of this pruner is, where its name alone would mislead (a control, or a reading
     # of a method whose source could not be identified): every table lists it under its label
     table_note: ClassVar[str | None] = None
+    # the table note of rows made at an earlier method_version, where it differs ({version: note})
+    earlier_table_notes: ClassVar[dict[int, str]] = {}
     # a control that keeps every unit (``nomask``: dense, trained on with the same recipe): its rows
     # are references -- tables give them no best/sparsity marks, the kit checks "everything kept"
     keeps_all: ClassVar[bool] = False

@@ -100,7 +100,7 @@ def frame_from_rows(rows: Iterable[dict[str, Any]], suite) -> pd.DataFrame:
     columns = (
         KEYS
         + [f for f in ROW_FIELDS + SPEED_FIELDS if f not in KEYS]
-        + ["kept_by_layer", "track", "sparsity_tolerance"]
+        + ["kept_by_layer", "track", "sparsity_tolerance", "method_version"]
     )
     frame = pd.DataFrame.from_records(records, columns=columns)
     frame = frame.drop_duplicates(["run_id", "task", "pattern", "sparsity"])
@@ -123,6 +123,7 @@ def _record(row: dict[str, Any], cell) -> dict[str, Any]:
     record.update({field: _speed_value(row, field) for field in SPEED_FIELDS})
     layers = (row.get("audit") or {}).get("layers") or []  # kept fraction per layer (allocation figure)
     record["sparsity_tolerance"] = SPARSITY_TOLERANCE
+    record["method_version"] = row.get("method_version") or 1  # rows before versions: 1
     source = cell.spec.allocation if isinstance(cell.spec.allocation, dict) else {}
     if source.get("policy") == "from":  # a transplant keeps its source's per-layer counts (checked when
         record["sparsity_tolerance"] = math.inf  # it starts), not the column's target by its own measure
@@ -516,6 +517,10 @@ def row_notes(labels: list[str], suite, frame: pd.DataFrame) -> dict[str, str]:
             options = ", ".join(f"{k}={v}" for k, v in sorted(entry.options.items())) if entry is not None else ""
             parts.append(name + (f" with {options}" if options else ""))
         note = get_pruner_class(name).table_note if name in known else None
+        if name in known and "method_version" in frame and "label" in frame:  # rows of an earlier version
+            versions = set(frame.loc[frame["label"] == label, "method_version"].astype(int))
+            if len(versions) == 1:
+                note = get_pruner_class(name).earlier_table_notes.get(versions.pop(), note)
         if note:
             parts.append(note)
         if parts:

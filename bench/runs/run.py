@@ -39,7 +39,7 @@ from bench.deploy.speed import cost_figures
 from bench.runs.export import save_pruned
 from bench.runs.record import ResultStore, log_wandb, provenance
 from bench.runs.registry import build_pruner
-from bench.tasks.base import STAGE_OPTIMIZER_CHOICES, DenseModel, Task
+from bench.tasks.base import SCRATCH_RECIPES, STAGE_OPTIMIZER_CHOICES, DenseModel, Task
 from bench.tasks.registry import get_task
 from bench.training.stages import StageDriver
 from bench.training.train import PruneTrainer, fit_dense, seed_everything, train_dense
@@ -48,7 +48,15 @@ SPEC_VERSION = 1
 # a run whose test metric is within this many metric points of the task's trivial predictor
 # (majority class, all background, no detections) learned nothing usable: the row says "collapsed"
 COLLAPSE_MARGIN = 1.0
-BUDGET_FIELDS = ("prune_epochs", "finetune_epochs", "finetune_schedule", "finetune_lr", "prune_lr", "stage_optimizer")
+BUDGET_FIELDS = (
+    "prune_epochs",
+    "finetune_epochs",
+    "finetune_schedule",
+    "finetune_lr",
+    "prune_lr",
+    "stage_optimizer",
+    "scratch_recipe",
+)
 FINETUNE_SCHEDULES = ("shared", *OWN_FINETUNE_SCHEDULES)
 
 
@@ -65,6 +73,9 @@ def check_budget_overrides(budget: Any, where: str = "budget") -> None:
         elif key == "stage_optimizer":
             if value not in STAGE_OPTIMIZER_CHOICES:
                 raise ConfigError(f"{where}.{key}", f"{value!r} is not one of {', '.join(STAGE_OPTIMIZER_CHOICES)}")
+        elif key == "scratch_recipe":
+            if value not in SCRATCH_RECIPES:
+                raise ConfigError(f"{where}.{key}", f"{value!r} is not one of {', '.join(SCRATCH_RECIPES)}")
         elif key in ("finetune_lr", "prune_lr"):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"{where}.{key}", f"must be a number > 0, got {value!r}")
@@ -118,16 +129,25 @@ def short_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
+def method_version_of(pruner: Pruner, budget) -> int:
+    """The method version a run of ``pruner`` under ``budget`` runs: the class's, except that a
+    from-scratch control under ``scratch_recipe: single`` runs its version-1 recipe."""
+    if pruner.trains_from_scratch and budget is not None and budget.scratch_recipe == "single":
+        return 1
+    return pruner.method_version
+
+
 def run_identity(
-    task_identity: dict[str, Any], pruner_name: str, pruner: Pruner, seed: int
+    task_identity: dict[str, Any], pruner_name: str, pruner: Pruner, seed: int, budget=None
 ) -> tuple[dict[str, Any], str]:
     """The one place a run id is computed: (canonical spec, its 12-hex-digit hash).
 
     ``pruner.config`` holds values already canonicalised by their declared type
     (``PrunerConfig.from_dict``), so YAML and CLI spellings of one config give one id. The
     pruner's ``method_version`` enters the spec only when it is not 1: every id made before
-    methods had versions stays valid, and a bumped method's rows never share an id with the old."""
-    version = pruner.method_version
+    methods had versions stays valid, and a bumped method's rows never share an id with the old.
+    ``budget``: the task's, which can select an earlier version (:func:`method_version_of`)."""
+    version = method_version_of(pruner, budget)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ConfigError("method_version", f"pruner '{pruner_name}' declares {version!r}: must be an integer >= 1")
     canonical = {
@@ -199,7 +219,7 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     if spec.dense_checkpoint is not None:
         dense_state, digest = load_dense_checkpoint(spec.dense_checkpoint, model)
         identity["dense_checkpoint"] = {"sha256": digest}  # absent otherwise: v1 ids unchanged
-    canonical, run_id = run_identity(identity, spec.pruner, pruner, spec.seed)
+    canonical, run_id = run_identity(identity, spec.pruner, pruner, spec.seed, task.budget)
     return ResolvedRun(spec, task, pruner, sparsity, canonical, run_id, dense_state, unit_counts, dense_layers)
 
 
@@ -286,24 +306,34 @@ def load_dense_checkpoint(path: str, model) -> tuple[dict[str, Any], str]:
 
 def train_from_scratch(
     run: ResolvedRun, model, driver: StageDriver, paths: RunPaths, log: Callable[[str], None]
-) -> tuple[dict, Path, dict]:
-    """A ``trains_from_scratch`` control (``scratch``): its fixed masks installed in the re-initialised
-    ``model``, trained with the task's dense recipe for the dense + prune + finetune epochs at the
-    dense peak lr times the cell's retraining lr multiplier; resumable. Returns (hard masks, the
-    resume location, what the row records of it)."""
+) -> tuple[Path, dict]:
+    """The from-scratch part of a ``trains_from_scratch`` control (``scratch``, ``scratch-full``):
+    its fixed masks installed in the re-initialised ``model``, trained with the task's dense recipe
+    (its optimizer and one cosine); resumable. Returns (the resume location, what the row records).
+
+    ``scratch_recipe: stages`` (method_version 2, protocol v3): the dense + prune epochs at the
+    dense peak lr (``Budget.lr``, no multiplier); the fine-tuning stage that follows is every
+    label's (the caller runs it with ``driver``, whose pruning stage is empty), so the retraining
+    lr multiplier scales the same stage for every label (issue 32 item 3). ``single`` (version 1,
+    leaderboard v2): every epoch, dense + prune + finetune, at the dense peak lr times the cell's
+    retraining lr multiplier; ``driver`` then has no epochs left."""
     task, b = run.task, run.task.budget
-    hard = driver.finish()  # the control's masks, installed before the first step
-    epochs = b.dense_epochs + b.prune_epochs + b.finetune_epochs
-    own = b.finetune_schedule in OWN_FINETUNE_SCHEDULES
-    multiplier = b.finetune_lr / b.prune_lr if own and b.finetune_lr else 1.0
-    lr = b.lr * multiplier
+    driver.finish()  # the control's masks, installed before the first step
+    if b.scratch_recipe == "single":
+        epochs = b.dense_epochs + b.prune_epochs + b.finetune_epochs
+        own = b.finetune_schedule in OWN_FINETUNE_SCHEDULES
+        lr = b.lr * (b.finetune_lr / b.prune_lr if own and b.finetune_lr else 1.0)
+        suffix, record = "", {}
+    else:
+        epochs, lr = b.dense_epochs + b.prune_epochs, b.lr
+        suffix, record = "-scratch", {"finetune_epochs": b.finetune_epochs}
     if task.loop == "mmengine":
-        work_dir = paths.mm_work(run.run_id)
+        work_dir = paths.mm_work(run.run_id + suffix)
         task.fit_dense(model, epochs, run.spec.seed, work_dir, log, lr=lr, resume=True, stage="scratch")
     else:
-        work_dir = paths.checkpoint(run.run_id)
+        work_dir = paths.checkpoint(run.run_id + suffix)
         fit_dense(task, model, epochs, run.spec.seed, log, lr=lr, checkpoint=work_dir, stage="scratch")
-    return hard, work_dir, {"epochs": epochs, "lr": round(lr, 10), "optimizer": task.dense_optimizer}
+    return work_dir, {"epochs": epochs, "lr": round(lr, 10), "optimizer": task.dense_optimizer} | record
 
 
 def dense_key(task: Task, seed: int) -> str:
@@ -406,26 +436,30 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
         names, dense_layers = list(run.unit_counts), run.dense_layers  # the covered layers, from resolve
         calibration = task.calibration_batches()
         masker = Masker(model, names, pruner.pattern, task.masker_example(model, calibration))
+        scratch_epochs = pruner.trains_from_scratch  # its prune (and, single: finetune) epochs are from scratch
         driver = StageDriver(
             pruner,
             masker,
-            b.prune_epochs,
-            b.finetune_epochs,
+            0 if scratch_epochs else b.prune_epochs,
+            0 if scratch_epochs and b.scratch_recipe == "single" else b.finetune_epochs,
             log,
             evaluate=None if pruner.trains_from_scratch else lambda: task.evaluate_all(model, "test"),
             budget=b,
         )
         started = time.perf_counter()
         driver.setup(calibration, task.forward)
-        scratch = None
+        scratch, work_dirs = None, []
         if pruner.trains_from_scratch:
-            hard, work_dir, scratch = train_from_scratch(run, model, driver, paths, log)
+            scratch_dir, scratch = train_from_scratch(run, model, driver, paths, log)
+            work_dirs.append(scratch_dir)
+        if driver.epochs == 0:  # a from-scratch control without fine-tuning epochs
+            hard = driver.finish()
         elif task.loop == "mmengine":
-            work_dir = paths.mm_work(run.run_id)
-            hard = task.train_stages(model, driver, spec.seed, work_dir, log)
+            work_dirs.append(paths.mm_work(run.run_id))
+            hard = task.train_stages(model, driver, spec.seed, work_dirs[-1], log)
         else:
-            work_dir = paths.checkpoint(run.run_id)
-            hard = PruneTrainer(task, model, driver, spec.seed, work_dir, log).run()
+            work_dirs.append(paths.checkpoint(run.run_id))
+            hard = PruneTrainer(task, model, driver, spec.seed, work_dirs[-1], log).run()
         prune_wall = time.perf_counter() - started
         audit = masker.audit(hard, pruner.allocation)
         audit.update(flops_audit(audit["layers"], layer_costs))
@@ -449,10 +483,11 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
                 "sparsity": run.sparsity,
             },
         )
-    if work_dir.is_dir():
-        shutil.rmtree(work_dir, ignore_errors=True)
-    else:
-        work_dir.unlink(missing_ok=True)
+    for work_dir in work_dirs:
+        if work_dir.is_dir():
+            shutil.rmtree(work_dir, ignore_errors=True)
+        else:
+            work_dir.unlink(missing_ok=True)
     result = {
         "metric": task.metric_of(test),
         "val_metric": task.metric_of(val),

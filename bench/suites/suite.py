@@ -502,7 +502,9 @@ def _resolved_cell(spec: RunSpec, label: str, where: str, cache: dict, steps_cac
             f"{where} ({spec.task} {label} {spec.pattern} {spec.sparsity:g}): {err.field}",
             str(err)[len(err.field) + 2 :],
         ) from None
-    _, run_id = run_identity(base.canonical["task"], spec.pruner, pruner, spec.seed)  # with the checkpoint hash
+    _, run_id = run_identity(
+        base.canonical["task"], spec.pruner, pruner, spec.seed, base.task.budget
+    )  # + checkpoint hash
     task, b = base.task, base.task.budget
     identity = json.dumps(
         {k: v for k, v in task.identity().items() if k != "budget"} | {"bs": b.batch_size}, sort_keys=True, default=str

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from bench.core.errors import ConfigError
 
 STAGE_OPTIMIZER_CHOICES = ("dense", "SGD")  # Budget.stage_optimizer
+SCRATCH_RECIPES = ("stages", "single")  # Budget.scratch_recipe
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,19 @@ class Budget:
     # "dense" = the family of the task's dense recipe (Task.stage_optimizer; prune_lr is then in that
     # family's units); "SGD" = SGD whatever the dense recipe (v1 / v2: leaderboard-v2 declares it)
     stage_optimizer: str = "dense"
+    # the from-scratch controls' recipe (scratch, scratch-full; baselines/scratch.py): "stages" = the
+    # dense recipe for dense + prune epochs, then the fine-tuning stage every label runs (their
+    # method_version 2, protocol v3); "single" = one dense-recipe cosine over every epoch at the
+    # dense lr times the retraining multiplier (their method_version 1: leaderboard v2 declares it).
+    # Not a budget identity field: it selects the controls' method_version, which is in their ids.
+    scratch_recipe: str = "stages"
 
     def identity(self) -> dict:
         """The fields that define the budget; the schedule fields only when not at their v1 defaults
         (so the ids of v1 runs are unchanged). The stage optimizer enters resolved, through
         ``Task.identity`` (only when it is not SGD)."""
         fields = dict(self.__dict__)
-        del fields["stage_optimizer"]
+        del fields["stage_optimizer"], fields["scratch_recipe"]
         if fields["finetune_schedule"] == "shared" and fields["finetune_lr"] is None:
             del fields["finetune_schedule"], fields["finetune_lr"]
         return fields
