@@ -414,15 +414,20 @@ def test_v3_summary_friedman_and_holm_verdicts(store):
 
 
 def test_a_task_whose_dense_reference_is_not_at_a_plateau_stays_out_of_the_v3_aggregates(store, monkeypatch):
-    """Task.dense_plateau False: no Friedman ranks nor win/loss over its columns, which keep their
-    per-column lines; measured True or unmeasured: they enter."""
+    """Rows whose dense reference trained fewer epochs than the task's plateau recipe
+    (Task.dense_plateau_epochs): no Friedman ranks nor win/loss over their columns, which keep their
+    per-column lines; at or above it, or unmeasured: they enter."""
     from bench.reports.ranks import aggregated, summary_markdown
     from bench.tasks.registry import load_tasks
 
     frame = rows_from_store(make_suite(), store)
     (task,) = set(frame["task"])
     assert aggregated(frame)[1] == [] and len(aggregated(frame)[0]) == len(frame)
-    monkeypatch.setattr(load_tasks()[task], "dense_plateau", False)
+    monkeypatch.setattr(load_tasks()[task], "dense_plateau_epochs", 8)
+    assert aggregated(frame)[1] == [task]  # these synthetic rows record no budget: not known to be at 8
+    frame["dense_epochs"] = 8  # what a real row's budget gives
+    assert aggregated(frame)[1] == [] and len(aggregated(frame)[0]) == len(frame)
+    monkeypatch.setattr(load_tasks()[task], "dense_plateau_epochs", 9)
     kept, out = aggregated(frame)
     assert out == [task] and kept.empty
     text = summary_markdown(frame, "synthetic")

@@ -115,15 +115,18 @@ def verdicts_against(frame: pd.DataFrame, reference: str = "smart", margin: floa
 
 
 def aggregated(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """(the rows whose columns enter the v3 aggregates, the tasks left out): a task whose dense
-    reference was measured short of a plateau (``Task.dense_plateau is False``) stays in the
-    per-column tables and lines but not in the Friedman ranks nor the win/loss counts. Tasks not
-    registered here, or not measured, enter."""
+    """(the rows whose columns enter the v3 aggregates, the tasks left out): rows whose dense
+    reference trained fewer epochs than the task's recipe was measured at a plateau with
+    (``Task.dense_plateau_epochs``; the rows' budget ``dense_epochs``) stay in the per-column tables
+    and lines but not in the Friedman ranks nor the win/loss counts. Tasks not registered here, or
+    not measured, enter."""
     from bench.tasks.registry import load_tasks
 
     tasks = load_tasks()
-    out = sorted(t for t in set(frame["task"]) if t in tasks and tasks[t].dense_plateau is False)
-    return frame[~frame["task"].isin(out)], out
+    needed = frame["task"].map(lambda t: tasks[t].dense_plateau_epochs if t in tasks else None)
+    epochs = frame["dense_epochs"] if "dense_epochs" in frame else pd.Series(None, index=frame.index)
+    short = needed.notna() & ~(pd.to_numeric(epochs, errors="coerce") >= pd.to_numeric(needed, errors="coerce"))
+    return frame[~short], sorted(set(frame.loc[short, "task"]))
 
 
 def friedman_ranks(frame: pd.DataFrame):
@@ -310,7 +313,7 @@ def _summary_v3(frame: pd.DataFrame, suite_name: str, reference: str, margin: fl
     if unconverged:
         lines += [
             f"Left out of the aggregates below (their columns stay in the tables and the per-column lines): "
-            f"{', '.join(unconverged)} -- the dense reference is not at a plateau (`Task.dense_plateau`, "
+            f"{', '.join(unconverged)} -- the dense reference is not at a plateau (`Task.dense_plateau_epochs`, "
             "scripts/dense_plateau.py), so a comparison there measures the recipe as much as the pruner.",
             "",
         ]

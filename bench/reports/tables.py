@@ -100,7 +100,7 @@ def frame_from_rows(rows: Iterable[dict[str, Any]], suite) -> pd.DataFrame:
     columns = (
         KEYS
         + [f for f in ROW_FIELDS + SPEED_FIELDS if f not in KEYS]
-        + ["kept_by_layer", "track", "sparsity_tolerance", "method_version"]
+        + ["kept_by_layer", "track", "sparsity_tolerance", "method_version", "dense_epochs"]
     )
     frame = pd.DataFrame.from_records(records, columns=columns)
     frame = frame.drop_duplicates(["run_id", "task", "pattern", "sparsity"])
@@ -124,6 +124,7 @@ def _record(row: dict[str, Any], cell) -> dict[str, Any]:
     layers = (row.get("audit") or {}).get("layers") or []  # kept fraction per layer (allocation figure)
     record["sparsity_tolerance"] = SPARSITY_TOLERANCE
     record["method_version"] = row.get("method_version") or 1  # rows before versions: 1
+    record["dense_epochs"] = (row.get("budget") or {}).get("dense_epochs")  # the reference's recipe
     source = cell.spec.allocation if isinstance(cell.spec.allocation, dict) else {}
     if source.get("policy") == "from":  # a transplant keeps its source's per-layer counts (checked when
         record["sparsity_tolerance"] = math.inf  # it starts), not the column's target by its own measure

@@ -49,6 +49,7 @@ SPEC_VERSION = 1
 # (majority class, all background, no detections) learned nothing usable: the row says "collapsed"
 COLLAPSE_MARGIN = 1.0
 BUDGET_FIELDS = (
+    "dense_epochs",
     "prune_epochs",
     "finetune_epochs",
     "finetune_schedule",
@@ -81,8 +82,9 @@ def check_budget_overrides(budget: Any, where: str = "budget") -> None:
                 raise ConfigError(f"{where}.{key}", f"must be a number > 0, got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{where}.{key}", f"must be an integer >= 0, got {value!r}")
-    if budget.get("prune_epochs", 1) < 1:
-        raise ConfigError(f"{where}.prune_epochs", "must be >= 1")
+    for key in ("dense_epochs", "prune_epochs"):
+        if budget.get(key, 1) < 1:
+            raise ConfigError(f"{where}.{key}", "must be >= 1")
     if "finetune_lr" in budget and budget.get("finetune_schedule") not in OWN_FINETUNE_SCHEDULES:
         raise ConfigError(
             f"{where}.finetune_lr", f"only with a finetune_schedule of its own: {', '.join(OWN_FINETUNE_SCHEDULES)}"
