@@ -438,6 +438,24 @@ def test_a_task_whose_dense_reference_is_not_at_a_plateau_stays_out_of_the_v3_ag
     assert "Holm p" in text  # the per-column summary is still there
 
 
+def test_a_task_without_signal_stays_out_of_the_v3_aggregates(store, monkeypatch):
+    """Task.no_signal (issue 32 item 6): its columns keep their per-column lines, the summary says why
+    they are not in the Friedman ranks nor the win/loss counts; fmnist-vit declares it."""
+    from bench.reports.ranks import summary_markdown, without_signal
+    from bench.tasks.registry import load_tasks
+
+    assert "data-limited" in load_tasks()["fmnist-vit"].no_signal
+    frame = rows_from_store(make_suite(), store)
+    (task,) = set(frame["task"])
+    assert without_signal(frame)[1] == {} and "Friedman" in summary_markdown(frame, "synthetic")
+    monkeypatch.setattr(load_tasks()[task], "no_signal", "every pruner within the noise")
+    kept, why = without_signal(frame)
+    assert kept.empty and why == {task: "every pruner within the noise"}
+    text = summary_markdown(frame, "synthetic")
+    assert f"Left out of the aggregates below: {task} -- its columns carry no signal" in text
+    assert "Friedman" not in text and "Holm p" in text
+
+
 def test_mean_rank_ci_ignores_row_order_and_other_labels():
     """A store rewritten in another order (rows replaced in place vs appended) gives the same
     summary; a label's CI does not move when another label joins or leaves the frame."""

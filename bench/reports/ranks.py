@@ -129,6 +129,16 @@ def aggregated(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return frame[~short], sorted(set(frame.loc[short, "task"]))
 
 
+def without_signal(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """(the rows of tasks whose columns carry signal, {task: why not} for the others): a task that
+    declares ``Task.no_signal`` stays out of the v3 aggregates (issue 32 item 6)."""
+    from bench.tasks.registry import load_tasks
+
+    tasks = load_tasks()
+    why = {t: tasks[t].no_signal for t in sorted(set(frame["task"])) if t in tasks and tasks[t].no_signal}
+    return frame[~frame["task"].isin(why)], why
+
+
 def friedman_ranks(frame: pd.DataFrame):
     """The Friedman test and Nemenyi CD of the competing labels that have the most columns (labels
     run in fewer columns -- an N:M-only method, a channel-only control, an ablation -- are left
@@ -315,6 +325,12 @@ def _summary_v3(frame: pd.DataFrame, suite_name: str, reference: str, margin: fl
             f"Left out of the aggregates below (their columns stay in the tables and the per-column lines): "
             f"{', '.join(unconverged)} -- the dense reference is not at a plateau (`Task.dense_plateau_epochs`, "
             "scripts/dense_plateau.py), so a comparison there measures the recipe as much as the pruner.",
+            "",
+        ]
+    frame, silent = without_signal(frame)
+    for task, why in silent.items():
+        lines += [
+            f"Left out of the aggregates below: {task} -- its columns carry no signal (`Task.no_signal`): {why}.",
             "",
         ]
     result = friedman_ranks(frame) if len(frame) else None

@@ -69,6 +69,17 @@ class FmnistViT(FashionMNISTViT):
     budget = Budget(
         dense_epochs=15, prune_epochs=2, finetune_epochs=2, batch_size=64, lr=1e-3, prune_lr=2e-4, weight_decay=1e-4
     )
+    # Issue 32 item 6, from leaderboard v2's rows (val for the power figures, as the column rule
+    # reads them): dense test 83.5-84.1, against 89.0 for the small CNN on the same data -- the
+    # model is data-limited, not capacity-limited. At 2:4 all 9 competing labels lie within 0.48
+    # test points (83.68-84.16); at 1:4 and 1:8 the paired val SD of random vs magnitude is 2.4 and
+    # 5.3 points, a 3-seed MDE of 7.9 and 17 (4.0 and 8.8 at 5 seeds): no column separates pruners
+    # within the 0.5-point margin at a plannable seed count. Its columns stay out of the v3
+    # aggregates; a capacity-bound ViT (narrower or shallower, or harder data) was not measured.
+    no_signal = (
+        "data-limited ViT: leaderboard v2's 2:4 labels lie within 0.48 test points, and its 1:4 / 1:8 "
+        "columns have a 3-seed MDE of 7.9 / 17 points (bench/tasks/vit.py)"
+    )
 
 
 @register_task
