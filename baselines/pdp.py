@@ -155,6 +155,13 @@ class PDPPruner(Pruner):
             t = thresholds[name]
             spread = sq.detach().std() if self.config.tau_scale == "spread" and sq.numel() > 1 else None
             out[name] = torch.ones_like(sq) if t is None else soft_mask(sq, t, self.tau_now, spread)
+            if t is not None and self.allocation is not None and not self.budget_fixed:
+                need = self.allocation.minimum(sq.numel())
+                if sq.numel() - self.pruned_now(name, sq.numel()) <= need:  # a layer held at its floor:
+                    # its best ``need`` units at 1, so the soft mass never dips under the floor (the
+                    # sigmoid around the midpoint threshold gives the kept units a little less than 1)
+                    held = global_topk({name: sq.detach()}, need)[name]
+                    out[name] = torch.where(held, torch.ones_like(out[name]), out[name])
         self._last = [mask.detach() for mask in out.values()]
         return out
 
