@@ -54,8 +54,13 @@ def scratch_row(runs, dense_checkpoint=None, log=QUIET):
     return execute(resolve(spec), log=log, paths=RunPaths(runs), wandb=False)
 
 
-def test_trains_the_seeds_initialisation_for_the_total_epochs_whatever_the_dense_weights(tmp_path):
-    row = scratch_row(tmp_path / "a")
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    return scratch_row(tmp_path_factory.mktemp("whole"))
+
+
+def test_trains_the_seeds_initialisation_for_the_total_epochs_whatever_the_dense_weights(tmp_path, whole):
+    row = whole  # the uninterrupted run the resume tests compare with
     # fmnist-tiny: 3 dense + 1 prune epochs from scratch at the dense lr 0.1 (no multiplier), then
     # 1 fine-tuning epoch at finetune_lr 0.01 (the multiplier 0.5 x prune_lr 0.02)
     assert row["trained_from_scratch"] == {"epochs": 4, "lr": 0.1, "optimizer": "SGD", "finetune_epochs": 1}
@@ -68,11 +73,6 @@ def test_trains_the_seeds_initialisation_for_the_total_epochs_whatever_the_dense
     mine = scratch_row(tmp_path / "b", dense_checkpoint=str(other))
     assert mine["run_id"] != row["run_id"] and mine["dense_metric"] != row["dense_metric"]
     assert (mine["metric"], mine["val_metric"]) == (row["metric"], row["val_metric"])  # never saw the weights
-
-
-@pytest.fixture(scope="module")
-def whole(tmp_path_factory):
-    return scratch_row(tmp_path_factory.mktemp("whole"))
 
 
 @pytest.mark.parametrize(
