@@ -158,9 +158,10 @@ class PDPPruner(Pruner):
             if t is not None and self.allocation is not None and not self.budget_fixed:
                 need = self.allocation.minimum(sq.numel())
                 if sq.numel() - self.pruned_now(name, sq.numel()) <= need:  # a layer held at its floor:
-                    # its best ``need`` units at 1, so the soft mass never dips under the floor (the
-                    # sigmoid around the midpoint threshold gives the kept units a little less than 1)
-                    held = global_topk({name: sq.detach()}, need)[name]
+                    # its kept units (s >= t: the ``need`` best, ties included) at 1, so the soft mass
+                    # never dips under the floor (the sigmoid around the midpoint threshold gives the
+                    # kept units a little less than 1); no selection beyond the threshold's
+                    held = sq.detach() >= t.detach().pow(2)
                     out[name] = torch.where(held, torch.ones_like(out[name]), out[name])
         self._last = [mask.detach() for mask in out.values()]
         return out

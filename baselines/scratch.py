@@ -39,6 +39,10 @@ class ScratchControl(Pruner):
         1: "control: every layer narrowed uniformly, trained from scratch with the dense recipe for dense + prune + fine-tune epochs"
     }
 
+    def method_version_for(self, budget) -> int:
+        """Version 1 under ``scratch_recipe: single`` (leaderboard v2's recipe, still run), else 2."""
+        return 1 if budget is not None and budget.scratch_recipe == "single" else self.method_version
+
     def finalize(self) -> dict[str, Tensor]:
         """The first k output channels of every layer, k = uniform allocation's count at the target
         (never below the column's floor): a narrower layer, whichever channels, from scratch."""

@@ -184,6 +184,11 @@ class Pruner:
     # id, and every row records it (docs/adding-a-pruner.md, "Versioning a method").
     method_version: ClassVar[int] = 1
 
+    def method_version_for(self, budget) -> int:
+        """The version a run of this pruner under the task's ``budget`` (None: unknown) runs: the
+        class's, unless the pruner keeps an earlier recipe selectable by a budget field (scratch)."""
+        return self.method_version
+
     def __init__(self, config: PrunerConfig, pattern: Pattern, sparsity: float):
         if pattern.kind not in self.patterns:
             raise ConfigError(

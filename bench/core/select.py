@@ -18,7 +18,7 @@ benchmark column; v1 runs have none and use each pruner's own ``scope`` on raw s
 
 * ``uniform``: every layer keeps round((1 - r) * G_l) units (= ``scope="layer"``);
 * ``global``: one ranking over all layers. Which scores it ranks is the ``ranking`` rule, one
-  rule for every pruner of a column (protocol v3, issue 32 item 2; docs/allocation.md):
+  rule for every pruner of a column (protocol v3, issue 32 item 2; docs/suites.md):
 
   - ``raw`` (the protocol's, and the default): every pruner's final unit scores exactly as the
     pruner defines them. A score's cross-layer meaning is part of the method, stated in the

@@ -131,14 +131,6 @@ def short_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
-def method_version_of(pruner: Pruner, budget) -> int:
-    """The method version a run of ``pruner`` under ``budget`` runs: the class's, except that a
-    from-scratch control under ``scratch_recipe: single`` runs its version-1 recipe."""
-    if pruner.trains_from_scratch and budget is not None and budget.scratch_recipe == "single":
-        return 1
-    return pruner.method_version
-
-
 def run_identity(
     task_identity: dict[str, Any], pruner_name: str, pruner: Pruner, seed: int, budget=None
 ) -> tuple[dict[str, Any], str]:
@@ -148,8 +140,8 @@ def run_identity(
     (``PrunerConfig.from_dict``), so YAML and CLI spellings of one config give one id. The
     pruner's ``method_version`` enters the spec only when it is not 1: every id made before
     methods had versions stays valid, and a bumped method's rows never share an id with the old.
-    ``budget``: the task's, which can select an earlier version (:func:`method_version_of`)."""
-    version = method_version_of(pruner, budget)
+    ``budget``: the task's, which can select an earlier version (``Pruner.method_version_for``)."""
+    version = pruner.method_version_for(budget)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ConfigError("method_version", f"pruner '{pruner_name}' declares {version!r}: must be an integer >= 1")
     canonical = {
@@ -438,12 +430,12 @@ def prune_and_measure(run: ResolvedRun, paths: RunPaths, log: Callable[[str], No
         names, dense_layers = list(run.unit_counts), run.dense_layers  # the covered layers, from resolve
         calibration = task.calibration_batches()
         masker = Masker(model, names, pruner.pattern, task.masker_example(model, calibration))
-        scratch_epochs = pruner.trains_from_scratch  # its prune (and, single: finetune) epochs are from scratch
+        from_scratch = pruner.trains_from_scratch  # its prune (and, single: finetune) epochs are from scratch
         driver = StageDriver(
             pruner,
             masker,
-            0 if scratch_epochs else b.prune_epochs,
-            0 if scratch_epochs and b.scratch_recipe == "single" else b.finetune_epochs,
+            0 if from_scratch else b.prune_epochs,
+            0 if from_scratch and b.scratch_recipe == "single" else b.finetune_epochs,
             log,
             evaluate=None if pruner.trains_from_scratch else lambda: task.evaluate_all(model, "test"),
             budget=b,
