@@ -44,6 +44,7 @@ from bench.core.schedules import (  # noqa: F401 (phase_plan: re-export)
     phase_plan,
 )
 from bench.core.sparsity import OutputChannel
+from bench.core.syncs import may_read
 
 
 @dataclass(frozen=True)
@@ -121,21 +122,28 @@ class ACDCPruner(HardMaskPruner):
     def regrow_channels(self) -> None:
         """Channels of the ending C phase's mask re-enter with a fresh filter and a silent BatchNorm."""
         generator = torch.Generator().manual_seed(torch.initial_seed() + self.step)
-        for layer in self.layers:
-            pruned = ~self.mask[layer.name].to(layer.weight.device)
-            if not bool(pruned.any()):
+        pruned_of = [~self.mask[layer.name].to(layer.weight.device) for layer in self.layers]
+        # the channels re-entering in every layer: one host read for all layers, at this phase boundary
+        counts = torch.stack([pruned.sum() for pruned in pruned_of]).tolist()
+        for layer, pruned, count in zip(self.layers, pruned_of, counts):
+            if count == 0:
                 continue
             weight = layer.weight
-            kept = weight[~pruned]
-            std = float(kept.std()) if kept.numel() > 1 else float(weight.std())
-            fresh = torch.randn(weight[pruned].shape, generator=generator) * std * self.config.regrow_scale
-            weight[pruned] = fresh.to(weight)
+            rows = pruned.reshape(-1, *[1] * (weight.dim() - 1)).expand_as(weight)  # the pruned filters' weights
+            if may_read(weight):  # the CPU: the kept filters gathered (bit for bit the committed rows)
+                kept = weight[~pruned]
+                std = float(kept.std()) if kept.numel() > 1 else float(weight.std())
+            else:  # on the device: the same std from masked sums, no gather of a data-dependent size
+                n = (weight.numel() // weight.shape[0]) * (weight.shape[0] - count)
+                std = _masked_std(weight, ~rows, n) if n > 1 else weight.std()
+            fresh = torch.randn((count, *weight.shape[1:]), generator=generator).to(weight) * std
+            weight.masked_scatter_(rows, fresh * self.config.regrow_scale)
             for owner, attr in channel_tensors(layer):  # conv bias, BN affine
-                _underlying(owner, attr)[pruned] = 0.0
+                _underlying(owner, attr).masked_fill_(pruned, 0.0)
             bn = layer.batchnorm
             if bn is not None and bn.running_mean is not None:
-                bn.running_mean[pruned] = 0.0
-                bn.running_var[pruned] = 1.0
+                bn.running_mean.masked_fill_(pruned, 0.0)
+                bn.running_var.masked_fill_(pruned, 1.0)
 
     @torch.no_grad()
     def reset_momentum(self, optimizer: torch.optim.Optimizer) -> None:
@@ -153,6 +161,13 @@ class ACDCPruner(HardMaskPruner):
 
     def log_values(self) -> dict[str, float]:
         return {"compressed": float(self.phase == COMPRESSED)}
+
+
+def _masked_std(values: torch.Tensor, keep: torch.Tensor, n: int) -> torch.Tensor:
+    """The sample std of the ``n`` entries of ``values`` where ``keep`` is true (``n`` > 1), on the device."""
+    kept = values * keep
+    mean = kept.sum() / n
+    return (((values - mean) * keep).pow(2).sum() / (n - 1)).sqrt()
 
 
 def _underlying(module, attr: str) -> torch.Tensor:

@@ -111,7 +111,9 @@ class PDPPruner(Pruner):
     # -- schedule ---------------------------------------------------------------------
     def layer_budgets(self) -> dict[str, int]:
         """Kept units per layer from one threshold over all layers (scope=layer: r per layer)."""
-        return {name: int(mask.sum()) for name, mask in self.select(self.unit_rms()).items()}
+        masks = self.select(self.unit_rms())
+        counts = torch.stack([mask.sum() for mask in masks.values()]).tolist()  # one host read for every layer
+        return dict(zip(masks, counts))
 
     def on_step(self, progress: Progress) -> None:
         cfg = self.config

@@ -7,7 +7,9 @@ Each (pruner, pattern, allocation) drives ``bench.prune`` on timm's resnet10t (1
 with a user loop of ``--steps`` steps, pruning over the first two thirds, and counts with
 ``bench.core.syncs.HostSyncCounter`` what a GPU would stall on, split into the pruning steps, the
 fine-tuning steps and the mean over the steady-state pruning steps (the last half of them: past
-any warm-up). Every sync of the pruner's own calls (``step``, ``penalty``,
+any warm-up). By default the code runs its accelerator paths (``bench.core.syncs.sync_free``): what
+a GPU would stall on; ``--host-paths`` counts the CPU's own paths, which read values on the host
+where that is faster and nothing waits. Every sync of the pruner's own calls (``step``, ``penalty``,
 ``after_optimizer_step``) is counted; the model's forward/backward and the optimizer step are
 not (they sync nowhere).
 """
@@ -15,6 +17,7 @@ not (they sync nowhere).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -27,13 +30,13 @@ if str(ROOT) not in sys.path:
 
 import bench  # noqa: E402
 from bench.core.errors import ConfigError  # noqa: E402
-from bench.core.syncs import HostSyncCounter  # noqa: E402
+from bench.core.syncs import HostSyncCounter, sync_free  # noqa: E402
 from bench.runs.registry import load_pruners  # noqa: E402
 
 ALLOCATIONS = {"v1": "v1", "global": {"policy": "global", "floor": 0.1}, "uniform": "uniform"}
 
 
-def measure(pruner: str, pattern: str, allocation: str, steps: int) -> dict | None:
+def measure(pruner: str, pattern: str, allocation: str, steps: int, host: bool = False) -> dict | None:
     import timm
 
     torch.manual_seed(0)
@@ -55,18 +58,28 @@ def measure(pruner: str, pattern: str, allocation: str, steps: int) -> dict | No
         return {"skipped": str(err)}
     optimizer = torch.optim.SGD([{"params": model.parameters()}, *pruning.param_groups()], lr=0.01, momentum=0.9)
     per_step = []
-    for _ in range(steps):
-        with HostSyncCounter() as syncs:
-            pruning.step()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        with syncs:
-            loss = loss + pruning.penalty()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        with syncs:
-            pruning.after_optimizer_step(optimizer)
-        per_step.append(dict(syncs.by_op))
+    with contextlib.nullcontext() if host else sync_free():
+        for _ in range(steps):
+            per_step.append(one_step(pruning, model, optimizer, x, y))
+    return _summary(per_step, prune_steps)
+
+
+def one_step(pruning, model, optimizer, x, y) -> dict[str, int]:
+    """One step of a user's loop; the host syncs of the pruner's own calls, by op."""
+    with HostSyncCounter() as syncs:
+        pruning.step()
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    with syncs:
+        loss = loss + pruning.penalty()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    with syncs:
+        pruning.after_optimizer_step(optimizer)
+    return dict(syncs.by_op)
+
+
+def _summary(per_step: list[dict[str, int]], prune_steps: int) -> dict:
     steady = per_step[prune_steps // 2 : prune_steps]
     total = lambda ops: sum(ops.values())  # noqa: E731
     ops: dict[str, int] = {}
@@ -88,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allocations", default="v1,global,uniform")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--host-paths",
+        action="store_true",
+        help="count the CPU's host-read paths (bit for bit the committed rows) instead of the accelerator's",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     pruners = args.pruners.split(",") if args.pruners else sorted(load_pruners())
@@ -98,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             for allocation in args.allocations.split(","):
                 if pattern.startswith("nm:") and allocation != "v1":
                     continue  # N:M: every row keeps N of M whatever the allocation
-                got = measure(pruner, pattern, allocation, args.steps)
+                got = measure(pruner, pattern, allocation, args.steps, host=args.host_paths)
                 results.append({"pruner": pruner, "pattern": pattern, "allocation": allocation, **got})
                 if "skipped" in got:
                     continue

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from bench.core.select import Allocation, keep_count, top_indices
 from bench.core.sparsity import Pattern
+from bench.core.syncs import may_read
 
 _BRACKET_MARGIN = 30.0  # sigmoid(-30) ~ 1e-13: the bracket holds the root for sure
 _MAX_ITER = 100
@@ -139,6 +140,37 @@ def _safeguarded_step(t: Tensor, g: Tensor, dg: Tensor, d2g: Tensor, lo: Tensor,
     return torch.where(inside, step, (lo + hi) / 2), lo, hi
 
 
+# device-only solves (``may_read`` false): passes from a warm start (the previous step's root) and
+# from a cold one (the first step), with the convergence test on the device and no host check
+WARM_PASSES, COLD_PASSES = 4, 16
+
+
+def _solve_fixed(z: Tensor, k: Tensor, tol: float, t0: Tensor, passes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_solve` without a host read, on an accelerator: ``passes`` full passes from ``t0``,
+    the convergence test on the device (a done row's t stops moving, so every later
+    pass recomputes its f and q bit for bit: a row done within the passes gets exactly what the
+    host-checked solve gives it), f and q from the last pass. A row not done by then keeps its
+    last t (its mass misses k by what that t leaves). Halley from the previous step's root takes
+    one or two passes in training (module docstring); tests/test_syncs.py checks both solves agree."""
+    lo = -_row_extreme(z, torch.maximum).to(torch.float64) - _BRACKET_MARGIN
+    hi = -_row_extreme(z, torch.minimum).to(torch.float64) + _BRACKET_MARGIN
+    t = t0.to(torch.float64).clamp(lo, hi)
+    limit = max(tol, 8 * torch.finfo(z.dtype).eps) * k.clamp_min(1)
+    done = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
+    buffers = None
+    for _ in range(passes):
+        f, q, g, t_next, lo, hi = _root_step(z, t, k, lo, hi, buffers)
+        buffers = (f, q)
+        now = g.abs() <= limit
+        if z.dtype != torch.float64:
+            now |= t_next.to(z.dtype) == t.to(z.dtype)
+        done |= now
+        t = torch.where(done, t, t_next)
+    # the last pass's f, q are at the t before its update: for the rows still moving, evaluate once more
+    f, q, *_ = _root_step(z, t, k, lo, hi, buffers)
+    return t, f, q
+
+
 def _solve(z: Tensor, k: Tensor, tol: float, t0: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """Solve sum_j sigmoid(z_ij + t_i) = k_i for t (rows of z); returns (t float64, f, q) at the root.
 
@@ -148,6 +180,9 @@ def _solve(z: Tensor, k: Tensor, tol: float, t0: Tensor | None) -> tuple[Tensor,
     are kept, so a warm-started row costs one pass. While at least a quarter of the rows is
     active a pass covers every row; then only the active rows are gathered.
     """
+    if not may_read(z):
+        start = _initial_shift(z, k, tol) if t0 is None else t0
+        return _solve_fixed(z, k, tol, start, COLD_PASSES if t0 is None else WARM_PASSES)
     rows = z.shape[0]
     lo = -_row_extreme(z, torch.maximum).to(torch.float64) - _BRACKET_MARGIN
     hi = -_row_extreme(z, torch.minimum).to(torch.float64) + _BRACKET_MARGIN
@@ -235,10 +270,16 @@ def soft_topk(
     rows = scores_in.reshape(1, -1) if squeeze else scores_in
     if rows.dim() != 2:
         raise ValueError(f"scores must be 1-D or 2-D, got shape {tuple(scores.shape)}")
-    k_rows = torch.as_tensor(k, dtype=torch.float64, device=scores.device).reshape(-1).expand(rows.shape[0])
     n = rows.shape[1]
-    if bool(((k_rows <= 0) | (k_rows >= n)).any()):
-        raise ValueError(f"k must lie strictly between 0 and the row length {n}, got {k}")
+    if isinstance(k, Tensor):
+        k_rows = k.to(device=scores.device, dtype=torch.float64).reshape(-1).expand(rows.shape[0])
+        if may_read(k_rows) and bool(((k_rows <= 0) | (k_rows >= n)).any()):  # off the CPU: the caller's budget
+            raise ValueError(f"k must lie strictly between 0 and the row length {n}, got {k}")
+    else:
+        if not 0 < k < n:
+            raise ValueError(f"k must lie strictly between 0 and the row length {n}, got {k}")
+        # a fill on the device, not a copy from the host (a blocking one on a GPU)
+        k_rows = torch.full((rows.shape[0],), float(k), dtype=torch.float64, device=scores.device)
     t0 = None
     if threshold is not None:
         threshold = threshold.reshape(-1)
@@ -250,25 +291,48 @@ def soft_topk(
     return (out, -t * tau) if return_threshold else out
 
 
+def _cost_step(z: Tensor, c: Tensor, budget, t: Tensor, lo: Tensor, hi: Tensor):
+    """One safeguarded Halley step on g(t) = sum c sigmoid(z + t) - budget: (f, q, g, t_next, lo, hi)."""
+    f = torch.sigmoid(z + t.to(z.dtype))
+    q = f * (1 - f)
+    cf, cq = c * f.to(torch.float64), c * q.to(torch.float64)
+    g, dg = cf.sum() - budget, cq.sum()
+    d2g = dg - 2 * (cq * f.to(torch.float64)).sum()
+    t_next, lo, hi = _safeguarded_step(t, g, dg, d2g, lo, hi)
+    return f, q, g, t_next, lo, hi
+
+
 def _solve_cost(z: Tensor, c: Tensor, budget: float, tol: float, t0: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """Solve sum_i c_i sigmoid(z_i + t) = budget for t (1-D z, costs c in float64): safeguarded Halley
     in the bracket [-max z - 30, -min z + 30]; done when |g| <= max(tol, 8 eps) * max(1, budget)."""
     lo = -z.max().to(torch.float64) - _BRACKET_MARGIN
     hi = -z.min().to(torch.float64) + _BRACKET_MARGIN
+    if not may_read(z):  # device only: a fixed number of passes, as _solve_fixed
+        passes = WARM_PASSES if t0 is not None else COLD_PASSES
+        if t0 is None:
+            frac = (budget / c.sum()).clamp(1e-6, 1 - 1e-6)
+            t0 = torch.log(frac) - torch.log1p(-frac) - z.mean(dtype=torch.float64)
+        t = t0.to(torch.float64).reshape(()).clamp(lo, hi)
+        limit = max(tol, 8 * torch.finfo(z.dtype).eps) * torch.as_tensor(budget, dtype=torch.float64).clamp_min(1.0)
+        done = torch.zeros((), dtype=torch.bool, device=z.device)
+        for _ in range(passes):
+            f, q, g, t_next, lo, hi = _cost_step(z, c, budget, t, lo, hi)
+            done |= g.abs() <= limit
+            if z.dtype != torch.float64:
+                done |= t_next.to(z.dtype) == t.to(z.dtype)
+            t = torch.where(done, t, t_next)
+        f = torch.sigmoid(z + t.to(z.dtype))
+        return t, f, f * (1 - f)
     if t0 is None:
-        frac = min(max(budget / float(c.sum()), 1e-6), 1 - 1e-6)
+        frac = min(max(float(budget) / float(c.sum()), 1e-6), 1 - 1e-6)
         t0 = torch.tensor(math.log(frac) - math.log1p(-frac), dtype=torch.float64, device=z.device) - z.mean(
             dtype=torch.float64
         )
     t = t0.to(torch.float64).reshape(()).clamp(lo, hi)
+    budget = float(budget)
     limit = max(tol, 8 * torch.finfo(z.dtype).eps) * max(1.0, budget)
     for _ in range(_MAX_ITER):
-        f = torch.sigmoid(z + t.to(z.dtype))
-        q = f * (1 - f)
-        cf, cq = c * f.to(torch.float64), c * q.to(torch.float64)
-        g, dg = cf.sum() - budget, cq.sum()
-        d2g = dg - 2 * (cq * f.to(torch.float64)).sum()
-        t_next, lo, hi = _safeguarded_step(t, g, dg, d2g, lo, hi)
+        f, q, g, t_next, lo, hi = _cost_step(z, c, budget, t, lo, hi)
         if bool(g.abs() <= limit) or (z.dtype != torch.float64 and bool(t_next.to(z.dtype) == t.to(z.dtype))):
             return t, f, q
         t = t_next
@@ -315,9 +379,11 @@ def soft_topk_cost(
         raise ValueError(f"scores and costs must be 1-D of one shape, got {tuple(scores.shape)}, {tuple(costs.shape)}")
     scale = costs.to(torch.float64).mean()
     c = (costs.to(torch.float64) / scale).detach()
-    budget = float(budget / scale)
-    if not 0 < budget < float(c.sum()):
-        raise ValueError(f"the budget must lie strictly between 0 and the total cost, got {budget * float(scale)}")
+    budget = budget / scale
+    if may_read(scale):  # off the CPU: a device budget (the floors' held units), checked by the caller
+        budget = float(budget)
+        if not 0 < budget < float(c.sum()):
+            raise ValueError(f"the budget must lie strictly between 0 and the total cost, got {budget * float(scale)}")
     rows = scores if scores.dtype in (torch.float32, torch.float64) else scores.float()
     t0 = None if threshold is None else -threshold.to(torch.float64).reshape(()) / tau
     out, t = _SoftTopKCost.apply(rows, c, budget, float(tau), bool(detach_t), float(tol), t0)
@@ -342,6 +408,67 @@ def _under_floor(soft: Tensor, sizes: list[int], minimum: Tensor) -> Tensor:
     return sums < minimum
 
 
+HELD_ROUNDS = 2  # device-only floors: held solves per step (the host loop runs until no layer is newly bound)
+_LAYOUTS: dict = {}  # (device, sizes, minimum) -> the floors' device tensors, built once (no copy per step)
+
+
+def _layout(device, sizes: list[int], minimum: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """(floors float64 (L,), the layer of every unit (N,), the layer of every floor slot (sum minimum,))
+    on ``device``, made once per layout: a tensor built from a list is a blocking host copy on a GPU."""
+    key = (str(device), tuple(sizes), tuple(minimum))
+    if key not in _LAYOUTS:
+        layers = torch.arange(len(sizes))
+        _LAYOUTS[key] = (
+            torch.tensor(minimum, dtype=torch.float64).to(device),
+            layers.repeat_interleave(torch.tensor(sizes), output_size=sum(sizes)).to(device),
+            layers.repeat_interleave(torch.tensor(minimum), output_size=sum(minimum)).to(device),
+        )
+    return _LAYOUTS[key]
+
+
+def _floored_fixed(
+    flat: Tensor, sizes: list[int], k: float, minimum: list[int], tau: float, solve, costs: Tensor | None = None
+) -> Tensor:
+    """:func:`_floored` without a host read (``may_read`` false: an accelerator): the same floors by
+    device-side decisions, in a fixed number of solves. The plain solve; every layer's ``minimum``
+    best units (``topk``, fixed shapes; ties at the cut hold exactly ``minimum``, where the host path
+    holds every tied unit); then ``HELD_ROUNDS`` held solves, each holding the floor units of the
+    layers bound so far (the plain solve's, then those the previous held solve left under their
+    floor), their budget k - (held units or their cost) a device tensor. The result is the last held
+    solve where some layer is bound, else the plain one (``torch.where``: decided on the device).
+    A layer newly bound by the last held solve keeps a soft mass a little under its floor for that
+    step (the host loop would solve once more); the hard masks are exact either way."""
+    floors, unit_layer, slot_layer = _layout(flat.device, sizes, minimum)
+    detached = flat.detach()
+
+    def under(soft: Tensor) -> Tensor:  # per layer: soft mass (float64) below its floor
+        mass = torch.zeros(len(sizes), dtype=torch.float64, device=flat.device)
+        return mass.index_add_(0, unit_layer, soft.detach().to(torch.float64)) < floors
+
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    slots = torch.cat(
+        [torch.topk(detached[offsets[i] : offsets[i + 1]], m).indices + offsets[i] for i, m in enumerate(minimum)]
+    )
+    below = detached.amin() - 64.0 * tau
+    soft = solve(flat, k, False)
+    bound = under(soft)
+    out = soft
+    for round_ in range(HELD_ROUNDS):
+        held = bound[slot_layer]  # per floor slot: its layer is bound
+        spent = held.sum(dtype=torch.float64) if costs is None else (costs[slots] * held).sum()
+        pushed = detached.index_put((slots,), torch.where(held, below, detached[slots]))
+        pushed = flat + (pushed - detached)  # the held units pushed down; the others keep flat's graph
+        soft_held = solve(pushed, k - spent, round_ + 1)
+        soft_held = soft_held.index_put(
+            (slots,), torch.where(held, torch.ones_like(soft_held[slots]), soft_held[slots])
+        )
+        out = torch.where(bound.any(), soft_held, soft)
+        bound = bound | under(soft_held)
+    return out
+
+
 def _floored(
     flat: Tensor, sizes: list[int], k: float, minimum: list[int], tau: float, solve, costs: Tensor | None = None
 ) -> Tensor:
@@ -360,6 +487,8 @@ def _floored(
     the result is the plain solve bit for bit. As tau -> 0 its support is ``global_topk``'s with
     the same minimums: each bound layer's best ``minimum`` units, then the global ranking.
     ``flat`` (a fresh concatenation, owned by the call) is overwritten at the held units."""
+    if not may_read(flat):
+        return _floored_fixed(flat, sizes, k, minimum, tau, solve, costs)
     floors = torch.tensor(minimum, dtype=torch.float64, device=flat.device)
     soft = solve(flat, k, False)
     bound = _under_floor(soft, sizes, floors)
@@ -394,6 +523,12 @@ def _floored(
         if not bool(newly.any()):
             return soft
         bound |= newly
+
+
+def _held_key(held) -> str:
+    """The warm-start key of a solve: the plain one, the held one (the host loop's; the device
+    path's first round), the device path's later rounds (each its own start, near its own root)."""
+    return "global" if not held else "global+held" if held == 1 else f"global+held{int(held)}"
 
 
 def soft_select(
@@ -447,7 +582,7 @@ def soft_select(
             minimum = [allocation.minimum(c) for c in sizes]
 
             def solve_cost(rows: Tensor, budget: float, held: bool) -> Tensor:
-                key = "global+held" if held else "global"
+                key = _held_key(held)
                 soft, thresholds[key] = soft_topk_cost(
                     rows, costs, budget, tau, detach_t, threshold=thresholds.get(key), return_threshold=True
                 )
@@ -458,9 +593,7 @@ def soft_select(
             counts = dict(zip(names, sizes))
             minimum = [allocation.minimum(c) for c in sizes]
             k = allocation.global_keep(counts, sparsity)
-            soft = _floored(
-                flat, sizes, k, minimum, tau, lambda rows, k, held: solve("global+held" if held else "global", rows, k)
-            )
+            soft = _floored(flat, sizes, k, minimum, tau, lambda rows, k, held: solve(_held_key(held), rows, k))
         parts = soft.split(sizes)
     else:
         parts = [

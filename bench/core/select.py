@@ -56,6 +56,7 @@ from torch import Tensor
 
 from bench.core.errors import ConfigError
 from bench.core.sparsity import Pattern
+from bench.core.syncs import may_read
 
 POLICIES = ("uniform", "global", "from")
 BUDGETS = ("params", "flops")
@@ -260,7 +261,7 @@ def standardise_per_layer(scores: dict[str, Tensor]) -> dict[str, Tensor]:
     for name, score in scores.items():
         s = score.detach().to(torch.float64)
         std = s.std() if s.numel() > 1 else s.new_tensor(0.0)
-        out[name] = (s - s.mean()) / std if float(std) > 0 else torch.zeros_like(s)
+        out[name] = torch.where(std > 0, (s - s.mean()) / std, torch.zeros_like(s))  # decided on the device
     return out
 
 
@@ -339,7 +340,7 @@ def _may_hold_nan(s: Tensor) -> bool:
     comparisons, topk instead of the sorting network): on a CPU a host check is free, and a NaN
     makes the sum NaN (so does inf - inf: a false alarm, still exact); elsewhere always (no host
     sync in the training step)."""
-    return s.device.type != "cpu" or bool(s.sum().isnan())
+    return not may_read(s) or bool(s.sum().isnan())
 
 
 def per_row_of_layers(scores: dict[str, Tensor], fn) -> dict[str, Tensor]:
@@ -386,8 +387,8 @@ def global_topk(
     everything = torch.cat(flat)
     chosen = torch.zeros(everything.numel(), dtype=torch.bool, device=device)
     for i, f in enumerate(flat):  # guarantee each layer's floor (one unit without an allocation)
-        if floors[i] == 1:
-            chosen[offsets[i] + torch.argmax(f)] = True
+        if floors[i] == 1:  # index_fill_ with a 1-element index: a 0-dim index would be read on the host
+            chosen.index_fill_(0, torch.argmax(f).reshape(1) + offsets[i], True)
         else:
             chosen[offsets[i] + torch.argsort(f, descending=True, stable=True)[: floors[i]]] = True
     rest = everything.masked_fill(chosen, float("-inf"))
@@ -406,8 +407,9 @@ def global_topk(
         cumulative = torch.cumsum(ranked_cost, 0)
         left = cost_budget - spent
         fits = (cumulative <= left).sum()  # units of the longest prefix within the budget
-        below = torch.where(fits > 0, cumulative[(fits - 1).clamp_min(0)], cumulative.new_zeros(()))
-        above = cumulative[fits.clamp_max(cumulative.numel() - 1)]
+        at = lambda i: cumulative.gather(0, i.reshape(1)).squeeze(0)  # noqa: E731 (no 0-dim indexing: a host read)
+        below = torch.where(fits > 0, at((fits - 1).clamp_min(0)), cumulative.new_zeros(()))
+        above = at(fits.clamp_max(cumulative.numel() - 1))
         take = fits + ((fits < cumulative.numel()) & (above - left < left - below)).long()
         chosen[order] |= torch.arange(order.numel(), device=device) < take
     return {
@@ -478,7 +480,10 @@ def keep_above(
     if allocation is not None:
         for name, s in scores.items():
             need = allocation.minimum(s.numel())
-            if int(masks[name].count_nonzero()) < need:  # count_nonzero: a bool sum casts to int64 first
+            if not may_read(s):  # decided on the device: the floor's units are selected every step
+                short = masks[name].count_nonzero() < need
+                masks[name] = torch.where(short, global_topk({name: s}, need)[name], masks[name])
+            elif int(masks[name].count_nonzero()) < need:  # count_nonzero: a bool sum casts to int64 first
                 masks[name] = global_topk({name: s}, need)[name]
     return masks
 
@@ -515,12 +520,13 @@ def order_pair(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
     (+-3 sample standard deviations of the rank), one pass counts the entries below the bracket,
     and the pair is read from the ~5 % of entries inside it. When the bracket misses the pair
     (possible, never wrong) the full kthvalue runs. Measured at one thread on 2.36M |N(0,1)|
-    values, k = 90 %: 12.7 ms against 43.5 ms."""
+    values, k = 90 %: 12.7 ms against 43.5 ms. The bracket reads counts on the host, so off the CPU
+    (``may_read``) the two kthvalue calls run instead: the same pair, no host sync."""
     flat = values.detach().reshape(-1)
     n = flat.numel()
     if not 1 <= k < n:
         raise ValueError(f"k must lie in [1, {n - 1}], got {k}")
-    if n > _DIRECT:
+    if n > _DIRECT and may_read(flat):
         sample = flat[:: n // _SAMPLE]
         m = sample.numel()
         centre, margin = k / n * m, 3.0 * math.sqrt(m) + 2

@@ -22,6 +22,7 @@ the dispatcher never sees them; :class:`HostSyncCounter` wraps them for its dura
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -42,6 +43,30 @@ ALWAYS = frozenset(
     }
 )
 HOST_READS = ("tolist", "numpy", "__array__")
+
+# Two paths, one result. Where reading a value on the host buys a faster step on the CPU (a
+# bracket counted before a selection, an early exit from a root solve, a floor checked before it
+# is enforced), the code takes that path only when :func:`may_read` says so: on the CPU, where
+# nothing waits, the host path stays -- bit for bit what the golden cases and every committed row
+# ran; on an accelerator, and on the CPU under :func:`sync_free` (the tests' and
+# scripts/count_syncs.py's way to run the accelerator path here), the device-only path runs.
+_SYNC_FREE = [False]
+
+
+def may_read(tensor: torch.Tensor) -> bool:
+    """Whether a training step may read ``tensor``'s values on the host: True on the CPU, False on
+    an accelerator and under :func:`sync_free`."""
+    return tensor.device.type == "cpu" and not _SYNC_FREE[0]
+
+
+@contextmanager
+def sync_free():
+    """Run the device-only (accelerator) paths on the CPU too, for tests and sync counts."""
+    before, _SYNC_FREE[0] = _SYNC_FREE[0], True
+    try:
+        yield
+    finally:
+        _SYNC_FREE[0] = before
 
 
 def _bool_index(indices) -> bool:
