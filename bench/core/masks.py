@@ -76,18 +76,34 @@ class UnitMask(nn.Module):
         unmodified, outside autograd: a hard mask held over steps) keeps its expansion, which
         for blocks is a copy of the whole weight's size (3.8 ms per fmnist-resnet step)."""
         if unit_mask is None:
-            self.mask = self._source = None
+            self.mask = self._source = self._applied = None
             return
         source = self._source
         if source is not None and source[0] is unit_mask and source[1] == unit_mask._version:
             return
         self.mask = self.pattern.expand(unit_mask, self.shape)
         self._source = None if unit_mask.requires_grad else (unit_mask, unit_mask._version)
+        self._applied = None
+
+    _applied: tuple | None = None  # (mask, its version, support_only, dtype, the factor) of a fixed mask
+
+    def factor(self, dtype: torch.dtype) -> Tensor:
+        """What the weight is multiplied by: the mask (or its support) in ``dtype``. For a fixed
+        mask (no autograd) it is made once per mask, not in every forward (a hard mask held over
+        the fine-tuning stage: one cast, or a compare and a cast, fewer per layer and step); the
+        same tensor, unmodified, under the same settings reuses it."""
+        mask, applied = self.mask, self._applied
+        key = (mask, mask._version, self.support_only, dtype)
+        if applied is not None and applied[0] is mask and applied[1:4] == key[1:]:
+            return applied[4]
+        factor = (mask != 0).to(dtype) if self.support_only else mask.to(dtype)
+        self._applied = None if mask.requires_grad else (*key, factor)
+        return factor
 
     def forward(self, weight: Tensor) -> Tensor:
         if self.mask is None:
             return weight
-        mask = (self.mask != 0).to(weight.dtype) if self.support_only else self.mask.to(weight.dtype)
+        mask = self.factor(weight.dtype)
         if self.straight_through:
             return weight + (weight * mask - weight).detach()
         return weight * mask
