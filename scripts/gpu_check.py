@@ -5,6 +5,12 @@
 
 On a machine with CUDA (exits with status 2 and writes nothing without one), in order:
 
+0. **Training steps at realistic sizes** (``train_steps``, ``scripts/gpu_steps.py``, issue 34): every
+   pruner's step time / dense on ResNet-50 (224x224, batch 128, bf16, channels_last) and ViT-B/16,
+   eager and compiled, with and without the allocation rule; host syncs, kernel launches and peak
+   memory per step; the issue's targets marked. ``--steps-args`` passes its arguments (default
+   ``--minutes 6``: no new configuration after 6 minutes).
+
 1. **Cells.** The quick suite's classification and ViT blocks (``fmnist-tiny`` block:1x8 at 50% and
    90%, ``fmnist-vit-tiny`` nm:2:4; every pruner of the suite; seed 0) through the real suite
    runner, once with ``--device cuda`` and once with ``--device cpu``, each in its own runs folder
@@ -44,7 +50,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]  # a checkout without installing; bench_overhead beside this file
 
 NATIVE_TASKS = ("fmnist-tiny", "fmnist-vit-tiny")
-SECTIONS = ("cells", "seg_cell", "step_times", "sparse24")
+SECTIONS = ("train_steps", "cells", "seg_cell", "step_times", "sparse24")
 STEP_PATTERNS = [
     ("fmnist-resnet", "block:1x8", 0.5),
     ("fmnist-resnet", "channel", 0.5),
@@ -180,6 +186,16 @@ def step_ratios(rounds: int, steps: int, device: str, pruners: list[str] | None)
     return rows
 
 
+# -- 0. realistic training steps (issue 34) ---------------------------------------------------
+def train_steps(args: argparse.Namespace) -> dict:
+    """``scripts/gpu_steps.py`` at realistic sizes (its own arguments: ``--steps-args``)."""
+    import gpu_steps
+
+    argv = ["--device", args.device, *args.steps_args.split()]
+    argv += ["--pruners", ",".join(p for p in (args.pruners or "").split(",") if p)] if args.pruners else []
+    return {"argv": argv, "rows": gpu_steps.run(argv)}
+
+
 # -- 4. 2:4 latency ---------------------------------------------------------------------------
 def last_error_line(text: str) -> str:
     """The exception line of a traceback (the last non-empty line)."""
@@ -288,6 +304,21 @@ def render(report: dict) -> str:
             f"dense model ({seg['device']}).",
             "",
         ]
+    train = report["sections"].get("train_steps", {})
+    if "rows" in train:
+        import gpu_steps
+
+        lines += [
+            f"## 0. Training steps at realistic sizes on {dev} (`scripts/gpu_steps.py {' '.join(train['argv'])}`)",
+            "",
+            "A user's loop through `bench.prune`, synthetic data on the device, SGD, bf16 autocast and "
+            "channels_last on CUDA. Per entry: step time / dense of the same interleaved round (median, p90), "
+            "the issue-34 target, the steps of a per-step-synchronised pass slower than 1.5x its median "
+            "(mask updates) with their time / dense, host syncs per step (`torch.cuda.set_sync_debug_mode`), "
+            "CUDA kernels per step (profiler; on the CPU: operators) and peak memory.",
+            "",
+            *gpu_steps.render(train["rows"]),
+        ]
     steps = report["sections"].get("step_times", {})
     if "rows" in steps:
         lines += [
@@ -361,6 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--device", default="cuda", help="cuda (the check); cpu only to try this script on a machine without a GPU"
     )
+    parser.add_argument(
+        "--steps-args",
+        default="--minutes 6",
+        help="arguments of the train_steps section (scripts/gpu_steps.py), e.g. '--small --models resnet50'",
+    )
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: no CUDA device visible; the GPU check needs one", file=sys.stderr)
@@ -393,9 +429,6 @@ def check(args: argparse.Namespace, sections: list[str], pruners: list[str] | No
         section["rows"] = compare_cells(cuda_rows, cpu_rows, args.tolerance)
         return section
 
-    if "cells" in sections:
-        timed(report, "cells", cells)
-
     def steps() -> dict:
         return {
             "rounds": args.rounds,
@@ -403,6 +436,10 @@ def check(args: argparse.Namespace, sections: list[str], pruners: list[str] | No
             "rows": step_ratios(args.rounds, args.steps, args.device, pruners),
         }
 
+    if "train_steps" in sections:
+        timed(report, "train_steps", train_steps, args)
+    if "cells" in sections:
+        timed(report, "cells", cells)
     if "seg_cell" in sections:
         timed(report, "seg_cell", seg_cell, runs / "seg", args.device)
     if "step_times" in sections:
