@@ -380,20 +380,34 @@ def verdict(value: float, limit: float) -> str:
     return f"{value:.3f} ({'meets' if value <= limit else 'MISSES'} <= {limit})"
 
 
-# targets (issue 17): every pruner's step <= 1.15x dense, SMART's <= 1.05x, on every pattern;
-# soft_topk fwd+bwd <= torch.topk fwd+bwd at 1e6 scores; shrunk <= 0.55x masked at batch 1 and 128
-PRUNER_LIMIT, SMART_LIMIT, TOPK_LIMIT, SHRUNK_LIMIT = 1.15, 1.05, 1.0, 0.55
+# targets (issue 17, restated by issue 34 item 6): on the CPU, SMART's step <= the `scored`
+# reference's + 0.05 (scored: one learned score per unit through one sigmoid, the least a
+# learned-score pruner does; SMART's own cost is what it adds to that), on every pattern; every
+# other pruner's step <= 1.15x dense, soft_topk fwd+bwd <= torch.topk fwd+bwd at 1e6 scores,
+# shrunk <= 0.55x masked at batch 1 and 128 -- figures to report, not to chase at the cost of
+# numerics: the GPU figures (scripts/gpu_steps.py) are the ones that matter to users
+PRUNER_LIMIT, SMART_OVER_SCORED, TOPK_LIMIT, SHRUNK_LIMIT = 1.15, 0.05, 1.0, 0.55
 
 
 def target_lines(steps: dict, topk: list, lat: dict) -> list[str]:
     lines = []
     for (task_name, pattern), rows in steps.items():
+        scored = next((r["ratio_paired"] for r in rows if r["entry"] == "scored" and "ratio_paired" in r), None)
         for r in rows:
             if "ratio_paired" not in r or r["entry"] in REFERENCES:
                 continue
-            limit = SMART_LIMIT if r["entry"] == "smart" else PRUNER_LIMIT
+            if r["entry"] == "smart":
+                if scored is None:
+                    lines.append(f"- smart step time / dense, {task_name} {pattern}: no `scored` reference measured")
+                    continue
+                limit = round(scored + SMART_OVER_SCORED, 3)
+                lines.append(
+                    f"- smart step time / dense, {task_name} {pattern}: {verdict(r['ratio_paired'], limit)} "
+                    f"(`scored` {scored:.3f} + {SMART_OVER_SCORED})"
+                )
+                continue
             lines.append(
-                f"- {r['entry']} step time / dense, {task_name} {pattern}: {verdict(r['ratio_paired'], limit)}"
+                f"- {r['entry']} step time / dense, {task_name} {pattern}: {verdict(r['ratio_paired'], PRUNER_LIMIT)}"
             )
     for r in topk:
         if r["n"] == 10**6:
@@ -445,7 +459,7 @@ def render(
         "count), the mask sigmoid(score) through the same parametrization (as SMART's soft masks, channel gates on",
         "the BN affine terms), the scores in their own SGD group with momentum (SMART's) -- no selection, no",
         "exact-k solve, no penalty. ratio (paired) = median over rounds of entry/dense in the same round;",
-        "ratio (total) = total time / dense total time. Targets: SMART <= 1.05, every other pruner <= 1.15.",
+        "ratio (total) = total time / dense total time. Targets: SMART <= `scored` + 0.05, every other pruner <= 1.15.",
         "",
     ]
     for (task_name, pattern), rows in steps.items():
