@@ -402,20 +402,22 @@ def test_submitit_local_executor(tmp_path, runs_dir):
 
 @pytest.mark.slow
 def test_torchrun_ddp_two_ranks_agree(tmp_path, runs_dir):
-    path = write_suite(
-        tmp_path, {**TINY, "pruners": ["smart"], "budget": {"prune_epochs": 1, "finetune_epochs": 0}}, "ddp"
-    )
+    """Two gloo ranks, no mask or learnable broadcast during training (issue 34): SMART (learned
+    scores, their gradients averaged) and AC/DC (hard masks from the weights, phase switches) end
+    with the same masks and weights on both ranks."""
+    budget = {"prune_epochs": 1, "finetune_epochs": 0}
+    path = write_suite(tmp_path, {**TINY, "pruners": ["smart", "acdc"], "budget": budget}, "ddp")
     suite = load_and_expand(path)
     assert suite_run.run_suite(suite, launcher="torchrun", nproc=2, progress=False) == 0
-    cell = suite.cells[0]
-    assert [(s, n) for _, s, n in cell_states(suite)] == [("done", 1)]
-    report = json.loads((runs_dir / "suites" / "ddp" / "ddp" / f"{cell.run_id}.json").read_text())
-    assert report["world_size"] == 2
-    masks = [rank["masks"] for rank in report["ranks"]]
-    assert len(masks) == 2 and masks[0] == masks[1]  # each rank's own finalize() gave the same masks
-    row = ResultStore().get(cell.run_id)
-    assert row["achieved_sparsity"] == pytest.approx(0.5) and row["pattern_valid"]
-    assert not (runs_dir / "ddp" / cell.run_id).exists()  # rank-private folders removed
+    assert [(s, n) for _, s, n in cell_states(suite)] == [("done", 1)] * 2
+    for cell in suite.cells:
+        report = json.loads((runs_dir / "suites" / "ddp" / "ddp" / f"{cell.run_id}.json").read_text())
+        assert report["world_size"] == 2
+        ranks = report["ranks"]
+        assert len(ranks) == 2 and ranks[0] == ranks[1]  # each rank's own masks and weights, digested
+        row = ResultStore().get(cell.run_id)
+        assert row["achieved_sparsity"] == pytest.approx(0.5) and row["pattern_valid"]
+        assert not (runs_dir / "ddp" / cell.run_id).exists()  # rank-private folders removed
 
 
 def test_suite_cells_carry_a_dense_checkpoint_and_an_allocation(tmp_path):
