@@ -105,6 +105,24 @@ def test_batches_are_deterministic_per_seed_and_epoch(tree):
     assert len(calibration) == 4 and torch.equal(calibration[0][0], fresh[0][0])
 
 
+def test_a_ddp_rank_decodes_only_its_slice_of_every_batch(tree, monkeypatch):
+    """``shard_batches`` (a DDP rank's data, issue 34): the rank's ``[rank::world]`` images, equal
+    to slicing the decoded global batch, and only those are decoded."""
+    task = task_on(tree, image_size=32)
+    task.budget = Budget(dense_epochs=1, prune_epochs=1, finetune_epochs=0, batch_size=16, lr=0.1, prune_lr=0.02)
+    whole = list(task.train_batches(1, 0))
+    dataset = type(task.dataset("train", train=True))
+    decoded = []
+    original = dataset.__getitem__
+    monkeypatch.setattr(dataset, "__getitem__", lambda self, key: decoded.append(key) or original(self, key))
+    for rank in (0, 1):
+        decoded.clear()
+        part = list(task.shard_batches(1, 0, rank, 2))
+        assert len(part) == len(whole) and len(decoded) == sum(len(b[1]) for b in part) == 5 * 8
+        for mine, batch in zip(part, whole):
+            assert torch.equal(mine[0], batch[0][rank::2]) and torch.equal(mine[1], batch[1][rank::2])
+
+
 def test_identity_follows_the_data_not_its_location(tree, tmp_path):
     moved = shutil.copytree(tree, tmp_path / "moved")
     assert task_on(moved).identity() == task_on(tree).identity()

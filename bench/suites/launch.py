@@ -7,7 +7,9 @@ trainer on its shard of every batch (DDP: nccl with rank r on ``cuda:LOCAL_RANK`
 device resolves to CUDA, whatever GPU index the spec names; gloo on the CPU):
 
 * the task is wrapped (:class:`DistributedTask`): ``train_batches`` yields rank r's slice
-  ``batch[r::N]`` of every global batch (same global batch size, same number of steps), and
+  ``batch[r::N]`` of every global batch (same global batch size, same number of steps), read
+  as the task's ``shard_batches`` reads it (classification and image folders gather or decode
+  only the rank's samples; other tasks read the batch and keep the slice), and
   ``loss`` runs the model through ``DistributedDataParallel`` (gradients all-reduced,
   BatchNorm buffers broadcast from rank 0 at every forward);
 * the pruner is wrapped (:class:`DistributedPruner`): gradients of its own learnables (scores,
@@ -66,17 +68,6 @@ from bench.suites.suite import clear_marker, running_info, write_marker
 from bench.training.train import train_dense
 
 
-def shard(batch: Any, rank: int, world: int) -> Any:
-    """Rank's slice ``[rank::world]`` of every tensor in a batch (tuple, list, dict or tensor)."""
-    if isinstance(batch, Tensor):
-        return batch[rank::world]
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(shard(item, rank, world) for item in batch)
-    if isinstance(batch, dict):
-        return {key: shard(value, rank, world) for key, value in batch.items()}
-    return batch
-
-
 class DistributedTask:
     """A task seen by one DDP rank (see module docstring); everything else is delegated."""
 
@@ -93,8 +84,7 @@ class DistributedTask:
         setattr(self._task, name, value)
 
     def train_batches(self, epoch: int, seed: int):
-        for batch in self._task.train_batches(epoch, seed):
-            yield shard(batch, self._rank, self._world)
+        yield from self._task.shard_batches(epoch, seed, self._rank, self._world)
 
     def ddp(self, model: nn.Module) -> nn.Module:
         """The DDP wrapper of ``model`` (created at its first training step: after the masks'

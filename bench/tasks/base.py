@@ -73,6 +73,17 @@ class DenseModel:
     metrics: dict[str, dict[str, float]] | None = None  # {"val": {...}, "test": {...}} (Task.evaluate_all)
 
 
+def slice_batch(batch, rank: int, world: int):
+    """The slice ``[rank::world]`` of every tensor in a batch (tuple, list, dict or tensor)."""
+    if isinstance(batch, Tensor):
+        return batch[rank::world]
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(slice_batch(item, rank, world) for item in batch)
+    if isinstance(batch, dict):
+        return {key: slice_batch(value, rank, world) for key, value in batch.items()}
+    return batch
+
+
 class Task:
     name: ClassVar[str] = "abstract"
     family: ClassVar[str] = "abstract"
@@ -162,6 +173,14 @@ class Task:
     # native-loop tasks
     def train_batches(self, epoch: int, seed: int):
         raise NotImplementedError
+
+    def shard_batches(self, epoch: int, seed: int, rank: int, world: int):
+        """Rank ``rank``'s part ``[rank::world]`` of every global batch of ``train_batches`` (a DDP
+        rank's data). This default reads each whole batch and keeps the slice; a task whose batches
+        cost something to read overrides it to read only the slice (classification, imagefolder),
+        with the same samples."""
+        for batch in self.train_batches(epoch, seed):
+            yield slice_batch(batch, rank, world)
 
     def steps_per_epoch(self) -> int:
         raise NotImplementedError

@@ -78,11 +78,15 @@ class FashionMNISTTask(Task):
         return len(self.splits["train"][1]) // self.budget.batch_size
 
     def train_batches(self, epoch: int, seed: int):
+        yield from self.shard_batches(epoch, seed, 0, 1)
+
+    def shard_batches(self, epoch: int, seed: int, rank: int, world: int):
+        """Only the rank's rows of every batch are gathered (``[rank::world]`` of its indices)."""
         x, y = self.splits["train"]
         order = torch.randperm(len(y), generator=seeded(seed * 100_003 + epoch))
         bs = self.budget.batch_size
         for i in range(self.steps_per_epoch()):
-            idx = order[i * bs : (i + 1) * bs]
+            idx = order[i * bs : (i + 1) * bs][rank::world]
             yield x[idx], y[idx]
 
     def calibration_batches(self) -> list:

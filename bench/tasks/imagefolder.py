@@ -284,12 +284,17 @@ class ImageFolderTask(Task):
         return max(1, len(self.samples["train"]) // self.budget.batch_size)
 
     def train_batches(self, epoch: int, seed: int):
+        yield from self.shard_batches(epoch, seed, 0, 1)
+
+    def shard_batches(self, epoch: int, seed: int, rank: int, world: int):
+        """Only the rank's images of every batch are decoded (``[rank::world]`` of its keys, each
+        with its own augmentation seed: the same samples as slicing the decoded batch)."""
         n, bs = len(self.samples["train"]), self.budget.batch_size
         generator = seeded(seed * 100_003 + epoch)
         order = torch.randperm(n, generator=generator).tolist()
         image_seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
         keys = list(zip(order, image_seeds))
-        batches = [keys[i * bs : (i + 1) * bs] for i in range(self.steps_per_epoch())]
+        batches = [keys[i * bs : (i + 1) * bs][rank::world] for i in range(self.steps_per_epoch())]
         yield from self._loader(self.dataset("train", train=True), batches)
 
     def calibration_batches(self) -> list:
