@@ -202,3 +202,29 @@ def test_console_on_a_terminal_keeps_the_bar_and_long_lines_whole(capsys, monkey
         assert reporter.progress is not None
         reporter.log("note " + long)
     assert "note " + long in capsys.readouterr().out  # soft wrap: no newline inserted by rich
+
+
+def test_local_workers_spread_over_the_visible_gpus(monkeypatch):
+    """Issue 34: each spawned local worker takes the next GPU (index mod the count); one GPU or
+    none: nothing is set."""
+    import multiprocessing
+
+    import torch
+
+    from bench.suites.suite_run import _init_worker
+
+    import bench.core.process
+
+    chosen = []
+    monkeypatch.setattr(bench.core.process, "prepare_process", lambda: None)  # not this test process's modes
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    counter = multiprocessing.get_context("spawn").Value("i", 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    for _ in range(4):
+        _init_worker(1, counter)
+    assert chosen == [0, 1, 2, 0]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    _init_worker(1, counter)
+    assert chosen == [0, 1, 2, 0] and counter.value == 5

@@ -3,7 +3,8 @@
 Launchers (one cell = one run):
 
 * ``local``  — in this process (``--workers 1``) or in N spawned worker processes, each with
-  ``torch.set_num_threads(max(1, cpus // N))``.
+  ``torch.set_num_threads(max(1, cpus // N))`` and, where several GPUs are visible, its own GPU
+  (worker i on GPU i mod the count).
 * ``torchrun`` — one ``torchrun --standalone --nproc_per_node N -m bench.suites.launch`` per cell
   (DDP, see bench/suites/launch.py); ``--workers`` such jobs at a time.
 * ``slurm``  — one submitit job per cell (``submitit.AutoExecutor``; ``cluster="local"`` runs the
@@ -51,13 +52,22 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, counter=None) -> None:
+    """A local worker process: its thread count, and (several GPUs visible) its own GPU, the
+    worker's index (``counter``, shared by the pool) modulo the GPUs: cells on ``auto``/``cuda``
+    run there (``resolve_device`` takes the current device; an explicit ``cuda:N`` stays N)."""
     import torch
 
     from bench.core.process import prepare_process
 
     prepare_process()  # before the thread pool exists, so that its threads inherit the FTZ mode
     torch.set_num_threads(threads)
+    if counter is not None:
+        with counter.get_lock():
+            index, counter.value = counter.value, counter.value + 1
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if visible > 1:
+            torch.cuda.set_device(index % visible)
 
 
 # -- ordering and progress ---------------------------------------------------------------------
@@ -204,11 +214,12 @@ def run_suite(
                     reporter.done(cell, run_cell(payload_for(cell, suite, project, None, paths), echo=reporter.log))
             else:
                 threads = max(1, cpu_count() // workers)
+                context = multiprocessing.get_context("spawn")
                 pool = ProcessPoolExecutor(
                     workers,
-                    mp_context=multiprocessing.get_context("spawn"),
+                    mp_context=context,
                     initializer=_init_worker,
-                    initargs=(threads,),
+                    initargs=(threads, context.Value("i", 0)),  # each worker takes the next GPU
                 )
                 _pool(
                     pool,
