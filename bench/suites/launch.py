@@ -13,7 +13,8 @@ device resolves to CUDA, whatever GPU index the spec names; gloo on the CPU):
   ``loss`` runs the model through ``DistributedDataParallel`` (gradients all-reduced,
   BatchNorm buffers broadcast from rank 0 at every forward);
 * the pruner is wrapped (:class:`DistributedPruner`): gradients of its own learnables (scores,
-  gates) are averaged over ranks by a hook, so every rank holds the same weights (DDP) and the
+  gates) are averaged over ranks before each optimizer step (one flat all-reduce for all of them,
+  an optimizer step pre-hook), so every rank holds the same weights (DDP) and the
   same learnables, and every pruner decides its masks from those alone (weights, learnables,
   its schedule, seeded draws, calibration statistics of the same unsharded calibration
   batches; no pruner reads rank-local activations): the ranks take identical decisions with no
@@ -56,6 +57,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from bench.core.device import resolve_device
 from bench.core.errors import ConfigError
@@ -125,18 +127,33 @@ class DistributedPruner:
 
     def attach(self, layers) -> None:
         self._pruner.attach(layers)
+        params = list(self._pruner.parameters())
+        if not params:
+            return
         world = dist.get_world_size(self._group)
-        for param in self._pruner.parameters():
+        ids = {id(p) for p in params}
 
-            def average(grad: Tensor) -> Tensor:
-                grad = grad.clone()
-                dist.all_reduce(grad, group=self._group)
-                return grad / world
+        def average(optimizer, _args, _kwargs) -> None:
+            """Before the optimizer step that updates the learnables: their gradients averaged over
+            ranks in one flat all-reduce (one collective per step, not one per layer)."""
+            if not any(id(p) in ids for group in optimizer.param_groups for p in group["params"]):
+                return
+            grads = [p.grad for p in params if p.grad is not None]  # the same on every rank: one graph
+            if not grads:
+                return
+            flat = torch._utils._flatten_dense_tensors(grads)
+            dist.all_reduce(flat, group=self._group)
+            flat.div_(world)
+            for grad, averaged in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+                grad.copy_(averaged)
 
-            param.register_hook(average)
+        object.__setattr__(self, "_hook", register_optimizer_step_pre_hook(average))
 
     def finalize(self) -> dict[str, Tensor]:
         """Each rank's own final masks, checked to agree over ranks (a digest each: one gather)."""
+        hook = self.__dict__.get("_hook")
+        if hook is not None:  # the learnables no longer train
+            hook.remove()
         local = self._pruner.finalize()
         weights = {layer.name: layer.weight for layer in self._pruner.layers}
         gathered: list[Any] = [None] * dist.get_world_size(self._group)
