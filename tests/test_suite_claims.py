@@ -211,9 +211,8 @@ def test_local_workers_spread_over_the_visible_gpus(monkeypatch):
 
     import torch
 
-    from bench.suites.suite_run import _init_worker
-
     import bench.core.process
+    from bench.suites.suite_run import _init_worker
 
     chosen = []
     monkeypatch.setattr(bench.core.process, "prepare_process", lambda: None)  # not this test process's modes
