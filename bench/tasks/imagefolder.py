@@ -308,7 +308,7 @@ class ImageFolderTask(Task):
         return model(batch[0].to(device_of(model), non_blocking=True))
 
     def loss(self, model: nn.Module, batch) -> Tensor:
-        target = batch[1].to(device_of(model))
+        target = batch[1].to(device_of(model), non_blocking=True)
         return F.cross_entropy(self.forward(model, batch), target, label_smoothing=self.label_smoothing)
 
     def trivial_metric(self) -> float:

@@ -259,7 +259,9 @@ class ImagenetDeiT(Task):
         return model(batch[0].to(device_of(model), non_blocking=True))
 
     def loss(self, model: nn.Module, batch) -> Tensor:
-        return F.cross_entropy(self.forward(model, batch), batch[1].to(device_of(model)), label_smoothing=0.1)
+        return F.cross_entropy(
+            self.forward(model, batch), batch[1].to(device_of(model), non_blocking=True), label_smoothing=0.1
+        )
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str = "test") -> float:
