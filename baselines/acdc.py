@@ -109,14 +109,27 @@ class ACDCPruner(HardMaskPruner):
 
     @torch.no_grad()
     def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.mask is not None:
-            for layer in self.layers:
-                weight = layer.weight
-                weight.mul_(self.pattern.expand(self.mask[layer.name].to(weight.dtype), weight.shape))
+        if self.mask is not None:  # the C phase's weights stay zero where pruned: one foreach multiply
+            torch._foreach_mul_([layer.weight for layer in self.layers], self.expanded_masks())
         if self.phase == COMPRESSED and self.phases.kind_at(self.step + 1, self.steps) == DECOMPRESSED:
             self.reset_momentum(optimizer)  # before the first D step, like the reference
             if self.config.regrow == "silent" and isinstance(self.pattern, OutputChannel):
                 self.regrow_channels()
+
+    def expanded_masks(self) -> list[torch.Tensor]:
+        """The C phase's masks expanded to the weights' shapes and dtypes, made once per mask (the
+        same bool tensors, unmodified), not at every step."""
+        source = [(m, m._version) for m in self.mask.values()]
+        cached = self.__dict__.get("_expanded")
+        if cached is not None and len(cached[0]) == len(source):
+            if all(a[0] is b[0] and a[1] == b[1] for a, b in zip(cached[0], source)):
+                return cached[1]
+        expanded = [
+            self.pattern.expand(self.mask[layer.name].to(layer.weight.dtype), layer.weight.shape)
+            for layer in self.layers
+        ]
+        self._expanded = (source, expanded)
+        return expanded
 
     @torch.no_grad()
     def regrow_channels(self) -> None:
