@@ -116,20 +116,20 @@ class ACDCPruner(HardMaskPruner):
             if self.config.regrow == "silent" and isinstance(self.pattern, OutputChannel):
                 self.regrow_channels()
 
+    _expanded: tuple | None = None  # (the float masks of masks(), their expansions)
+
     def expanded_masks(self) -> list[torch.Tensor]:
-        """The C phase's masks expanded to the weights' shapes and dtypes, made once per mask (the
-        same bool tensors, unmodified), not at every step."""
-        source = [(m, m._version) for m in self.mask.values()]
-        cached = self.__dict__.get("_expanded")
-        if cached is not None and len(cached[0]) == len(source):
-            if all(a[0] is b[0] and a[1] == b[1] for a, b in zip(cached[0], source)):
-                return cached[1]
-        expanded = [
-            self.pattern.expand(self.mask[layer.name].to(layer.weight.dtype), layer.weight.shape)
-            for layer in self.layers
-        ]
-        self._expanded = (source, expanded)
-        return expanded
+        """The C phase's masks expanded to the weights' shapes and dtypes, made once per mask, not
+        at every step: ``masks()`` returns the same float tensors while the masks are unchanged."""
+        floats = self.masks()
+        floats = [floats[layer.name] for layer in self.layers]
+        if self._expanded is None or any(a is not b for a, b in zip(self._expanded[0], floats)):
+            expanded = [
+                self.pattern.expand(m.to(layer.weight.dtype), layer.weight.shape)
+                for m, layer in zip(floats, self.layers)
+            ]
+            self._expanded = (floats, expanded)
+        return self._expanded[1]
 
     @torch.no_grad()
     def regrow_channels(self) -> None:

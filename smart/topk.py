@@ -148,6 +148,21 @@ def _safeguarded_step(t: Tensor, g: Tensor, dg: Tensor, d2g: Tensor, lo: Tensor,
 WARM_PASSES, COLD_PASSES = 6, 16
 
 
+def _fixed_passes(step, t: Tensor, lo: Tensor, hi: Tensor, limit, passes: int, dtype: torch.dtype):
+    """``passes`` safeguarded Halley steps ``step(t, lo, hi) -> (g, t_next, lo, hi)`` with the
+    convergence test on the device: a row done (|g| <= limit, or, below float64, its next t the
+    same at ``dtype``'s resolution) keeps its t from then on. Returns (t, lo, hi)."""
+    done = torch.zeros_like(t, dtype=torch.bool)
+    for _ in range(passes):
+        g, t_next, lo, hi = step(t, lo, hi)
+        now = g.abs() <= limit
+        if dtype != torch.float64:
+            now |= t_next.to(dtype) == t.to(dtype)
+        done |= now
+        t = torch.where(done, t, t_next)
+    return t, lo, hi
+
+
 def _solve_fixed(z: Tensor, k: Tensor, tol: float, t0: Tensor, passes: int) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`_solve` without a host read, on an accelerator: ``passes`` full passes from ``t0``,
     the convergence test on the device (a done row's t stops moving, so every later
@@ -159,16 +174,15 @@ def _solve_fixed(z: Tensor, k: Tensor, tol: float, t0: Tensor, passes: int) -> t
     hi = -_row_extreme(z, torch.minimum).to(torch.float64) + _BRACKET_MARGIN
     t = t0.to(torch.float64).clamp(lo, hi)
     limit = max(tol, 8 * torch.finfo(z.dtype).eps) * k.clamp_min(1)
-    done = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
-    buffers = None
-    for _ in range(passes):
+    buffers = None  # f and q of the previous pass, reused by the next
+
+    def step(t, lo, hi):
+        nonlocal buffers
         f, q, g, t_next, lo, hi = _root_step(z, t, k, lo, hi, buffers)
         buffers = (f, q)
-        now = g.abs() <= limit
-        if z.dtype != torch.float64:
-            now |= t_next.to(z.dtype) == t.to(z.dtype)
-        done |= now
-        t = torch.where(done, t, t_next)
+        return g, t_next, lo, hi
+
+    t, lo, hi = _fixed_passes(step, t, lo, hi, limit, passes, z.dtype)
     # the last pass's f, q are at the t before its update: for the rows still moving, evaluate once more
     f, q, *_ = _root_step(z, t, k, lo, hi, buffers)
     return t, f, q
@@ -317,13 +331,8 @@ def _solve_cost(z: Tensor, c: Tensor, budget: float, tol: float, t0: Tensor | No
             t0 = torch.log(frac) - torch.log1p(-frac) - z.mean(dtype=torch.float64)
         t = t0.to(torch.float64).reshape(()).clamp(lo, hi)
         limit = max(tol, 8 * torch.finfo(z.dtype).eps) * torch.as_tensor(budget, dtype=torch.float64).clamp_min(1.0)
-        done = torch.zeros((), dtype=torch.bool, device=z.device)
-        for _ in range(passes):
-            f, q, g, t_next, lo, hi = _cost_step(z, c, budget, t, lo, hi)
-            done |= g.abs() <= limit
-            if z.dtype != torch.float64:
-                done |= t_next.to(z.dtype) == t.to(z.dtype)
-            t = torch.where(done, t, t_next)
+        step = lambda t, lo, hi: _cost_step(z, c, budget, t, lo, hi)[2:]  # noqa: E731 (g, t_next, lo, hi)
+        t, _, _ = _fixed_passes(step, t, lo, hi, limit, passes, z.dtype)
         f = torch.sigmoid(z + t.to(z.dtype))
         return t, f, f * (1 - f)
     if t0 is None:

@@ -83,7 +83,6 @@ class UnitMask(nn.Module):
             return
         self.mask = self.pattern.expand(unit_mask, self.shape)
         self._source = None if unit_mask.requires_grad else (unit_mask, unit_mask._version)
-        self._applied = None
 
     _applied: tuple | None = None  # (mask, its version, support_only, dtype, the factor) of a fixed mask
 

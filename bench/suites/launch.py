@@ -118,6 +118,7 @@ class DistributedPruner:
         object.__setattr__(self, "_pruner", pruner)
         object.__setattr__(self, "_group", group)
         object.__setattr__(self, "digests", None)
+        object.__setattr__(self, "_hook", None)  # the gradient-averaging optimizer hook (attach)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pruner, name)
@@ -151,9 +152,8 @@ class DistributedPruner:
 
     def finalize(self) -> dict[str, Tensor]:
         """Each rank's own final masks, checked to agree over ranks (a digest each: one gather)."""
-        hook = self.__dict__.get("_hook")
-        if hook is not None:  # the learnables no longer train
-            hook.remove()
+        if self._hook is not None:  # the learnables no longer train
+            self._hook.remove()
         local = self._pruner.finalize()
         weights = {layer.name: layer.weight for layer in self._pruner.layers}
         gathered: list[Any] = [None] * dist.get_world_size(self._group)
