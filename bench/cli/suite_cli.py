@@ -256,7 +256,7 @@ def cmd_table(args) -> int:
         raise ConfigError("--rows", f"no such file: {args.rows} (a JSON-lines file written by --raw)")
     if args.raw and not args.out:
         raise ConfigError("--raw", "needs --out (the folder the rows file is written to)")
-    if not args.margin > 0:
+    if args.margin is not None and not args.margin > 0:
         raise ConfigError("--margin", f"must be a number of metric points > 0, got {args.margin:g}")
     if args.format == "html" and not args.out:
         raise ConfigError("--out", "--format html writes DIR/index.html: give the folder with --out DIR")
@@ -302,6 +302,7 @@ def cmd_table(args) -> int:
     if args.format == "html":
         return write_page(args, suite, frame, store)
     marks = args.marks or suite.marks
+    args.margin = suite.margin if args.margin is None else args.margin  # the suite's, unless given
     stats = {"cost": args.cost, "marks": marks, "margin": args.margin}
     tables = {}
     for stem, part in by_track(frame, suite.name):  # one table per protocol track, each named
@@ -329,6 +330,16 @@ def cmd_table(args) -> int:
         tmp.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows), encoding="utf-8")
         tmp.replace(path)
         print(f"wrote {path} ({len(rows)} rows)")
+    if args.claims:
+        from bench.reports.verdicts import claims, markdown
+
+        text = markdown(claims(frame, args.margin), suite.name, args.margin)
+        if args.out:
+            path = Path(args.out) / f"{suite.name}-claims.md"
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path}")
+        else:
+            print("\n" + text, end="")
     if args.summary:
         summary = "\n".join(  # per protocol track: ranks and verdicts never mix the tracks
             summary_markdown(part, name, args.reference, marks, args.margin)
@@ -355,12 +366,13 @@ def write_page(args, suite, frame, store) -> int:
     from bench.core.errors import ConfigError
     from bench.reports.html import inline_figures, render_html
     from bench.reports.ranks import summary_markdown
-    from bench.reports.tables import MARGIN, build_table, provenance_markdown, suite_rows
+    from bench.reports.tables import build_table, provenance_markdown, suite_rows
 
     if args.by_task:
         raise ConfigError("--by-task", "not with --format html: the page filters its columns by task family")
     rows = suite_rows(suite, store)
-    marks, margin = getattr(args, "marks", None) or suite.marks, getattr(args, "margin", MARGIN)
+    marks = getattr(args, "marks", None) or suite.marks
+    margin = suite.margin if getattr(args, "margin", None) is None else args.margin
     page = render_html(
         build_table(frame, suite, marks=marks, margin=margin),
         frame,
@@ -591,6 +603,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(smartbench suite speed) of every cell",
     )
     table.add_argument(
+        "--claims",
+        action="store_true",
+        help="also the verdict on each of the paper's claims (SMART beats PDP/PaS/AWG/AC/DC on block, channel, "
+        "N:M, det, seg) per track: paired differences, Holm, TOST (bench/reports/verdicts.py); NAME-claims.md",
+    )
+    table.add_argument(
         "--summary",
         action="store_true",
         help="also the mean rank of every pruner over the columns (bootstrap CI) and --reference's win/tie/loss",
@@ -613,8 +631,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     table.add_argument(
         "--margin",
         type=float,
-        default=0.5,
-        help="v3: the equivalence margin in metric points (≡ = within +-margin of the best by a paired TOST)",
+        default=None,
+        help="v3: the equivalence margin in metric points (≡ = within +-margin of the best by a paired TOST); "
+        "default: the suite's `margin` (0.5 when it sets none)",
     )
     table.add_argument(
         "--from",

@@ -20,6 +20,7 @@ A suite file (``bench/configs/suites/NAME.yaml``, read with ``yaml.safe_load``):
     requires_tasks_present: true     # false: `suite plan` also works for unregistered tasks
     plan_only: false                 # true: a recipe that `suite run` refuses
     marks: v3                        # the statistics of its tables (bench.reports.tables; v2: as committed for v2)
+    margin: 1.0                      # v3: the equivalence margin of its tables, metric points (default 0.5)
 
 One *cell* is one run (task, pruner entry, pattern, sparsity, seed). Its run id comes from
 ``bench.runs.run.resolve`` (the canonical resolved config; see docs/suites.md). A pruner whose
@@ -85,6 +86,7 @@ TOP_FIELDS = (
     "wandb_project",
     "tune",
     "marks",
+    "margin",
 )
 PRUNER_FIELDS = ("name", "as", "options")
 KIND_NAMES = {
@@ -145,6 +147,7 @@ class Suite:
     plan_only: bool = False
     wandb_project: str | None = None
     marks: str = "v3"  # the statistics behind its tables' marks (bench.reports.tables.MARKS)
+    margin: float = 0.5  # v3: its tables' equivalence margin in metric points (bench.reports.tables.MARGIN)
     cells: list[Cell] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # notes for cells a pruner cannot run
     tune: Any = None  # bench.suites.tuned.TuneSettings from the `tune:` key, or None
@@ -291,6 +294,9 @@ def load_suite(name: str, tuned: bool = True) -> Suite:
             raise ConfigError(f"suite.{key}", f"must be true or false, got {raw[key]!r}")
     if raw.get("marks", "v3") not in ("v3", "v2"):
         raise ConfigError("suite.marks", f"{raw['marks']!r} is not one of v3, v2")
+    margin = raw.get("margin", 0.5)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin > 0:
+        raise ConfigError("suite.margin", f"must be a number of metric points > 0, got {margin!r}")
     known = load_pruners()
     defaults = {k: raw[k] for k in BLOCK_FIELDS if k in raw}
     cells = raw.get("cells")
@@ -324,6 +330,7 @@ def load_suite(name: str, tuned: bool = True) -> Suite:
         plan_only=plan_only,
         wandb_project=raw.get("wandb_project"),
         marks=raw.get("marks", "v3"),
+        margin=float(margin),
         tune=tune,
         tuned=None if tune is None or not tuned else read_tuned(tune, suite_name),
     )
