@@ -711,3 +711,54 @@ def test_a_label_on_both_tracks_plans_its_seeds_once_per_track(store):
         suite.cells.append(Cell(dataclasses.replace(cell.spec, allocation="uniform"), cell.label, cell.run_id + "-u"))
     md = build_table(rows_from_store(suite, store), suite).render("md")
     assert "81.00 ± 1.00" in md and "(n=3)" not in md and "(n=2)" in md  # smart block 0.9 has 2 of 3 seeds
+
+
+def test_drop_figure_zooms_past_collapsed_cells_on_a_log_flops_axis(tmp_path):
+    """Two columns (FLOPs kept 0.5 and 0.125): smart drops 1 and 3 points, magnitude 2 and 60 (its
+    0.125 cell collapsed on one seed); the axis spans the others' range, not -60, and the collapsed
+    cell sits on its lower edge; nomask is a horizontal line; the x axis is logarithmic."""
+    import matplotlib.pyplot as plt
+
+    from bench.reports.plots import drop, drop_points, zoom
+
+    records = []
+    for label, pruner, drops in (
+        ("smart", "smart", (1, 3)),
+        ("magnitude", "magnitude", (2, 60)),
+        ("nomask", "nomask", (-0.2, -0.2)),
+    ):
+        for (sparsity, kept), d in zip(((0.5, 0.5), (0.875, 0.125)), drops):
+            for seed, noise in zip((0, 1, 2), (-0.1, 0.0, 0.1)):
+                records.append(
+                    dict(
+                        label=label,
+                        pruner=pruner,
+                        task="fmnist-resnet-lite",
+                        pattern="channel",
+                        sparsity=sparsity,
+                        seed=seed,
+                        metric=90.0 - d + noise,
+                        metric_name="top1",
+                        dense_metric=90.0,
+                        flops_dense=100.0,
+                        flops_masked=100.0 * kept if pruner != "nomask" else 100.0,
+                        collapsed=(label == "magnitude" and sparsity == 0.875 and seed == 0),
+                    )
+                )
+    frame = pd.DataFrame.from_records(records)
+    points = drop_points(frame)
+    smart = points[points["label"] == "smart"].set_index("sparsity")
+    assert smart.loc[0.875, "mean"] == pytest.approx(-3.0) and smart.loc[0.875, "kept"] == pytest.approx(0.125)
+    low, high, outside = zoom(points)
+    assert (
+        list(points[outside]["label"]) == ["magnitude"] and -3.5 < low < -3.1 and 0.3 < high < 0.6
+    )  # -3.1 .. +0.3, padded 8 %
+    ((name, fig),) = list(drop(frame, "s"))
+    assert name == "s-fmnist-resnet-lite-channel-drop.png"
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_ylim() == pytest.approx((low, high))
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["-60.0"] and "collapsed" in ax.get_title()
+    nomask = [line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == ":"]
+    assert nomask == [pytest.approx(0.2)]  # 0.2 above dense, every column
+    plt.close(fig)

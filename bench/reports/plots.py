@@ -2,6 +2,13 @@
 
 * ``curve``: metric vs target sparsity per (task, pattern), mean ± std over seeds, with the
   dense model's mean as a dashed line; the controls (random, nomask) drawn like every pruner.
+* ``drop``: per (task, pattern), the drop from dense (row metric - its seed's dense metric, mean ±
+  std over seeds) against the fraction of the dense FLOPs kept, on a log axis: one line per pruner
+  over its columns, dense at 0, the no-mask control as a dotted line, scratch drawn like a pruner.
+  The y axis is zoomed to the points that did not collapse; a collapsed cell (any seed flagged
+  ``collapsed``, or a mean below the others' range by more than that range) sits on the lower
+  edge as a down-pointing triangle with its value written next to it, instead of stretching the axis.
+  The labels of one column sit side by side (about 1 % of FLOPs apart) so that no error bar hides another.
 * ``pareto``: metric vs the fraction of dense FLOPs kept (``flops_masked / flops_dense``) per task,
   every (pruner, column) a point with its std, and the non-dominated front of all points.
 * ``allocation``: per column, the fraction of units each pruner kept in every prunable layer
@@ -69,7 +76,7 @@ def figures(frame: pd.DataFrame, suite_name: str) -> Iterator[tuple[str, Figure]
     import matplotlib
 
     matplotlib.use("Agg")
-    for draw in (curves, pareto, allocation, speed, critical_difference):
+    for draw in (curves, drop, pareto, allocation, speed, critical_difference):
         yield from draw(frame, suite_name)
 
 
@@ -108,6 +115,107 @@ def curves(frame: pd.DataFrame, suite_name: str) -> Iterator[tuple[str, Figure]]
         ax.set(xlabel="target sparsity", ylabel=part["metric_name"].iloc[0], title=f"{task} · {pattern}")
         ax.legend(fontsize=7)
         yield _file_name(suite_name, task, pattern), fig
+
+
+def drop_points(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (label, task, pattern, sparsity): FLOPs kept (mean), the change against dense (mean, std over
+    seeds of metric - the seed's dense metric; dense - metric for lower-is-better metrics, so that a
+    negative value is always a loss) and whether any seed collapsed."""
+    from bench.reports.tables import LOWER_IS_BETTER
+
+    frame = frame.dropna(subset=["flops_masked", "flops_dense", "metric", "dense_metric"])
+    sign = np.where(frame["metric_name"].isin(LOWER_IS_BETTER), -1.0, 1.0)
+    frame = frame.assign(
+        kept=frame["flops_masked"] / frame["flops_dense"],
+        drop=sign * (frame["metric"] - frame["dense_metric"]),
+        collapsed_seed=frame["collapsed"].map(lambda f: bool(f) if f == f and f is not None else False)
+        if "collapsed" in frame
+        else False,
+    )
+    return (
+        frame.groupby(KEYS, sort=False)
+        .agg(kept=("kept", "mean"), mean=("drop", "mean"), std=("drop", "std"), collapsed=("collapsed_seed", "any"))
+        .reset_index()
+    )
+
+
+def zoom(points: pd.DataFrame) -> tuple[float, float, pd.Series]:
+    """(y low, y high, which points sit outside as collapsed): the range of the points that did not
+    collapse (mean ± std, 0 included), padded by 8 %; a point below it by more than its height counts
+    as collapsed too."""
+    kept = points[~points["collapsed"]]
+    if kept.empty:
+        kept = points
+    err = kept["std"].fillna(0)
+    low, high = float(min((kept["mean"] - err).min(), 0.0)), float(max((kept["mean"] + err).max(), 0.0))
+    height = max(high - low, 1e-9)
+    outside = points["collapsed"] | (points["mean"] < low - height)
+    if outside.any():  # recompute without the far-off points
+        inner = points[~outside]
+        err = inner["std"].fillna(0)
+        low = float(min((inner["mean"] - err).min(), 0.0)) if not inner.empty else low
+        high = float(max((inner["mean"] + err).max(), 0.0)) if not inner.empty else high
+        height = max(high - low, 1e-9)
+    return low - 0.08 * height, high + 0.08 * height, outside
+
+
+DODGE = 0.004  # log10 step between labels at one column in the drop figure (about 1 % of FLOPs each)
+
+
+def drop(frame: pd.DataFrame, suite_name: str) -> Iterator[tuple[str, Figure]]:
+    import matplotlib.pyplot as plt
+
+    from bench.reports.tables import reference_labels
+
+    if not {"flops_masked", "flops_dense", "dense_metric"} <= set(frame):
+        return
+    references = reference_labels(frame)
+    for (task, pattern), part in drop_points(frame).groupby(["task", "pattern"], sort=False):
+        if part.empty:
+            continue
+        metric = frame.loc[frame["task"] == task, "metric_name"].iloc[0]
+        low, high, outside = zoom(part)
+        fig, ax = plt.subplots(figsize=(7, 3.8))
+        ax.axhline(0.0, color="black", linestyle="--", linewidth=1, label="dense")
+        labels = [label for label in dict.fromkeys(part["label"]) if label not in references]
+        for label, line in part.groupby("label", sort=False):
+            if label in references:  # nomask: one run per seed for every column, a horizontal line
+                ax.axhline(line["mean"].mean(), color=style(label)["color"], linestyle=":", linewidth=1, label=label)
+                continue
+            dodge = 10 ** (DODGE * (labels.index(label) - (len(labels) - 1) / 2))  # side by side, not on top
+            line = line.sort_values("kept").assign(kept=lambda d, f=dodge: d["kept"] * f)
+            inside = line[~outside.loc[line.index]]
+            kw = style(label)
+            ax.errorbar(inside["kept"], inside["mean"], yerr=inside["std"].fillna(0), capsize=3, label=label, **kw)
+            for _, point in line[outside.loc[line.index]].iterrows():
+                ax.plot(
+                    [point["kept"]], [low], marker="v", color=kw["color"], markersize=7, linestyle="", clip_on=False
+                )
+                ax.annotate(
+                    f"{point['mean']:.1f}",
+                    (point["kept"], low),
+                    textcoords="offset points",
+                    xytext=(3, 3),
+                    fontsize=6,
+                    color=kw["color"],
+                )
+        competing = part[~part["label"].isin(references)]["kept"]
+        ax.set_xscale("log")
+        if not competing.empty:  # the columns' range, not the references' 1.0
+            ax.set_xlim(competing.min() / 1.35, min(1.05, competing.max() * 1.35))
+            columns = part[~part["label"].isin(references)].groupby("sparsity")["kept"].mean()
+            ticks = sorted({round(float(k), 4) for k in columns})  # one per column, at its mean FLOPs kept
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([f"{k:.3g}" for k in ticks], fontsize=7)
+        ax.minorticks_off()
+        ax.set(
+            xlabel="FLOPs kept (masked / dense, log)",
+            ylabel=f"{metric} - dense",
+            ylim=(low, high),
+            title=f"{task} · {pattern}: drop from dense vs FLOPs" + (" (▼ collapsed)" if outside.any() else ""),
+        )
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        yield _file_name(suite_name, task, pattern, "drop"), fig
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
