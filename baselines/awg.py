@@ -29,6 +29,7 @@ from bench.core.masks import PrunableLayer
 from bench.core.pruner import Pruner, PrunerConfig, check_range, register_pruner
 from bench.core.pruning_blocks import straight_through
 from bench.core.select import keep_count
+from bench.core.syncs import may_read
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class _UnitNorms(torch.autograd.Function):
         if grad_norm is not None:
             norm = norm.unsqueeze(-1)
             grad = units / norm
-            if units.device.type != "cpu" or bool((norm == 0).any()):  # no host sync off the CPU
+            if not may_read(units) or bool((norm == 0).any()):  # no host sync off the CPU (bench.core.syncs)
                 grad.masked_fill_(norm == 0, 0)
             grad.mul_(grad_norm.unsqueeze(-1))
         if grad_mean is not None:

@@ -9,9 +9,11 @@ with a user loop of ``--steps`` steps, pruning over the first two thirds, and co
 fine-tuning steps and the mean over the steady-state pruning steps (the last half of them: past
 any warm-up). By default the code runs its accelerator paths (``bench.core.syncs.sync_free``): what
 a GPU would stall on; ``--host-paths`` counts the CPU's own paths, which read values on the host
-where that is faster and nothing waits. Every sync of the pruner's own calls (``step``, ``penalty``,
-``after_optimizer_step``) is counted; the model's forward/backward and the optimizer step are
-not (they sync nowhere).
+where that is faster and nothing waits. The whole step is counted: the pruner's own calls (``step``,
+``penalty``, ``after_optimizer_step``), the forward, the backward (which runs the pruners' own
+autograd functions: AWG's unit norms, straight-through estimators) and the optimizer step. Until
+commit 39ecc64 only the pruner's own calls were, which missed AWG's one read per layer in its
+backward on the accelerator path.
 """
 
 from __future__ import annotations
@@ -65,16 +67,14 @@ def measure(pruner: str, pattern: str, allocation: str, steps: int, host: bool =
 
 
 def one_step(pruning, model, optimizer, x, y) -> dict[str, int]:
-    """One step of a user's loop; the host syncs of the pruner's own calls, by op."""
+    """One step of a user's loop, counted whole (the forward, the backward through the pruner's own
+    autograd functions and the optimizer step included); the host syncs, by op."""
     with HostSyncCounter() as syncs:
         pruning.step()
-    loss = torch.nn.functional.cross_entropy(model(x), y)
-    with syncs:
-        loss = loss + pruning.penalty()
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    with syncs:
+        loss = torch.nn.functional.cross_entropy(model(x), y) + pruning.penalty()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
         pruning.after_optimizer_step(optimizer)
     return dict(syncs.by_op)
 

@@ -125,3 +125,42 @@ def test_pilot_seeds_add_the_random_pruner(tmp_path):
     assert ("random-uniform", 1) in got and ("magnitude-uniform", 0) in got and ("nomask", 1) in got
     with pytest.raises(ConfigError, match="--pilot-seeds"):
         column_suite(load_suite(str(path)), (0.9,), pilot_seeds=(0, 0))
+
+
+def test_under_the_power_criterion_each_nm_pattern_is_a_candidate(tmp_path):
+    """Pilot seeds 0-2 on a ViT: every N:M pattern runs N:M magnitude and random (no allocation rule:
+    N:M is per row) beside the task's one no-mask control; nm:2:4 (gap 0.1) fails the band, nm:1:8
+    (gap 3, sigma_d 0.1) is a column, nm:1:4 (gap 2, sigma_d 1) fails the MDE at 3 seeds. With one
+    pilot seed (v2's rule) N:M patterns are not candidates."""
+    path = tmp_path / "s.yaml"
+    spec = {"tasks": ["fmnist-vit-tiny"], "pruners": ["smart"], "patterns": ["nm:2:4", "nm:1:4", "nm:1:8"]}
+    path.write_text(yaml.safe_dump({**spec, "seeds": [0], "budget": {"prune_epochs": 1, "finetune_epochs": 1}}))
+    suite = column_suite(load_suite(str(path)), (0.9,), pilot_seeds=(0, 1, 2))
+    got = sorted({(c.label, c.spec.pattern, c.spec.sparsity) for c in suite.cells if c.spec.seed == 0})
+    assert got == [
+        ("magnitude-uniform", "nm:1:4", 0.75),
+        ("magnitude-uniform", "nm:1:8", 0.875),
+        ("magnitude-uniform", "nm:2:4", 0.5),
+        ("nomask", "nm:2:4", 0.5),  # one control run per seed, placed in every pattern
+        ("random-uniform", "nm:1:4", 0.75),
+        ("random-uniform", "nm:1:8", 0.875),
+        ("random-uniform", "nm:2:4", 0.5),
+    ]
+    assert all(c.spec.allocation is None for c in suite.cells)  # "v1": no allocation rule
+    gap = {"nm:2:4": 0.1, "nm:1:4": 2.0, "nm:1:8": 3.0}
+    noise = {"nm:2:4": 0.1, "nm:1:4": 1.0, "nm:1:8": 0.1}
+    rows = {}
+    for c in suite.placed():
+        if c.label == "nomask":
+            rows[c.run_id] = {"val_metric": 80.0}
+        elif c.label == "magnitude-uniform":
+            rows[c.run_id] = {"val_metric": 80.0 - gap[c.spec.pattern]}
+        else:  # random: 1 point below magnitude, +-noise over the seeds
+            rows[c.run_id] = {"val_metric": 79.0 - gap[c.spec.pattern] + noise[c.spec.pattern] * (c.spec.seed - 1)}
+    choices = {ch["pattern"]: ch for ch in choose_columns(suite.placed(), rows, margin=0.5, planned_seeds=3)}
+    assert choices["nm:1:8"]["gaps"] == {0.875: pytest.approx(3.0)} and choices["nm:1:8"]["chosen"] == [0.875]
+    assert choices["nm:2:4"]["chosen"] == [] and choices["nm:1:4"]["chosen"] == []
+    assert choices["nm:1:4"]["power"][0.75]["mde"] == pytest.approx(3.264, abs=2e-3)
+    assert choose_columns(suite.placed(), rows)[0]["chosen"] == []  # nm:2:4: not exempt like 50 %
+    with pytest.raises(ConfigError, match="no non-N:M pattern"):
+        column_suite(load_suite(str(path)), (0.9,))  # one pilot seed: N:M stays fixed by its pattern

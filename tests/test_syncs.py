@@ -74,7 +74,8 @@ def net(depth: int = 2) -> nn.Module:
 
 
 def syncs_of_a_run(pruner: str, pattern: str, allocation: str, device_paths: bool = True):
-    """Host syncs of the pruner's own calls in every step of a short user loop (None: not runnable)."""
+    """Host syncs in every step of a short user loop -- the pruner's calls, the forward, the backward
+    through the pruner's own autograd functions and the optimizer step (None: not runnable)."""
     model = net()
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
     rule, budget = ALLOCATIONS[allocation]
@@ -95,13 +96,12 @@ def syncs_of_a_run(pruner: str, pattern: str, allocation: str, device_paths: boo
     per_step = []
     with sync_free() if device_paths else contextlib.nullcontext():
         for _ in range(PRUNE_STEPS + FINETUNE_STEPS):
-            with HostSyncCounter() as syncs:
+            with HostSyncCounter() as syncs:  # the whole step: the pruner's backward functions too
                 pruning.step()
                 loss = torch.nn.functional.cross_entropy(model(x), y) + pruning.penalty()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            with syncs:
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
                 pruning.after_optimizer_step(optimizer)
             per_step.append(syncs.count)
     return per_step, pruning.finalize()

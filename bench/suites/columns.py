@@ -7,7 +7,7 @@ simplest pruner there is) and the no-mask control (the dense model trained on wi
 recipe) run at candidate sparsities with the suite block's budget, seed 0; a sparsity is a column
 when magnitude loses between ``low`` and ``high`` points of the **validation** metric against the
 control (default 1-15), and 50% is always a column. N:M columns are fixed by the pattern (2:4,
-1:4, 1:8...) and are not chosen here.
+1:4, 1:8...) and are not chosen here -- except under the power criterion below.
 
 The runs are cells of a suite named ``<NAME>-columns`` (resumable, rows in the store); the report
 lists every candidate's gap, so the suite file can quote the measurement that justified its
@@ -22,6 +22,12 @@ detectable effect at ``N`` seeds (two-sided paired t-test, alpha 0.05, 80 % powe
 t: bench.reports.stats.mde) is within the margin; 50 % is not exempt then. The report gives, per
 candidate, the gap (mean over the pilot seeds), sigma_d, the MDE at ``N`` seeds and the seeds that
 would reach the margin (capped by ``--seed-cap``).
+
+**N:M under the power criterion.** Each N:M pattern of a suite (its sparsity fixed at 1 - N/M) is
+then a candidate too: N:M magnitude (top-N of every group of M, per row: uniform by construction)
+and N:M random run beside the same no-mask control, and the pattern is a column when it meets the
+same two conditions (the gap band and the MDE). "N:M columns run where the ViT task carries
+signal" (issue 33) is this test; ``--candidates`` does not apply to them.
 """
 
 from __future__ import annotations
@@ -46,29 +52,33 @@ def column_suite(suite, candidates: tuple[float, ...], device: str = "auto", pil
         raise ConfigError("--candidates", f"must be sparsities in (0, 1), got {list(candidates)}")
     if not pilot_seeds or len(set(pilot_seeds)) != len(pilot_seeds) or min(pilot_seeds) < 0:
         raise ConfigError("--pilot-seeds", f"must be distinct seeds >= 0, got {list(pilot_seeds)}")
+    power = len(pilot_seeds) >= 2
     blocks, seen = [], set()
     for block in suite.blocks:
-        patterns = [p for p in block.patterns if parse_pattern(p).fixed_sparsity is None]
+        patterns = [p for p in block.patterns if power or parse_pattern(p).fixed_sparsity is None]
         for task in block.tasks:
             for pattern in patterns:
                 if (task, pattern) in seen:
                     continue
                 seen.add((task, pattern))
+                fixed = parse_pattern(pattern).fixed_sparsity
                 common = dict(
                     tasks=[task],
                     patterns=[pattern],
                     seeds=list(pilot_seeds),
-                    allocation={"policy": "uniform", "floor": 0.0},
+                    # N:M selects per row of every layer: uniform already, and no allocation rule applies
+                    allocation="v1" if fixed is not None else {"policy": "uniform", "floor": 0.0},
                     where=f"{block.where} (columns: {task} {pattern})",
                 )
-                sparsities = sorted(set(candidates) | {ALWAYS})
+                sparsities = [fixed] if fixed is not None else sorted(set(candidates) | {ALWAYS})
                 magnitude = [PrunerEntry("magnitude", "magnitude-uniform")]
-                if len(pilot_seeds) >= 2:  # the power criterion's second pruner
+                if power:  # the power criterion's second pruner
                     magnitude.append(PrunerEntry("random", "random-uniform"))
                 blocks.append(replace(block, sparsities=sparsities, pruners=magnitude, **common))
                 # the control keeps every unit: one run (its id leaves out pattern and sparsity) serves
                 # every candidate of every pattern of the task (``Suite.placements``)
-                blocks.append(replace(block, sparsities=[ALWAYS], pruners=[PrunerEntry("nomask", "nomask")], **common))
+                control = [fixed if fixed is not None else ALWAYS]
+                blocks.append(replace(block, sparsities=control, pruners=[PrunerEntry("nomask", "nomask")], **common))
     if not blocks:
         raise ConfigError("suite", f"suite '{suite.name}' has no non-N:M pattern to choose sparsities for")
     return expand(Suite(f"{suite.name}-columns", suite.path, f"column rule of {suite.name}", blocks), device)
@@ -90,22 +100,25 @@ def choose_columns(
     from bench.reports import stats
 
     val: dict[tuple, float] = {}
+    control: dict[tuple, float] = {}  # (task, pattern, seed) -> the no-mask control's val metric
     for cell in cells:
         row = rows.get(cell.run_id)
         if row is not None:
-            key = (cell.spec.task, cell.spec.pattern, cell.spec.sparsity, cell.label, getattr(cell.spec, "seed", 0))
-            val[key] = float(row["val_metric"])
+            seed = getattr(cell.spec, "seed", 0)
+            val[(cell.spec.task, cell.spec.pattern, cell.spec.sparsity, cell.label, seed)] = float(row["val_metric"])
+            if cell.label == "nomask":
+                control[(cell.spec.task, cell.spec.pattern, seed)] = float(row["val_metric"])
     out = []
     for task, pattern in dict.fromkeys((c.spec.task, c.spec.pattern) for c in cells):
         gaps, power = {}, {}
+        nm = parse_pattern(pattern).fixed_sparsity  # an N:M pattern: its one candidate, never exempt
         mine = [c for c in cells if (c.spec.task, c.spec.pattern) == (task, pattern) and c.label != "nomask"]
         seeds = sorted({getattr(c.spec, "seed", 0) for c in mine})
         for s in sorted({c.spec.sparsity for c in mine}):
             pairs = [
-                (val[(task, pattern, ALWAYS, "nomask", seed)], val[(task, pattern, s, "magnitude-uniform", seed)])
+                (control[(task, pattern, seed)], val[(task, pattern, s, "magnitude-uniform", seed)])
                 for seed in seeds
-                if (task, pattern, ALWAYS, "nomask", seed) in val
-                and (task, pattern, s, "magnitude-uniform", seed) in val
+                if (task, pattern, seed) in control and (task, pattern, s, "magnitude-uniform", seed) in val
             ]
             gaps[s] = sum(c - m for c, m in pairs) / len(pairs) if pairs else None
             if margin is not None:
@@ -123,7 +136,7 @@ def choose_columns(
         chosen = [
             s
             for s, gap in gaps.items()
-            if (s == ALWAYS and margin is None or (gap is not None and low <= gap <= high))
+            if (s == ALWAYS and margin is None and nm is None or (gap is not None and low <= gap <= high))
             and (margin is None or (power.get(s) is not None and power[s]["mde"] <= margin))
         ]
         choice = {"task": task, "pattern": pattern, "gaps": gaps, "chosen": chosen}
