@@ -173,3 +173,52 @@ def test_stage_driver_flushes_denormals():
         "driver.setup(task.calibration_batches(), task.forward)\n"
     )
     assert _probe(code) == (0, 0)
+
+
+def test_compile_is_identity_when_on_and_native_loops_only():
+    spec = RunSpec(task="fmnist-tiny", pruner="magnitude", pattern="block:1x8", sparsity=0.5)
+    base, compiled = resolve(spec), resolve(dataclasses.replace(spec, compile=True))
+    assert compiled.run_id != base.run_id and compiled.canonical["task"]["compile"] == "inductor"
+    assert "compile" not in base.canonical["task"]  # ids of eager runs are those from before the field
+    assert spec_only_id(dataclasses.replace(spec, compile=True)) != spec_only_id(spec)
+    with pytest.raises(ConfigError, match="^compile: must be true or false"):
+        resolve(dataclasses.replace(spec, compile="yes"))
+    mm = RunSpec(task="scenes-seg-tiny", pruner="magnitude", pattern="channel", sparsity=0.5, compile=True)
+    with pytest.raises(ConfigError, match="^compile: task 'scenes-seg-tiny' trains in its own"):
+        resolve(mm)
+
+
+@pytest.mark.parametrize("pruner", ["smart", "magnitude", "acdc"])
+def test_compiled_training_steps_keep_the_masks_and_compile_once_not_per_step(monkeypatch, pruner):
+    """The native loop through ``Task.training_model`` (torch.compile; the aot_eager backend here:
+    no C++ build): the same hard masks as eager, weights within float tolerance, and a bounded number
+    of graphs over the whole run -- a mask set from outside every step (a new tensor for SMART's
+    soft masks) does not recompile the model, nor does the fixed mask's factor cache (bypassed
+    while compiling)."""
+    from torch._dynamo.utils import counters
+
+    import bench.tasks.base as base
+
+    monkeypatch.setattr(base, "COMPILE_BACKEND", "aot_eager")
+    case = harness.KitCase(harness.registered_pruners()[pruner], "channel", 0.5)
+    results = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        task, model, masker, pruner_ = harness.fresh_setup(case)
+        task.compile = compiled
+        b = task.budget
+        driver = StageDriver(pruner_, masker, b.prune_epochs, b.finetune_epochs, lambda _: None)
+        driver.setup(task.calibration_batches(), task.forward)
+        hard = PruneTrainer(task, model, driver, 0).run()
+        results[compiled] = (hard, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        if compiled:
+            graphs = counters["stats"]["unique_graphs"]
+            steps = (b.prune_epochs + b.finetune_epochs) * task.steps_per_epoch()
+            assert 1 <= graphs <= 3 < steps, (graphs, steps)
+    (eager_masks, eager_state), (compiled_masks, compiled_state) = results[False], results[True]
+    for name, mask in eager_masks.items():
+        assert torch.equal(mask, compiled_masks[name]), name
+    for name, value in eager_state.items():
+        if value.is_floating_point():
+            assert torch.allclose(value, compiled_state[name], atol=1e-4, rtol=1e-4), name

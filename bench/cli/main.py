@@ -107,6 +107,7 @@ def cmd_run(args) -> int:
         allocation=allocation_of(args),
         device=args.device,
         amp=args.amp,
+        compile=args.compile,
     )
     run = resolve(spec)
     if run.dense_layers:  # the coverage rule: say which layers stay dense before training

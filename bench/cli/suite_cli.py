@@ -144,7 +144,7 @@ def cmd_plan(args) -> int:
     batch = None
     if args.calibrate_batch is not None:
         batch = positive_int(args.calibrate_batch, "--calibrate-batch", "images per calibration step")
-    suite = select_cells(load_and_expand(args.name, args.device, args.amp), args.only)
+    suite = select_cells(load_and_expand(args.name, args.device, args.amp, args.compile), args.only)
     print("\n".join(plan_lines(suite)), flush=True)
     if args.estimate or calibrate is not None or batch is not None:
         estimate = estimate_suite(suite, args.device, calibrate, batch, RunPaths.from_env())
@@ -197,7 +197,9 @@ def cmd_run(args) -> int:
     from bench.suites.suite import load_and_expand
     from bench.suites.suite_run import run_suite
 
-    suite = select_cells(load_and_expand(args.name, args.device, args.amp), args.only)  # all validated first
+    suite = select_cells(
+        load_and_expand(args.name, args.device, args.amp, args.compile), args.only
+    )  # all validated first
     if args.launcher == "slurm":  # the cost of what is about to be submitted, and the job settings it suggests
         from bench.suites.estimate import estimate_lines, estimate_suite, slurm_lines
 
@@ -397,12 +399,12 @@ def cmd_tune(args) -> int:
     from bench.suites.suite import expand, load_suite
     from bench.suites.tune import run_tune, schedule_suite, trial_suite
 
-    suite = expand(load_suite(args.name, tuned=False), args.device, args.amp)  # every input checked first
+    suite = expand(load_suite(args.name, tuned=False), args.device, args.amp, args.compile)  # every input checked first
     if suite.tune is None:
         raise ConfigError("suite.tune", f"suite '{suite.name}' has no `tune:` key (trials, file, columns)")
     if args.plan:
         if suite.tune.schedules:
-            choice, _ = schedule_suite(suite, suite.tune, args.device, args.amp)
+            choice, _ = schedule_suite(suite, suite.tune, args.device, args.amp, args.compile)
             print(f"first, the fine-tuning schedule of each family ({', '.join(suite.tune.schedules)}):")
             for line in plan_lines(choice):
                 print(line)
@@ -413,7 +415,7 @@ def cmd_tune(args) -> int:
             from bench.suites.tuned import read_tuned
 
             extra = edge_trials(read_tuned(suite.tune, suite.name) or {}, suite.tune)
-        trials, _ = trial_suite(suite, suite.tune, args.device, args.amp, extra=extra)
+        trials, _ = trial_suite(suite, suite.tune, args.device, args.amp, extra=extra, compile=args.compile)
         for line in plan_lines(trials):
             print(line)
         return 0
@@ -423,6 +425,7 @@ def cmd_tune(args) -> int:
         workers=args.workers,
         device=args.device,
         amp=args.amp,
+        compile=args.compile,
         progress=not args.no_progress,
         paths=RunPaths.from_env(),
         extend_edges=args.extend_edges,
@@ -452,7 +455,7 @@ def cmd_columns(args) -> int:
     if args.planned_seeds < 2 or args.seed_cap < args.planned_seeds:
         raise ConfigError("--planned-seeds", "need 2 <= --planned-seeds <= --seed-cap")
     suite = load_suite(args.name, tuned=False)
-    columns = select_cells(column_suite(suite, candidates, args.device, pilot), args.only)
+    columns = select_cells(column_suite(suite, candidates, args.device, pilot, args.amp, args.compile), args.only)
     paths = RunPaths.from_env()
     if not args.report_only:
         code = run_suite(columns, workers=args.workers, progress=not args.no_progress, paths=paths)

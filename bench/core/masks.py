@@ -92,6 +92,8 @@ class UnitMask(nn.Module):
         the fine-tuning stage: one cast, or a compare and a cast, fewer per layer and step); the
         same tensor, unmodified, under the same settings reuses it."""
         mask, applied = self.mask, self._applied
+        if torch.compiler.is_compiling():  # a compiled graph fuses the cast into the product: no cache
+            return (mask != 0).to(dtype) if self.support_only else mask.to(dtype)
         key = (mask, mask._version, self.support_only, dtype)
         if applied is not None and applied[0] is mask and applied[1:4] == key[1:]:
             return applied[4]

@@ -108,6 +108,7 @@ class RunSpec:
     allocation: str | dict | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N (bench.core.device); not part of the identity
     amp: bool = False  # bf16 autocast of training; part of the identity when on
+    compile: bool = False  # torch.compile of the model in the native training steps; part of the identity when on
 
 
 @dataclass
@@ -167,7 +168,7 @@ def run_identity(
 
 
 def configured_task(spec: RunSpec, device: torch.device | None = None) -> Task:
-    """The spec's task with its device (``device``, else the spec's resolved), amp and budget
+    """The spec's task with its device (``device``, else the spec's resolved), amp, compile and budget
     overrides; builds no model. ``suite plan --estimate`` passes its own device (a GPU suite is
     planned on a login node without one)."""
     task = get_task(spec.task, spec.model, spec.data)
@@ -175,6 +176,14 @@ def configured_task(spec: RunSpec, device: torch.device | None = None) -> Task:
     if not isinstance(spec.amp, bool):
         raise ConfigError("amp", f"must be true or false, got {spec.amp!r}")
     task.amp = spec.amp
+    if not isinstance(spec.compile, bool):
+        raise ConfigError("compile", f"must be true or false, got {spec.compile!r}")
+    if spec.compile and task.loop != "native":
+        raise ConfigError(
+            "compile",
+            f"task '{spec.task}' trains in its own ({task.loop}) loop; --compile applies to the native loop's tasks only",
+        )
+    task.compile = spec.compile
     check_budget_overrides(spec.budget)
     budget = dict(spec.budget)
     for key in ("finetune_lr", "prune_lr"):

@@ -42,7 +42,14 @@ DEFAULT_CANDIDATES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 ALWAYS = 0.5
 
 
-def column_suite(suite, candidates: tuple[float, ...], device: str = "auto", pilot_seeds: tuple[int, ...] = (0,)):
+def column_suite(
+    suite,
+    candidates: tuple[float, ...],
+    device: str = "auto",
+    pilot_seeds: tuple[int, ...] = (0,),
+    amp: bool = False,
+    compile: bool = False,
+):
     """The ``<NAME>-columns`` suite: magnitude (uniform allocation, no floor) and nomask at every
     candidate sparsity of every (task, non-N:M pattern) of ``suite``, each block's budget, at the
     pilot seeds (default seed 0); with 2 or more pilot seeds also uniform random (power criterion)."""
@@ -81,7 +88,7 @@ def column_suite(suite, candidates: tuple[float, ...], device: str = "auto", pil
                 blocks.append(replace(block, sparsities=control, pruners=[PrunerEntry("nomask", "nomask")], **common))
     if not blocks:
         raise ConfigError("suite", f"suite '{suite.name}' has no non-N:M pattern to choose sparsities for")
-    return expand(Suite(f"{suite.name}-columns", suite.path, f"column rule of {suite.name}", blocks), device)
+    return expand(Suite(f"{suite.name}-columns", suite.path, f"column rule of {suite.name}", blocks), device, amp, compile)
 
 
 def choose_columns(

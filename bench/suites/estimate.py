@@ -514,7 +514,7 @@ def estimate_suite(
         if spec.task not in known:
             row.note = "task not registered here"
             continue
-        task_key = json.dumps([spec.task, spec.model, spec.data, spec.budget, spec.amp], sort_keys=True)
+        task_key = json.dumps([spec.task, spec.model, spec.data, spec.budget, spec.amp, spec.compile], sort_keys=True)
         try:
             if task_key not in tasks:
                 task = configured_task(spec, target)

@@ -341,11 +341,12 @@ def load_suite(name: str, tuned: bool = True) -> Suite:
 
 
 # -- expansion into cells ----------------------------------------------------------------------
-def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
+def expand(suite: Suite, device: str = "auto", amp: bool = False, compile: bool = False) -> Suite:
     """Fill ``suite.cells`` (resolved run ids, budgets) and ``suite.skipped``; raises ConfigError.
 
-    ``device`` (where the cells train; not part of their ids) and ``amp`` (bf16 autocast; part of
-    their ids) are the command line's ``--device`` / ``--amp``, the same for every cell."""
+    ``device`` (where the cells train; not part of their ids), ``amp`` (bf16 autocast) and ``compile``
+    (torch.compile of the training steps; both part of their ids when on) are the command line's
+    ``--device`` / ``--amp`` / ``--compile``, the same for every cell."""
     from bench.runs.registry import get_pruner_class
     from bench.tasks.registry import get_task, load_tasks
 
@@ -411,6 +412,7 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False) -> Suite:
                                 dense_checkpoint=block.dense_checkpoint,
                                 device=device,
                                 amp=amp,
+                                compile=compile,
                             )
                             if task in tasks and task not in unavailable:
                                 try:
@@ -480,7 +482,7 @@ def spec_only_id(spec: RunSpec) -> str:
         for k, v in spec.__dict__.items()
         if k != "device"
         and not (k in ("data", "dense_checkpoint", "allocation") and v is None)
-        and not (k == "amp" and not v)
+        and not (k in ("amp", "compile") and not v)
     }
     return "spec-" + short_hash({"spec_only": 1, **fields}, 7)
 
@@ -535,8 +537,8 @@ def _resolved_cell(spec: RunSpec, label: str, where: str, cache: dict, steps_cac
     )
 
 
-def load_and_expand(name: str, device: str = "auto", amp: bool = False) -> Suite:
-    return expand(load_suite(name), device, amp)
+def load_and_expand(name: str, device: str = "auto", amp: bool = False, compile: bool = False) -> Suite:
+    return expand(load_suite(name), device, amp, compile)
 
 
 # -- state: markers + store ---------------------------------------------------------------------

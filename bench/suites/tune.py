@@ -321,7 +321,7 @@ class _Budgets:
         return dict(block.budget), self.cache[key]
 
 
-def schedule_suite(suite, settings: TuneSettings, device: str = "auto", amp: bool = False):
+def schedule_suite(suite, settings: TuneSettings, device: str = "auto", amp: bool = False, compile: bool = False):
     """(the ``<suite>-schedules`` suite, {cell label: (family, schedule)}): the no-mask control at the
     defaults (lr multiplier 1) with each of ``settings.schedules`` on every family's tuning columns.
     The schedule it scores best on validation becomes the family's, for every pruner alike."""
@@ -340,7 +340,7 @@ def schedule_suite(suite, settings: TuneSettings, device: str = "auto", amp: boo
                 budget.update(finetune_schedule=schedule, finetune_lr=retraining_lr(1.0, budget, defaults))
                 blocks.append(_trial_block(column[3], column, settings, PrunerEntry("nomask", label), budget))
     schedules = Suite(f"{suite.name}-schedules", suite.path, f"fine-tuning schedule choice of {suite.name}", blocks)
-    return expand(schedules, device, amp), of
+    return expand(schedules, device, amp, compile), of
 
 
 def choose_schedules(cells, of: dict[str, tuple[str, str]], rows: dict[str, dict]) -> dict[str, dict[str, Any]]:
@@ -358,7 +358,15 @@ def choose_schedules(cells, of: dict[str, tuple[str, str]], rows: dict[str, dict
     return out
 
 
-def trial_suite(suite, settings: TuneSettings, device: str = "auto", amp: bool = False, schedules=None, extra=()):
+def trial_suite(
+    suite,
+    settings: TuneSettings,
+    device: str = "auto",
+    amp: bool = False,
+    schedules=None,
+    extra=(),
+    compile: bool = False,
+):
     """(the ``<suite>-tune`` suite whose cells are the trials, {cell label: Trial}).
 
     Each (pruner entry, family) is tuned on the family's declared columns that the pruner can run
@@ -401,7 +409,7 @@ def trial_suite(suite, settings: TuneSettings, device: str = "auto", amp: bool =
         raise ValueError(f"extra trials for (label, family) pairs the suite does not tune: {sorted(more)}")
     notes = plan_notes(suite, settings, by_label, warning)
     trials = Suite(f"{suite.name}-tune", suite.path, "\n".join([f"tuning trials of {suite.name}", *notes]), blocks)
-    return expand(trials, device, amp), by_label
+    return expand(trials, device, amp, compile), by_label
 
 
 def coverage(suite, settings: TuneSettings, by_label: dict[str, Trial]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -514,6 +522,7 @@ def run_tune(
     paths=None,
     log=print,
     extend_edges: bool = False,
+    compile: bool = False,
 ) -> int:
     """Run every pending trial (resumable), then write the tuned file; 0 on success, 1 if a trial failed.
 
@@ -542,7 +551,7 @@ def run_tune(
         log(f"tune {suite.name}: {settings.file.name} holds an edge extension: kept (as with --extend-edges)")
     schedules = {}
     if settings.schedules:  # first the fine-tuning schedule of each family, by the no-mask control
-        choice, of = schedule_suite(suite, settings, device, amp)
+        choice, of = schedule_suite(suite, settings, device, amp, compile)
         log(
             f"tune {suite.name}: fine-tuning schedule of each family ({', '.join(settings.schedules)}) "
             f"by the no-mask control on the validation split: {len(choice.cells)} runs"
@@ -556,7 +565,7 @@ def run_tune(
             scores = ", ".join(f"{s} {v:.2f}" for s, v in result["val_metric"].items())
             log(f"  {family:15s} {result['chosen']} (val {scores})")
     chosen_schedules = {f: r["chosen"] for f, r in schedules.items()}
-    trials, by_label = trial_suite(suite, settings, device, amp, chosen_schedules)
+    trials, by_label = trial_suite(suite, settings, device, amp, chosen_schedules, compile=compile)
     trial_steps = sum(c.steps or 0 for c in trials.cells)
     suite_steps = sum(c.steps or 0 for c in suite.cells)
     ratio = trial_steps / suite_steps if suite_steps else None
@@ -603,7 +612,7 @@ def run_tune(
         )
     if extend_edges and edges:
         extra = edge_trials(chosen, settings)
-        trials, by_label = trial_suite(suite, settings, device, amp, chosen_schedules, extra)
+        trials, by_label = trial_suite(suite, settings, device, amp, chosen_schedules, extra, compile=compile)
         added = [c for c in trials.cells if by_label[c.label].extension]
         log(
             f"tune {suite.name}: --extend-edges: {len(extra)} trial(s) one step beyond the edge "

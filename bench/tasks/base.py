@@ -84,6 +84,10 @@ def slice_batch(batch, rank: int, world: int):
     return batch
 
 
+# the torch.compile backend of ``Task.compile`` (tests set "aot_eager": no C++ build on the CPU)
+COMPILE_BACKEND = "inductor"
+
+
 class Task:
     name: ClassVar[str] = "abstract"
     family: ClassVar[str] = "abstract"
@@ -127,6 +131,9 @@ class Task:
     # to ``device_of(model)``; the loops move the model.
     device: torch.device = torch.device("cpu")
     amp: bool = False
+    # torch.compile of the model in the native loops' training steps (``--compile``; part of the
+    # identity when on: compiled kernels round differently). Evaluation stays eager.
+    compile: bool = False
 
     def __init__(self, model: str | None = None, data: str | None = None):
         self.model_name = model or self.default_model
@@ -148,7 +155,21 @@ class Task:
             identity["dense_optimizer"] = {"type": self.dense_optimizer, "weight_decay": self.dense_weight_decay}
         if self.amp:  # absent when off: ids from before the field existed are unchanged
             identity["amp"] = "bf16"
+        if self.compile:  # absent when off, like amp
+            identity["compile"] = COMPILE_BACKEND
         return identity
+
+    def training_model(self, model: nn.Module) -> nn.Module:
+        """What the native loops' training steps call: ``model`` itself, or with ``compile`` its
+        ``torch.compile`` wrapper (made once per model; it shares the model's parameters, buffers and
+        parametrizations, so checkpoints, masks and evaluation see the model itself)."""
+        if not self.compile:
+            return model
+        cache = self.__dict__.setdefault("_compiled", {})
+        compiled = cache.get(id(model))
+        if compiled is None or compiled._orig_mod is not model:
+            compiled = cache[id(model)] = torch.compile(model, backend=COMPILE_BACKEND)
+        return compiled
 
     @property
     def stage_optimizer(self) -> str:

@@ -1,7 +1,8 @@
 """Native training loop: dense training (cached) and the prune -> finetune stages.
 
 The loop trains on ``task.device`` (the model is moved there; tasks move each batch to the
-model's device) with bf16 autocast of the loss when ``task.amp``. The loop owns data, optimizer and schedule; everything about pruning is the stage driver's
+model's device) with bf16 autocast of the loss when ``task.amp``, and through ``torch.compile`` of
+the model when ``task.compile`` (``Task.training_model``; evaluation stays eager). The loop owns data, optimizer and schedule; everything about pruning is the stage driver's
 (bench.training.stages.StageDriver), which the mmengine path calls the same way. Checkpoints are written
 atomically at every epoch end, so a killed run resumes exactly (data order depends only on
 (seed, epoch)); an unreadable dense or resume checkpoint is deleted and rebuilt.
@@ -121,9 +122,10 @@ def fit_dense(
         log(f"resumed after epoch {start}")
     step = start * task.steps_per_epoch()
     model.train()
+    net = task.training_model(model)  # the model, or its torch.compile wrapper (Task.compile)
     for epoch in range(start, epochs):
         for batch in task.train_batches(epoch, seed):
-            loss = dense_step(task, optimizer, lambda batch=batch: task.loss(model, batch), step, total)
+            loss = dense_step(task, optimizer, lambda batch=batch: task.loss(net, batch), step, total)
             step += 1
         log(f"{stage} epoch {epoch + 1}/{epochs} loss {loss.item():.4f}")
         if on_epoch is not None:
@@ -198,12 +200,13 @@ class PruneTrainer:
         driver.begin(self.steps_per_epoch)
         start_epoch = self._resume(optimizer)
         model.train()
+        net = task.training_model(model)  # the model, or its torch.compile wrapper (Task.compile)
         for epoch in range(start_epoch, driver.epochs):
             driver.start_epoch(epoch)
             for i, batch in enumerate(task.train_batches(epoch, self.seed)):
                 step = epoch * self.steps_per_epoch + i
                 loss = stage_step(
-                    task, driver, optimizer, lambda batch=batch: task.loss(model, batch), step, epoch, self.total_steps
+                    task, driver, optimizer, lambda batch=batch: task.loss(net, batch), step, epoch, self.total_steps
                 )
             self.log(driver.epoch_line(epoch, loss.item()))
             self._save(optimizer, epoch + 1)
