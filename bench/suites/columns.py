@@ -88,7 +88,9 @@ def column_suite(
                 blocks.append(replace(block, sparsities=control, pruners=[PrunerEntry("nomask", "nomask")], **common))
     if not blocks:
         raise ConfigError("suite", f"suite '{suite.name}' has no non-N:M pattern to choose sparsities for")
-    return expand(Suite(f"{suite.name}-columns", suite.path, f"column rule of {suite.name}", blocks), device, amp, compile)
+    return expand(
+        Suite(f"{suite.name}-columns", suite.path, f"column rule of {suite.name}", blocks), device, amp, compile
+    )
 
 
 def choose_columns(
