@@ -420,6 +420,42 @@ def test_torchrun_ddp_two_ranks_agree(tmp_path, runs_dir):
         assert not (runs_dir / "ddp" / cell.run_id).exists()  # rank-private folders removed
 
 
+def test_sync_bn_converts_before_the_masker_and_is_refused_where_it_cannot_sync(tmp_path, runs_dir):
+    """``--sync-bn``: the rank's task builds models with SyncBatchNorm (same state-dict keys as the
+    BatchNorm model, so dense caches and checkpoints load either way), and the channel pattern's BN
+    gating finds the synchronised BNs as it finds plain ones. Torch's SyncBatchNorm synchronises
+    CUDA tensors only: on this CPU machine, and with fewer than 2 processes, the run is refused with
+    one message before any cell starts."""
+    import torch
+    from torch import nn
+
+    from bench.core.masks import Masker, find_prunable
+    from bench.core.sparsity import parse_pattern
+    from bench.suites.launch import DistributedTask
+    from bench.tasks.registry import get_task
+
+    task = get_task("fmnist-tiny")
+    plain, synced = task.build_model(), DistributedTask(task, 0, 2, sync_bn=True).build_model()
+    kinds = {type(m) for m in synced.modules()}
+    assert nn.SyncBatchNorm in kinds and nn.BatchNorm2d not in kinds
+    assert list(plain.state_dict()) == list(synced.state_dict())
+    synced.load_state_dict(plain.state_dict())
+    names = find_prunable(synced, task.include, task.exclude, task.keep_first_last)
+    gated = Masker(synced, names, parse_pattern("channel"), task.example_input())
+    reference = Masker(plain, names, parse_pattern("channel"), task.example_input())
+    assert all(isinstance(layer.batchnorm, nn.SyncBatchNorm) for layer in gated.layers)  # gated (parametrized)
+    assert [layer.batchnorm is None for layer in reference.layers] == [False] * len(names)
+    assert DistributedTask(task, 0, 2).build_model().state_dict().keys() == task.build_model().state_dict().keys()
+    path = write_suite(tmp_path, TINY, "syncbn")
+    suite = load_and_expand(path)
+    with pytest.raises(ConfigError, match="^--sync-bn: torch's SyncBatchNorm synchronises CUDA tensors only"):
+        suite_run.run_suite(suite, launcher="torchrun", nproc=2, progress=False, sync_bn=True)
+    with pytest.raises(ConfigError, match="^--sync-bn: needs --nproc >= 2"):
+        suite_run.run_suite(suite, launcher="torchrun", nproc=1, progress=False, sync_bn=True)
+    assert [s for _, s, _ in cell_states(suite)] == ["pending"] * len(suite.cells)
+    assert torch.cuda.is_available() or not any(runs_dir.rglob("*.pt"))
+
+
 def test_suite_cells_carry_a_dense_checkpoint_and_an_allocation(tmp_path):
     """A block's dense_checkpoint and allocation reach every cell; the planned ids are resolve()'s."""
     import torch

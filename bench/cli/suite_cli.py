@@ -222,6 +222,7 @@ def cmd_run(args) -> int:
         cluster=args.cluster,
         slurm=slurm,
         paths=RunPaths.from_env(),
+        sync_bn=args.sync_bn,
     )
 
 
@@ -533,6 +534,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--launcher", choices=("local", "torchrun", "slurm"), default="local")
     add_device_arguments(run)
     run.add_argument("--nproc", type=int, default=1, help="processes per run (DDP) with --launcher torchrun/slurm")
+    run.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="DDP ranks (--nproc >= 2) on CUDA use SyncBatchNorm: statistics over the global batch, not per shard",
+    )
     run.add_argument("--wandb-project", default=None, help="W&B project (one W&B run per cell, group = suite name)")
     run.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
     slurm = run.add_argument_group("slurm (submitit)")

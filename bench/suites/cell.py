@@ -36,7 +36,12 @@ def cell_log_path(suite_name: str, run_id: str, paths: RunPaths | None = None) -
 
 
 def payload_for(
-    cell: Cell, suite: Suite, wandb_project: str | None, threads: int | None, paths: RunPaths | None = None
+    cell: Cell,
+    suite: Suite,
+    wandb_project: str | None,
+    threads: int | None,
+    paths: RunPaths | None = None,
+    sync_bn: bool = False,
 ) -> dict[str, Any]:
     """Everything a worker (another process, a Slurm job, a torchrun rank) needs: plain JSON,
     the runs folder included (workers never read it from the environment)."""
@@ -47,6 +52,7 @@ def payload_for(
         "wandb_project": wandb_project,
         "threads": threads,
         "runs_dir": str(paths_or_env(paths).root),
+        "sync_bn": sync_bn,  # DDP ranks only (bench.suites.launch.DistributedTask)
     }
 
 

@@ -37,7 +37,8 @@ when the job is preempted or reaches its time limit; the requeued job resumes th
 last epoch checkpoint (docs/suites.md, "Preemption and time limits").
 
 The run id does not include the number of processes: a DDP run computes BatchNorm statistics
-per shard, so its numbers can differ slightly from a single-process run of the same cell.
+per shard (``--sync-bn``: over the global batch, CUDA only; :class:`DistributedTask`), so its numbers
+can differ slightly from a single-process run of the same cell.
 Tasks with their own training loop (mmengine) are not supported here yet.
 """
 
@@ -71,13 +72,20 @@ from bench.training.train import train_dense
 
 
 class DistributedTask:
-    """A task seen by one DDP rank (see module docstring); everything else is delegated."""
+    """A task seen by one DDP rank (see module docstring); everything else is delegated.
 
-    def __init__(self, task, rank: int, world: int):
+    ``sync_bn``: every model the task builds has its BatchNorms converted to
+    ``nn.SyncBatchNorm`` (``suite run --sync-bn``): batch statistics over the global batch, as a
+    single process would compute them, instead of per shard. The conversion happens when the model
+    is built, before the masker exists, so the channel pattern's BN gating and every checkpoint
+    (the state-dict keys are those of BatchNorm) see the synchronised modules."""
+
+    def __init__(self, task, rank: int, world: int, sync_bn: bool = False):
         object.__setattr__(self, "_task", task)
         object.__setattr__(self, "_rank", rank)
         object.__setattr__(self, "_world", world)
         object.__setattr__(self, "_wrapped", {})
+        object.__setattr__(self, "_sync_bn", sync_bn)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._task, name)
@@ -87,6 +95,10 @@ class DistributedTask:
 
     def train_batches(self, epoch: int, seed: int):
         yield from self._task.shard_batches(epoch, seed, self._rank, self._world)
+
+    def build_model(self) -> nn.Module:
+        model = self._task.build_model()
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model) if self._sync_bn else model
 
     def ddp(self, model: nn.Module) -> nn.Module:
         """The DDP wrapper of ``model`` (created at its first training step: after the masks'
@@ -167,6 +179,22 @@ class DistributedPruner:
         return local
 
 
+def check_sync_bn(sync_bn: bool, device: torch.device, nproc: int | None = None) -> None:
+    """``--sync-bn`` needs several processes and CUDA: torch's SyncBatchNorm synchronises CUDA (and a
+    few accelerator) tensors only and raises on CPU tensors in training; one ConfigError before any
+    training instead."""
+    if not sync_bn:
+        return
+    if nproc is not None and nproc < 2:
+        raise ConfigError("--sync-bn", f"needs --nproc >= 2 with --launcher torchrun or slurm, got --nproc {nproc}")
+    if device.type != "cuda":
+        raise ConfigError(
+            "--sync-bn",
+            f"torch's SyncBatchNorm synchronises CUDA tensors only; the cells train on {device.type} "
+            "(gloo ranks keep per-shard BatchNorm statistics: leave --sync-bn out)",
+        )
+
+
 def _decide(value: Any) -> Any:
     """Rank 0's value on every rank."""
     box = [value]
@@ -181,6 +209,7 @@ def ddp_cell(payload: dict[str, Any]) -> int:
     if payload.get("threads"):
         torch.set_num_threads(int(payload["threads"]))
     device = resolve_device(payload["spec"].get("device", "auto"))
+    check_sync_bn(payload.get("sync_bn", False), device)  # before the process group, before any training
     if device.type == "cuda":  # one GPU per rank
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
@@ -226,7 +255,7 @@ def ddp_cell(payload: dict[str, Any]) -> int:
         have_ckpt = _decide(ckpt_real.exists())
         if rank > 0:
             shutil.rmtree(private, ignore_errors=True)
-        task = DistributedTask(run.task, rank, world)
+        task = DistributedTask(run.task, rank, world, payload.get("sync_bn", False))
         if not have_dense:  # every rank trains the dense model together
             train_dense(task, seed, dense_checkpoint_path(task, seed, paths), log)
         dist.barrier()
@@ -244,7 +273,13 @@ def ddp_cell(payload: dict[str, Any]) -> int:
             run, log=log, wandb_project=payload.get("wandb_project"), group=suite, paths=paths, wandb=rank == 0
         )
         if rank == 0:
-            report = {"run_id": run_id, "world_size": world, "ranks": run.pruner.digests, "metric": row["metric"]}
+            report = {
+                "run_id": run_id,
+                "world_size": world,
+                "sync_bn": payload.get("sync_bn", False),
+                "ranks": run.pruner.digests,
+                "metric": row["metric"],
+            }
             path = _mkparent(real.root / "suites" / suite / "ddp" / f"{run_id}.json")
             path.write_text(json.dumps(report, indent=1), encoding="utf-8")
             log(f"ranks agree on the final masks: {len({d['masks'] for d in report['ranks']}) == 1}")

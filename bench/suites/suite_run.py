@@ -151,8 +151,10 @@ def run_suite(
     slurm: dict[str, Any] | None = None,
     store: ResultStore | None = None,
     paths: RunPaths | None = None,
+    sync_bn: bool = False,
 ) -> int:
-    """Run every unfinished cell of an expanded suite; returns 0 if all succeeded, else 1."""
+    """Run every unfinished cell of an expanded suite; returns 0 if all succeeded, else 1.
+    ``sync_bn``: DDP ranks (torchrun / slurm with ``nproc`` >= 2) use SyncBatchNorm."""
     paths = paths_or_env(paths)
     if launcher not in LAUNCHERS:
         raise ConfigError("--launcher", f"unknown launcher '{launcher}'; allowed: {', '.join(LAUNCHERS)}")
@@ -160,6 +162,16 @@ def run_suite(
         raise ConfigError("--workers" if workers < 1 else "--nproc", "must be >= 1")
     if launcher == "local" and nproc > 1:
         raise ConfigError("--nproc", "several processes per run need --launcher torchrun (or slurm)")
+    if sync_bn:
+        import torch
+
+        from bench.core.device import resolve_device
+        from bench.suites.launch import check_sync_bn
+
+        check_sync_bn(True, torch.device("cuda"), nproc)
+        if launcher == "torchrun":  # the ranks run here: their device is known now (a Slurm job's is not)
+            for device in {c.spec.device for c in suite.cells}:
+                check_sync_bn(True, resolve_device(device), nproc)
     if suite.plan_only:
         raise ConfigError(
             "suite.plan_only", f"suite '{suite.name}' is a plan-only recipe; `suite plan` lists its cells"
@@ -195,7 +207,7 @@ def run_suite(
             if launcher == "slurm":
                 per_job = (slurm or {}).get("cpus_per_task")  # threads of a job: its CPUs, else torch's default
                 payloads = {
-                    c.run_id: payload_for(c, suite, project, per_job and max(1, per_job // nproc), paths)
+                    c.run_id: payload_for(c, suite, project, per_job and max(1, per_job // nproc), paths, sync_bn)
                     for c in wave_first + wave_rest
                 }
                 submit_cells(suite, wave_first, wave_rest, payloads, reporter, nproc, cluster, slurm or {}, paths)
@@ -206,7 +218,7 @@ def run_suite(
                     wave_first + wave_rest,
                     reporter,
                     lambda pool, c, t=threads: pool.submit(
-                        torchrun_cell, payload_for(c, suite, project, t, paths), nproc
+                        torchrun_cell, payload_for(c, suite, project, t, paths, sync_bn), nproc
                     ),
                 )
             elif workers == 1:  # in this process, with its thread count
