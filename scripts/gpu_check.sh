@@ -4,6 +4,8 @@
 # with arguments, any of its sections -> OUT_DIR/gpu-check.md + gpu-check.json (default OUT_DIR: docs). W&B off;
 # runs go to a temporary folder that is deleted at the end.
 #   scripts/gpu_check.sh [OUT_DIR] [gpu_check.py arguments, e.g. --sections cells]
+#   scripts/gpu_check.sh docs --sections sparse24   # the 2:4 kernel timings, as a call of their own
+#                                                   # (sections already in OUT_DIR/gpu-check.json are kept)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-docs}
