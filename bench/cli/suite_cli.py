@@ -336,25 +336,14 @@ def cmd_table(args) -> int:
     if args.claims:
         from bench.reports.verdicts import claims, markdown
 
-        text = markdown(claims(frame, args.margin), suite.name, args.margin)
-        if args.out:
-            path = Path(args.out) / f"{suite.name}-claims.md"
-            path.write_text(text, encoding="utf-8")
-            print(f"wrote {path}")
-        else:
-            print("\n" + text, end="")
+        _emit(args.out, f"{suite.name}-claims.md", markdown(claims(frame, args.margin), suite.name, args.margin))
     if args.summary:
         summary = "\n".join(  # per protocol track: ranks and verdicts never mix the tracks
             summary_markdown(part, name, args.reference, marks, args.margin)
             for name, part in by_track(frame, suite.name)
         )
         summary += "\n" + provenance_markdown(suite_rows(suite, store), suite.name)
-        if args.out:
-            path = Path(args.out) / f"{suite.name}-summary.md"
-            path.write_text(summary, encoding="utf-8")
-            print(f"wrote {path}")
-        else:
-            print("\n" + summary, end="")
+        _emit(args.out, f"{suite.name}-summary.md", summary)
     if args.plot:
         from bench.core.paths import RunPaths
 
@@ -362,6 +351,16 @@ def cmd_table(args) -> int:
         for path in (p for name, part in by_track(frame, suite.name) for p in write_plots(part, name, folder)):
             print(f"wrote {path}")
     return 0
+
+
+def _emit(out: str | None, file_name: str, text: str) -> None:
+    """``text`` to ``out/file_name`` (saying so), or to stdout without ``--out``."""
+    if out:
+        path = Path(out) / file_name
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
+    else:
+        print("\n" + text, end="")
 
 
 def write_page(args, suite, frame, store) -> int:
