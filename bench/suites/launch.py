@@ -39,7 +39,13 @@ last epoch checkpoint (docs/suites.md, "Preemption and time limits").
 The run id does not include the number of processes: a DDP run computes BatchNorm statistics
 per shard (``--sync-bn``: over the global batch, CUDA only; :class:`DistributedTask`), so its numbers
 can differ slightly from a single-process run of the same cell.
-Tasks with their own training loop (mmengine) are not supported here yet.
+Tasks with their own training loop (mmengine: detection, segmentation) train in mmengine's Runner,
+distributed in the process group made here (``launcher="pytorch"``; ``MMTask.world``): each rank
+reads its ``DefaultSampler`` shard at batch_size / N (the same global batch as one process), the
+model runs in ``MMDistributedDataParallel`` on its own device (``RankDDP``: no ``device_ids`` on
+the CPU; rank 0's BatchNorm buffers at every forward, as above), the calibration batches are the
+same on every rank (``WholeSampler``), evaluation is sharded and gathered in order by mmengine's
+Evaluator, and a resumed run copies rank 0's mmengine work folder to every rank.
 """
 
 from __future__ import annotations
@@ -236,11 +242,8 @@ def ddp_cell(payload: dict[str, Any]) -> int:
         run.task.device = device
         if run.run_id != run_id:
             raise ConfigError("run_id", f"cell resolves to {run.run_id}, the suite planned {run_id}")
-        if run.task.loop != "native":
-            raise ConfigError(
-                "--launcher",
-                f"task '{run.task.name}' has its own training loop; torchrun supports native-loop tasks only",
-            )
+        if run.task.loop == "mmengine":  # mmengine's Runner trains distributed in this process group
+            run.task.world = world
         if _decide(ResultStore(real.store).get(run_id) is not None):
             log("already in the store")
             return 0
@@ -253,11 +256,16 @@ def ddp_cell(payload: dict[str, Any]) -> int:
         # a user's dense checkpoint (spec.dense_checkpoint) replaces the cached dense model of (task, seed)
         have_dense = run.dense_state is not None or _decide(dense_real.exists())
         have_ckpt = _decide(ckpt_real.exists())
+        have_mm_work = _decide(real.mm_work(run_id).is_dir())
         if rank > 0:
             shutil.rmtree(private, ignore_errors=True)
         task = DistributedTask(run.task, rank, world, payload.get("sync_bn", False))
         if not have_dense:  # every rank trains the dense model together
-            train_dense(task, seed, dense_checkpoint_path(task, seed, paths), log)
+            dense_path = dense_checkpoint_path(task, seed, paths)
+            if task.loop == "mmengine":
+                task.train_dense(seed, dense_path, log)
+            else:
+                train_dense(task, seed, dense_path, log)
         dist.barrier()
         if dense_lock is not None:
             dense_lock.close()  # releases the flock
@@ -267,6 +275,8 @@ def ddp_cell(payload: dict[str, Any]) -> int:
                 shutil.copyfile(dense_real, _mkparent(dense_checkpoint_path(task, seed, paths)))
             if have_ckpt:
                 shutil.copyfile(ckpt_real, _mkparent(paths.checkpoint(run_id)))
+            if have_mm_work:  # mmengine's epoch checkpoints: every rank resumes from rank 0's
+                shutil.copytree(real.mm_work(run_id), paths.mm_work(run_id), dirs_exist_ok=True)
         dist.barrier()
         run.task, run.pruner = task, DistributedPruner(run.pruner, group)
         row = execute(

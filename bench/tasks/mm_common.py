@@ -133,6 +133,10 @@ class MMTask(Task):
     warmup_iters: ClassVar[int] = 100  # linear LR warm-up of dense training
     clip_grad: ClassVar[dict | None] = dict(max_norm=35, norm_type=2)  # dense training only
     loop: ClassVar[str] = "mmengine"
+    # DDP ranks (bench.suites.launch under torchrun sets it): > 1, the Runner trains distributed in the
+    # process group the launcher made, each rank on its DefaultSampler shard at batch_size / world
+    # (the same global batch as one process), the model in MMDistributedDataParallel
+    world: int = 1
     reports_all_metrics: ClassVar[bool] = True
     # changes of the config's model made by a task variant (dotted keys, e.g. a narrower backbone);
     # part of the identity when not empty
@@ -231,15 +235,19 @@ class MMTask(Task):
 
     # -- data loading ---------------------------------------------------------------------------
     def dataloader(self, split: str, seed: int = 0, calibration: bool = False):
-        """mmengine dataloader of ``split``; ``calibration``: train images, test pipeline, no shuffle."""
+        """mmengine dataloader of ``split``; ``calibration``: train images, test pipeline, no shuffle,
+        and the same batches on every DDP rank (:class:`WholeSampler`: a pruner's calibration statistics
+        must not depend on the rank). Evaluation keeps the config's sampler: under DDP each rank reads
+        its shard and mmengine's Evaluator gathers the results in order, as in its own distributed test."""
         from mmengine.registry import DefaultScope
         from mmengine.runner import Runner
 
         cfg = copy.deepcopy(self.data_config[f"{split}_dataloader"])
         if calibration:
             cfg.dataset.pipeline = copy.deepcopy(self.data_config.test_dataloader.dataset.pipeline)
-            cfg.sampler = dict(type="DefaultSampler", shuffle=False)
+            cfg.sampler = dict(type="WholeSampler")  # in order; on one process what DefaultSampler(shuffle=False) gives
             cfg.pop("batch_sampler", None)
+            register_whole_sampler()
         with DefaultScope.overwrite_default_scope(self.scope):
             return Runner.build_dataloader(cfg, seed=seed)
 
@@ -303,6 +311,17 @@ class MMTask(Task):
         # inside the suite's spawned workers); dist_cfg is mmengine's default
         start_method = multiprocessing.get_start_method(allow_none=True) or "fork"
         env_cfg = dict(mp_cfg=dict(mp_start_method=start_method), dist_cfg=dict(backend="nccl"))
+        train_dataloader = copy.deepcopy(self.data_config.train_dataloader)
+        distributed = self.world > 1
+        if distributed:  # the process group exists (bench.suites.launch); mmengine does not init it again
+            if train_dataloader.batch_size % self.world:
+                raise ConfigError(
+                    "--nproc",
+                    f"task {self.name}'s batch size {train_dataloader.batch_size} does not split over "
+                    f"{self.world} ranks; allowed: a divisor of it",
+                )
+            train_dataloader.batch_size //= self.world
+            register_rank_ddp()
         default_hooks = dict(
             logger=dict(type="LoggerHook", interval=50),
             checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=1) if checkpoints else None,
@@ -311,7 +330,7 @@ class MMTask(Task):
             model=model,
             work_dir=str(work_dir),
             experiment_name=name,
-            train_dataloader=copy.deepcopy(self.data_config.train_dataloader),
+            train_dataloader=train_dataloader,
             train_cfg=dict(by_epoch=True, max_epochs=epochs, val_interval=epochs + 1),
             optim_wrapper=optim_wrapper,
             param_scheduler=param_scheduler,
@@ -322,6 +341,8 @@ class MMTask(Task):
             log_level="ERROR",
             resume=resume,
             env_cfg=env_cfg,
+            launcher="pytorch" if distributed else "none",
+            cfg=dict(model_wrapper_cfg=dict(type="RankDDP")) if distributed else None,  # read in wrap_model
         )
         runner.model.to(self.device)  # mmengine moves it to its own default (CUDA when present)
         return runner
@@ -430,6 +451,56 @@ class MMTask(Task):
             )
             runner.train()
         return driver.finish()
+
+
+class RankDDP:
+    """mmengine model wrapper (``model_wrapper_cfg=dict(type="RankDDP")``): MMDistributedDataParallel
+    on the model's own device -- ``device_ids`` of its CUDA device, None on the CPU (gloo). mmengine's
+    default passes ``device_ids=[LOCAL_RANK]`` to every DDP subclass, which torch refuses for a CPU
+    module; this is not a DDP subclass, so mmengine passes only the module."""
+
+    def __new__(cls, module: nn.Module, **kwargs):
+        from mmengine.model import MMDistributedDataParallel
+
+        device = next(module.parameters()).device
+        ids = (
+            [device.index if device.index is not None else torch.cuda.current_device()]
+            if device.type == "cuda"
+            else None
+        )
+        # broadcast_buffers (torch's default, mmengine's is False): every forward takes rank 0's BatchNorm
+        # buffers, as the native loop's DDP does, so evaluation and the masks see one model on every rank
+        return MMDistributedDataParallel(module=module, device_ids=ids, broadcast_buffers=True, **kwargs)
+
+
+class WholeSampler(torch.utils.data.Sampler):
+    """Every index of the dataset in order, on every DDP rank (mmengine ``DATA_SAMPLERS``: calibration
+    batches). mmengine's ``DefaultSampler`` gives each rank its shard once a process group exists; on
+    one process (``round_up``, world size 1) it yields exactly this."""
+
+    def __init__(self, dataset, seed: int | None = None):
+        super().__init__()
+        self.size = len(dataset)
+
+    def __iter__(self):
+        return iter(range(self.size))
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def register_whole_sampler() -> None:
+    from mmengine.registry import DATA_SAMPLERS
+
+    if DATA_SAMPLERS.get("WholeSampler") is None:
+        DATA_SAMPLERS.register_module(module=WholeSampler)
+
+
+def register_rank_ddp() -> None:
+    from mmengine.registry import MODEL_WRAPPERS
+
+    if MODEL_WRAPPERS.get("RankDDP") is None:
+        MODEL_WRAPPERS.register_module(module=RankDDP)
 
 
 def cosine_schedule(epochs: int) -> dict:
