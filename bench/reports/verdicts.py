@@ -101,14 +101,9 @@ BASELINE_NAMES = {"pdp": "PDP", "pas": "PaS", "awg": "AWG", "acdc": "AC/DC"}
 
 
 def _seeds(frame: pd.DataFrame, label: str, column: tuple) -> dict[int, float]:
-    task, pattern, sparsity = column
-    rows = frame[
-        (frame["label"] == label)
-        & (frame["task"] == task)
-        & (frame["pattern"] == pattern)
-        & (frame["sparsity"] == sparsity)
-    ]
-    return {int(s): float(m) for s, m in zip(rows["seed"], rows["metric"]) if m == m}
+    from bench.reports.tables import _by_seed  # the tables' own {seed: metric} of a label in a column
+
+    return _by_seed(frame, label, *column)
 
 
 def column_test(frame: pd.DataFrame, column: tuple, baseline: str, margin: float, subject: str) -> ColumnTest | None:
