@@ -211,3 +211,16 @@ def test_table_refuses_mixed_versions_unless_allowed(tmp_path, runs_dir, capsys)
     assert "rerun the older cells or pass --allow-mixed-versions" in err
     assert main(["table", str(suite_path), "--rows", str(mixed), "--allow-mixed-versions"]) == 0
     assert "| magnitude" in capsys.readouterr().out
+
+
+def test_head_tags_name_the_commit_a_row_ran_at(repo):
+    from bench.runs.record import head_tags
+
+    assert head_tags(repo) == []
+    git(repo, "tag", "leaderboard-v3")
+    git(repo, "tag", "-a", "v3-annotated", "-m", "an annotated tag")
+    assert head_tags(repo) == ["leaderboard-v3", "v3-annotated"]
+    (repo / "code.py").write_text("x = 2\n")
+    git(repo, "commit", "-q", "-am", "two")
+    assert head_tags(repo) == []  # a later commit is not the tagged one
+    assert head_tags(repo.parent / "not-a-repo") == []

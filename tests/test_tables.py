@@ -583,6 +583,8 @@ def test_provenance_summary_counts_rows_per_code_version_and_platform():
     assert "### s: provenance of the 3 rows" in text
     assert "- 1 row(s) at abcdef1 (uncommitted changes)" in text and "- 1 row(s) at 0123456" in text
     assert "- 2 row(s) on Xeon AVX512, torch 2.14.1, 1 thread(s), device cpu" in text
+    rows[2]["provenance"]["git_tags"] = ["leaderboard-v3"]
+    assert "- 1 row(s) at 0123456 (tag leaderboard-v3)" in provenance_markdown(rows, "s")
     assert "- finished between 2026-12-05T09:00:00Z and 2026-12-06T08:00:00Z" in text
     assert "- worker time 0.00 h" in text  # no wall_s in these rows
     rows[0]["wall_s"], rows[1]["wall_s"] = 3600.0, 1800.0

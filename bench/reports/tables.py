@@ -227,7 +227,10 @@ def provenance_markdown(rows: list[dict[str, Any]], suite_name: str) -> str:
     code, platform, finished = Counter(), Counter(), []
     for row in rows:
         prov = row.get("provenance") or {}
-        code[(str(prov.get("git_sha") or "?")[:7], bool(prov.get("git_dirty")))] += 1
+        sha = str(prov.get("git_sha") or "?")[:7]
+        if prov.get("git_tags"):
+            sha += f" (tag {', '.join(prov['git_tags'])})"
+        code[(sha, bool(prov.get("git_dirty")))] += 1
         cpu = " ".join(str(v) for v in (prov.get("cpu_model") or prov.get("cpu"), prov.get("cpu_capability")) if v)
         platform[(cpu, prov.get("torch"), prov.get("threads"), row.get("device"))] += 1
         if prov.get("finished_at"):

@@ -65,6 +65,12 @@ def _git_bytes(root: Path, *args: str) -> bytes | None:
     return done.stdout if done.returncode == 0 else None
 
 
+def head_tags(root: Path = REPO_ROOT) -> list[str]:
+    """The tags pointing at the checkout's HEAD, sorted; [] for none (or no git)."""
+    out = _git_bytes(root, "tag", "--points-at", "HEAD")
+    return sorted(out.decode().split()) if out else []
+
+
 def tree_diff_sha256(root: Path = REPO_ROOT) -> str | None:
     """sha256 of the uncommitted state of the git checkout at ``root``: the output of ``git diff
     HEAD`` (tracked files, staged or not; :data:`DIFF_ARGS`) plus the name and contents of every
@@ -108,6 +114,9 @@ CODE_VERSION = {
 _DIFF_SHA256 = tree_diff_sha256(REPO_ROOT) if CODE_VERSION["git_sha"] != "unknown" else None
 if _DIFF_SHA256 is not None:
     CODE_VERSION["git_diff_sha256"] = _DIFF_SHA256
+_TAGS = head_tags(REPO_ROOT)
+if _TAGS:  # the tags naming the commit (a leaderboard sweep runs at one: `leaderboard-v3`); absent when none
+    CODE_VERSION["git_tags"] = _TAGS
 
 
 def provenance(dataset_hash: str) -> dict[str, Any]:
