@@ -269,3 +269,60 @@ def test_unit_mask_keeps_the_expansion_of_a_held_mask_only():
     assert param.mask is not kept and param.mask.requires_grad
     param.set(None)
     assert param.mask is None
+
+
+@pytest.mark.parametrize("pattern", ["channel", "block:1x4", "nm:2:4"])
+@pytest.mark.parametrize("pruner", ["magnitude", "smart"])
+def test_held_hard_masks_train_the_same_kept_weights_with_no_per_layer_product(pruner, pattern, monkeypatch):
+    """Issue 34 item 2: on the accelerator path (here under ``sync_free``) the fine-tuning stage
+    holds its hard masks in the weights (``Masker.hold``): the parametrizations' forwards are the
+    identity and one ``_foreach_mul_`` after each optimizer step restores the zeros. Against the
+    same run with parametrized hard masks (everything else on the same path), the whole run --
+    prune, hard switch, fine-tune with SGD, momentum and weight decay -- ends with the same hard
+    masks and, once folded, bit for bit the same model, BatchNorm affine terms of the channel
+    pattern included; and a fine-tuning step runs fewer ``mul`` operators (no mask product per
+    masked tensor, forward or backward) and one ``_foreach_mul_``."""
+    from collections import Counter
+
+    from conformance import harness
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import bench.training.stages as stages
+    from bench.core.syncs import sync_free
+    from bench.training.stages import StageDriver
+    from bench.training.train import PruneTrainer
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    def run(hold: bool):
+        monkeypatch.setattr(stages, "may_read", lambda tensor: not hold)  # the fine-tuning choice only
+        case = harness.KitCase(harness.registered_pruners()[pruner], pattern, 0.5)
+        task, model, masker, pruner_ = harness.fresh_setup(case)
+        b = task.budget
+        driver = StageDriver(pruner_, masker, b.prune_epochs, b.finetune_epochs, lambda _: None)
+        driver.setup(task.calibration_batches(), task.forward)
+        with sync_free():
+            hard = PruneTrainer(task, model, driver, 0).run()
+            held = masker._held is not None
+            ops = Ops()
+            x, y = next(iter(task.train_batches(0, 0)))
+            with ops:  # one more fine-tuning step's forward, backward and the driver's call, counted
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                driver.after_optimizer_step(None)
+        masker.remove(fold=True)
+        return hard, {k: v.detach().clone() for k, v in model.state_dict().items()}, held, ops.seen
+
+    hard_ref, state_ref, held_ref, ops_ref = run(False)
+    hard_held, state_held, held, ops_held = run(True)
+    assert (held_ref, held) == (False, True)
+    assert all(torch.equal(hard_ref[n], hard_held[n]) for n in hard_ref)
+    for name, value in state_ref.items():
+        assert torch.equal(value, state_held[name]), name
+    assert ops_held["mul"] < ops_ref["mul"] and ops_held["_foreach_mul_"] == 1, (ops_ref, ops_held)

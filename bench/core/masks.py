@@ -69,7 +69,9 @@ class UnitMask(nn.Module):
         self.mask: Tensor | None = None
         self.straight_through = False
         self.support_only = False
+        self.held = False  # the hard mask is held in the weight itself (Masker.hold): the forward is the identity
         self._source: tuple[Tensor, int] | None = None  # the unit mask ``mask`` was expanded from
+        self._applied: tuple | None = None  # (mask, its version, support_only, dtype, the factor) of a fixed mask
 
     def set(self, unit_mask: Tensor | None) -> None:
         """Expand ``unit_mask`` for the next forwards. A fixed mask set again (the same tensor,
@@ -83,8 +85,6 @@ class UnitMask(nn.Module):
             return
         self.mask = self.pattern.expand(unit_mask, self.shape)
         self._source = None if unit_mask.requires_grad else (unit_mask, unit_mask._version)
-
-    _applied: tuple | None = None  # (mask, its version, support_only, dtype, the factor) of a fixed mask
 
     def factor(self, dtype: torch.dtype) -> Tensor:
         """What the weight is multiplied by: the mask (or its support) in ``dtype``. For a fixed
@@ -102,7 +102,7 @@ class UnitMask(nn.Module):
         return factor
 
     def forward(self, weight: Tensor) -> Tensor:
-        if self.mask is None:
+        if self.mask is None or self.held:
             return weight
         mask = self.factor(weight.dtype)
         if self.straight_through:
@@ -127,9 +127,10 @@ class ChannelMask(nn.Module):
         super().__init__()
         self.mask: Tensor | None = None
         self.floor = 0.0
+        self.held = False  # as UnitMask.held
 
     def forward(self, value: Tensor) -> Tensor:
-        if self.mask is None:
+        if self.mask is None or self.held:
             return value
         mask = self.mask.to(value.dtype)
         if self.floor:
@@ -260,6 +261,7 @@ class Masker:
             for owner, attr in self._channel_tensors(layer):
                 parametrize.register_parametrization(owner, attr, ChannelMask(), unsafe=True)
         self.hard: dict[str, Tensor] | None = None
+        self._held: tuple[list[Tensor], list[Tensor]] | None = None  # (original tensors, their 0/1 factors)
 
     def _channel_tensors(self, layer: PrunableLayer) -> list[tuple[nn.Module, str]]:
         return channel_tensors(layer) if isinstance(self.pattern, OutputChannel) else []
@@ -278,6 +280,7 @@ class Masker:
         its channel's post-activation output as gradient, as in PaS's reference code, which gates
         the activation and keeps computing it. The forward output differs from the support-masked
         one only by the floor (an all-zero channel normalises to 0 there)."""
+        self._release()
         for layer in self.layers:
             unit_mask = None if unit_masks is None else unit_masks[layer.name].to(layer.weight.device)
             param = layer.module.parametrizations.weight[0]
@@ -287,6 +290,48 @@ class Masker:
             for owner, attr in self._channel_tensors(layer):
                 channel = getattr(owner.parametrizations, attr)[0]
                 channel.mask, channel.floor = unit_mask, SEARCH_GATE_FLOOR if gated else 0.0
+
+    def hold(self, unit_masks: dict[str, Tensor]) -> None:
+        """Install hard (0/1) unit masks *in the tensors*: each masked tensor's pruned entries are zeroed
+        once and every parametrization's forward becomes the identity, so a training step runs no
+        per-layer mask product (forward or backward); :meth:`rezero` after every optimizer step puts
+        the zeros back (one ``torch._foreach_mul_`` for all tensors) where momentum or weight decay moved
+        them. The forward equals the parametrized one (kept entries times exactly 1, pruned entries
+        0), and so do the kept entries' gradients and updates with elementwise optimizers and no
+        gradient clipping (the stages'), so the kept weights train as under :meth:`set_masks`; only the
+        pruned entries of the dense originals differ (zero here), which no forward reads and the final
+        fold zeroes anyway. The accelerator path of the fine-tuning stage (issue 34 item 2)."""
+        self.set_masks(unit_masks)
+        originals, factors = [], []
+        for layer in self.layers:
+            param = layer.module.parametrizations.weight
+            unit = param[0]
+            originals.append(param.original)
+            factors.append(unit.factor(param.original.dtype))
+            unit.held = True
+            for owner, attr in self._channel_tensors(layer):
+                channel = getattr(owner.parametrizations, attr)
+                originals.append(channel.original)
+                factors.append(channel[0].mask.to(channel.original.dtype))
+                channel[0].held = True
+        self._held = (originals, factors)
+        self.rezero()
+
+    def rezero(self) -> None:
+        """Zero the pruned entries of every held tensor again (no-op when nothing is held)."""
+        if self._held is not None:
+            with torch.no_grad():
+                torch._foreach_mul_(*self._held)
+
+    def _release(self) -> None:
+        """Back to parametrized masks (set_masks): the forwards multiply again."""
+        if self._held is None:
+            return
+        self._held = None
+        for layer in self.layers:
+            layer.module.parametrizations.weight[0].held = False
+            for owner, attr in self._channel_tensors(layer):
+                getattr(owner.parametrizations, attr)[0].held = False
 
     def audit(self, unit_masks: dict[str, Tensor], allocation=None) -> dict:
         """Per-layer and global sparsity of hard unit masks, plus the pattern validity check.

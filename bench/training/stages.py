@@ -38,6 +38,7 @@ from bench.core.device import flush_denormals
 from bench.core.masks import Masker, calibrate
 from bench.core.pruner import Progress, Pruner
 from bench.core.schedules import prune_lr_sum
+from bench.core.syncs import may_read
 
 
 class StageDriver:
@@ -108,6 +109,8 @@ class StageDriver:
     def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.pruning:
             self.pruner.after_optimizer_step(optimizer)
+        else:
+            self.masker.rezero()  # held hard masks (accelerator path): the zeros the step moved
 
     def epoch_line(self, epoch: int, loss: float) -> str:
         extras = " ".join(f"{k} {v:.4g}" for k, v in self.pruner.log_values().items()) if self.pruning else "hard mask"
@@ -129,11 +132,21 @@ class StageDriver:
         self.before_finetune = state.get("before_finetune")  # absent from older checkpoints
         if self.hard is not None:
             self.pruning = False
-            self.masker.set_masks({n: m.float() for n, m in self.hard.items()})
+            self._install_hard()
+
+    def _install_hard(self) -> None:
+        """The hard masks for fine-tuning: parametrized on the CPU (bit for bit what every committed
+        row ran), held in the weights on an accelerator (``Masker.hold``: no per-layer mask product in
+        a step, the zeros restored after every optimizer step; the same kept weights)."""
+        masks = {n: m.float() for n, m in self.hard.items()}
+        if may_read(self.masker.layers[0].weight) if self.masker.layers else True:
+            self.masker.set_masks(masks)
+        else:
+            self.masker.hold(masks)
 
     def _finalize(self) -> None:
         self.hard = {name: mask.bool() for name, mask in self.pruner.finalize().items()}
-        self.masker.set_masks({n: m.float() for n, m in self.hard.items()})
+        self._install_hard()
         self.pruning = False
         if self.evaluate is not None and self.finetune_epochs > 0:  # without fine-tuning: the final metric
             with preserved_rng():  # an evaluation must not change what training draws next
