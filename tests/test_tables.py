@@ -439,18 +439,30 @@ def test_a_task_whose_dense_reference_is_not_at_a_plateau_stays_out_of_the_v3_ag
 
 
 def test_a_task_without_signal_stays_out_of_the_v3_aggregates(store, monkeypatch):
-    """Task.no_signal (issue 32 item 6): its columns keep their per-column lines, the summary says why
-    they are not in the Friedman ranks nor the win/loss counts; fmnist-vit declares it."""
+    """Task.no_signal (issue 32 item 6): the declared patterns' columns keep their per-column lines,
+    the summary says why they are not in the Friedman ranks nor the win/loss counts; "*" declares
+    every pattern. fmnist-vit declares 2:4 and 1:4, not 1:8 (the v3 column pilot)."""
     from bench.reports.ranks import summary_markdown, without_signal
     from bench.tasks.registry import load_tasks
 
-    assert "data-limited" in load_tasks()["fmnist-vit"].no_signal
+    assert set(load_tasks()["fmnist-vit"].no_signal) == {"nm:2:4", "nm:1:4"}
     frame = rows_from_store(make_suite(), store)
     (task,) = set(frame["task"])
+    pattern = sorted(set(frame["pattern"]))[0]
     assert without_signal(frame)[1] == {} and "Friedman" in summary_markdown(frame, "synthetic")
-    monkeypatch.setattr(load_tasks()[task], "no_signal", "every pruner within the noise")
+    monkeypatch.setattr(load_tasks()[task], "no_signal", {"nm:2:4": "another pattern"})
     kept, why = without_signal(frame)
-    assert kept.empty and why == {task: "every pruner within the noise"}
+    assert len(kept) == len(frame) and why == {}
+    monkeypatch.setattr(load_tasks()[task], "no_signal", {pattern: "every pruner within the noise"})
+    kept, why = without_signal(frame)
+    assert kept.equals(frame[frame["pattern"] != pattern]) and len(kept) < len(frame)
+    assert why == {f"{task} {pattern}": "every pruner within the noise"}
+    text = summary_markdown(frame, "synthetic")
+    assert f"Left out of the aggregates below: {task} {pattern} -- its columns carry no signal" in text
+    assert "Holm p" in text
+    monkeypatch.setattr(load_tasks()[task], "no_signal", {"*": "data-limited"})
+    kept, why = without_signal(frame)
+    assert kept.empty and why == {task: "data-limited"}
     text = summary_markdown(frame, "synthetic")
     assert f"Left out of the aggregates below: {task} -- its columns carry no signal" in text
     assert "Friedman" not in text and "Holm p" in text

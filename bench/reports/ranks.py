@@ -130,13 +130,21 @@ def aggregated(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 def without_signal(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
-    """(the rows of tasks whose columns carry signal, {task: why not} for the others): a task that
-    declares ``Task.no_signal`` stays out of the v3 aggregates (issue 32 item 6)."""
+    """(the rows of the columns that carry signal, {"task pattern": why not} for the others): the
+    patterns a task declares in ``Task.no_signal`` ("*": all of them) stay out of the v3 aggregates
+    (issue 32 item 6)."""
     from bench.tasks.registry import load_tasks
 
     tasks = load_tasks()
-    why = {t: tasks[t].no_signal for t in sorted(set(frame["task"])) if t in tasks and tasks[t].no_signal}
-    return frame[~frame["task"].isin(why)], why
+    why: dict[str, str] = {}
+    silent = pd.Series(False, index=frame.index)
+    for (task, pattern), rows in frame.groupby(["task", "pattern"]).groups.items():
+        declared = tasks[task].no_signal if task in tasks else {}
+        reason = declared.get(pattern, declared.get("*"))
+        if reason:
+            why[task if "*" in declared and pattern not in declared else f"{task} {pattern}"] = reason
+            silent[rows] = True
+    return frame[~silent], dict(sorted(why.items()))
 
 
 def friedman_ranks(frame: pd.DataFrame):

@@ -117,10 +117,11 @@ class Task:
     # bench.reports.ranks.aggregated): a comparison against an under-trained reference is a recipe
     # comparison
     dense_plateau_epochs: ClassVar[int | None] = None
-    # why the task's columns carry no signal for the v3 aggregates (protocol v3, issue 32 item 6: a
-    # column enters when it can separate pruners at the planned seeds); set, the columns stay in the
-    # tables and per-column lines but out of the Friedman ranks and win/loss counts, with this reason
-    no_signal: ClassVar[str | None] = None
+    # {pattern: why its columns on this task carry no signal} for the v3 aggregates (protocol v3,
+    # issue 32 item 6: a column enters when it can separate pruners at the planned seeds); those
+    # columns stay in the tables and per-column lines but out of the Friedman ranks and win/loss
+    # counts, with this reason. "*" declares every pattern of the task
+    no_signal: ClassVar[dict[str, str]] = {}
     # full-size tasks on a user's copy: the official number of images per split ({"train", "val",
     # "test"}, after any holdout), for cost estimates where the data is not on this machine
     nominal_sizes: ClassVar[dict[str, int] | None] = None
