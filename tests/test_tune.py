@@ -670,3 +670,59 @@ def test_run_tune_with_held_out_seed_stratified_draw_and_edge_extension(tmp_path
     assert sum(1 for _ in store.rows()) == rows
     assert json.loads((tmp_path / "t.tuned.json").read_text())["chosen"] == payload["chosen"]
     assert any("holds an edge extension: kept" in m for m in lines)
+
+
+def test_a_transplant_is_not_tuned_and_runs_with_its_pruners_tuned_config(tmp_path):
+    """A transplant (magnitude's selection with SMART's per-layer counts) has no trials of its own
+    (its source would have to be a trial at the tuning seed): its cells take the config chosen for
+    the entry of the same pruner and options outside transplant blocks; none or two such entries
+    is a ConfigError naming the transplant block."""
+    from bench.tasks.registry import get_task
+
+    transplant = {
+        "patterns": ["block:1x8"],
+        "sparsities": [0.5],
+        "pruners": [{"name": "magnitude", "as": "magnitude<-smart"}, {"name": "random", "as": "random<-smart"}],
+        "allocation": {"policy": "from", "source": "smart"},
+    }
+    path = write_suite(
+        tmp_path,
+        pruners=["smart", "magnitude", "random"],
+        cells=[{"patterns": ["block:1x8"], "sparsities": [0.5]}, transplant],
+    )
+    suite = expand(load_suite(str(path), tuned=False))
+    _, by_label = trial_suite(suite, suite.tune)
+    assert sorted({t.label for t in by_label.values()}) == ["magnitude", "random", "smart"]
+
+    raw = load_suite(str(path), tuned=False)
+    raw.tuned = {
+        label: {"classification": {"options": {}, "lr_multiplier": m, "trial": 0}}
+        for label, m in (("smart", 0.5), ("magnitude", 2.0), ("random", 0.25))
+    }
+    tuned = expand(raw)
+    prune_lr = get_task("fmnist-tiny").budget.prune_lr
+    lrs = {(c.label, c.spec.seed): c.spec.budget["finetune_lr"] for c in tuned.cells}
+    assert tuned.untuned == []
+    for seed in (0, 1):
+        assert lrs[("magnitude<-smart", seed)] == pytest.approx(2.0 * prune_lr) == lrs[("magnitude", seed)]
+        assert lrs[("random<-smart", seed)] == pytest.approx(0.25 * prune_lr) == lrs[("random", seed)]
+
+    alone = write_suite(
+        tmp_path,
+        pruners=["smart", "random"],
+        cells=[{"patterns": ["block:1x8"], "sparsities": [0.5]}, transplant],
+    )
+    with pytest.raises(ConfigError, match="found 0 \\(none\\)") as err:
+        trial_suite(expand(load_suite(str(alone), tuned=False)), suite.tune)
+    assert err.value.field == "suite.cells[1].pruners (magnitude<-smart)"
+    twice = write_suite(
+        tmp_path,
+        pruners=["smart", "magnitude", "random"],
+        cells=[
+            {"patterns": ["block:1x8"], "sparsities": [0.5]},
+            {"patterns": ["block:1x8"], "sparsities": [0.7], "pruners": [{"name": "magnitude", "as": "magnitude-b"}]},
+            transplant,
+        ],
+    )
+    with pytest.raises(ConfigError, match="found 2 \\(magnitude, magnitude-b\\)"):
+        trial_suite(expand(load_suite(str(twice), tuned=False)), suite.tune)

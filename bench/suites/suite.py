@@ -378,9 +378,10 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False, compile: bool 
                             continue
                         options, budget = dict(entry.options), dict(block.budget)
                         if suite.tuned is not None and task in tasks:  # the tuned config of (label, family)
-                            chosen = suite.tuned.get(entry.label, {}).get(tasks[task].family)
+                            label = tuning_label(suite, block, entry)
+                            chosen = suite.tuned.get(label, {}).get(tasks[task].family)
                             if chosen is None:
-                                untuned.add(f"{entry.label} on {tasks[task].family}")
+                                untuned.add(f"{label} on {tasks[task].family}")
                             else:
                                 options.update(chosen["options"])
                                 key = (task, block.model, block.data)
@@ -447,6 +448,39 @@ def expand(suite: Suite, device: str = "auto", amp: bool = False, compile: bool 
     suite.placements = list(placements.values())
     suite.untuned = sorted(untuned)
     return suite
+
+
+def is_transplant_block(block: Block) -> bool:
+    """A block of transplant controls (``allocation: {policy: from, source: LABEL}``)."""
+    return isinstance(block.allocation, dict) and block.allocation.get("policy") == "from"
+
+
+def tuning_label(suite: Suite, block: Block, entry: PrunerEntry) -> str:
+    """The label whose tuned config a cell of ``entry`` in ``block`` runs with: its own, except in a
+    transplant block. A transplant (magnitude's selection with another label's per-layer counts)
+    is that pruner's recipe under another allocation, so it is not tuned on its own (its source
+    would have to be a tuning trial at the tuning seed): it runs with the config chosen for the one
+    entry of the same pruner and options outside transplant blocks (``magnitude<-smart``: the
+    ``magnitude`` label's). A ConfigError when there is none or more than one."""
+    if not is_transplant_block(block):
+        return entry.label
+    same = sorted(
+        {
+            e.label
+            for b in suite.blocks
+            if not is_transplant_block(b)
+            for e in b.pruners
+            if e.name == entry.name and e.options == entry.options
+        }
+    )
+    if len(same) != 1:
+        raise ConfigError(
+            f"{block.where}.pruners ({entry.label})",
+            f"a transplant runs with the tuned config of the entry of the same pruner and options outside "
+            f"transplant blocks; found {len(same)} ({', '.join(same) or 'none'}): list exactly one "
+            f"'{entry.name}' entry with these options in a non-transplant block",
+        )
+    return same[0]
 
 
 def _transplant_source(block: Block, cells: list[Cell], task: str, pattern: str, sparsity: float, seed: int):

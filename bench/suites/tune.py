@@ -271,6 +271,21 @@ def family_columns(suite, settings: TuneSettings, tasks, kinds=None, label: str 
     return {family: usable if settings.columns else usable[:1] for family, usable in per_family.items()}
 
 
+def tuned_entries(suite) -> dict[str, Any]:
+    """{label: PrunerEntry} of the labels tuning gives trials to: every label of the suite but the
+    transplant controls, which run with their pruner's tuned config (``suite.tuning_label``, checked
+    here so that ``tune --plan`` refuses what ``suite run`` would)."""
+    from bench.suites.suite import is_transplant_block, tuning_label
+
+    for block in suite.blocks:
+        for entry in block.pruners:
+            tuning_label(suite, block, entry)
+    transplants_only = {e.label for b in suite.blocks if is_transplant_block(b) for e in b.pruners} - {
+        e.label for b in suite.blocks if not is_transplant_block(b) for e in b.pruners
+    }
+    return {e.label: e for b in suite.blocks for e in b.pruners if e.label not in transplants_only}
+
+
 def _label_families(suite, tasks, kinds, label: str) -> set[str]:
     """The task families where a block lists ``label`` on a pattern of ``kinds`` (None: any)."""
     return {
@@ -383,7 +398,7 @@ def trial_suite(
 
     warning = held_out_warning(suite)
     tasks, budgets = load_tasks(), _Budgets()
-    entries = {e.label: e for b in suite.blocks for e in b.pruners}
+    entries = tuned_entries(suite)
     more: dict[tuple[str, str], list[Trial]] = {}
     for trial in extra:
         more.setdefault((trial.label, trial.family), []).append(trial)
