@@ -546,3 +546,33 @@ def test_mm_rows_carry_costs_and_export_and_speed_work(family, shared_runs_dir, 
     report = json.loads(capsys.readouterr().out)
     assert set(report["latency"]) == {"masked_dense", "shrunk"} and set(report["latency"]["shrunk"]) == {"1", "2"}
     assert report["costs"]["params_shrunk"] == row["params_shrunk"]
+
+
+def test_a_dense_model_loads_after_a_runner_closed_its_log_file(tmp_path):
+    """After a Runner finished in this process, mmengine's current logger is the Runner's, its log
+    file closed (FileHandler.stream None); init_weights dumps to every FileHandler of the current
+    logger, so loading a dense model crashed (AttributeError: 'NoneType' object has no attribute
+    'write' -- seen when a test loaded a model after a suite ran an mm cell). Closed handlers are
+    dropped first, open ones kept."""
+    import logging
+
+    from mmengine.logging import MMLogger
+
+    from bench.tasks.registry import get_task
+
+    task = get_task("scenes-seg-tiny")
+    model = task.build_model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    logger = MMLogger.get_instance(f"finished-runner-{tmp_path.name}", log_file=str(tmp_path / "run.log"))
+    (closed,) = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
+    closed.close()
+    assert closed.stream is None and MMLogger.get_current_instance() is logger
+    opened = logging.FileHandler(tmp_path / "open.log")
+    logger.addHandler(opened)
+    fresh = task.build_model()
+    task.load_dense(fresh, state)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in state.items())
+    assert closed not in logger.handlers and opened in logger.handlers
+    assert "Initialization information" in (tmp_path / "open.log").read_text()
+    logger.removeHandler(opened)
+    opened.close()

@@ -69,6 +69,22 @@ def register_mm(scope: str) -> None:
     import bench.training.mm_hook  # noqa: F401  (registers PruningHook, EpochLogHook, PenaltyOptimWrapper)
 
 
+def init_weights(model: nn.Module) -> None:
+    """``model.init_weights()``, safe after a Runner has finished in this process: mmengine dumps the
+    init info to every FileHandler of the *current* logger, which is then the finished Runner's,
+    whose log file is closed (``stream`` None: AttributeError). Closed file handlers are dropped
+    from it first; they write nothing more anyway."""
+    from logging import FileHandler
+
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    for handler in list(logger.handlers):
+        if isinstance(handler, FileHandler) and handler.stream is None:
+            logger.removeHandler(handler)
+    model.init_weights()
+
+
 def package_config(ref: str) -> Path:
     """``"mmdet::retinanet/x.py"`` -> the file shipped in the installed package."""
     package, sep, relative = ref.partition("::")
@@ -223,12 +239,12 @@ class MMTask(Task):
         return quiet_stdout()
 
     def load_dense(self, model: nn.Module, state: dict) -> None:
-        model.init_weights()  # marks the model initialised, so the Runner does not re-initialise it
+        init_weights(model)  # marks the model initialised, so the Runner does not re-initialise it
         model.load_state_dict(state)
 
     def initialise(self, model: nn.Module) -> None:
         with quiet_stdout():
-            model.init_weights()  # what the Runner would do at its first train(); it then skips it
+            init_weights(model)  # what the Runner would do at its first train(); it then skips it
 
     def masker_example(self, model: nn.Module, calibration: list) -> dict:
         return {**self.preprocess(model, calibration[0]), "mode": "tensor"}
