@@ -66,7 +66,13 @@ def register_mm(scope: str) -> None:
     if not MMLogger.check_instance_created("smartbench"):  # current logger: INFO chatter (init_weights...) off
         with quiet_stdout():
             MMLogger.get_instance("smartbench", log_level="ERROR")
+    from mmengine.registry import DATA_SAMPLERS, MODEL_WRAPPERS
+
     import bench.training.mm_hook  # noqa: F401  (registers PruningHook, EpochLogHook, PenaltyOptimWrapper)
+
+    for registry, module in ((DATA_SAMPLERS, WholeSampler), (MODEL_WRAPPERS, RankDDP)):  # defined below
+        if registry.get(module.__name__) is None:
+            registry.register_module(module=module)
 
 
 def init_weights(model: nn.Module) -> None:
@@ -263,7 +269,6 @@ class MMTask(Task):
             cfg.dataset.pipeline = copy.deepcopy(self.data_config.test_dataloader.dataset.pipeline)
             cfg.sampler = dict(type="WholeSampler")  # in order; on one process what DefaultSampler(shuffle=False) gives
             cfg.pop("batch_sampler", None)
-            register_whole_sampler()
         with DefaultScope.overwrite_default_scope(self.scope):
             return Runner.build_dataloader(cfg, seed=seed)
 
@@ -337,7 +342,6 @@ class MMTask(Task):
                     f"{self.world} ranks; allowed: a divisor of it",
                 )
             train_dataloader.batch_size //= self.world
-            register_rank_ddp()
         default_hooks = dict(
             logger=dict(type="LoggerHook", interval=50),
             checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=1) if checkpoints else None,
@@ -503,20 +507,6 @@ class WholeSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.size
-
-
-def register_whole_sampler() -> None:
-    from mmengine.registry import DATA_SAMPLERS
-
-    if DATA_SAMPLERS.get("WholeSampler") is None:
-        DATA_SAMPLERS.register_module(module=WholeSampler)
-
-
-def register_rank_ddp() -> None:
-    from mmengine.registry import MODEL_WRAPPERS
-
-    if MODEL_WRAPPERS.get("RankDDP") is None:
-        MODEL_WRAPPERS.register_module(module=RankDDP)
 
 
 def cosine_schedule(epochs: int) -> dict:

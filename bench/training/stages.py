@@ -139,7 +139,7 @@ class StageDriver:
         row ran), held in the weights on an accelerator (``Masker.hold``: no per-layer mask product in
         a step, the zeros restored after every optimizer step; the same kept weights)."""
         masks = {n: m.float() for n, m in self.hard.items()}
-        if may_read(self.masker.layers[0].weight) if self.masker.layers else True:
+        if not self.masker.layers or may_read(self.masker.layers[0].weight):
             self.masker.set_masks(masks)
         else:
             self.masker.hold(masks)
